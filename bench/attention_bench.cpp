@@ -1,0 +1,210 @@
+// Single-GPU attention benchmark: our block-sparse kernels (dense causal pattern and a
+// vertical-slash pattern) against torch SDPA (cuDNN and FlashAttention-2 backends) measured in the
+// same run, plus the cost of pattern estimation and index building. Prints a table and writes
+// JSON.
+//
+//   attention_bench [--lengths 16384,32768,131072] [--heads 32] [--head-dim 128] [--json PATH]
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <torch/autograd.h>
+#include <torch/cuda.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/sparse_attention.h"
+#include "kernels/vertical_slash.h"
+
+namespace {
+
+using namespace sparsering;
+
+double time_ms(const std::function<void()>& run, int repeats = 3) {
+  run();  // warm-up (and lazy initialisation)
+  torch::cuda::synchronize();
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < repeats; ++i) run();
+  torch::cuda::synchronize();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+             .count() /
+         repeats;
+}
+
+struct Row {
+  std::string method;
+  int64_t length;
+  double density;  // attended / dense causal pairs
+  double forward_ms, forward_backward_ms;
+  double tflops_forward, tflops_forward_backward;  // on executed pairs
+};
+
+// Causal forward FLOPs for `pairs` attended (query, key) pairs: 4 x pairs x head_dim per head
+// (QK^T and PV); backward = 2.5 x forward (notes/toolchain.md).
+double forward_flops(double pairs, int64_t head_dim) { return 4.0 * pairs * head_dim; }
+
+Row run_ours(const std::string& name, const at::Tensor& q, const at::Tensor& k,
+             const at::Tensor& v, const at::Tensor& dout, const kernels::VerticalSlashPattern& p,
+             bool deterministic) {
+  const int64_t length = q.size(1), heads = q.size(2), dim = q.size(3);
+  const auto ids = at::arange(length / p.block_size, q.options().dtype(at::kInt));
+  const kernels::ShardBlocks blocks{ids, ids};
+  const auto index = kernels::build_sparse_index(p, blocks, 1, k.size(2), deterministic);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+  kernels::AttentionPartial result;
+  auto forward = [&] {
+    result = kernels::sparse_attention_forward(q, k, v, blocks, index, scale);
+  };
+  auto forward_backward = [&] {
+    forward();
+    auto dq = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
+    auto dk = at::zeros(k.sizes(), k.options().dtype(at::kFloat));
+    auto dv = at::zeros(v.sizes(), v.options().dtype(at::kFloat));
+    const auto delta = kernels::attention_delta(dout, result.out);
+    kernels::sparse_attention_backward(dout, q, k, v, result.out, result.lse, delta, blocks, index,
+                                       scale, deterministic, dq, dk, dv);
+  };
+  // Executed pairs: active blocks count whole except the causal diagonal ones (half).
+  const double dense_pairs = heads * (length / p.block_size) * (length / p.block_size + 1) / 2.0 *
+                             p.block_size * p.block_size;
+  const double pairs = static_cast<double>(kernels::attended_pairs(index));
+  Row row{name, length, pairs / dense_pairs, time_ms(forward), time_ms(forward_backward), 0, 0};
+  const double causal_pairs = pairs - heads * (length / p.block_size) * p.block_size *
+                                          p.block_size / 2.0;  // diagonal blocks are half
+  row.tflops_forward = forward_flops(causal_pairs, dim) / row.forward_ms / 1e9;
+  row.tflops_forward_backward = 3.5 * forward_flops(causal_pairs, dim) / row.forward_backward_ms / 1e9;
+  return row;
+}
+
+Row run_sdpa(const std::string& name, const at::Tensor& q, const at::Tensor& k,
+             const at::Tensor& v, const at::Tensor& dout) {
+  const int64_t length = q.size(1), heads = q.size(2), dim = q.size(3);
+  // SDPA takes [batch, heads, tokens, dim].
+  auto qt = q.transpose(1, 2).detach().requires_grad_(true);
+  auto kt = k.transpose(1, 2).detach().requires_grad_(true);
+  auto vt = v.transpose(1, 2).detach().requires_grad_(true);
+  const auto dt = dout.transpose(1, 2);
+  auto forward = [&] {
+    torch::NoGradGuard no_grad;
+    at::scaled_dot_product_attention(qt, kt, vt, {}, 0.0, /*is_causal=*/true);
+  };
+  auto forward_backward = [&] {
+    auto out = at::scaled_dot_product_attention(qt, kt, vt, {}, 0.0, /*is_causal=*/true);
+    out.backward(dt);
+  };
+  Row row{name, length, 1.0, time_ms(forward), time_ms(forward_backward), 0, 0};
+  const double pairs = heads * static_cast<double>(length) * length / 2.0;
+  row.tflops_forward = forward_flops(pairs, dim) / row.forward_ms / 1e9;
+  row.tflops_forward_backward = 3.5 * forward_flops(pairs, dim) / row.forward_backward_ms / 1e9;
+  return row;
+}
+
+void select_sdpa_backend(bool cudnn) {
+  auto& context = at::globalContext();
+  context.setSDPUseCuDNN(cudnn);
+  context.setSDPUseFlash(!cudnn);
+  context.setSDPUseMemEfficient(false);
+  context.setSDPUseMath(false);
+}
+
+std::vector<int64_t> parse_list(const std::string& text) {
+  std::vector<int64_t> values;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) values.push_back(std::stoll(item));
+  return values;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int64_t> lengths = {16384, 32768, 131072};
+  int64_t heads = 32, dim = 128;
+  std::string json_path = "attention_bench.json";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--lengths") lengths = parse_list(value);
+    else if (flag == "--heads") heads = std::stoll(value);
+    else if (flag == "--head-dim") dim = std::stoll(value);
+    else if (flag == "--json") json_path = value;
+    else {
+      std::fprintf(stderr, "attention_bench: unknown option %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  if (!torch::cuda::is_available()) {
+    std::fprintf(stderr, "attention_bench: needs a GPU\n");
+    return 2;
+  }
+  const int block = 128;
+  std::vector<Row> rows;
+  std::vector<std::pair<int64_t, double>> estimation_ms;
+  const auto options = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  for (const int64_t length : lengths) {
+    at::manual_seed(0);
+    const auto q = at::randn({1, length, heads, dim}, options);
+    const auto k = at::randn({1, length, heads, dim}, options);
+    const auto v = at::randn({1, length, heads, dim}, options);
+    const auto dout = at::randn({1, length, heads, dim}, options);
+    select_sdpa_backend(true);
+    rows.push_back(run_sdpa("sdpa_cudnn", q, k, v, dout));
+    select_sdpa_backend(false);
+    rows.push_back(run_sdpa("sdpa_flash2", q, k, v, dout));
+    const auto dense = kernels::dense_pattern(heads, length, block, q.device());
+    rows.push_back(run_ours("ours_dense", q, k, v, dout, dense, false));
+    // Vertical-slash like the FlexAttention anchor: 1024 sink columns, a 4096-token local
+    // window, and 1024 more columns chosen from (random) estimated mass.
+    const kernels::AttentionMass mass{at::rand({heads, length}, q.options().dtype(at::kFloat)),
+                                      at::zeros({heads, length}, q.options().dtype(at::kFloat))};
+    const auto sparse = kernels::select_pattern(mass, 1024, 0, 1024, 4096, block);
+    rows.push_back(run_ours("ours_sparse", q, k, v, dout, sparse, false));
+    rows.push_back(run_ours("ours_sparse_det", q, k, v, dout, sparse, true));
+    // Estimation (64 sampled queries against all keys) + selection + index build.
+    const double estimate = time_ms([&] {
+      const auto positions = at::arange(length, q.options().dtype(at::kLong));
+      const auto sample_positions = positions.slice(0, length - 64);
+      const auto logits = kernels::sample_logits(q.slice(1, length - 64), sample_positions, k,
+                                                 positions, 1.0 / std::sqrt(double(dim)));
+      const auto m = kernels::attention_mass(at::softmax(logits, -1), sample_positions,
+                                             positions, length);
+      const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
+      const auto ids = at::arange(length / block, q.options().dtype(at::kInt));
+      kernels::build_sparse_index(p, {ids, ids}, 1, heads, false);
+    });
+    estimation_ms.emplace_back(length, estimate);
+  }
+
+  std::printf("\n%-16s %8s %8s %10s %10s %9s %9s\n", "method", "tokens", "density", "fwd ms",
+              "fwd+bwd ms", "fwd TF/s", "f+b TF/s");
+  for (const Row& r : rows) {
+    std::printf("%-16s %8lld %8.4f %10.2f %10.2f %9.1f %9.1f\n", r.method.c_str(),
+                static_cast<long long>(r.length), r.density, r.forward_ms, r.forward_backward_ms,
+                r.tflops_forward, r.tflops_forward_backward);
+  }
+  for (const auto& [length, ms] : estimation_ms) {
+    std::printf("pattern estimation + index build at %lld tokens: %.2f ms\n",
+                static_cast<long long>(length), ms);
+  }
+  std::ofstream json(json_path);
+  json << "{\"heads\": " << heads << ", \"head_dim\": " << dim << ", \"block_size\": " << block
+       << ", \"dtype\": \"bf16\", \"rows\": [";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    json << (i ? ", " : "") << "{\"method\": \"" << r.method << "\", \"tokens\": " << r.length
+         << ", \"density\": " << r.density << ", \"forward_ms\": " << r.forward_ms
+         << ", \"forward_backward_ms\": " << r.forward_backward_ms
+         << ", \"tflops_forward\": " << r.tflops_forward
+         << ", \"tflops_forward_backward\": " << r.tflops_forward_backward << "}";
+  }
+  json << "], \"estimation_ms\": {";
+  for (size_t i = 0; i < estimation_ms.size(); ++i) {
+    json << (i ? ", " : "") << "\"" << estimation_ms[i].first << "\": " << estimation_ms[i].second;
+  }
+  json << "}}\n";
+  return 0;
+}

@@ -1,0 +1,1 @@
+// Translation unit that owns the precompiled torch headers reused by every torch-facing library.

@@ -1,0 +1,434 @@
+// Loads an experiment: text format -> overrides -> validation -> plain structs.
+#include "configs/config.h"
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "configs/sparsering.pb.h"
+#include "configs/user_error.h"
+
+namespace sparsering::config {
+namespace {
+
+namespace pb = google::protobuf;
+
+// Keeps the first parse error with its position so the message can name line and column.
+class FirstErrorCollector : public pb::io::ErrorCollector {
+ public:
+  void AddError(int line, int column, const std::string& message) override {
+    if (error_.empty()) {
+      error_ = "line " + std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " +
+               message;
+    }
+  }
+  const std::string& error() const { return error_; }
+
+ private:
+  std::string error_;
+};
+
+std::vector<std::string> split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  std::stringstream stream(text);
+  std::string part;
+  while (std::getline(stream, part, separator)) parts.push_back(part);
+  return parts;
+}
+
+// Merges "field: value" into `message`, quoting string values the user left bare.
+void merge_field_value(pb::Message* message, const pb::FieldDescriptor* field,
+                       const std::string& value, const std::string& override_text) {
+  std::string literal = value;
+  if (field->type() == pb::FieldDescriptor::TYPE_STRING && (literal.empty() || literal[0] != '"')) {
+    literal = "\"" + literal + "\"";
+  }
+  FirstErrorCollector errors;
+  pb::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.MergeFromString(field->name() + ": " + literal, message)) {
+    throw UserError("--set " + override_text + ": bad value for " + field->full_name() + " (" +
+                    errors.error() + "); give a " + field->type_name() + " value");
+  }
+}
+
+// "a.b.c=value": walks the message fields a.b and sets c. A repeated field takes a
+// comma-separated list that replaces its contents.
+void apply_override(const std::string& override_text, pb::Message* root) {
+  const auto equals = override_text.find('=');
+  if (equals == std::string::npos || equals == 0) {
+    throw UserError("--set " + override_text + ": expected path.to.field=value");
+  }
+  const std::string path = override_text.substr(0, equals);
+  const std::string value = override_text.substr(equals + 1);
+  const std::vector<std::string> names = split(path, '.');
+  pb::Message* message = root;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const pb::FieldDescriptor* field = message->GetDescriptor()->FindFieldByName(names[i]);
+    if (field == nullptr) {
+      throw UserError("--set " + override_text + ": " + message->GetDescriptor()->full_name() +
+                      " has no field '" + names[i] + "'; see configs/sparsering.proto");
+    }
+    const bool last = i + 1 == names.size();
+    if (!last) {
+      if (field->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE || field->is_repeated()) {
+        throw UserError("--set " + override_text + ": '" + names[i] +
+                        "' is not a message, so it cannot have sub-fields");
+      }
+      message = message->GetReflection()->MutableMessage(message, field);
+      continue;
+    }
+    if (field->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      throw UserError("--set " + override_text + ": '" + path +
+                      "' is a message; set one of its fields (path.field=value)");
+    }
+    if (field->is_repeated()) {
+      message->GetReflection()->ClearField(message, field);
+      for (const std::string& item : split(value, ',')) {
+        merge_field_value(message, field, item, override_text);
+      }
+    } else {
+      merge_field_value(message, field, value, override_text);
+    }
+  }
+}
+
+// A validation failure names the input, the field, its value and the rule.
+class Validator {
+ public:
+  explicit Validator(std::string source) : source_(std::move(source)) {}
+
+  template <typename T>
+  void require(bool ok, const std::string& field, const T& value, const std::string& rule) const {
+    if (ok) return;
+    std::ostringstream message;
+    message << source_ << ": " << field << " = " << value << ": " << rule;
+    throw UserError(message.str());
+  }
+
+  // Options whose feature this build does not have yet are refused rather than ignored.
+  void not_available(bool requested, const std::string& field, const std::string& what) const {
+    if (!requested) return;
+    throw UserError(source_ + ": " + field + ": " + what +
+                    " is not implemented in this build; remove the option");
+  }
+
+ private:
+  std::string source_;
+};
+
+void validate(const proto::Experiment& e, const std::string& source) {
+  const Validator v(source);
+  const auto& model = e.model();
+  v.require(!e.name().empty() && e.name().find('/') == std::string::npos, "name", e.name(),
+            "must be a non-empty directory name without '/'");
+  v.require(model.num_layers() > 0, "model.num_layers", model.num_layers(), "must be > 0");
+  v.require(model.num_heads() > 0, "model.num_heads", model.num_heads(), "must be > 0");
+  v.require(model.hidden_size() > 0 && model.hidden_size() % model.num_heads() == 0,
+            "model.hidden_size", model.hidden_size(), "must be a positive multiple of num_heads");
+  v.require((model.hidden_size() / model.num_heads()) % 2 == 0, "model.hidden_size",
+            model.hidden_size(), "hidden_size / num_heads (head dim) must be even for RoPE");
+  v.require(model.num_kv_heads() > 0 && model.num_heads() % model.num_kv_heads() == 0,
+            "model.num_kv_heads", model.num_kv_heads(), "must divide model.num_heads");
+  v.require(model.ffn_hidden_size() > 0, "model.ffn_hidden_size", model.ffn_hidden_size(),
+            "must be > 0");
+  v.require(model.vocab_size() > 1, "model.vocab_size", model.vocab_size(), "must be > 1");
+  v.require(model.rope_theta() > 0, "model.rope_theta", model.rope_theta(), "must be > 0");
+  v.require(model.rope_scaling_factor() >= 1, "model.rope_scaling_factor",
+            model.rope_scaling_factor(), "must be >= 1 (1 = no scaling)");
+  v.require(model.rms_norm_eps() > 0, "model.rms_norm_eps", model.rms_norm_eps(), "must be > 0");
+  v.require(model.init_std() > 0, "model.init_std", model.init_std(), "must be > 0");
+  v.require(model.loss_chunk_tokens() >= 0, "model.loss_chunk_tokens", model.loss_chunk_tokens(),
+            "must be >= 0 (0 = whole shard)");
+
+  const auto& attention = e.attention();
+  v.require(attention.block_size() == 64 || attention.block_size() == 128,
+            "attention.block_size", attention.block_size(), "must be 64 or 128");
+  v.require(attention.vertical_budget() >= 0, "attention.vertical_budget",
+            attention.vertical_budget(), "must be >= 0");
+  v.require(attention.slash_budget() >= 0, "attention.slash_budget", attention.slash_budget(),
+            "must be >= 0");
+  v.require(attention.vertical_fraction() >= 0 && attention.vertical_fraction() <= 1,
+            "attention.vertical_fraction", attention.vertical_fraction(), "must be in [0, 1]");
+  v.require(attention.slash_fraction() >= 0 && attention.slash_fraction() <= 1,
+            "attention.slash_fraction", attention.slash_fraction(), "must be in [0, 1]");
+  v.require(attention.sink_tokens() >= 0, "attention.sink_tokens", attention.sink_tokens(),
+            "must be >= 0");
+  v.require(attention.local_tokens() >= 1, "attention.local_tokens", attention.local_tokens(),
+            "must be >= 1 (the main diagonal is always kept)");
+  v.require(attention.estimation_queries() > 0 &&
+                attention.estimation_queries() <= e.train().sequence_length(),
+            "attention.estimation_queries", attention.estimation_queries(),
+            "must be in [1, train.sequence_length]");
+  v.require(attention.reestimate_every() >= 1, "attention.reestimate_every",
+            attention.reestimate_every(), "must be >= 1");
+  v.require(attention.dense_warmup_steps() >= 0, "attention.dense_warmup_steps",
+            attention.dense_warmup_steps(), "must be >= 0");
+
+  const auto& parallel = e.parallel();
+  const int cp = parallel.context_parallel_size();
+  v.require(parallel.data_parallel_size() >= 1, "parallel.data_parallel_size",
+            parallel.data_parallel_size(), "must be >= 1");
+  v.require(cp >= 1, "parallel.context_parallel_size", cp, "must be >= 1");
+  v.require(parallel.intra_node_ring_size() == 0 ||
+                (parallel.intra_node_ring_size() >= 1 && cp % parallel.intra_node_ring_size() == 0),
+            "parallel.intra_node_ring_size", parallel.intra_node_ring_size(),
+            "must be 0 (flat ring) or divide parallel.context_parallel_size (" +
+                std::to_string(cp) + ")");
+  v.require(parallel.grad_bucket_mb() >= 1, "parallel.grad_bucket_mb", parallel.grad_bucket_mb(),
+            "must be >= 1");
+  v.require(parallel.collective_timeout_s() >= 1, "parallel.collective_timeout_s",
+            parallel.collective_timeout_s(), "must be >= 1");
+
+  const auto& train = e.train();
+  const int chunk = 2 * cp * attention.block_size();
+  v.require(train.sequence_length() > 0 && train.sequence_length() % chunk == 0,
+            "train.sequence_length", train.sequence_length(),
+            "must be a multiple of 2 x parallel.context_parallel_size x attention.block_size (" +
+                std::to_string(chunk) + ")");
+  v.require(train.sequence_length() <= model.max_context(), "train.sequence_length",
+            train.sequence_length(),
+            "must be <= model.max_context (" + std::to_string(model.max_context()) + ")");
+  v.require(train.steps() > 0, "train.steps", train.steps(), "must be > 0");
+  v.require(train.micro_batch_size() >= 1, "train.micro_batch_size", train.micro_batch_size(),
+            "must be >= 1");
+
+  const auto& nm = e.nm_sparsity();
+  v.require(nm.m() >= 2 && nm.n() >= 1 && nm.n() < nm.m(), "nm_sparsity.n", nm.n(),
+            "needs 1 <= n < m (m = " + std::to_string(nm.m()) + ")");
+  v.require(model.hidden_size() % nm.m() == 0 && model.ffn_hidden_size() % nm.m() == 0,
+            "nm_sparsity.m", nm.m(), "must divide model.hidden_size and model.ffn_hidden_size");
+  for (const std::string& layer : nm.layers()) {
+    static const std::vector<std::string> kLayers = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                     "gate_proj", "up_proj", "down_proj"};
+    v.require(std::find(kLayers.begin(), kLayers.end(), layer) != kLayers.end(),
+              "nm_sparsity.layers", layer,
+              "unknown layer; use q_proj k_proj v_proj o_proj gate_proj up_proj down_proj");
+  }
+  v.not_available(nm.enabled(), "nm_sparsity.enabled", "N:M sparsity");
+
+  const auto& optimizer = e.optimizer();
+  v.require(optimizer.lr() > 0, "optimizer.lr", optimizer.lr(), "must be > 0");
+  v.require(optimizer.beta1() >= 0 && optimizer.beta1() < 1, "optimizer.beta1", optimizer.beta1(),
+            "must be in [0, 1)");
+  v.require(optimizer.beta2() >= 0 && optimizer.beta2() < 1, "optimizer.beta2", optimizer.beta2(),
+            "must be in [0, 1)");
+  v.require(optimizer.eps() > 0, "optimizer.eps", optimizer.eps(), "must be > 0");
+  v.require(optimizer.weight_decay() >= 0, "optimizer.weight_decay", optimizer.weight_decay(),
+            "must be >= 0");
+  v.require(optimizer.grad_clip() >= 0, "optimizer.grad_clip", optimizer.grad_clip(),
+            "must be >= 0 (0 = off)");
+  v.require(optimizer.grad_accumulation_steps() >= 1, "optimizer.grad_accumulation_steps",
+            optimizer.grad_accumulation_steps(), "must be >= 1");
+
+  const auto& schedule = e.schedule();
+  v.require(schedule.warmup_steps() >= 0, "schedule.warmup_steps", schedule.warmup_steps(),
+            "must be >= 0");
+  v.require(schedule.min_lr_ratio() >= 0 && schedule.min_lr_ratio() <= 1, "schedule.min_lr_ratio",
+            schedule.min_lr_ratio(), "must be in [0, 1]");
+
+  const auto& data = e.data();
+  v.not_available(data.source() != proto::Data::SYNTHETIC_COPY, "data.source",
+                  "data source " + proto::Data::Source_Name(data.source()));
+  v.not_available(data.document_mask(), "data.document_mask", "document masking");
+  v.require(data.copy_period() >= 1 && data.copy_period() < train.sequence_length(),
+            "data.copy_period", data.copy_period(), "must be in [1, train.sequence_length)");
+
+  v.require(e.checkpoint().every_steps() >= 0, "checkpoint.every_steps",
+            e.checkpoint().every_steps(), "must be >= 0 (0 = never)");
+  v.require(e.checkpoint().keep_last() >= 1, "checkpoint.keep_last", e.checkpoint().keep_last(),
+            "must be >= 1");
+  v.not_available(e.checkpoint().every_steps() > 0, "checkpoint.every_steps", "checkpointing");
+  v.require(e.logging().log_every() >= 1, "logging.log_every", e.logging().log_every(),
+            "must be >= 1");
+  v.not_available(e.logging().tensorboard(), "logging.tensorboard", "TensorBoard event output");
+  v.not_available(e.profiling().enabled(), "profiling.enabled", "profiling");
+  v.not_available(train.nan_policy() == proto::Train::SKIP_STEP, "train.nan_policy",
+                  "SKIP_STEP");
+}
+
+Experiment to_struct(const proto::Experiment& e) {
+  Experiment out;
+  out.name = e.name();
+  const auto& m = e.model();
+  out.model = {m.num_layers(),
+               m.hidden_size(),
+               m.num_heads(),
+               m.num_kv_heads(),
+               m.ffn_hidden_size(),
+               m.vocab_size(),
+               m.rope_theta(),
+               m.rope_scaling_factor(),
+               m.max_context(),
+               m.tie_embeddings(),
+               m.rms_norm_eps(),
+               m.init_std(),
+               m.activation_checkpointing(),
+               m.loss_chunk_tokens()};
+  const auto& a = e.attention();
+  out.attention = {a.kind() == proto::Attention::SPARSE ? AttentionKind::kSparse
+                                                        : AttentionKind::kDense,
+                   a.block_size(),
+                   a.vertical_budget(),
+                   a.vertical_fraction(),
+                   a.slash_budget(),
+                   a.slash_fraction(),
+                   a.sink_tokens(),
+                   a.local_tokens(),
+                   a.estimation_queries(),
+                   a.reestimate_every(),
+                   a.dense_warmup_steps(),
+                   a.deterministic_backward()};
+  const auto& p = e.parallel();
+  out.parallel = {p.data_parallel_size(),
+                  p.context_parallel_size(),
+                  p.intra_node_ring_size(),
+                  static_cast<LayoutKind>(p.layout()),
+                  p.grad_bucket_mb(),
+                  p.collective_timeout_s()};
+  const auto& nm = e.nm_sparsity();
+  out.nm_sparsity = {nm.enabled(),
+                     nm.n(),
+                     nm.m(),
+                     {nm.layers().begin(), nm.layers().end()},
+                     static_cast<NMMode>(nm.mode()),
+                     static_cast<NMGradientSemantics>(nm.gradient_semantics()),
+                     nm.sr_ste_lambda(),
+                     nm.kappa(),
+                     nm.sdgf_interval(),
+                     nm.sdgf_step(),
+                     nm.sdgf_factor(),
+                     nm.hard_prune_step()};
+  const auto& o = e.optimizer();
+  out.optimizer = {o.lr(),        o.beta1(),     o.beta2(),
+                   o.eps(),       o.weight_decay(), o.grad_clip(),
+                   o.grad_accumulation_steps()};
+  const auto& s = e.schedule();
+  out.schedule = {static_cast<ScheduleKind>(s.kind()), s.warmup_steps(), s.min_lr_ratio()};
+  const auto& d = e.data();
+  out.data = {static_cast<DataSource>(d.source()), d.path(), d.document_mask(), d.copy_period()};
+  const auto& c = e.checkpoint();
+  out.checkpoint = {c.every_steps(), c.keep_last(), c.dir()};
+  out.logging = {e.logging().log_every(), e.logging().tensorboard()};
+  const auto& pr = e.profiling();
+  out.profiling = {pr.enabled(), pr.start_step(), pr.num_steps()};
+  const auto& t = e.train();
+  out.train = {t.steps(),
+               t.sequence_length(),
+               t.micro_batch_size(),
+               t.seed(),
+               static_cast<Device>(t.device()),
+               static_cast<DType>(t.dtype()),
+               t.runs_root(),
+               static_cast<NanPolicy>(t.nan_policy())};
+  return out;
+}
+
+// Text format of every field, defaults included, so a run dir records what actually ran.
+std::string resolved_text(const proto::Experiment& e) {
+  pb::TextFormat::Printer printer;
+  printer.SetPrintMessageFieldsInIndexOrder(true);
+  proto::Experiment full = e;
+  // Touch every optional sub-message so the printer shows their defaults too.
+  std::vector<pb::Message*> stack = {&full};
+  while (!stack.empty()) {
+    pb::Message* message = stack.back();
+    stack.pop_back();
+    const pb::Descriptor* descriptor = message->GetDescriptor();
+    for (int i = 0; i < descriptor->field_count(); ++i) {
+      const pb::FieldDescriptor* field = descriptor->field(i);
+      if (field->is_repeated()) continue;
+      if (field->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+        stack.push_back(message->GetReflection()->MutableMessage(message, field));
+      } else if (!message->GetReflection()->HasField(*message, field)) {
+        // Setting a field to its own default makes it present, so it is printed.
+        const auto* r = message->GetReflection();
+        switch (field->cpp_type()) {
+          case pb::FieldDescriptor::CPPTYPE_INT32:
+            r->SetInt32(message, field, field->default_value_int32());
+            break;
+          case pb::FieldDescriptor::CPPTYPE_INT64:
+            r->SetInt64(message, field, field->default_value_int64());
+            break;
+          case pb::FieldDescriptor::CPPTYPE_UINT32:
+            r->SetUInt32(message, field, field->default_value_uint32());
+            break;
+          case pb::FieldDescriptor::CPPTYPE_UINT64:
+            r->SetUInt64(message, field, field->default_value_uint64());
+            break;
+          case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+            r->SetDouble(message, field, field->default_value_double());
+            break;
+          case pb::FieldDescriptor::CPPTYPE_FLOAT:
+            r->SetFloat(message, field, field->default_value_float());
+            break;
+          case pb::FieldDescriptor::CPPTYPE_BOOL:
+            r->SetBool(message, field, field->default_value_bool());
+            break;
+          case pb::FieldDescriptor::CPPTYPE_ENUM:
+            r->SetEnum(message, field, field->default_value_enum());
+            break;
+          case pb::FieldDescriptor::CPPTYPE_STRING:
+            r->SetString(message, field, field->default_value_string());
+            break;
+          default:
+            break;
+        }
+      }
+    }
+  }
+  std::string text;
+  printer.PrintToString(full, &text);
+  return text;
+}
+
+}  // namespace
+
+const char* embedded_tiny_config() {
+  return
+#include "configs/tiny.pbtxt.inc"
+      ;
+}
+
+Experiment load_experiment(const std::string& text, const std::string& source,
+                           const std::vector<std::string>& overrides) {
+  proto::Experiment experiment;
+  FirstErrorCollector errors;
+  pb::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &experiment)) {
+    throw UserError(source + ": " + errors.error() +
+                    " (the schema with every field is configs/sparsering.proto)");
+  }
+  for (const std::string& override_text : overrides) apply_override(override_text, &experiment);
+  validate(experiment, source);
+  Experiment out = to_struct(experiment);
+  out.resolved_text = resolved_text(experiment);
+  return out;
+}
+
+Experiment load_experiment_file(const std::string& path,
+                                const std::vector<std::string>& overrides) {
+  std::ifstream file(path);
+  if (!file) throw UserError(path + ": cannot open config file; check the path");
+  std::stringstream text;
+  text << file.rdbuf();
+  return load_experiment(text.str(), path, overrides);
+}
+
+void validate_world(const Experiment& experiment, int world_size) {
+  const int needed =
+      experiment.parallel.data_parallel_size * experiment.parallel.context_parallel_size;
+  if (needed != world_size) {
+    throw UserError("parallel: data_parallel_size x context_parallel_size = " +
+                    std::to_string(needed) + " but the job has " + std::to_string(world_size) +
+                    " ranks; launch " + std::to_string(needed) +
+                    " ranks (mpirun -np) or change the sizes");
+  }
+}
+
+}  // namespace sparsering::config

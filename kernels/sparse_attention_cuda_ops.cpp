@@ -1,0 +1,141 @@
+// Tensors -> SparseAttentionParams -> kernels/cuda launchers, on the current stream.
+#include "kernels/sparse_attention_cuda_ops.h"
+
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/cuda/sparse_attention_cuda.h"
+
+namespace sparsering::kernels::cuda_ops {
+namespace {
+
+ElementType element_type(const at::Tensor& t) {
+  if (t.scalar_type() == at::kBFloat16) return ElementType::kBFloat16;
+  if (t.scalar_type() == at::kHalf) return ElementType::kFloat16;
+  TORCH_CHECK(false, "CUDA sparse attention takes bf16 or fp16 tensors, got ", t.scalar_type(),
+              "; set train.dtype = BFLOAT16");
+}
+
+const int32_t* int32_data(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(!t.defined() || (t.is_cuda() && t.scalar_type() == at::kInt && t.is_contiguous()),
+              "CUDA sparse attention: ", name, " must be a contiguous int32 CUDA tensor");
+  return t.defined() && t.numel() > 0 ? t.data_ptr<int32_t>() : nullptr;
+}
+
+void check_launch(cudaError_t status, const char* what) {
+  TORCH_CHECK(status == cudaSuccess, what, " failed: ", cudaGetErrorString(status));
+}
+
+SparseAttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const ShardBlocks& blocks, const SparseIndex& index,
+                                  double softmax_scale) {
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(),
+              "CUDA sparse attention: q, k, v must be contiguous");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "CUDA sparse attention: q, k, v must share one dtype");
+  SparseAttentionParams p;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.element_type = element_type(q);
+  p.batch = static_cast<int>(q.size(0));
+  p.q_tokens = static_cast<int>(q.size(1));
+  p.k_tokens = static_cast<int>(k.size(1));
+  p.num_heads = static_cast<int>(q.size(2));
+  p.num_kv_heads = static_cast<int>(k.size(2));
+  p.head_dim = static_cast<int>(q.size(3));
+  p.block_size = index.block_size;
+  p.softmax_scale = static_cast<float>(softmax_scale);
+  p.q_block_ids = int32_data(blocks.q_block_ids, "q_block_ids");
+  p.k_block_ids = int32_data(blocks.k_block_ids, "k_block_ids");
+  p.block_row_offsets = int32_data(index.block_row_offsets, "block_row_offsets");
+  p.block_cols = int32_data(index.block_cols, "block_cols");
+  p.column_row_offsets = int32_data(index.column_row_offsets, "column_row_offsets");
+  p.column_indices = int32_data(index.column_indices, "column_indices");
+  return p;
+}
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+}  // namespace
+
+AttentionPartial sparse_attention_forward(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const ShardBlocks& blocks,
+                                          const SparseIndex& index, double softmax_scale) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto p = make_params(q, k, v, blocks, index, softmax_scale);
+  AttentionPartial result{at::empty_like(q),
+                          at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat))};
+  p.out = result.out.data_ptr();
+  p.lse = result.lse.data_ptr<float>();
+  check_launch(kernels::sparse_attention_forward(p, current_stream()), "sparse_attention_forward");
+  return result;
+}
+
+void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                               const at::Tensor& delta, const ShardBlocks& blocks,
+                               const SparseIndex& index, double softmax_scale, bool deterministic,
+                               at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  TORCH_CHECK(dout.is_contiguous() && out.is_contiguous() && lse.is_contiguous() &&
+                  delta.is_contiguous() && dq.is_contiguous() && dk.is_contiguous() &&
+                  dv.is_contiguous(),
+              "CUDA sparse attention backward: tensors must be contiguous");
+  SparseAttentionBackwardParams p;
+  p.forward = make_params(q, k, v, blocks, index, softmax_scale);
+  p.forward.out = const_cast<void*>(out.data_ptr());
+  p.forward.lse = const_cast<float*>(lse.data_ptr<float>());
+  p.dout = dout.data_ptr();
+  p.delta = delta.data_ptr<float>();
+  p.dq = dq.data_ptr<float>();
+  p.dk = dk.data_ptr<float>();
+  p.dv = dv.data_ptr<float>();
+  p.deterministic = deterministic;
+  if (deterministic) {
+    TORCH_CHECK(index.t_block_row_offsets.defined(),
+                "deterministic backward needs the transposed index (build_sparse_index with "
+                "with_transpose)");
+    p.t_block_row_offsets = int32_data(index.t_block_row_offsets, "t_block_row_offsets");
+    p.t_block_entries = int32_data(index.t_block_entries, "t_block_entries");
+    p.t_column_row_offsets = int32_data(index.t_column_row_offsets, "t_column_row_offsets");
+    p.t_column_entries = int32_data(index.t_column_entries, "t_column_entries");
+  }
+  check_launch(kernels::sparse_attention_backward(p, current_stream()),
+               "sparse_attention_backward");
+}
+
+at::Tensor attention_delta(const at::Tensor& dout, const at::Tensor& out) {
+  const c10::cuda::CUDAGuard guard(dout.device());
+  TORCH_CHECK(dout.is_contiguous() && out.is_contiguous() && dout.sizes() == out.sizes(),
+              "attention_delta: dout and out must be contiguous and of one shape");
+  auto delta = at::empty({dout.size(0), dout.size(2), dout.size(1)},
+                         dout.options().dtype(at::kFloat));
+  check_launch(kernels::attention_backward_delta(
+                   delta.data_ptr<float>(), dout.data_ptr(), out.data_ptr(), element_type(dout),
+                   static_cast<int>(dout.size(0)), static_cast<int>(dout.size(1)),
+                   static_cast<int>(dout.size(2)), static_cast<int>(dout.size(3)),
+                   current_stream()),
+               "attention_backward_delta");
+  return delta;
+}
+
+void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
+               const at::Tensor& lse_part) {
+  const c10::cuda::CUDAGuard guard(out_acc.device());
+  TORCH_CHECK(out_acc.scalar_type() == at::kFloat && lse_acc.scalar_type() == at::kFloat &&
+                  lse_part.scalar_type() == at::kFloat,
+              "lse_merge: the accumulator and both lse tensors must be fp32");
+  TORCH_CHECK(out_acc.is_contiguous() && lse_acc.is_contiguous() && out_part.is_contiguous() &&
+                  lse_part.is_contiguous(),
+              "lse_merge: tensors must be contiguous");
+  check_launch(kernels::lse_merge(out_acc.data_ptr<float>(), lse_acc.data_ptr<float>(),
+                                  out_part.data_ptr(), lse_part.data_ptr<float>(),
+                                  element_type(out_part), static_cast<int>(out_acc.size(0)),
+                                  static_cast<int>(out_acc.size(1)),
+                                  static_cast<int>(out_acc.size(2)),
+                                  static_cast<int>(out_acc.size(3)), current_stream()),
+               "lse_merge");
+}
+
+}  // namespace sparsering::kernels::cuda_ops

@@ -1,0 +1,24 @@
+// CUDA side of the sparse attention ops: fills kernels/sparse_attention_params.h from tensors and
+// launches kernels/cuda/ on the current stream. In a build without nvcc these throw.
+#pragma once
+
+#include "kernels/sparse_attention.h"
+
+namespace sparsering::kernels::cuda_ops {
+
+AttentionPartial sparse_attention_forward(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const ShardBlocks& blocks,
+                                          const SparseIndex& index, double softmax_scale);
+
+void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                               const at::Tensor& delta, const ShardBlocks& blocks,
+                               const SparseIndex& index, double softmax_scale, bool deterministic,
+                               at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
+
+at::Tensor attention_delta(const at::Tensor& dout, const at::Tensor& out);
+
+void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
+               const at::Tensor& lse_part);
+
+}  // namespace sparsering::kernels::cuda_ops

@@ -1,0 +1,28 @@
+// Built without nvcc: CUDA tensors reaching the sparse attention ops are an error, never a silent
+// detour through the CPU twins.
+#include <c10/util/Exception.h>
+
+#include "kernels/sparse_attention_cuda_ops.h"
+
+namespace sparsering::kernels::cuda_ops {
+namespace {
+[[noreturn]] void no_cuda() {
+  TORCH_CHECK(false, "SparseRing was built without CUDA (no nvcc at configure time); rebuild on a "
+                     "machine with the CUDA toolkit to run attention on the GPU");
+}
+}  // namespace
+
+AttentionPartial sparse_attention_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                          const ShardBlocks&, const SparseIndex&, double) {
+  no_cuda();
+}
+void sparse_attention_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const at::Tensor&, const ShardBlocks&, const SparseIndex&, double,
+                               bool, at::Tensor&, at::Tensor&, at::Tensor&) {
+  no_cuda();
+}
+at::Tensor attention_delta(const at::Tensor&, const at::Tensor&) { no_cuda(); }
+void lse_merge(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
+
+}  // namespace sparsering::kernels::cuda_ops

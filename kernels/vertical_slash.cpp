@@ -1,0 +1,193 @@
+#include "kernels/vertical_slash.h"
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+namespace sparsering::kernels {
+namespace {
+
+at::Tensor int32_offsets(const at::Tensor& counts) {
+  auto offsets = at::zeros({counts.numel() + 1}, counts.options().dtype(at::kInt));
+  offsets.slice(0, 1).copy_(counts.reshape(-1).cumsum(0));
+  return offsets;
+}
+
+// Integer division of an int64 tensor (operator/ on integer tensors is true division).
+at::Tensor divide(const at::Tensor& t, int64_t divisor) { return at::div(t, divisor, "floor"); }
+
+// CSR column ids of a [rows, cols] boolean matrix, row-major.
+at::Tensor csr_columns(const at::Tensor& mask2d) {
+  return at::nonzero(mask2d).select(1, 1).to(at::kInt).contiguous();
+}
+
+}  // namespace
+
+VerticalSlashPattern dense_pattern(int64_t heads, int64_t sequence_length, int block_size,
+                                   const at::Device& device) {
+  VerticalSlashPattern pattern;
+  pattern.block_size = block_size;
+  pattern.sequence_length = sequence_length;
+  pattern.columns = at::empty({heads, 0}, at::TensorOptions().dtype(at::kLong).device(device));
+  pattern.block_diagonals = at::ones({heads, sequence_length / block_size},
+                                     at::TensorOptions().dtype(at::kBool).device(device));
+  return pattern;
+}
+
+at::Tensor sample_logits(const at::Tensor& q_sample, const at::Tensor& q_positions,
+                         const at::Tensor& k, const at::Tensor& k_positions,
+                         double softmax_scale) {
+  const int64_t heads = q_sample.size(2), group = heads / k.size(2);
+  const auto q = q_sample.to(at::kFloat).permute({0, 2, 1, 3});
+  auto kh = k.to(at::kFloat).permute({0, 2, 1, 3});
+  if (group > 1) kh = kh.repeat_interleave(group, 1);
+  auto logits = at::matmul(q, kh.transpose(-1, -2)) * softmax_scale;
+  const auto after = k_positions.unsqueeze(0) > q_positions.unsqueeze(1);  // [n, k_tokens]
+  return logits.masked_fill(after, -std::numeric_limits<float>::infinity());
+}
+
+AttentionMass attention_mass(const at::Tensor& probabilities, const at::Tensor& q_positions,
+                             const at::Tensor& k_positions, int64_t sequence_length) {
+  const int64_t heads = probabilities.size(1);
+  const auto per_head = probabilities.sum(0);  // [heads, n, k_tokens]
+  AttentionMass mass;
+  mass.vertical = at::zeros({heads, sequence_length}, probabilities.options());
+  mass.vertical.index_add_(1, k_positions, per_head.sum(1));
+  // Diagonal d = query position - key position; keys after the query carry zero probability.
+  const auto diagonal = (q_positions.unsqueeze(1) - k_positions.unsqueeze(0)).clamp_min(0);
+  mass.slash = at::zeros({heads, sequence_length}, probabilities.options());
+  mass.slash.index_add_(1, diagonal.reshape(-1), per_head.reshape({heads, -1}));
+  return mass;
+}
+
+VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_columns,
+                                    int64_t num_diagonals, int64_t sink_tokens,
+                                    int64_t local_tokens, int block_size) {
+  const int64_t heads = mass.vertical.size(0), length = mass.vertical.size(1);
+  const auto device = mass.vertical.device();
+  const auto bool_options = at::TensorOptions().dtype(at::kBool).device(device);
+
+  auto chosen_columns = at::zeros({heads, length}, bool_options);
+  if (num_columns > 0) {
+    const auto top = std::get<1>(mass.vertical.topk(std::min(num_columns, length), 1));
+    chosen_columns.scatter_(1, top, true);
+  }
+  chosen_columns.slice(1, 0, std::min(sink_tokens, length)).fill_(true);
+  // Ascending positions of the chosen columns, padded with -1: sort "position or length".
+  const auto positions = at::arange(length, mass.vertical.options().dtype(at::kLong));
+  auto keyed = at::where(chosen_columns, positions.unsqueeze(0).expand({heads, length}),
+                         at::full({}, length, positions.options()));
+  const int64_t max_columns = chosen_columns.sum(1).max().item<int64_t>();
+  auto columns = std::get<0>(keyed.sort(1)).slice(1, 0, max_columns);
+  columns.masked_fill_(columns == length, -1);
+
+  auto chosen_diagonals = at::zeros({heads, length}, bool_options);
+  if (num_diagonals > 0) {
+    const auto top = std::get<1>(mass.slash.topk(std::min(num_diagonals, length), 1));
+    chosen_diagonals.scatter_(1, top, true);
+  }
+  chosen_diagonals.slice(1, 0, std::min(local_tokens, length)).fill_(true);
+  // Block offset d covers token diagonals (d-1)*bs+1 .. (d+1)*bs-1: count chosen ones there
+  // with a prefix sum.
+  const int64_t num_blocks = length / block_size;
+  auto prefix = at::zeros({heads, length + 1}, mass.vertical.options().dtype(at::kLong));
+  prefix.slice(1, 1).copy_(chosen_diagonals.to(at::kLong).cumsum(1));
+  const auto d = at::arange(num_blocks, positions.options());
+  const auto lo = (d * block_size - block_size + 1).clamp_min(0);
+  const auto hi = (d * block_size + block_size - 1).clamp_max(length - 1) + 1;
+  VerticalSlashPattern pattern;
+  pattern.block_size = block_size;
+  pattern.sequence_length = length;
+  pattern.columns = columns.contiguous();
+  pattern.block_diagonals = (prefix.index_select(1, hi) - prefix.index_select(1, lo)) > 0;
+  return pattern;
+}
+
+SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardBlocks& blocks,
+                               int64_t batch, int64_t kv_heads, bool with_transpose) {
+  const int64_t bs = pattern.block_size;
+  const int64_t heads = pattern.block_diagonals.size(0);
+  const int64_t group = heads / kv_heads;
+  const auto q_ids = blocks.q_block_ids.to(at::kLong);
+  const auto k_ids = blocks.k_block_ids.to(at::kLong);
+  const int64_t q_blocks = q_ids.numel(), k_blocks = k_ids.numel(), k_tokens = k_blocks * bs;
+  const int64_t global_blocks = pattern.block_diagonals.size(1);
+  const auto long_options = q_ids.options();
+
+  // Slash part: block (qb, kb) is active when it is causal and its diagonal offset is chosen.
+  const auto offset = q_ids.unsqueeze(1) - k_ids.unsqueeze(0);  // [q_blocks, k_blocks]
+  const auto causal = offset >= 0;
+  const auto block_mask =
+      pattern.block_diagonals.index_select(1, offset.clamp_min(0).reshape(-1))
+          .view({heads, q_blocks, k_blocks})
+          .logical_and(causal.unsqueeze(0));
+
+  // Vertical part: chosen columns that live in this kv shard, precede the row's last query and
+  // are not already inside one of the row's active blocks.
+  auto slot_of_block = at::full({global_blocks}, -1, long_options);
+  slot_of_block.index_copy_(0, k_ids, at::arange(k_blocks, long_options));
+  const auto& columns = pattern.columns;  // [heads, C]
+  const auto valid = columns >= 0;
+  const auto column_slot =
+      at::where(valid, slot_of_block.index_select(0, divide(columns.clamp_min(0), bs).reshape(-1))
+                           .view(columns.sizes()),
+                at::full({}, -1, long_options));
+  const auto in_shard = column_slot >= 0;
+  const auto local_token = column_slot.clamp_min(0) * bs + columns.clamp_min(0) % bs;
+  const auto q_last = q_ids * bs + (bs - 1);  // [q_blocks]
+  std::vector<at::Tensor> column_masks;  // per head [q_blocks, C]
+  for (int64_t h = 0; h < heads; ++h) {
+    const auto covered = block_mask[h].index_select(1, column_slot[h].clamp_min(0));
+    column_masks.push_back(in_shard[h].unsqueeze(0)
+                               .logical_and(columns[h].unsqueeze(0) <= q_last.unsqueeze(1))
+                               .logical_and(covered.logical_not()));
+  }
+  const auto column_mask = at::stack(column_masks);  // [heads, q_blocks, C]
+
+  SparseIndex index;
+  index.block_size = static_cast<int>(bs);
+  const auto rows_blocks = block_mask.unsqueeze(0).expand({batch, heads, q_blocks, k_blocks});
+  index.block_row_offsets = int32_offsets(rows_blocks.sum(-1));
+  index.block_cols = csr_columns(rows_blocks.reshape({-1, k_blocks}));
+  const int64_t num_columns = columns.size(1);
+  const auto rows_columns = column_mask.unsqueeze(0).expand({batch, heads, q_blocks, num_columns});
+  index.column_row_offsets = int32_offsets(rows_columns.sum(-1));
+  const auto column_entries = at::nonzero(rows_columns.reshape({batch * heads * q_blocks, num_columns}));
+  // Entry (row, c) -> local token of column c of the row's head.
+  const auto entry_rows = column_entries.select(1, 0);
+  const auto entry_heads = divide(entry_rows, q_blocks) % heads;
+  const auto entry_columns = column_entries.select(1, 1);
+  index.column_indices = local_token.index({entry_heads, entry_columns}).to(at::kInt).contiguous();
+
+  if (with_transpose) {
+    // Blocks: rows (b, kv head, kv block), entries q_head * q_blocks + qb over the GQA group.
+    const auto t_mask = block_mask.view({kv_heads, group, q_blocks, k_blocks})
+                            .permute({0, 3, 1, 2})
+                            .reshape({kv_heads * k_blocks, group * q_blocks});
+    const auto t_nonzero = at::nonzero(t_mask);
+    const auto kv_head_of_entry = divide(t_nonzero.select(1, 0), k_blocks);
+    const auto one_batch_entries =
+        (kv_head_of_entry * group * q_blocks + t_nonzero.select(1, 1)).to(at::kInt);
+    const auto t_counts = t_mask.sum(-1);
+    index.t_block_row_offsets = int32_offsets(t_counts.unsqueeze(0).expand({batch, -1}));
+    index.t_block_entries = one_batch_entries.repeat({batch}).contiguous();
+    // Columns: rows (b, kv head, key token), entries q_head * q_blocks + qb.
+    const auto batch_of_entry = divide(entry_rows, heads * q_blocks);
+    const auto qb_of_entry = entry_rows % q_blocks;
+    const auto key = (batch_of_entry * kv_heads + divide(entry_heads, group)) * k_tokens +
+                     index.column_indices.to(at::kLong);
+    const auto order = std::get<1>(key.sort(/*stable=*/true, 0, false));
+    index.t_column_entries =
+        (entry_heads * q_blocks + qb_of_entry).index_select(0, order).to(at::kInt).contiguous();
+    index.t_column_row_offsets =
+        int32_offsets(at::bincount(key, {}, batch * kv_heads * k_tokens));
+  }
+  return index;
+}
+
+int64_t attended_pairs(const SparseIndex& index) {
+  return index.num_blocks() * index.block_size * index.block_size +
+         index.num_columns() * index.block_size;
+}
+
+}  // namespace sparsering::kernels

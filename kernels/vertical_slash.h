@@ -1,0 +1,59 @@
+// Vertical-slash attention patterns (research/mtraining.md): estimation from a sample of queries,
+// selection of the top columns and diagonals per head, and conversion into the block-sparse index
+// of any (query shard, key/value shard) pair under any token layout. Written on ATen ops, so the
+// same code runs on CPU and GPU; the parts that need every rank's keys take and return plain
+// tensors that the ring layer (parallel/) combines with collectives.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "kernels/sparse_attention.h"
+
+namespace sparsering::kernels {
+
+struct VerticalSlashPattern {
+  int block_size = 0;
+  int64_t sequence_length = 0;
+  // Selected key columns per head (global token positions, ascending), padded with -1.
+  at::Tensor columns;  // int64 [heads, max_columns]
+  // Slash part at block granularity: block_diagonals[h, d] says whether block pairs whose
+  // global query block minus key block equals d are active (a selected diagonal crosses them).
+  at::Tensor block_diagonals;  // bool [heads, sequence_length / block_size]
+};
+
+// Every causal block, no columns: dense causal attention through the same sparse machinery.
+VerticalSlashPattern dense_pattern(int64_t heads, int64_t sequence_length, int block_size,
+                                   const at::Device& device);
+
+// Logits of the sampled queries against this shard's keys, scaled, -inf where a key lies after
+// the query. q_sample [batch, n, heads, dim], k [batch, k_tokens, kv_heads, dim], positions int64.
+// Returns fp32 [batch, heads, n, k_tokens].
+at::Tensor sample_logits(const at::Tensor& q_sample, const at::Tensor& q_positions,
+                         const at::Tensor& k, const at::Tensor& k_positions, double softmax_scale);
+
+// Attention mass per key column and per diagonal (query position minus key position), summed
+// over the batch and the sampled queries, scattered to global positions: [heads, seq] each.
+// `probabilities` must already be normalised over the whole sequence (all shards).
+struct AttentionMass {
+  at::Tensor vertical;  // fp32 [heads, sequence_length]
+  at::Tensor slash;     // fp32 [heads, sequence_length]
+};
+AttentionMass attention_mass(const at::Tensor& probabilities, const at::Tensor& q_positions,
+                             const at::Tensor& k_positions, int64_t sequence_length);
+
+// Top `num_columns` columns and `num_diagonals` diagonals per head, plus the always-kept sink
+// columns [0, sink_tokens) and local diagonals [0, local_tokens).
+VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_columns,
+                                    int64_t num_diagonals, int64_t sink_tokens,
+                                    int64_t local_tokens, int block_size);
+
+// The index of one (query shard, kv shard) pair, replicated over `batch`. Columns inside an
+// active block of their row are left to the block part. With `with_transpose` the transposed
+// index of the deterministic backward pass is filled too.
+SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardBlocks& blocks,
+                               int64_t batch, int64_t kv_heads, bool with_transpose);
+
+// Attended (query, key) pairs of an index, counting blocks as full; for density figures.
+int64_t attended_pairs(const SparseIndex& index);
+
+}  // namespace sparsering::kernels

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Sets SparseRing up on a fresh Debian 12 (or Ubuntu) machine and builds it:
+#   1. Debian packages: compiler, CMake, Ninja, ccache, Open MPI, protobuf, GoogleTest, Python venv
+#   2. LibTorch from PyPI (torch==2.11.0) in the project's virtual environment .venv/
+#   3. configure and build into build/ (CUDA kernels too when nvcc is on the PATH)
+# Idempotent: what is already there is kept. Prints each step; fails with a message naming what
+# could not be installed.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+torch_version=2.11.0
+build_dir=${SPARSERING_BUILD_DIR:-$root/build}
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() { printf 'setup.sh: %s\n' "$*" >&2; exit 1; }
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || fail "not root and no sudo: install the packages listed in launch/setup.sh by hand"
+  sudo_cmd=(sudo)
+fi
+
+packages=(g++ cmake ninja-build ccache pkg-config libopenmpi-dev openmpi-bin libprotobuf-dev
+          protobuf-compiler libgtest-dev)
+# A python3 that is not Debian's (pyenv, say) may already provide venv and pip.
+python3 -m venv --help >/dev/null 2>&1 || packages+=(python3 python3-venv python3-pip)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -qq || fail "apt-get update failed: check the network and /etc/apt/sources.list"
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" \
+    || fail "apt-get could not install: ${missing[*]} (check the Debian package registry)"
+else
+  step "Debian packages already installed"
+fi
+
+if [ ! -x "$root/.venv/bin/python3" ]; then
+  step "creating the virtual environment $root/.venv"
+  python3 -m venv "$root/.venv" || fail "python3 -m venv failed: install python3-venv"
+fi
+installed=$("$root/.venv/bin/python3" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
+if [ "$installed" != "$torch_version" ]; then
+  step "installing torch==$torch_version (LibTorch for C++) from PyPI into .venv"
+  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check "torch==$torch_version" \
+    || fail "pip could not install torch==$torch_version: check access to PyPI"
+else
+  step "torch $torch_version already in .venv"
+fi
+
+step "configuring $build_dir"
+cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DSPARSERING_PYTHON="$root/.venv/bin/python3" >"$root/.setup-cmake.log" 2>&1 \
+  || { cat "$root/.setup-cmake.log" >&2; fail "cmake configure failed (log above)"; }
+step "building with $(nproc) jobs"
+cmake --build "$build_dir" -j "$(nproc)"
+step "done: $build_dir/sparsering; run launch/train.sh configs/tiny.pbtxt"

@@ -1,0 +1,37 @@
+// NCCL implementation of the Communicator operations for CUDA tensors. Collectives run on the
+// current stream; point-to-point transfers run on the communicator's own stream, ordered after
+// the current stream by an event, so the ring's transfers overlap its compute.
+#pragma once
+
+#include <mpi.h>
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel/communicator.h"
+
+namespace sparsering::parallel {
+
+class NcclBackend {
+ public:
+  // Collective over `comm`: rank 0 creates the NCCL unique id and broadcasts it over MPI.
+  NcclBackend(const std::string& name, MPI_Comm comm, int rank, int size);
+  ~NcclBackend();
+
+  void all_reduce(at::Tensor& tensor, ReduceOp op);
+  void broadcast(at::Tensor& tensor, int root);
+  void all_gather(const at::Tensor& tensor, at::Tensor& gathered);
+  void reduce_scatter(const at::Tensor& tensor, at::Tensor& out);
+  std::unique_ptr<PendingTransfers> start_transfers(const std::vector<Transfer>& sends,
+                                                    const std::vector<Transfer>& receives);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+  std::string name_;
+};
+
+}  // namespace sparsering::parallel

@@ -1,0 +1,78 @@
+// Sparse ring attention over the context-parallel group (DESIGN.md, "One step", 3 and 4).
+//
+// Every rank holds the query, key and value tokens of its layout blocks. Forward: the key/value
+// shards travel around the ring (sent to rank+1, received from rank-1) while each rank attends
+// its queries to the shard already here, merging partial outputs by log-sum-exp; compute is
+// skipped for a shard with no active block, never its transfer. Backward: the ring runs again,
+// dQ accumulates locally, and each shard's dK/dV accumulator travels one step behind its K/V and
+// returns to its owner after the last step. The hierarchical ring nests an intra-node ring in an
+// inter-node one so the slow transfer of the next node's shard overlaps a whole inner ring.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <memory>
+
+#include "kernels/vertical_slash.h"
+#include "parallel/communicator.h"
+#include "parallel/layout.h"
+
+namespace sparsering::parallel {
+
+struct RingAttentionConfig {
+  bool sparse = false;  // vertical-slash pattern; false = every causal block
+  // Pattern budgets per head (kernels/vertical_slash.h).
+  int64_t num_columns = 0;
+  int64_t num_diagonals = 0;
+  int64_t sink_tokens = 64;
+  int64_t local_tokens = 128;
+  int estimation_queries = 64;  // last queries of the sequence sampled to estimate the pattern
+  bool deterministic_backward = false;
+};
+
+// Work of the last forward call on this rank, for density and imbalance figures.
+struct RingAttentionStats {
+  int64_t attended_pairs = 0;  // (query, key) pairs computed, blocks counted whole
+  int64_t dense_pairs = 0;     // the same for every causal block (the dense ring's work)
+  int64_t skipped_shards = 0;  // ring steps whose compute was skipped
+  double density() const {
+    return dense_pairs == 0 ? 0.0 : static_cast<double>(attended_pairs) / dense_pairs;
+  }
+};
+
+// The context-parallel group and its two levels. A flat ring has inner = cp and no outer ring.
+// Ranks are numbered node-major: cp rank = outer rank x inner size + inner rank.
+struct RingGroups {
+  Communicator* cp = nullptr;
+  Communicator* inner = nullptr;
+  Communicator* outer = nullptr;  // nullptr for the flat ring
+};
+
+class RingAttention {
+ public:
+  RingAttention(RingAttentionConfig config, RingGroups groups, TokenLayout layout);
+
+  // q [batch, local_tokens, heads, dim] (after RoPE at global positions), k and v
+  // [batch, local_tokens, kv_heads, dim]. Differentiable in q, k and v. `estimate` re-estimates
+  // the sparse pattern from these q and k (the last pattern is reused otherwise); `dense` runs
+  // every causal block whatever the config says (dense warm-up).
+  at::Tensor forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool estimate,
+                     bool dense);
+
+  // The pattern estimated from q and k, identical on every rank of the ring.
+  kernels::VerticalSlashPattern estimate_pattern(const at::Tensor& q, const at::Tensor& k);
+
+  const RingAttentionStats& stats() const { return stats_; }
+  const TokenLayout& layout() const { return layout_; }
+
+ private:
+  RingAttentionConfig config_;
+  RingGroups groups_;
+  TokenLayout layout_;
+  kernels::VerticalSlashPattern pattern_;
+  bool has_pattern_ = false;
+  RingAttentionStats stats_;
+};
+
+}  // namespace sparsering::parallel

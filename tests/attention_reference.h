@@ -1,0 +1,64 @@
+// Test references independent of the code under test: dense attention in fp64 with an explicit
+// boolean mask, differentiated by autograd, and the global vertical-slash mask written out token
+// by token from a pattern's definition.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include <limits>
+
+#include "kernels/vertical_slash.h"
+
+namespace sparsering::testing {
+
+// q [B, S, H, D], k/v [B, S, Hk, D], mask [B or 1, H, Sq, Sk] bool. fp64 output [B, Sq, H, D]
+// and lse [B, H, Sq] (-inf for rows with no key). Differentiable through autograd.
+inline std::pair<at::Tensor, at::Tensor> reference_attention(const at::Tensor& q,
+                                                             const at::Tensor& k,
+                                                             const at::Tensor& v,
+                                                             const at::Tensor& mask,
+                                                             double scale) {
+  const int64_t heads = q.size(2), group = heads / k.size(2);
+  auto qh = q.to(at::kDouble).permute({0, 2, 1, 3});
+  auto kh = k.to(at::kDouble).permute({0, 2, 1, 3}).repeat_interleave(group, 1);
+  auto vh = v.to(at::kDouble).permute({0, 2, 1, 3}).repeat_interleave(group, 1);
+  auto scores = at::matmul(qh, kh.transpose(-1, -2)) * scale;
+  scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<double>::infinity());
+  auto lse = at::logsumexp(scores, -1);
+  const auto empty_row = mask.any(-1).logical_not();
+  // Rows with no key: probabilities 0 (softmax would give NaN).
+  auto p = at::exp(scores - at::where(empty_row, at::zeros_like(lse), lse).unsqueeze(-1));
+  auto out = at::matmul(p, vh).permute({0, 2, 1, 3});
+  return {out, lse};
+}
+
+// The token-level mask a vertical-slash pattern means on the whole sequence, [H, S, S]:
+// causal, and either the key column is chosen or the (query block, key block) pair is active.
+inline at::Tensor global_pattern_mask(const kernels::VerticalSlashPattern& pattern) {
+  const int64_t length = pattern.sequence_length, bs = pattern.block_size;
+  const int64_t heads = pattern.block_diagonals.size(0);
+  const auto positions = at::arange(length, at::kLong);
+  const auto block = at::div(positions, bs, "floor");
+  const auto offset = (block.unsqueeze(1) - block.unsqueeze(0)).clamp_min(0);  // [S, S]
+  const auto causal = positions.unsqueeze(0) <= positions.unsqueeze(1);
+  auto mask = at::zeros({heads, length, length}, at::kBool);
+  for (int64_t h = 0; h < heads; ++h) {
+    auto blocks = pattern.block_diagonals[h].cpu().index_select(0, offset.reshape(-1))
+                      .view({length, length});
+    auto columns = at::zeros({length}, at::kBool);
+    const auto chosen = pattern.columns[h].cpu().contiguous();
+    for (int64_t i = 0; i < chosen.numel(); ++i) {
+      const int64_t c = chosen[i].item<int64_t>();
+      if (c >= 0) columns[c] = true;
+    }
+    mask[h] = blocks.logical_or(columns.unsqueeze(0)).logical_and(causal);
+  }
+  return mask;
+}
+
+inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble).cpu() - b.to(at::kDouble).cpu()).abs().max().item<double>();
+}
+
+}  // namespace sparsering::testing

@@ -1,0 +1,36 @@
+#include <gtest/gtest.h>
+
+#include "configs/user_error.h"
+#include "trainer/cli.h"
+
+namespace sparsering {
+namespace {
+
+TEST(CommandLine, ParsesTrainOptions) {
+  const auto line = trainer::parse_command_line(
+      {"train", "--set", "train.steps=3", "--run-dir", "/tmp/x", "--set", "name=y"});
+  EXPECT_EQ(line.command, "train");
+  EXPECT_EQ(line.overrides, (std::vector<std::string>{"train.steps=3", "name=y"}));
+  EXPECT_EQ(line.run_dir, "/tmp/x");
+  EXPECT_TRUE(line.config_path.empty());
+  EXPECT_TRUE(trainer::parse_command_line({"train", "--help"}).help);
+  EXPECT_TRUE(trainer::parse_command_line({"--help"}).help);
+}
+
+TEST(CommandLine, RejectsBadInputWithOneLine) {
+  const std::vector<std::vector<std::string>> bad = {
+      {}, {"trian"}, {"train", "--bogus"}, {"train", "--set"},
+      {"train", "--config", "/nonexistent.pbtxt"}, {"world-size", "--run-dir", "x"}};
+  for (const auto& arguments : bad) {
+    EXPECT_THROW(trainer::parse_command_line(arguments), UserError);
+  }
+}
+
+TEST(CommandLine, EveryCommandHasUsage) {
+  for (const char* command : {"train", "eval", "bench", "world-size", ""}) {
+    EXPECT_NE(trainer::usage(command).find("usage:"), std::string::npos) << command;
+  }
+}
+
+}  // namespace
+}  // namespace sparsering

@@ -1,0 +1,128 @@
+// Experiment loading: the embedded default and every shipped config load; overrides apply by
+// field path; each validation rule rejects a bad value with a message naming the field.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "configs/config.h"
+#include "configs/user_error.h"
+
+namespace sparsering {
+namespace {
+
+config::Experiment tiny(const std::vector<std::string>& overrides = {}) {
+  return config::load_experiment(config::embedded_tiny_config(), "tiny", overrides);
+}
+
+std::string error_of(const std::vector<std::string>& overrides, const std::string& text = "") {
+  try {
+    config::load_experiment(text.empty() ? config::embedded_tiny_config() : text, "test.pbtxt",
+                            overrides);
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, EmbeddedTinyLoadsWithItsValues) {
+  const auto e = tiny();
+  EXPECT_EQ(e.name, "tiny");
+  EXPECT_EQ(e.model.num_layers, 2);
+  EXPECT_EQ(e.parallel.context_parallel_size, 2);
+  EXPECT_EQ(e.parallel.layout, config::LayoutKind::kBalanced);
+  EXPECT_EQ(e.train.steps, 200);
+  EXPECT_NE(e.resolved_text.find("rope_theta: 10000"), std::string::npos);  // defaults shown
+}
+
+TEST(Config, ShippedConfigsLoad) {
+  for (const auto& entry : std::filesystem::directory_iterator(SPARSERING_SOURCE_DIR "/configs")) {
+    if (entry.path().extension() != ".pbtxt") continue;
+    SCOPED_TRACE(entry.path().string());
+    EXPECT_NO_THROW(config::load_experiment_file(entry.path().string(), {}));
+  }
+}
+
+TEST(Config, ResolvedTextReloadsToTheSameExperiment) {
+  const auto e = tiny({"train.steps=7", "attention.kind=SPARSE"});
+  const auto again = config::load_experiment(e.resolved_text, "resolved", {});
+  EXPECT_EQ(again.resolved_text, e.resolved_text);
+  EXPECT_EQ(again.train.steps, 7);
+}
+
+TEST(Config, OverridesSetFieldsByPath) {
+  const auto e = tiny({"train.steps=5", "optimizer.lr=0.01", "parallel.layout=ZIGZAG",
+                       "name=other", "attention.kind=SPARSE", "nm_sparsity.layers=q_proj,k_proj"});
+  EXPECT_EQ(e.train.steps, 5);
+  EXPECT_DOUBLE_EQ(e.optimizer.lr, 0.01);
+  EXPECT_EQ(e.parallel.layout, config::LayoutKind::kZigzag);
+  EXPECT_EQ(e.name, "other");
+  EXPECT_EQ(e.attention.kind, config::AttentionKind::kSparse);
+  EXPECT_EQ(e.nm_sparsity.layers, (std::vector<std::string>{"q_proj", "k_proj"}));
+}
+
+TEST(Config, BadOverridesNameTheProblem) {
+  EXPECT_NE(error_of({"train.stepz=5"}).find("has no field 'stepz'"), std::string::npos);
+  EXPECT_NE(error_of({"train.steps=five"}).find("train.steps"), std::string::npos);
+  EXPECT_NE(error_of({"train=5"}).find("is a message"), std::string::npos);
+  EXPECT_NE(error_of({"train.steps"}).find("path.to.field=value"), std::string::npos);
+}
+
+TEST(Config, SyntaxErrorsNameLineAndColumn) {
+  const auto message = error_of({}, "model {\n  num_layers: 2\n  bogus: 1\n}\n");
+  EXPECT_NE(message.find("test.pbtxt: line 3"), std::string::npos) << message;
+}
+
+struct Rule {
+  std::string override_text, field, phrase;
+};
+
+TEST(Config, ValidationRulesNameFieldValueAndRule) {
+  const std::vector<Rule> rules = {
+      {"model.num_heads=3", "model.hidden_size", "multiple of num_heads"},
+      {"model.num_kv_heads=3", "model.num_kv_heads", "divide model.num_heads"},
+      {"attention.block_size=32", "attention.block_size", "64 or 128"},
+      {"train.sequence_length=320", "train.sequence_length", "multiple of 2 x"},
+      {"train.sequence_length=8192", "train.sequence_length", "max_context"},
+      {"parallel.intra_node_ring_size=3", "parallel.intra_node_ring_size", "divide"},
+      {"optimizer.lr=0", "optimizer.lr", "> 0"},
+      {"optimizer.beta2=1", "optimizer.beta2", "[0, 1)"},
+      {"schedule.min_lr_ratio=2", "schedule.min_lr_ratio", "[0, 1]"},
+      {"nm_sparsity.n=4", "nm_sparsity.n", "n < m"},
+      {"nm_sparsity.layers=qkv", "nm_sparsity.layers", "unknown layer"},
+      {"attention.vertical_fraction=1.5", "attention.vertical_fraction", "[0, 1]"},
+      {"attention.estimation_queries=0", "attention.estimation_queries", "[1,"},
+      {"train.steps=0", "train.steps", "> 0"},
+      {"data.copy_period=256", "data.copy_period", "[1, train.sequence_length)"},
+      {"name=a/b", "name", "directory name"},
+  };
+  for (const Rule& rule : rules) {
+    const auto message = error_of({rule.override_text});
+    EXPECT_NE(message.find(rule.field), std::string::npos) << rule.override_text << ": " << message;
+    EXPECT_NE(message.find(rule.phrase), std::string::npos) << rule.override_text << ": " << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << "one line: " << message;
+  }
+}
+
+TEST(Config, FeaturesNotInThisBuildAreRefused) {
+  EXPECT_NE(error_of({"nm_sparsity.enabled=true"}).find("not implemented"), std::string::npos);
+  EXPECT_NE(error_of({"data.source=PASSKEY"}).find("not implemented"), std::string::npos);
+  EXPECT_NE(error_of({"profiling.enabled=true"}).find("not implemented"), std::string::npos);
+}
+
+TEST(Config, WorldSizeMustMatchTheMesh) {
+  const auto e = tiny();
+  EXPECT_NO_THROW(config::validate_world(e, 2));
+  try {
+    config::validate_world(e, 3);
+    FAIL() << "expected an error";
+  } catch (const UserError& error) {
+    EXPECT_NE(std::string(error.what()).find("launch 2 ranks"), std::string::npos);
+  }
+}
+
+TEST(Config, MissingFileIsAUserError) {
+  EXPECT_THROW(config::load_experiment_file("/nonexistent/x.pbtxt", {}), UserError);
+}
+
+}  // namespace
+}  // namespace sparsering

@@ -1,0 +1,136 @@
+// GPU kernels against their CPU twin and dense fp64 attention (skipped without a GPU). Outputs
+// are poisoned with NaN before each launch, so any element a kernel forgets to write fails.
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+
+#include "kernels/cpu/sparse_attention_cpu.h"
+#include "kernels/sparse_attention.h"
+#include "kernels/vertical_slash.h"
+#include "parallel/layout.h"
+#include "tests/attention_reference.h"
+
+namespace sparsering {
+namespace {
+
+struct GpuCase {
+  int64_t heads, kv_heads, dim;
+  int block;
+  config::LayoutKind layout;
+  bool sparse;
+  at::ScalarType type;
+};
+
+class SparseAttentionGpu : public ::testing::TestWithParam<GpuCase> {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
+  }
+};
+
+// Error of a naive implementation in the same dtype: the CPU twin fed with rounded inputs and
+// rounded output. The kernel may be at most 2x worse (plus a small floor).
+TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
+  const GpuCase c = GetParam();
+  const int world = 2, rank = 1;  // the second shard of a 2-rank ring: all pair kinds
+  const int64_t blocks = 8 * world, length = blocks * c.block, batch = 1;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.dim));
+  at::manual_seed(21);
+  const auto q = at::randn({batch, length, c.heads, c.dim});
+  const auto k = at::randn({batch, length, c.kv_heads, c.dim});
+  const auto v = at::randn({batch, length, c.kv_heads, c.dim});
+  const auto dout = at::randn({batch, length, c.heads, c.dim});
+  parallel::TokenLayout layout(c.layout, blocks, c.block, world);
+  kernels::VerticalSlashPattern pattern =
+      kernels::dense_pattern(c.heads, length, c.block, at::kCPU);
+  if (c.sparse) {
+    kernels::AttentionMass mass{at::rand({c.heads, length}), at::rand({c.heads, length})};
+    pattern = kernels::select_pattern(mass, length / 16, length / 8, 16, c.block, c.block);
+  }
+  const auto cuda = at::Device(at::kCUDA);
+  const auto q_local = layout.shard(q, rank).contiguous();
+  auto out_acc_gpu = at::zeros(q_local.sizes(), at::TensorOptions().device(cuda));
+  auto lse_acc_gpu = at::full({batch, c.heads, q_local.size(1)}, -INFINITY,
+                              at::TensorOptions().device(cuda));
+  auto out_acc_cpu = at::zeros(q_local.sizes());
+  auto lse_acc_cpu = at::full({batch, c.heads, q_local.size(1)}, -INFINITY);
+  std::vector<std::tuple<kernels::ShardBlocks, kernels::SparseIndex, at::Tensor, at::Tensor>> pairs;
+  for (int source = 0; source < world; ++source) {
+    kernels::ShardBlocks blocks_cpu{layout.blocks_of(rank), layout.blocks_of(source)};
+    const auto index_cpu = kernels::build_sparse_index(pattern, blocks_cpu, batch, c.kv_heads, true);
+    kernels::ShardBlocks blocks_gpu{blocks_cpu.q_block_ids.to(cuda), blocks_cpu.k_block_ids.to(cuda)};
+    kernels::SparseIndex index_gpu = index_cpu;
+    for (at::Tensor* t : {&index_gpu.block_row_offsets, &index_gpu.block_cols,
+                          &index_gpu.column_row_offsets, &index_gpu.column_indices,
+                          &index_gpu.t_block_row_offsets, &index_gpu.t_block_entries,
+                          &index_gpu.t_column_row_offsets, &index_gpu.t_column_entries}) {
+      *t = t->to(cuda);
+    }
+    const auto k_shard = layout.shard(k, source).contiguous();
+    const auto v_shard = layout.shard(v, source).contiguous();
+    // Reference in fp32 on the same rounded inputs.
+    const auto part_cpu = kernels::cpu::sparse_attention_forward(
+        q_local.to(c.type).to(at::kFloat), k_shard.to(c.type).to(at::kFloat),
+        v_shard.to(c.type).to(at::kFloat), blocks_cpu, index_cpu, scale);
+    kernels::cpu::lse_merge(out_acc_cpu, lse_acc_cpu, part_cpu.out, part_cpu.lse);
+    const auto part_gpu = kernels::sparse_attention_forward(
+        q_local.to(c.type).to(cuda), k_shard.to(c.type).to(cuda), v_shard.to(c.type).to(cuda),
+        blocks_gpu, index_gpu, scale);
+    EXPECT_FALSE(at::isnan(part_gpu.out).any().item<bool>());
+    EXPECT_FALSE(at::isnan(part_gpu.lse).any().item<bool>());
+    kernels::lse_merge(out_acc_gpu, lse_acc_gpu, part_gpu.out, part_gpu.lse);
+    pairs.emplace_back(blocks_gpu, index_gpu, k_shard, v_shard);
+  }
+  // Dense fp64 truth for this rank's queries against the whole sequence, with the pattern's
+  // global mask; its k/v gradients are exactly this rank's contributions.
+  const auto positions = layout.positions_of(rank);
+  const auto mask = testing::global_pattern_mask(pattern).index_select(1, positions).unsqueeze(0);
+  auto q64 = q_local.to(c.type).to(at::kDouble).requires_grad_(true);
+  auto k64 = k.to(c.type).to(at::kDouble).requires_grad_(true);
+  auto v64 = v.to(c.type).to(at::kDouble).requires_grad_(true);
+  const auto dout_local64 = layout.shard(dout, rank).to(c.type).to(at::kDouble);
+  auto [ref_out, ref_lse] = testing::reference_attention(q64, k64, v64, mask, scale);
+  (ref_out * dout_local64).sum().backward();
+  const double naive_error = testing::max_abs_diff(out_acc_cpu.to(c.type), ref_out);
+  const double gpu_error = testing::max_abs_diff(out_acc_gpu, ref_out);
+  EXPECT_LE(gpu_error, 2 * naive_error + 1e-3) << "naive " << naive_error;
+  const auto attended = mask.any(-1);
+  EXPECT_LT(testing::max_abs_diff(lse_acc_gpu.masked_fill(attended.logical_not().to(cuda), 0),
+                                  ref_lse.masked_fill(attended.logical_not(), 0)),
+            1e-2);
+
+  // Backward over both shards with the final lse, atomic and deterministic. bf16 rounding of P
+  // and dS (as FlashAttention) bounds the error relative to the gradient's scale.
+  const auto out_final = out_acc_gpu.to(c.type).contiguous();
+  const auto dout_local = dout_local64.to(c.type).to(cuda).contiguous();
+  const auto delta = kernels::attention_delta(dout_local, out_final);
+  auto relative_error = [](const at::Tensor& got, const at::Tensor& truth) {
+    return testing::max_abs_diff(got, truth) / (truth.abs().max().item<double>() + 1e-12);
+  };
+  for (bool deterministic : {false, true}) {
+    SCOPED_TRACE(deterministic ? "deterministic" : "atomic");
+    auto dq = at::full(q_local.sizes(), NAN, at::TensorOptions().device(cuda)).zero_();
+    for (int source = 0; source < world; ++source) {
+      auto& [blocks_gpu, index_gpu, k_shard, v_shard] = pairs[source];
+      auto dk = at::zeros(k_shard.sizes(), at::TensorOptions().device(cuda));
+      auto dv = at::zeros(v_shard.sizes(), at::TensorOptions().device(cuda));
+      kernels::sparse_attention_backward(dout_local, q_local.to(c.type).to(cuda),
+                                         k_shard.to(c.type).to(cuda), v_shard.to(c.type).to(cuda),
+                                         out_final, lse_acc_gpu, delta, blocks_gpu, index_gpu,
+                                         scale, deterministic, dq, dk, dv);
+      EXPECT_LT(relative_error(dk, layout.shard(k64.grad(), source)), 0.03) << "dk " << source;
+      EXPECT_LT(relative_error(dv, layout.shard(v64.grad(), source)), 0.03) << "dv " << source;
+    }
+    EXPECT_LT(relative_error(dq, q64.grad()), 0.03) << "dq";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, SparseAttentionGpu,
+    ::testing::Values(
+        GpuCase{4, 4, 64, 64, config::LayoutKind::kContiguous, false, at::kBFloat16},
+        GpuCase{8, 2, 128, 64, config::LayoutKind::kBalanced, true, at::kBFloat16},
+        GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf},
+        GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16}));
+
+}  // namespace
+}  // namespace sparsering

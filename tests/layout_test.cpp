@@ -1,0 +1,68 @@
+// Token layouts: every layout is a permutation of the blocks, shard/unshard round-trip, and the
+// balanced layout evens out causal work where contiguous does not.
+#include <gtest/gtest.h>
+
+#include "parallel/layout.h"
+
+namespace sparsering {
+namespace {
+
+using config::LayoutKind;
+
+class LayoutTest : public ::testing::TestWithParam<LayoutKind> {};
+
+TEST_P(LayoutTest, IsABlockPermutationAndRoundTrips) {
+  const int world = 4, block = 3;
+  parallel::TokenLayout layout(GetParam(), 16, block, world);
+  std::vector<int> seen(16, 0);
+  for (int r = 0; r < world; ++r) {
+    const auto ids = layout.blocks_of(r);
+    ASSERT_EQ(ids.numel(), 4);
+    for (int64_t i = 0; i < ids.numel(); ++i) {
+      const int id = ids[i].item<int>();
+      ++seen[id];
+      EXPECT_EQ(layout.owner_of(id), std::make_pair(r, i));
+    }
+  }
+  for (int count : seen) EXPECT_EQ(count, 1);
+  const auto sequence = at::arange(2 * 48, at::kLong).view({2, 48});
+  std::vector<at::Tensor> shards;
+  for (int r = 0; r < world; ++r) {
+    const auto shard = layout.shard(sequence, r);
+    EXPECT_TRUE(shard[0].equal(layout.positions_of(r)));
+    shards.push_back(shard);
+  }
+  EXPECT_TRUE(layout.unshard(at::stack(shards)).equal(sequence));
+}
+
+INSTANTIATE_TEST_SUITE_P(All, LayoutTest,
+                         ::testing::Values(LayoutKind::kContiguous, LayoutKind::kZigzag,
+                                           LayoutKind::kBalanced));
+
+TEST(Layout, ShapesOfEachKind) {
+  EXPECT_TRUE(parallel::TokenLayout(LayoutKind::kContiguous, 8, 1, 2).blocks_of(1).equal(
+      at::tensor({4, 5, 6, 7}, at::kInt)));
+  EXPECT_TRUE(parallel::TokenLayout(LayoutKind::kZigzag, 8, 1, 2).blocks_of(0).equal(
+      at::tensor({0, 1, 6, 7}, at::kInt)));
+  EXPECT_TRUE(parallel::TokenLayout(LayoutKind::kBalanced, 8, 1, 2).blocks_of(1).equal(
+      at::tensor({1, 3, 5, 7}, at::kInt)));
+  EXPECT_THROW(parallel::TokenLayout(LayoutKind::kZigzag, 6, 1, 2), std::invalid_argument);
+  EXPECT_THROW(parallel::TokenLayout(LayoutKind::kBalanced, 7, 1, 2), std::invalid_argument);
+}
+
+TEST(Layout, DenseCausalWorkPerRank) {
+  // Causal work of a rank = sum over its blocks of (global id + 1).
+  auto imbalance = [](LayoutKind kind) {
+    parallel::TokenLayout layout(kind, 512, 1, 8);
+    std::vector<double> work;
+    for (int r = 0; r < 8; ++r) work.push_back((layout.blocks_of(r).to(at::kDouble) + 1).sum().item<double>());
+    const double mean = std::accumulate(work.begin(), work.end(), 0.0) / work.size();
+    return *std::max_element(work.begin(), work.end()) / mean;
+  };
+  EXPECT_GT(imbalance(LayoutKind::kContiguous), 1.8);
+  EXPECT_DOUBLE_EQ(imbalance(LayoutKind::kZigzag), 1.0);
+  EXPECT_LT(imbalance(LayoutKind::kBalanced), 1.02);
+}
+
+}  // namespace
+}  // namespace sparsering

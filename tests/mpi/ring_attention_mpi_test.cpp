@@ -1,0 +1,167 @@
+// Ring attention on 2, 4 and 8 MPI ranks equals single-process attention with the same global
+// mask: outputs and the gradients of q, k and v, for every layout, dense and sparse, flat and
+// hierarchical rings. Every rank builds the same global inputs from one seed and checks its own
+// shard; comparisons are non-fatal so no rank leaves a collective early.
+#include <gtest/gtest.h>
+#include <torch/autograd.h>
+
+#include <cmath>
+
+#include "parallel/ring_attention.h"
+#include "tests/attention_reference.h"
+
+namespace sparsering {
+namespace {
+
+using config::LayoutKind;
+
+struct RingCase {
+  LayoutKind layout;
+  bool sparse;
+  int inner;  // 0 = flat ring
+};
+
+std::string case_name(const RingCase& c) {
+  return std::string(parallel::layout_name(c.layout)) + (c.sparse ? "/sparse" : "/dense") +
+         (c.inner ? "/hierarchical-inner" + std::to_string(c.inner) : "/flat");
+}
+
+class RingGroupsForTest {
+ public:
+  RingGroupsForTest(int inner) {
+    cp_ = std::make_unique<parallel::Communicator>("cp", MPI_COMM_WORLD, false);
+    if (inner == 0 || inner == cp_->size()) return;
+    const int node = cp_->rank() / inner, local = cp_->rank() % inner;
+    MPI_Comm inner_comm, outer_comm;
+    MPI_Comm_split(MPI_COMM_WORLD, node, local, &inner_comm);
+    MPI_Comm_split(MPI_COMM_WORLD, local, node, &outer_comm);
+    inner_ = std::make_unique<parallel::Communicator>("inner", inner_comm, false);
+    outer_ = std::make_unique<parallel::Communicator>("outer", outer_comm, false);
+    MPI_Comm_free(&inner_comm);
+    MPI_Comm_free(&outer_comm);
+  }
+  parallel::RingGroups groups() {
+    if (!inner_) return {cp_.get(), cp_.get(), nullptr};
+    return {cp_.get(), inner_.get(), outer_.get()};
+  }
+
+ private:
+  std::unique_ptr<parallel::Communicator> cp_, inner_, outer_;
+};
+
+void run_case(const RingCase& c) {
+  SCOPED_TRACE(case_name(c));
+  int world = 1, rank = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const int64_t batch = 2, heads = 4, kv_heads = 2, dim = 16;
+  const int block = 16;
+  const int64_t blocks = 4 * world, length = blocks * block;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+
+  torch::manual_seed(1234);  // identical global inputs on every rank
+  const auto q = at::randn({batch, length, heads, dim});
+  const auto k = at::randn({batch, length, kv_heads, dim});
+  const auto v = at::randn({batch, length, kv_heads, dim});
+  const auto dout = at::randn({batch, length, heads, dim});
+
+  RingGroupsForTest groups(c.inner);
+  parallel::TokenLayout layout(c.layout, blocks, block, world);
+  parallel::RingAttentionConfig config;
+  config.sparse = c.sparse;
+  config.num_columns = 6;
+  config.num_diagonals = 3;
+  config.sink_tokens = 4;
+  config.local_tokens = 8;
+  config.estimation_queries = 16;
+  parallel::RingAttention ring(config, groups.groups(), layout);
+
+  auto q_local = layout.shard(q, rank).contiguous().requires_grad_(true);
+  auto k_local = layout.shard(k, rank).contiguous().requires_grad_(true);
+  auto v_local = layout.shard(v, rank).contiguous().requires_grad_(true);
+  auto out = ring.forward(q_local, k_local, v_local, /*estimate=*/true, /*dense=*/false);
+  (out * layout.shard(dout, rank)).sum().backward();
+
+  // The reference uses the same pattern over the whole sequence, on one process.
+  const auto pattern = c.sparse ? ring.estimate_pattern(q_local.detach(), k_local.detach())
+                                : kernels::dense_pattern(heads, length, block, at::kCPU);
+  const auto mask = testing::global_pattern_mask(pattern).unsqueeze(0);
+  auto q64 = q.to(at::kDouble).requires_grad_(true);
+  auto k64 = k.to(at::kDouble).requires_grad_(true);
+  auto v64 = v.to(at::kDouble).requires_grad_(true);
+  auto [ref_out, ref_lse] = testing::reference_attention(q64, k64, v64, mask, scale);
+  (ref_out * dout.to(at::kDouble)).sum().backward();
+
+  const double tolerance = 2e-5;
+  EXPECT_TRUE(at::isfinite(out).all().item<bool>());
+  EXPECT_LT(testing::max_abs_diff(out, layout.shard(ref_out, rank)), tolerance);
+  EXPECT_LT(testing::max_abs_diff(q_local.grad(), layout.shard(q64.grad(), rank)), tolerance);
+  EXPECT_LT(testing::max_abs_diff(k_local.grad(), layout.shard(k64.grad(), rank)), tolerance);
+  EXPECT_LT(testing::max_abs_diff(v_local.grad(), layout.shard(v64.grad(), rank)), tolerance);
+
+  if (c.sparse) {
+    // The distributed estimate equals the single-process one on the whole sequence.
+    const auto positions = at::arange(length, at::kLong);
+    const auto q_positions = positions.slice(0, length - config.estimation_queries);
+    const auto logits = kernels::sample_logits(q.slice(1, length - config.estimation_queries), q_positions,
+                                               k, positions, scale);
+    const auto mass =
+        kernels::attention_mass(at::softmax(logits, -1), q_positions, positions, length);
+    const auto single = kernels::select_pattern(mass, config.num_columns, config.num_diagonals,
+                                                config.sink_tokens, config.local_tokens, block);
+    EXPECT_TRUE(single.columns.equal(pattern.columns));
+    EXPECT_TRUE(single.block_diagonals.equal(pattern.block_diagonals));
+    // And it is sparse: fewer attended pairs than the dense ring over all ranks.
+    auto work = at::tensor({ring.stats().attended_pairs, ring.stats().dense_pairs}, at::kLong);
+    MPI_Allreduce(MPI_IN_PLACE, work.data_ptr(), 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    EXPECT_LT(work[0].item<int64_t>(), work[1].item<int64_t>());
+  }
+  if (c.layout == LayoutKind::kContiguous && rank == 0 && world > 1) {
+    // Rank 0 holds the first blocks: every other shard lies after all its queries.
+    EXPECT_EQ(ring.stats().skipped_shards, world - 1);
+  }
+}
+
+TEST(RingAttention, EqualsSingleProcessAttentionForEveryLayoutAndRing) {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  std::vector<int> inner_sizes = {0};
+  for (int inner = 2; inner < world; inner *= 2) inner_sizes.push_back(inner);
+  for (LayoutKind layout : {LayoutKind::kContiguous, LayoutKind::kZigzag, LayoutKind::kBalanced}) {
+    for (bool sparse : {false, true}) {
+      for (int inner : inner_sizes) run_case({layout, sparse, inner});
+    }
+  }
+}
+
+TEST(RingAttention, ReusesThePatternWhenNotReestimating) {
+  int world = 1, rank = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  RingGroupsForTest groups(0);
+  const int block = 16;
+  parallel::TokenLayout layout(LayoutKind::kBalanced, 4 * world, block, world);
+  parallel::RingAttentionConfig config;
+  config.sparse = true;
+  config.num_columns = 4;
+  config.num_diagonals = 4;
+  config.sink_tokens = 1;
+  config.local_tokens = 1;
+  config.estimation_queries = 8;
+  parallel::RingAttention ring(config, groups.groups(), layout);
+  torch::manual_seed(7);
+  const int64_t local = layout.blocks_per_rank() * block;
+  const auto q1 = at::randn({1, local, 2, 16}), k1 = at::randn({1, local, 2, 16});
+  ring.forward(q1, k1, k1, /*estimate=*/true, /*dense=*/false);
+  const int64_t first = ring.stats().attended_pairs;
+  // Different inputs without re-estimation: the same pattern, so the same work.
+  const auto q2 = at::randn({1, local, 2, 16}) * 10, k2 = at::randn({1, local, 2, 16});
+  ring.forward(q2, k2, k2, /*estimate=*/false, /*dense=*/false);
+  EXPECT_EQ(ring.stats().attended_pairs, first);
+  // Dense warm-up computes every causal block whatever the pattern.
+  ring.forward(q2, k2, k2, /*estimate=*/false, /*dense=*/true);
+  EXPECT_EQ(ring.stats().attended_pairs, ring.stats().dense_pairs);
+}
+
+}  // namespace
+}  // namespace sparsering

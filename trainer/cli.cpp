@@ -1,0 +1,98 @@
+#include "trainer/cli.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "configs/user_error.h"
+
+namespace sparsering::trainer {
+namespace {
+
+const std::vector<std::string> kCommands = {"train", "eval", "bench", "world-size"};
+
+const char* kProgramUsage =
+    "usage: sparsering <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  train       train a model (run under mpirun; see launch/train.sh)\n"
+    "  eval        evaluate a checkpoint (not in this build yet)\n"
+    "  bench       benchmark attention and training throughput (not in this build yet)\n"
+    "  world-size  print the number of ranks a config needs (dp x cp)\n"
+    "\n"
+    "`sparsering <command> --help` describes a command's options.\n";
+
+const char* kConfigOptions =
+    "  --config PATH       experiment file in protobuf text format (configs/*.pbtxt);\n"
+    "                      default: the embedded configs/tiny.pbtxt\n"
+    "  --set FIELD=VALUE   override one field, e.g. --set train.steps=50 (repeatable);\n"
+    "                      the schema is configs/sparsering.proto\n";
+
+}  // namespace
+
+std::string usage(const std::string& command) {
+  if (command == "train") {
+    return std::string(
+               "usage: mpirun -np <dp x cp> sparsering train [options]\n"
+               "\n"
+               "Trains the experiment and writes <run dir>/config.pbtxt (the resolved config)\n"
+               "and <run dir>/metrics.jsonl (one JSON object per step).\n"
+               "\n"
+               "options:\n") +
+           kConfigOptions +
+           "  --run-dir DIR       output directory (default <train.runs_root>/<name>)\n"
+           "  --help              this text\n";
+  }
+  if (command == "eval" || command == "bench") {
+    return "usage: sparsering " + command +
+           " [options]\n\nNot in this build yet: the command exits with status 2.\n";
+  }
+  if (command == "world-size") {
+    return std::string("usage: sparsering world-size [options]\n\nPrints dp x cp of the config.\n"
+                       "\noptions:\n") +
+           kConfigOptions;
+  }
+  return kProgramUsage;
+}
+
+CommandLine parse_command_line(const std::vector<std::string>& arguments) {
+  CommandLine line;
+  if (arguments.empty()) {
+    throw UserError("missing command; run `sparsering --help` for the list");
+  }
+  if (arguments[0] == "--help" || arguments[0] == "-h" || arguments[0] == "help") {
+    line.help = true;
+    return line;
+  }
+  line.command = arguments[0];
+  if (std::find(kCommands.begin(), kCommands.end(), line.command) == kCommands.end()) {
+    throw UserError("unknown command '" + line.command + "'; run `sparsering --help` for the list");
+  }
+  auto value_of = [&](size_t& i) -> const std::string& {
+    if (i + 1 >= arguments.size()) {
+      throw UserError(arguments[i] + " needs a value; see `sparsering " + line.command +
+                      " --help`");
+    }
+    return arguments[++i];
+  };
+  for (size_t i = 1; i < arguments.size(); ++i) {
+    const std::string& flag = arguments[i];
+    if (flag == "--help" || flag == "-h") {
+      line.help = true;
+    } else if (flag == "--config") {
+      line.config_path = value_of(i);
+      if (!std::filesystem::is_regular_file(line.config_path)) {
+        throw UserError(line.config_path + ": config file not found; check the path");
+      }
+    } else if (flag == "--set") {
+      line.overrides.push_back(value_of(i));
+    } else if (flag == "--run-dir" && line.command == "train") {
+      line.run_dir = value_of(i);
+    } else {
+      throw UserError("unknown option '" + flag + "' for `sparsering " + line.command +
+                      "`; see `sparsering " + line.command + " --help`");
+    }
+  }
+  return line;
+}
+
+}  // namespace sparsering::trainer

@@ -1,0 +1,23 @@
+// The `sparsering` command line: `sparsering <command> [options]`. Bad flags and missing files
+// are UserErrors (one line, exit status 2).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace sparsering::trainer {
+
+struct CommandLine {
+  std::string command;      // train | eval | bench | world-size
+  std::string config_path;  // empty = the embedded configs/tiny.pbtxt
+  std::vector<std::string> overrides;  // --set path.to.field=value, in order
+  std::string run_dir;
+  bool help = false;
+};
+
+CommandLine parse_command_line(const std::vector<std::string>& arguments);
+
+// Usage text of one command, or of the program when `command` is empty.
+std::string usage(const std::string& command);
+
+}  // namespace sparsering::trainer

@@ -1,0 +1,79 @@
+// sparsering: the table of contents of a run. Parse the command line, load and validate the
+// experiment, build the device mesh, train. Errors end every rank with one line and a status:
+// 2 for bad input (config, flags, files), 1 for anything else.
+#include <c10/util/Exception.h>
+
+#include <iostream>
+
+#include "configs/config.h"
+#include "configs/user_error.h"
+#include "parallel/process_groups.h"
+#include "trainer/cli.h"
+#include "trainer/train.h"
+
+using namespace sparsering;
+
+namespace {
+
+config::Experiment load(const trainer::CommandLine& line) {
+  if (line.config_path.empty()) {
+    return config::load_experiment(config::embedded_tiny_config(), "configs/tiny.pbtxt (embedded)",
+                                   line.overrides);
+  }
+  return config::load_experiment_file(line.config_path, line.overrides);
+}
+
+int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& collectives_started) {
+  const bool leader = mpi.world_rank() == 0;
+  if (line.help || line.command.empty()) {
+    if (leader) std::cout << trainer::usage(line.command);
+    return 0;
+  }
+  if (line.command == "eval" || line.command == "bench") {
+    throw UserError("`sparsering " + line.command + "` is not in this build yet");
+  }
+  const config::Experiment experiment = load(line);
+  if (line.command == "world-size") {
+    if (leader) {
+      std::cout << experiment.parallel.data_parallel_size *
+                       experiment.parallel.context_parallel_size
+                << std::endl;
+    }
+    return 0;
+  }
+  config::validate_world(experiment, mpi.world_size());
+  collectives_started = true;
+  const at::Device device = trainer::select_device(experiment);
+  parallel::ProcessGroups groups({experiment.parallel.data_parallel_size,
+                                  experiment.parallel.context_parallel_size,
+                                  experiment.parallel.intra_node_ring_size},
+                                 /*use_nccl=*/device.is_cuda());
+  trainer::train(experiment, groups, device, {line.run_dir});
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  parallel::MpiSession mpi(&argc, &argv);
+  bool collectives_started = false;
+  int status = 0;
+  try {
+    status = run(trainer::parse_command_line({argv + 1, argv + argc}), mpi, collectives_started);
+  } catch (const UserError& error) {
+    // Input errors found before any collective are found identically by every rank: rank 0
+    // reports and all exit. Later ones may be one rank's alone: that rank takes the job down.
+    if (!collectives_started && mpi.world_rank() != 0) return 2;
+    std::cerr << "sparsering: error: " << error.what() << std::endl;
+    if (collectives_started && mpi.world_size() > 1) parallel::MpiSession::abort(2);
+    return 2;
+  } catch (const std::exception& error) {
+    // Torch errors carry a C++ backtrace in what(); the message alone is the useful line.
+    const auto* torch_error = dynamic_cast<const c10::Error*>(&error);
+    std::cerr << "sparsering: error on rank " << mpi.world_rank() << ": "
+              << (torch_error ? torch_error->what_without_backtrace() : error.what()) << std::endl;
+    if (mpi.world_size() > 1) parallel::MpiSession::abort(1);
+    return 1;
+  }
+  return status;
+}

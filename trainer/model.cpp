@@ -1,0 +1,142 @@
+#include "trainer/model.h"
+
+#include <torch/nn/init.h>
+
+#include "trainer/activation_checkpoint.h"
+
+namespace sparsering::trainer {
+namespace {
+
+torch::nn::Linear linear(int64_t in, int64_t out) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+
+// Rotates pairs (x1, x2) = (first half, second half) of the head dimension (Llama convention).
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  const auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  // cos/sin [tokens, half] -> [1, tokens, 1, half] against x [batch, tokens, heads, dim].
+  const auto c = cos.unsqueeze(0).unsqueeze(2).to(x.scalar_type());
+  const auto s = sin.unsqueeze(0).unsqueeze(2).to(x.scalar_type());
+  return at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions, int64_t head_dim,
+                                              double theta, double scaling_factor) {
+  const auto options = positions.options().dtype(at::kDouble);
+  const auto exponent = at::arange(0, head_dim, 2, options) / static_cast<double>(head_dim);
+  const auto inverse_frequency = at::pow(theta, -exponent);
+  const auto angles =
+      (positions.to(at::kDouble) / scaling_factor).unsqueeze(1) * inverse_frequency.unsqueeze(0);
+  return {at::cos(angles).to(at::kFloat), at::sin(angles).to(at::kFloat)};
+}
+
+RMSNormImpl::RMSNormImpl(int64_t size, double eps) : eps_(eps) {
+  weight_ = register_parameter("weight", at::ones({size}));
+}
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  const auto x32 = x.to(at::kFloat);
+  const auto normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+  return normed.to(x.scalar_type()) * weight_;
+}
+
+AttentionImpl::AttentionImpl(const config::ModelConfig& model,
+                             std::shared_ptr<parallel::RingAttention> ring)
+    : heads_(model.num_heads),
+      kv_heads_(model.num_kv_heads),
+      head_dim_(model.head_dim()),
+      ring_(std::move(ring)) {
+  q_proj_ = register_module("q_proj", linear(model.hidden_size, heads_ * head_dim_));
+  k_proj_ = register_module("k_proj", linear(model.hidden_size, kv_heads_ * head_dim_));
+  v_proj_ = register_module("v_proj", linear(model.hidden_size, kv_heads_ * head_dim_));
+  o_proj_ = register_module("o_proj", linear(heads_ * head_dim_, model.hidden_size));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const StepContext& context) {
+  const int64_t batch = x.size(0), tokens = x.size(1);
+  auto q = q_proj_(x).view({batch, tokens, heads_, head_dim_});
+  auto k = k_proj_(x).view({batch, tokens, kv_heads_, head_dim_});
+  const auto v = v_proj_(x).view({batch, tokens, kv_heads_, head_dim_});
+  q = apply_rope(q, context.rope_cos, context.rope_sin);
+  k = apply_rope(k, context.rope_cos, context.rope_sin);
+  const auto out = ring_->forward(q.contiguous(), k.contiguous(), v.contiguous(),
+                                  context.estimate_pattern, context.dense_attention);
+  return o_proj_(out.reshape({batch, tokens, heads_ * head_dim_}));
+}
+
+MlpImpl::MlpImpl(const config::ModelConfig& model) {
+  gate_proj_ = register_module("gate_proj", linear(model.hidden_size, model.ffn_hidden_size));
+  up_proj_ = register_module("up_proj", linear(model.hidden_size, model.ffn_hidden_size));
+  down_proj_ = register_module("down_proj", linear(model.ffn_hidden_size, model.hidden_size));
+}
+
+at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  return down_proj_(at::silu(gate_proj_(x)) * up_proj_(x));
+}
+
+DecoderBlockImpl::DecoderBlockImpl(const config::ModelConfig& model,
+                                   std::shared_ptr<parallel::RingAttention> ring) {
+  attention_norm_ = register_module("attention_norm", RMSNorm(model.hidden_size, model.rms_norm_eps));
+  attention_ = register_module("attention", Attention(model, std::move(ring)));
+  mlp_norm_ = register_module("mlp_norm", RMSNorm(model.hidden_size, model.rms_norm_eps));
+  mlp_ = register_module("mlp", Mlp(model));
+}
+
+at::Tensor DecoderBlockImpl::forward(const at::Tensor& x, const StepContext& context) {
+  const auto h = x + attention_(attention_norm_(x), context);
+  return h + mlp_(mlp_norm_(h));
+}
+
+DecoderImpl::DecoderImpl(const config::ModelConfig& model,
+                         std::vector<std::shared_ptr<parallel::RingAttention>> rings)
+    : config_(model) {
+  embedding_ = register_module(
+      "embedding", torch::nn::Embedding(model.vocab_size, model.hidden_size));
+  for (int layer = 0; layer < model.num_layers; ++layer) {
+    blocks_.push_back(register_module("block" + std::to_string(layer),
+                                      DecoderBlock(model, rings.at(layer))));
+  }
+  final_norm_ = register_module("final_norm", RMSNorm(model.hidden_size, model.rms_norm_eps));
+  if (!model.tie_embeddings) {
+    lm_head_ = register_module("lm_head", linear(model.hidden_size, model.vocab_size));
+  }
+}
+
+at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const StepContext& context) {
+  auto x = embedding_(tokens);
+  for (auto& block : blocks_) {
+    if (config_.activation_checkpointing) {
+      // The recomputation in backward must reuse this forward's sparse pattern.
+      StepContext recompute = context;
+      recompute.estimate_pattern = false;
+      x = checkpoint(
+          [block, context](const at::Tensor& input) mutable { return block(input, context); },
+          [block, recompute](const at::Tensor& input) mutable { return block(input, recompute); },
+          x);
+    } else {
+      x = block(x, context);
+    }
+  }
+  return final_norm_(x);
+}
+
+at::Tensor DecoderImpl::output_weight() const {
+  return config_.tie_embeddings ? embedding_->weight : lm_head_->weight;
+}
+
+void initialize_weights(Decoder& model, double init_std) {
+  torch::NoGradGuard no_grad;
+  for (auto& named : model->named_parameters()) {
+    auto& p = named.value();
+    if (p.dim() == 1) {
+      p.fill_(1.0);  // RMSNorm gains
+    } else {
+      p.normal_(0.0, init_std);
+    }
+  }
+}
+
+}  // namespace sparsering::trainer

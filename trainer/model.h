@@ -1,0 +1,101 @@
+// Llama / Qwen2-style decoder: RMSNorm, RoPE at global positions, grouped-query attention through
+// the sparse ring, SwiGLU MLP. Each rank runs the model on its own tokens of the sequence; only
+// attention talks to the other ranks of the context-parallel ring.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+
+#include <memory>
+#include <vector>
+
+#include "configs/config.h"
+#include "parallel/ring_attention.h"
+
+namespace sparsering::trainer {
+
+// Per-forward inputs every layer shares.
+struct StepContext {
+  at::Tensor rope_cos, rope_sin;  // [local_tokens, head_dim / 2] at the tokens' global positions
+  bool estimate_pattern = true;   // re-estimate the sparse pattern this step
+  bool dense_attention = false;   // dense warm-up
+};
+
+// cos/sin of RoPE angles (position / scaling_factor) x theta^(-2i/d), fp32.
+std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions, int64_t head_dim,
+                                              double theta, double scaling_factor);
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t size, double eps);
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  at::Tensor weight_;
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const config::ModelConfig& model, std::shared_ptr<parallel::RingAttention> ring);
+  at::Tensor forward(const at::Tensor& x, const StepContext& context);
+  const parallel::RingAttention& ring() const { return *ring_; }
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+  torch::nn::Linear q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, o_proj_{nullptr};
+  std::shared_ptr<parallel::RingAttention> ring_;
+};
+TORCH_MODULE(Attention);
+
+class MlpImpl : public torch::nn::Module {
+ public:
+  explicit MlpImpl(const config::ModelConfig& model);
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  torch::nn::Linear gate_proj_{nullptr}, up_proj_{nullptr}, down_proj_{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+class DecoderBlockImpl : public torch::nn::Module {
+ public:
+  DecoderBlockImpl(const config::ModelConfig& model, std::shared_ptr<parallel::RingAttention> ring);
+  at::Tensor forward(const at::Tensor& x, const StepContext& context);
+  const Attention& attention() const { return attention_; }
+
+ private:
+  RMSNorm attention_norm_{nullptr}, mlp_norm_{nullptr};
+  Attention attention_{nullptr};
+  Mlp mlp_{nullptr};
+};
+TORCH_MODULE(DecoderBlock);
+
+class DecoderImpl : public torch::nn::Module {
+ public:
+  // One ring attention per layer: each layer keeps its own estimated pattern.
+  DecoderImpl(const config::ModelConfig& model,
+              std::vector<std::shared_ptr<parallel::RingAttention>> rings);
+
+  // tokens [batch, local_tokens] int64 -> final hidden states [batch, local_tokens, hidden].
+  at::Tensor forward(const at::Tensor& tokens, const StepContext& context);
+  // The output projection [vocab, hidden] (the embedding when tied).
+  at::Tensor output_weight() const;
+  const std::vector<DecoderBlock>& blocks() const { return blocks_; }
+
+ private:
+  config::ModelConfig config_;
+  torch::nn::Embedding embedding_{nullptr};
+  std::vector<DecoderBlock> blocks_;
+  RMSNorm final_norm_{nullptr};
+  torch::nn::Linear lm_head_{nullptr};
+};
+TORCH_MODULE(Decoder);
+
+// Normal(0, init_std) for every linear and embedding weight, ones for the norms, from the
+// current generator state (seeded identically on all ranks so replicas start equal).
+void initialize_weights(Decoder& model, double init_std);
+
+}  // namespace sparsering::trainer

@@ -1,0 +1,245 @@
+#include "trainer/train.h"
+
+#include <torch/cuda.h>
+#ifdef SPARSERING_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "configs/user_error.h"
+#include "data/synthetic.h"
+#include "parallel/gradient_sync.h"
+#include "trainer/chunked_loss.h"
+#include "trainer/metrics.h"
+#include "trainer/model.h"
+#include "trainer/optimizer.h"
+#include "trainer/schedule.h"
+
+namespace sparsering::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+
+// bf16 dense tensor-core peak of one H100/H200 SXM, for MFU.
+constexpr double kHopperPeakTflops = 989.0;
+
+at::ScalarType model_dtype(const config::Experiment& e) {
+  return e.train.dtype == config::DType::kBFloat16 ? at::kBFloat16 : at::kFloat;
+}
+
+// The global batch of one micro step: sequence ids step x global_batch + dp_rank x mb + i, so
+// any data-parallel split of the same global batch sees the same sequences.
+at::Tensor global_sequences(const config::Experiment& e, int step, int micro, int dp_rank) {
+  const int64_t mb = e.train.micro_batch_size, length = e.train.sequence_length;
+  const int64_t global_batch = mb * e.parallel.data_parallel_size;
+  const int64_t micro_steps = e.optimizer.grad_accumulation_steps;
+  std::vector<int32_t> tokens;
+  tokens.reserve(mb * length);
+  for (int64_t i = 0; i < mb; ++i) {
+    const int64_t index = (static_cast<int64_t>(step) * micro_steps + micro) * global_batch +
+                          dp_rank * mb + i;
+    const auto sequence =
+        data::copy_task_sequence(e.train.seed, index, length, e.model.vocab_size,
+                                                      e.data.copy_period);
+    tokens.insert(tokens.end(), sequence.begin(), sequence.end());
+  }
+  return at::tensor(tokens, at::kInt).view({mb, length}).to(at::kLong);
+}
+
+std::string make_run_dir(const config::Experiment& e, const TrainOptions& options, int rank) {
+  const std::string dir =
+      options.run_dir.empty() ? (fs::path(e.train.runs_root) / e.name).string() : options.run_dir;
+  if (rank == 0) {
+    std::error_code error;
+    fs::create_directories(dir, error);
+    if (error) throw UserError(dir + ": cannot create the run directory (" + error.message() + ")");
+    std::ofstream resolved(fs::path(dir) / "config.pbtxt");
+    resolved << e.resolved_text;
+    if (!resolved) throw UserError(dir + "/config.pbtxt: cannot write the resolved config");
+    // A new run starts a new metrics file.
+    fs::remove(fs::path(dir) / "metrics.jsonl", error);
+  }
+  return dir;
+}
+
+// FLOPs of one training step, dense-equivalent: 6 x matmul parameters per token, plus causal
+// attention 2 x S^2 x hidden per layer and sequence forward, backward counted as 2.5 x forward
+// (the convention of notes/toolchain.md).
+struct StepFlops {
+  double dense = 0, executed = 0;
+};
+StepFlops step_flops(const config::Experiment& e, double density) {
+  const double sequences = static_cast<double>(e.train.micro_batch_size) *
+                           e.parallel.data_parallel_size * e.optimizer.grad_accumulation_steps;
+  const double length = e.train.sequence_length;
+  const double matmul = 6.0 * matmul_parameters(e.model) * sequences * length;
+  const double attention =
+      3.5 * 2.0 * length * length * e.model.hidden_size * e.model.num_layers * sequences;
+  return {matmul + attention, matmul + attention * density};
+}
+
+}  // namespace
+
+at::Device select_device(const config::Experiment& e) {
+  const bool has_gpu = torch::cuda::is_available();
+  if (e.train.device == config::Device::kCuda && !has_gpu) {
+    throw UserError("train.device = CUDA but no GPU is visible; use AUTO or CPU");
+  }
+  if (e.train.device == config::Device::kCpu || !has_gpu) return at::Device(at::kCPU);
+  const auto index = static_cast<c10::DeviceIndex>(parallel::ProcessGroups::local_rank() %
+                                                   torch::cuda::device_count());
+#ifdef SPARSERING_WITH_CUDA
+  c10::cuda::set_device(index);
+#endif
+  return at::Device(at::kCUDA, index);
+}
+
+int64_t pattern_budget(int absolute, double fraction, int64_t sequence_length) {
+  if (absolute > 0) return absolute;
+  return static_cast<int64_t>(std::llround(fraction * sequence_length));
+}
+
+int64_t matmul_parameters(const config::ModelConfig& m) {
+  const int64_t attention = static_cast<int64_t>(m.hidden_size) * m.head_dim() *
+                            (2 * m.num_heads + 2 * m.num_kv_heads);
+  const int64_t mlp = 3LL * m.hidden_size * m.ffn_hidden_size;
+  return m.num_layers * (attention + mlp) + static_cast<int64_t>(m.hidden_size) * m.vocab_size;
+}
+
+TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
+                  const at::Device& device, const TrainOptions& options) {
+  const int rank = groups.world_rank();
+  const int cp_rank = groups.cp_rank(), dp_rank = groups.dp_rank();
+  TrainResult result;
+  result.run_dir = make_run_dir(e, options, rank);
+
+  const int block_size = e.attention.block_size;
+  const int64_t length = e.train.sequence_length;
+  parallel::TokenLayout layout(e.parallel.layout, length / block_size, block_size,
+                               e.parallel.context_parallel_size);
+  parallel::RingAttentionConfig ring_config;
+  ring_config.sparse = e.attention.kind == config::AttentionKind::kSparse;
+  ring_config.num_columns =
+      pattern_budget(e.attention.vertical_budget, e.attention.vertical_fraction, length);
+  ring_config.num_diagonals =
+      pattern_budget(e.attention.slash_budget, e.attention.slash_fraction, length);
+  ring_config.sink_tokens = e.attention.sink_tokens;
+  ring_config.local_tokens = e.attention.local_tokens;
+  ring_config.estimation_queries = e.attention.estimation_queries;
+  ring_config.deterministic_backward = e.attention.deterministic_backward;
+  std::vector<std::shared_ptr<parallel::RingAttention>> rings;
+  for (int layer = 0; layer < e.model.num_layers; ++layer) {
+    rings.push_back(
+        std::make_shared<parallel::RingAttention>(ring_config, groups.ring_groups(), layout));
+  }
+
+  // Same seed on every rank: replicas start identical without a broadcast.
+  torch::manual_seed(e.train.seed);
+  Decoder model(e.model, rings);
+  initialize_weights(model, e.model.init_std);
+  model->to(device, model_dtype(e));
+  std::vector<at::Tensor> parameters = model->parameters();
+  MasterWeightOptimizer optimizer(parameters, e.optimizer);
+  parallel::GradientSync gradient_sync(groups.world(), parameters,
+                                       static_cast<int64_t>(e.parallel.grad_bucket_mb) << 20);
+  MetricsLog metrics(rank == 0 ? (fs::path(result.run_dir) / "metrics.jsonl").string() : "");
+
+  const auto positions = layout.positions_of(cp_rank);
+  StepContext context;
+  std::tie(context.rope_cos, context.rope_sin) =
+      rope_tables(positions, e.model.head_dim(), e.model.rope_theta, e.model.rope_scaling_factor);
+  context.rope_cos = context.rope_cos.to(device);
+  context.rope_sin = context.rope_sin.to(device);
+  const int micro_steps = e.optimizer.grad_accumulation_steps;
+  // Every token but the last of each sequence has a label; the loss is their global mean.
+  const double global_tokens = static_cast<double>(e.train.micro_batch_size) *
+                               e.parallel.data_parallel_size * micro_steps * (length - 1);
+
+  if (rank == 0) {
+    std::cout << "sparsering: training '" << e.name << "' on " << groups.world_size() << " rank(s) ("
+              << "dp " << e.parallel.data_parallel_size << " x cp "
+              << e.parallel.context_parallel_size << ", " << parallel::layout_name(layout.kind())
+              << " layout), device " << device.str() << ", run dir " << result.run_dir
+              << std::endl;
+  }
+  for (int step = 1; step <= e.train.steps; ++step) {
+    const auto start = std::chrono::steady_clock::now();
+    const double lr = learning_rate(e.schedule, e.optimizer.lr, step, e.train.steps);
+    context.estimate_pattern = (step - 1) % e.attention.reestimate_every == 0;
+    context.dense_attention = step <= e.attention.dense_warmup_steps;
+    optimizer.zero_grad();
+    auto loss_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
+    for (int micro = 0; micro < micro_steps; ++micro) {
+      const auto tokens = global_sequences(e, step, micro, dp_rank);
+      auto labels = at::full_like(tokens, kIgnoreLabel);
+      labels.slice(1, 0, length - 1).copy_(tokens.slice(1, 1));
+      const auto local_tokens = layout.shard(tokens, cp_rank).to(device);
+      const auto local_labels = layout.shard(labels, cp_rank).to(device);
+      const auto hidden = model->forward(local_tokens, context);
+      auto loss = chunked_cross_entropy(hidden.reshape({-1, hidden.size(-1)}),
+                                        model->output_weight(), local_labels.reshape(-1),
+                                        e.model.loss_chunk_tokens, global_tokens);
+      loss.backward();
+      loss_sum += loss.detach().to(at::kDouble);
+    }
+    gradient_sync.synchronize();
+    // Attention work of this rank, for density and the imbalance across the ring.
+    double attended = 0, dense = 0;
+    for (const auto& ring : rings) {
+      attended += ring->stats().attended_pairs;
+      dense += ring->stats().dense_pairs;
+    }
+    auto reduced = at::stack({loss_sum.cpu(), at::scalar_tensor(attended, at::kDouble),
+                              at::scalar_tensor(dense, at::kDouble)})
+                       .contiguous();
+    auto work_max = at::tensor({attended}, at::kDouble);
+    if (device.is_cuda()) {
+      reduced = reduced.to(device);
+      work_max = work_max.to(device);
+    }
+    groups.world().all_reduce(reduced);
+    groups.cp().all_reduce(work_max, parallel::ReduceOp::kMax);
+    const auto totals = reduced.cpu();
+    const double loss_value = totals[0].item<double>();
+    if (!std::isfinite(loss_value)) {
+      throw std::runtime_error("non-finite loss (" + std::to_string(loss_value) + ") at step " +
+                               std::to_string(step) + "; lower optimizer.lr or check the data");
+    }
+    const double grad_norm = optimizer.step(lr, e.optimizer.grad_clip);
+    if (device.is_cuda()) torch::cuda::synchronize();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+    StepMetrics m;
+    m.step = step;
+    m.loss = loss_value;
+    m.lr = lr;
+    m.grad_norm = grad_norm;
+    m.step_seconds = seconds;
+    m.tokens_per_second = global_tokens / seconds;
+    m.attention_density = totals[2].item<double>() > 0 ? totals[1].item<double>() /
+                                                             totals[2].item<double>()
+                                                       : 0.0;
+    const double mean_work = totals[1].item<double>() / groups.world_size();
+    m.imbalance = mean_work > 0 ? work_max.cpu().item<double>() / mean_work : 1.0;
+    const StepFlops flops = step_flops(e, m.attention_density);
+    m.model_tflops = flops.dense / seconds / 1e12;
+    m.executed_tflops = flops.executed / seconds / 1e12;
+    if (device.is_cuda()) m.mfu = m.model_tflops / (kHopperPeakTflops * groups.world_size());
+    result.losses.push_back(loss_value);
+    if (rank == 0) {
+      metrics.write(m);
+      if (step % e.logging.log_every == 0 || step == e.train.steps) {
+        std::cout << MetricsLog::console_line(m, e.train.steps) << std::endl;
+      }
+    }
+  }
+  return result;
+}
+
+}  // namespace sparsering::trainer

@@ -1,0 +1,36 @@
+// The training run: data -> model forward through the sparse ring -> chunked loss -> backward ->
+// gradient sync -> AdamW, one line of metrics per step.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "configs/config.h"
+#include "parallel/process_groups.h"
+
+namespace sparsering::trainer {
+
+struct TrainOptions {
+  std::string run_dir;  // empty = <train.runs_root>/<name>
+};
+
+struct TrainResult {
+  std::vector<double> losses;  // global mean loss of every step
+  std::string run_dir;
+};
+
+// The device this rank trains on (train.device; AUTO = this rank's GPU when there is one), made
+// current so NCCL communicators are created on it.
+at::Device select_device(const config::Experiment& experiment);
+
+// Trains `experiment` on the job's ranks. Every rank calls it.
+TrainResult train(const config::Experiment& experiment, parallel::ProcessGroups& groups,
+                  const at::Device& device, const TrainOptions& options);
+
+// Tokens of the pattern budgets: the absolute count when > 0, else the fraction of the sequence.
+int64_t pattern_budget(int absolute, double fraction, int64_t sequence_length);
+
+// Decoder parameters outside the embedding (for FLOP counts).
+int64_t matmul_parameters(const config::ModelConfig& model);
+
+}  // namespace sparsering::trainer
