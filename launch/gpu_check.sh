@@ -17,11 +17,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 echo "== configure + build ($generator)"
 start=$(date +%s)
 if cmake -S "$root" -B "$build" -G "$generator" -DCMAKE_BUILD_TYPE=Release \
-     -DSPARSERING_PYTHON="$python" >"$out/configure.log" 2>&1 &&
-   cmake --build "$build" -j "$(nproc)" >"$out/build.log" 2>&1; then
+     -DSPARSERING_PYTHON="$python" >"$out/build.log" 2>&1 &&
+   cmake --build "$build" -j "$(nproc)" >>"$out/build.log" 2>&1; then
   status+=("build|ok|$(( $(date +%s) - start )) s")
 else
-  tail -30 "$out/configure.log" "$out/build.log"
+  tail -40 "$out/build.log"
   echo "build failed"; exit 1
 fi
 
@@ -54,6 +54,20 @@ else
   status+=("attention_bench|FAILED|see attention_bench.txt")
 fi
 cat "$out/attention_bench.txt"
+
+echo "== training: ~1B model, 32K tokens, 1 GPU, dense then sparse attention"
+export SPARSERING_BIN="$build/sparsering"
+for kind in DENSE SPARSE; do
+  log="$out/train_1b_${kind,,}.log"
+  if "$root/launch/train.sh" "$root/configs/llama_1b.pbtxt" --set attention.kind=$kind \
+       --set train.steps=${TRAIN_STEPS:-5} --run-dir "/tmp/run_1b_${kind,,}" >"$log" 2>&1; then
+    last=$(grep '^step' "$log" | tail -1)
+    status+=("train_1b_${kind,,}|ok|${last#*|}")
+  else
+    status+=("train_1b_${kind,,}|FAILED|see $(basename "$log")")
+    tail -5 "$log"
+  fi
+done
 
 echo
 echo "== summary"

@@ -91,6 +91,16 @@ at::Device select_device(const config::Experiment& e) {
     throw UserError("train.device = CUDA but no GPU is visible; use AUTO or CPU");
   }
   if (e.train.device == config::Device::kCpu || !has_gpu) return at::Device(at::kCPU);
+  // What the CUDA attention kernels take (kernels/sparse_attention_params.h).
+  if (e.train.dtype != config::DType::kBFloat16) {
+    throw UserError("train.dtype = FLOAT32 on a GPU: the CUDA attention kernels take bf16; set "
+                    "train.dtype=BFLOAT16 (or train.device=CPU)");
+  }
+  if (e.model.head_dim() != 64 && e.model.head_dim() != 128) {
+    throw UserError("model.hidden_size / model.num_heads = " + std::to_string(e.model.head_dim()) +
+                    ": the CUDA attention kernels take head dim 64 or 128; change the sizes (or "
+                    "set train.device=CPU)");
+  }
   const auto index = static_cast<c10::DeviceIndex>(parallel::ProcessGroups::local_rank() %
                                                    torch::cuda::device_count());
 #ifdef SPARSERING_WITH_CUDA

@@ -2,10 +2,18 @@
 // mask: outputs and the gradients of q, k and v, for every layout, dense and sparse, flat and
 // hierarchical rings. Every rank builds the same global inputs from one seed and checks its own
 // shard; comparisons are non-fatal so no rank leaves a collective early.
+//
+// With SPARSERING_TEST_DEVICE=cuda (launch/gpu_check.sh on the GPU machine) the same cases run on
+// one GPU per rank: bf16 CUDA kernels, K/V travelling over NCCL, tolerances of bf16.
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
 #include <cmath>
+#include <cstdlib>
+#ifdef SPARSERING_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/cuda.h>
+#endif
 
 #include "parallel/ring_attention.h"
 #include "tests/attention_reference.h"
@@ -26,17 +34,51 @@ std::string case_name(const RingCase& c) {
          (c.inner ? "/hierarchical-inner" + std::to_string(c.inner) : "/flat");
 }
 
+// CPU (fp32, CPU twins, MPI) or one GPU per rank (bf16, CUDA kernels, NCCL).
+struct TestDevice {
+  bool gpu = false;
+  at::Device device = at::kCPU;
+  at::ScalarType type = at::kFloat;
+  int block = 16;
+  int64_t dim = 16;
+  // Largest error allowed, relative to the reference's largest magnitude for bf16.
+  double tolerance(const at::Tensor& reference) const {
+    return gpu ? 3e-2 * reference.abs().max().item<double>() : 2e-5;
+  }
+};
+
+TestDevice test_device() {
+  TestDevice d;
+  const char* requested = std::getenv("SPARSERING_TEST_DEVICE");
+  if (requested == nullptr || std::string(requested) != "cuda") return d;
+#ifdef SPARSERING_WITH_CUDA
+  if (!torch::cuda::is_available()) throw std::runtime_error("SPARSERING_TEST_DEVICE=cuda: no GPU");
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const auto index = static_cast<c10::DeviceIndex>(rank % torch::cuda::device_count());
+  c10::cuda::set_device(index);
+  d.gpu = true;
+  d.device = at::Device(at::kCUDA, index);
+  d.type = at::kBFloat16;
+  d.block = 64;
+  d.dim = 64;
+  return d;
+#else
+  throw std::runtime_error("SPARSERING_TEST_DEVICE=cuda but the build has no CUDA");
+#endif
+}
+
 class RingGroupsForTest {
  public:
-  RingGroupsForTest(int inner) {
-    cp_ = std::make_unique<parallel::Communicator>("cp", MPI_COMM_WORLD, false);
+  RingGroupsForTest(int inner, bool nccl = false) {
+    cp_ = std::make_unique<parallel::Communicator>("cp", MPI_COMM_WORLD, nccl);
     if (inner == 0 || inner == cp_->size()) return;
     const int node = cp_->rank() / inner, local = cp_->rank() % inner;
     MPI_Comm inner_comm, outer_comm;
     MPI_Comm_split(MPI_COMM_WORLD, node, local, &inner_comm);
     MPI_Comm_split(MPI_COMM_WORLD, local, node, &outer_comm);
-    inner_ = std::make_unique<parallel::Communicator>("inner", inner_comm, false);
-    outer_ = std::make_unique<parallel::Communicator>("outer", outer_comm, false);
+    inner_ = std::make_unique<parallel::Communicator>("inner", inner_comm, nccl);
+    outer_ = std::make_unique<parallel::Communicator>("outer", outer_comm, nccl);
     MPI_Comm_free(&inner_comm);
     MPI_Comm_free(&outer_comm);
   }
@@ -54,37 +96,43 @@ void run_case(const RingCase& c) {
   int world = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  const int64_t batch = 2, heads = 4, kv_heads = 2, dim = 16;
-  const int block = 16;
+  const TestDevice device = test_device();
+  const int64_t batch = 2, heads = 4, kv_heads = 2, dim = device.dim;
+  const int block = device.block;
   const int64_t blocks = 4 * world, length = blocks * block;
   const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
 
   torch::manual_seed(1234);  // identical global inputs on every rank
-  const auto q = at::randn({batch, length, heads, dim});
-  const auto k = at::randn({batch, length, kv_heads, dim});
-  const auto v = at::randn({batch, length, kv_heads, dim});
-  const auto dout = at::randn({batch, length, heads, dim});
+  // Inputs rounded to the test's dtype, so the fp64 reference sees exactly what the ring sees.
+  auto input = [&](at::IntArrayRef shape) { return at::randn(shape).to(device.type).to(at::kFloat); };
+  const auto q = input({batch, length, heads, dim});
+  const auto k = input({batch, length, kv_heads, dim});
+  const auto v = input({batch, length, kv_heads, dim});
+  const auto dout = input({batch, length, heads, dim});
 
-  RingGroupsForTest groups(c.inner);
+  RingGroupsForTest groups(c.inner, device.gpu);
   parallel::TokenLayout layout(c.layout, blocks, block, world);
   parallel::RingAttentionConfig config;
   config.sparse = c.sparse;
-  config.num_columns = 6;
-  config.num_diagonals = 3;
-  config.sink_tokens = 4;
-  config.local_tokens = 8;
+  config.num_columns = 6 * block / 16;
+  config.num_diagonals = 3 * block / 16;
+  config.sink_tokens = 4 * block / 16;
+  config.local_tokens = 8 * block / 16;
   config.estimation_queries = 16;
   parallel::RingAttention ring(config, groups.groups(), layout);
 
-  auto q_local = layout.shard(q, rank).contiguous().requires_grad_(true);
-  auto k_local = layout.shard(k, rank).contiguous().requires_grad_(true);
-  auto v_local = layout.shard(v, rank).contiguous().requires_grad_(true);
+  auto local = [&](const at::Tensor& t) {
+    return layout.shard(t, rank).to(device.device, device.type).contiguous().requires_grad_(true);
+  };
+  auto q_local = local(q), k_local = local(k), v_local = local(v);
   auto out = ring.forward(q_local, k_local, v_local, /*estimate=*/true, /*dense=*/false);
-  (out * layout.shard(dout, rank)).sum().backward();
+  (out * local(dout).detach()).sum().backward();
 
   // The reference uses the same pattern over the whole sequence, on one process.
-  const auto pattern = c.sparse ? ring.estimate_pattern(q_local.detach(), k_local.detach())
-                                : kernels::dense_pattern(heads, length, block, at::kCPU);
+  auto pattern = c.sparse ? ring.estimate_pattern(q_local.detach(), k_local.detach())
+                          : kernels::dense_pattern(heads, length, block, at::kCPU);
+  pattern.columns = pattern.columns.cpu();
+  pattern.block_diagonals = pattern.block_diagonals.cpu();
   const auto mask = testing::global_pattern_mask(pattern).unsqueeze(0);
   auto q64 = q.to(at::kDouble).requires_grad_(true);
   auto k64 = k.to(at::kDouble).requires_grad_(true);
@@ -92,14 +140,17 @@ void run_case(const RingCase& c) {
   auto [ref_out, ref_lse] = testing::reference_attention(q64, k64, v64, mask, scale);
   (ref_out * dout.to(at::kDouble)).sum().backward();
 
-  const double tolerance = 2e-5;
-  EXPECT_TRUE(at::isfinite(out).all().item<bool>());
-  EXPECT_LT(testing::max_abs_diff(out, layout.shard(ref_out, rank)), tolerance);
-  EXPECT_LT(testing::max_abs_diff(q_local.grad(), layout.shard(q64.grad(), rank)), tolerance);
-  EXPECT_LT(testing::max_abs_diff(k_local.grad(), layout.shard(k64.grad(), rank)), tolerance);
-  EXPECT_LT(testing::max_abs_diff(v_local.grad(), layout.shard(v64.grad(), rank)), tolerance);
+  auto expect_close = [&](const at::Tensor& got, const at::Tensor& reference, const char* what) {
+    const auto truth = layout.shard(reference, rank);
+    EXPECT_TRUE(at::isfinite(got).all().item<bool>()) << what;
+    EXPECT_LT(testing::max_abs_diff(got, truth), device.tolerance(truth)) << what;
+  };
+  expect_close(out, ref_out, "out");
+  expect_close(q_local.grad(), q64.grad(), "dq");
+  expect_close(k_local.grad(), k64.grad(), "dk");
+  expect_close(v_local.grad(), v64.grad(), "dv");
 
-  if (c.sparse) {
+  if (c.sparse && !device.gpu) {
     // The distributed estimate equals the single-process one on the whole sequence.
     const auto positions = at::arange(length, at::kLong);
     const auto q_positions = positions.slice(0, length - config.estimation_queries);
@@ -111,7 +162,9 @@ void run_case(const RingCase& c) {
                                                 config.sink_tokens, config.local_tokens, block);
     EXPECT_TRUE(single.columns.equal(pattern.columns));
     EXPECT_TRUE(single.block_diagonals.equal(pattern.block_diagonals));
-    // And it is sparse: fewer attended pairs than the dense ring over all ranks.
+  }
+  if (c.sparse) {
+    // The pattern is sparse: fewer attended pairs than the dense ring over all ranks.
     auto work = at::tensor({ring.stats().attended_pairs, ring.stats().dense_pairs}, at::kLong);
     MPI_Allreduce(MPI_IN_PLACE, work.data_ptr(), 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     EXPECT_LT(work[0].item<int64_t>(), work[1].item<int64_t>());
@@ -135,6 +188,7 @@ TEST(RingAttention, EqualsSingleProcessAttentionForEveryLayoutAndRing) {
 }
 
 TEST(RingAttention, ReusesThePatternWhenNotReestimating) {
+  if (test_device().gpu) GTEST_SKIP() << "device-independent bookkeeping: checked on CPU";
   int world = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
