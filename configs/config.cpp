@@ -209,7 +209,19 @@ void validate(const proto::Experiment& e, const std::string& source) {
               "nm_sparsity.layers", layer,
               "unknown layer; use q_proj k_proj v_proj o_proj gate_proj up_proj down_proj");
   }
-  v.not_available(nm.enabled(), "nm_sparsity.enabled", "N:M sparsity");
+  v.require(!nm.enabled() || nm.layers_size() > 0, "nm_sparsity.layers", "(none)",
+            "list at least one layer when nm_sparsity.enabled (e.g. up_proj,gate_proj,down_proj)");
+  v.require(nm.sr_ste_lambda() >= 0, "nm_sparsity.sr_ste_lambda", nm.sr_ste_lambda(),
+            "must be >= 0");
+  v.require(nm.kappa() >= 0, "nm_sparsity.kappa", nm.kappa(), "must be >= 0");
+  v.require(nm.sdgf_interval() >= 1, "nm_sparsity.sdgf_interval", nm.sdgf_interval(),
+            "must be >= 1");
+  v.require(nm.sdgf_step() > 0 && nm.sdgf_step() <= 1, "nm_sparsity.sdgf_step", nm.sdgf_step(),
+            "must be in (0, 1]");
+  v.require(nm.sdgf_factor() > 0 && nm.sdgf_factor() <= 1, "nm_sparsity.sdgf_factor",
+            nm.sdgf_factor(), "must be in (0, 1]");
+  v.require(nm.hard_prune_step() >= -1, "nm_sparsity.hard_prune_step", nm.hard_prune_step(),
+            "must be >= 0, or -1 for never");
 
   const auto& optimizer = e.optimizer();
   v.require(optimizer.lr() > 0, "optimizer.lr", optimizer.lr(), "must be > 0");

@@ -3,12 +3,20 @@
 #include <torch/nn/init.h>
 
 #include "trainer/activation_checkpoint.h"
+#include "trainer/nm_sparsity.h"
 
 namespace sparsering::trainer {
 namespace {
 
 torch::nn::Linear linear(int64_t in, int64_t out) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+
+// x W^T, through the N:M effective weight when `nm_sparsity` covers the projection's weight.
+at::Tensor project(torch::nn::Linear& projection, const NMSparsity* nm_sparsity,
+                   const std::string& weight_name, const at::Tensor& x) {
+  if (nm_sparsity == nullptr || !nm_sparsity->covers(weight_name)) return projection(x);
+  return at::linear(x, nm_sparsity->effective_weight(weight_name, projection->weight));
 }
 
 // Rotates pairs (x1, x2) = (first half, second half) of the head dimension (Llama convention).
@@ -44,11 +52,14 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
 }
 
 AttentionImpl::AttentionImpl(const config::ModelConfig& model,
-                             std::shared_ptr<parallel::RingAttention> ring)
+                             std::shared_ptr<parallel::RingAttention> ring,
+                             const NMSparsity* nm_sparsity, std::string name_prefix)
     : heads_(model.num_heads),
       kv_heads_(model.num_kv_heads),
       head_dim_(model.head_dim()),
-      ring_(std::move(ring)) {
+      ring_(std::move(ring)),
+      nm_sparsity_(nm_sparsity),
+      name_prefix_(std::move(name_prefix)) {
   q_proj_ = register_module("q_proj", linear(model.hidden_size, heads_ * head_dim_));
   k_proj_ = register_module("k_proj", linear(model.hidden_size, kv_heads_ * head_dim_));
   v_proj_ = register_module("v_proj", linear(model.hidden_size, kv_heads_ * head_dim_));
@@ -57,32 +68,42 @@ AttentionImpl::AttentionImpl(const config::ModelConfig& model,
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const StepContext& context) {
   const int64_t batch = x.size(0), tokens = x.size(1);
-  auto q = q_proj_(x).view({batch, tokens, heads_, head_dim_});
-  auto k = k_proj_(x).view({batch, tokens, kv_heads_, head_dim_});
-  const auto v = v_proj_(x).view({batch, tokens, kv_heads_, head_dim_});
+  auto q = project(q_proj_, nm_sparsity_, name_prefix_ + "q_proj.weight", x)
+               .view({batch, tokens, heads_, head_dim_});
+  auto k = project(k_proj_, nm_sparsity_, name_prefix_ + "k_proj.weight", x)
+               .view({batch, tokens, kv_heads_, head_dim_});
+  const auto v = project(v_proj_, nm_sparsity_, name_prefix_ + "v_proj.weight", x)
+                     .view({batch, tokens, kv_heads_, head_dim_});
   q = apply_rope(q, context.rope_cos, context.rope_sin);
   k = apply_rope(k, context.rope_cos, context.rope_sin);
   const auto out = ring_->forward(q.contiguous(), k.contiguous(), v.contiguous(),
                                   context.estimate_pattern, context.dense_attention);
-  return o_proj_(out.reshape({batch, tokens, heads_ * head_dim_}));
+  return project(o_proj_, nm_sparsity_, name_prefix_ + "o_proj.weight",
+                 out.reshape({batch, tokens, heads_ * head_dim_}));
 }
 
-MlpImpl::MlpImpl(const config::ModelConfig& model) {
+MlpImpl::MlpImpl(const config::ModelConfig& model, const NMSparsity* nm_sparsity,
+                 std::string name_prefix)
+    : nm_sparsity_(nm_sparsity), name_prefix_(std::move(name_prefix)) {
   gate_proj_ = register_module("gate_proj", linear(model.hidden_size, model.ffn_hidden_size));
   up_proj_ = register_module("up_proj", linear(model.hidden_size, model.ffn_hidden_size));
   down_proj_ = register_module("down_proj", linear(model.ffn_hidden_size, model.hidden_size));
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  return down_proj_(at::silu(gate_proj_(x)) * up_proj_(x));
+  const auto gate = project(gate_proj_, nm_sparsity_, name_prefix_ + "gate_proj.weight", x);
+  const auto up = project(up_proj_, nm_sparsity_, name_prefix_ + "up_proj.weight", x);
+  return project(down_proj_, nm_sparsity_, name_prefix_ + "down_proj.weight", at::silu(gate) * up);
 }
 
 DecoderBlockImpl::DecoderBlockImpl(const config::ModelConfig& model,
-                                   std::shared_ptr<parallel::RingAttention> ring) {
+                                   std::shared_ptr<parallel::RingAttention> ring,
+                                   const NMSparsity* nm_sparsity, const std::string& name_prefix) {
   attention_norm_ = register_module("attention_norm", RMSNorm(model.hidden_size, model.rms_norm_eps));
-  attention_ = register_module("attention", Attention(model, std::move(ring)));
+  attention_ = register_module(
+      "attention", Attention(model, std::move(ring), nm_sparsity, name_prefix + "attention."));
   mlp_norm_ = register_module("mlp_norm", RMSNorm(model.hidden_size, model.rms_norm_eps));
-  mlp_ = register_module("mlp", Mlp(model));
+  mlp_ = register_module("mlp", Mlp(model, nm_sparsity, name_prefix + "mlp."));
 }
 
 at::Tensor DecoderBlockImpl::forward(const at::Tensor& x, const StepContext& context) {
@@ -91,13 +112,15 @@ at::Tensor DecoderBlockImpl::forward(const at::Tensor& x, const StepContext& con
 }
 
 DecoderImpl::DecoderImpl(const config::ModelConfig& model,
-                         std::vector<std::shared_ptr<parallel::RingAttention>> rings)
+                         std::vector<std::shared_ptr<parallel::RingAttention>> rings,
+                         const NMSparsity* nm_sparsity)
     : config_(model) {
   embedding_ = register_module(
       "embedding", torch::nn::Embedding(model.vocab_size, model.hidden_size));
   for (int layer = 0; layer < model.num_layers; ++layer) {
-    blocks_.push_back(register_module("block" + std::to_string(layer),
-                                      DecoderBlock(model, rings.at(layer))));
+    const std::string name = "block" + std::to_string(layer);
+    blocks_.push_back(
+        register_module(name, DecoderBlock(model, rings.at(layer), nm_sparsity, name + ".")));
   }
   final_norm_ = register_module("final_norm", RMSNorm(model.hidden_size, model.rms_norm_eps));
   if (!model.tie_embeddings) {

@@ -8,12 +8,15 @@
 #include <torch/nn/modules/linear.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "configs/config.h"
 #include "parallel/ring_attention.h"
 
 namespace sparsering::trainer {
+
+class NMSparsity;
 
 // Per-forward inputs every layer shares.
 struct StepContext {
@@ -37,9 +40,12 @@ class RMSNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RMSNorm);
 
+// Projections whose weight `nm_sparsity` covers (nullptr: none) multiply with its N:M effective
+// weight; `name_prefix` ("block0.attention.") completes their parameter names for it.
 class AttentionImpl : public torch::nn::Module {
  public:
-  AttentionImpl(const config::ModelConfig& model, std::shared_ptr<parallel::RingAttention> ring);
+  AttentionImpl(const config::ModelConfig& model, std::shared_ptr<parallel::RingAttention> ring,
+                const NMSparsity* nm_sparsity = nullptr, std::string name_prefix = "");
   at::Tensor forward(const at::Tensor& x, const StepContext& context);
   const parallel::RingAttention& ring() const { return *ring_; }
 
@@ -47,22 +53,28 @@ class AttentionImpl : public torch::nn::Module {
   int64_t heads_, kv_heads_, head_dim_;
   torch::nn::Linear q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, o_proj_{nullptr};
   std::shared_ptr<parallel::RingAttention> ring_;
+  const NMSparsity* nm_sparsity_;
+  std::string name_prefix_;
 };
 TORCH_MODULE(Attention);
 
 class MlpImpl : public torch::nn::Module {
  public:
-  explicit MlpImpl(const config::ModelConfig& model);
+  explicit MlpImpl(const config::ModelConfig& model, const NMSparsity* nm_sparsity = nullptr,
+                   std::string name_prefix = "");
   at::Tensor forward(const at::Tensor& x);
 
  private:
   torch::nn::Linear gate_proj_{nullptr}, up_proj_{nullptr}, down_proj_{nullptr};
+  const NMSparsity* nm_sparsity_;
+  std::string name_prefix_;
 };
 TORCH_MODULE(Mlp);
 
 class DecoderBlockImpl : public torch::nn::Module {
  public:
-  DecoderBlockImpl(const config::ModelConfig& model, std::shared_ptr<parallel::RingAttention> ring);
+  DecoderBlockImpl(const config::ModelConfig& model, std::shared_ptr<parallel::RingAttention> ring,
+                   const NMSparsity* nm_sparsity = nullptr, const std::string& name_prefix = "");
   at::Tensor forward(const at::Tensor& x, const StepContext& context);
   const Attention& attention() const { return attention_; }
 
@@ -75,9 +87,11 @@ TORCH_MODULE(DecoderBlock);
 
 class DecoderImpl : public torch::nn::Module {
  public:
-  // One ring attention per layer: each layer keeps its own estimated pattern.
+  // One ring attention per layer: each layer keeps its own estimated pattern. `nm_sparsity`
+  // (nullptr when disabled) must outlive the model.
   DecoderImpl(const config::ModelConfig& model,
-              std::vector<std::shared_ptr<parallel::RingAttention>> rings);
+              std::vector<std::shared_ptr<parallel::RingAttention>> rings,
+              const NMSparsity* nm_sparsity = nullptr);
 
   // tokens [batch, local_tokens] int64 -> final hidden states [batch, local_tokens, hidden].
   at::Tensor forward(const at::Tensor& tokens, const StepContext& context);
