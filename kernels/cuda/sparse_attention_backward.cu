@@ -3,16 +3,25 @@
 // Gradients of FlashAttention-2 (Dao 2023, Alg. 2), with P recomputed from the saved (final) lse:
 //   S = scale Q K^T, P = exp(S - lse), dV = P^T dO, dP = dO V^T, dS = P (dP - delta),
 //   dQ = scale dS K, dK = scale dS^T Q,   delta = rowsum(dO * O).
-// Two schedules:
-//  - per query tile (both modes): one CTA of 4 warps per 64-row query tile walks the same kv tiles
-//    as the forward (active-block sub-tiles, then gathered column chunks) and keeps dQ in
-//    registers. In the non-deterministic mode it also forms the tile's dK/dV (P and dS go through
-//    shared memory to be transposed) and adds them into dk/dv with fp32 atomics, scattering the
-//    rows of a gathered column chunk back to their tokens.
+// Three kernels:
+//  - per kv block (non-deterministic default, FlashAttention-2's schedule): one CTA of
+//    block_size / 16 warps per kv block and kv head walks the transposed block index (all query
+//    heads of the GQA group), keeps dK/dV in registers and writes them once without atomics; the
+//    dQ partial of each (query tile, kv block) pair goes through shared memory (dS) and is added
+//    into dq with fp32 vector atomics. That is one atomic tile per pair instead of two (dK and dV)
+//    and, with 128-key blocks, half as many pairs. Vertical columns are scattered single keys, so
+//    they keep the per-query-tile schedule below (gathered 64-key chunks) in a second pass.
+//  - per query tile: one CTA of 4 warps per 64-row query tile walks the same kv tiles as the
+//    forward (active-block sub-tiles, then gathered column chunks) and keeps dQ in registers.
+//    With kv accumulation it also forms the tile's dK/dV (P and dS go through shared memory to be
+//    transposed) and adds them into dk/dv with fp32 atomics, scattering the rows of a gathered
+//    column chunk back to their tokens. Non-deterministic mode runs it over the columns only, or
+//    over everything when the caller gives no transposed index; deterministic mode runs it for
+//    dQ alone.
 //  - per kv tile (deterministic mode): one CTA per 64-key tile and kv head walks the transposed
-//    index (all query heads of the GQA group), keeps dK/dV in registers and writes them without
-//    atomics. Vertical columns come from the transposed column index, turned into one masked
-//    64-key tile per query block (see sparse_attention_backward_dkdv_kernel).
+//    index, keeps dK/dV in registers and writes them without atomics. Vertical columns come from
+//    the transposed column index, turned into one masked 64-key tile per query block (see
+//    sparse_attention_backward_dkdv_kernel).
 // Matrix products use mma.sync.m16n8k16 with ldmatrix operands; streamed tiles are
 // double-buffered with cp.async (single-buffered where that doubles the CTAs per SM).
 #include <cuda_bf16.h>
@@ -167,8 +176,9 @@ struct KeyTiles {
   }
 };
 
+// With columns_only the active blocks are left out (they are done by the per-kv-block kernel).
 __device__ __forceinline__ KeyTiles make_key_tiles(const SparseAttentionParams& p, int b, int h,
-                                                   int q_tile) {
+                                                   int q_tile, bool columns_only) {
   const int tiles_per_block = p.block_size / kTile;
   const int qb = q_tile / tiles_per_block;
   const int64_t row =
@@ -183,7 +193,7 @@ __device__ __forceinline__ KeyTiles make_key_tiles(const SparseAttentionParams& 
   tiles.k_block_ids = p.k_block_ids;
   tiles.block_size = p.block_size;
   tiles.tiles_per_block = tiles_per_block;
-  tiles.num_block_tiles = (block_end - block_begin) * tiles_per_block;
+  tiles.num_block_tiles = columns_only ? 0 : (block_end - block_begin) * tiles_per_block;
   tiles.num_columns = column_end - column_begin;
   tiles.num_tiles = tiles.num_block_tiles + (tiles.num_columns + kTile - 1) / kTile;
   tiles.q_pos0 = p.q_block_ids[qb] * p.block_size + (q_tile % tiles_per_block) * kTile;
@@ -273,21 +283,48 @@ __device__ __forceinline__ void load_key_tile(const KeyTiles& tiles, int it, con
   }
 }
 
+// For 16-byte atomics on an mma accumulator n-tile c (rows g: c0, c1 and g + 8: c2, c3, columns
+// 2t, 2t + 1): lanes t and t ^ 1 swap halves, so that an even lane returns columns 2t .. 2t + 3
+// of row g and an odd lane columns 2t - 2 .. 2t + 1 of row g + 8, times scale. Halves the atomic
+// instructions against the L2. Every lane of the warp must call it.
+__device__ __forceinline__ float4 pair_rows4(const float (&c)[4], bool odd, float scale) {
+  const float recv0 = __shfl_xor_sync(kFullMask, odd ? c[0] : c[2], 1);
+  const float recv1 = __shfl_xor_sync(kFullMask, odd ? c[1] : c[3], 1);
+  return odd ? make_float4(scale * recv0, scale * recv1, scale * c[2], scale * c[3])
+             : make_float4(scale * c[0], scale * c[1], scale * recv0, scale * recv1);
+}
+
+// ptr[0..3] += v atomically (ptr 16-byte aligned): one vector atomic on sm_90, two before.
+__device__ __forceinline__ void atomic_add4(float* ptr, const float4& v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float4*>(ptr), v);
+#else
+  atomic_add2(ptr, v.x, v.y);
+  atomic_add2(ptr + 2, v.z, v.w);
+#endif
+}
+
 // Adds scale * acc (a warp's 16 x kHeadDim mma accumulator) into the rows ktok_rows[0..16) of an
-// fp32 gradient with atomics; padding rows (token -1) are dropped.
+// fp32 gradient with atomics, 4 values per lane and n-tile (pair_rows4); padding rows (token -1)
+// are dropped. With vector4 (dst_head 16-byte aligned) one 16-byte atomic carries them, else two
+// 8-byte ones; only the instruction differs, which keeps the register count of the caller.
 template <int kDTiles>
 __device__ __forceinline__ void scatter_add_rows(float* dst_head, int64_t token_stride,
                                                  const int* ktok_rows,
                                                  const float (&acc)[kDTiles][4], float scale, int g,
-                                                 int t) {
+                                                 int t, bool vector4) {
+  const bool odd = (t & 1) != 0;
+  const int token = ktok_rows[g + (odd ? 8 : 0)];
+  float* row = dst_head + max(token, 0) * token_stride + 2 * (t & ~1);
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int token = ktok_rows[g + 8 * i];
+  for (int dn = 0; dn < kDTiles; ++dn) {
+    const float4 value = pair_rows4(acc[dn], odd, scale);
     if (token < 0) continue;
-    float* row = dst_head + token * token_stride;
-#pragma unroll
-    for (int dn = 0; dn < kDTiles; ++dn) {
-      atomic_add2(row + dn * 8 + 2 * t, scale * acc[dn][2 * i], scale * acc[dn][2 * i + 1]);
+    if (vector4) {
+      atomic_add4(row + dn * 8, value);
+    } else {
+      atomic_add2(row + dn * 8, value.x, value.y);
+      atomic_add2(row + dn * 8 + 2, value.z, value.w);
     }
   }
 }
@@ -309,8 +346,8 @@ constexpr int dq_smem_bytes() {
 // accumulator holds rows g (c0, c1) and g + 8 (c2, c3), columns 2t, 2t + 1 of its n-tile.
 // kKvStages is 2 (the next kv tile streams in during the current one) or 1 (the next tile is
 // loaded after the current one; used where two buffers would leave room for only one CTA per SM,
-// so that two CTAs overlap each other instead).
-template <typename Element, int kHeadDim, bool kAccumulateKv, int kKvStages>
+// so that two CTAs overlap each other instead). kColumnsOnly visits the column chunks alone.
+template <typename Element, int kHeadDim, bool kAccumulateKv, int kKvStages, bool kColumnsOnly>
 __global__ void __launch_bounds__(kThreads)
     sparse_attention_backward_dq_kernel(const SparseAttentionBackwardParams bp) {
   using G = TileGeometry<kHeadDim>;
@@ -334,12 +371,14 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane / 4;
   const int t = lane % 4;
-  const int q_tile = blockIdx.x;
+  // Reversed: under a causal pattern later query tiles attend more keys, so the largest CTAs are
+  // scheduled first and the small ones fill the tail.
+  const int q_tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);
   const int h = blockIdx.y;
   const int b = blockIdx.z;
   const int q_token0 = q_tile * kTile;
   const int kvh = h / (p.num_heads / p.num_kv_heads);  // GQA
-  const KeyTiles tiles = make_key_tiles(p, b, h, q_tile);
+  const KeyTiles tiles = make_key_tiles(p, b, h, q_tile, kColumnsOnly);
   int it = tiles.next(0);
   if (it >= tiles.num_tiles) return;  // attends nothing here: no gradient (CTA-uniform exit)
 
@@ -519,8 +558,9 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
         float* dst = (which == 0 ? bp.dv : bp.dk) + kv_offset;
+        // Alignment is tested here, per call: a flag held across the loop cost register spills.
         scatter_add_rows<kDTiles>(dst, kv_token_stride, ktok_rows, kv, which == 0 ? 1.f : scale, g,
-                                  t);
+                                  t, (reinterpret_cast<uintptr_t>(dst) & 15) == 0);
       }
     }
 
@@ -563,7 +603,8 @@ struct QueryTiles {
   int block_size;
   int tiles_per_block;
   int num_tiles;
-  int k_pos0;  // global position of the kv tile's first key
+  int k_pos0;      // global position of the kv tile's first key
+  int k_pos_last;  // and of its last key (tiles of 64 or 128 keys)
 
   __device__ int entry(int it) const { return entries[it / tiles_per_block]; }
   __device__ int head(int it) const { return entry(it) / num_q_blocks; }
@@ -581,13 +622,12 @@ struct QueryTiles {
     return key_masks == nullptr ? ~0ull : key_masks[it / tiles_per_block];
   }
   // An active-block tile whose first query is at or after the kv tile's last key needs no mask.
-  __device__ bool needs_mask(int it) const {
-    return key_masks != nullptr || k_pos0 + kTile - 1 > pos0(it);
-  }
+  __device__ bool needs_mask(int it) const { return key_masks != nullptr || k_pos_last > pos0(it); }
 };
 
-// Copies query tile `it` (Q, dO, lse, delta) into shared memory with cp.async (not committed).
-template <typename Element, int kHeadDim>
+// Copies query tile `it` (Q, dO, lse, delta) into shared memory with cp.async (not committed),
+// spread over kNumThreads threads.
+template <typename Element, int kHeadDim, int kNumThreads>
 __device__ __forceinline__ void load_query_tile(const QueryTiles& tiles, int it,
                                                 const SparseAttentionBackwardParams& bp, int b,
                                                 Element* q_dst, Element* do_dst, float* lse_dst,
@@ -601,9 +641,11 @@ __device__ __forceinline__ void load_query_tile(const QueryTiles& tiles, int it,
       (static_cast<int64_t>(b) * p.q_tokens + token0) * token_stride + head * kHeadDim;
   const Element* q_g = static_cast<const Element*>(p.q) + offset;
   const Element* do_g = static_cast<const Element*>(bp.dout) + offset;
+  constexpr int kChunks = kTile * G::kChunksPerRow / kNumThreads;
+  static_assert(kTile * G::kChunksPerRow % kNumThreads == 0, "tile copy must split evenly");
 #pragma unroll
-  for (int i = 0; i < G::kChunksPerThread; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kThreads;
+  for (int i = 0; i < kChunks; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * kNumThreads;
     const int r = c / G::kChunksPerRow;
     const int chunk = c % G::kChunksPerRow;
     cp_async_16(q_dst + r * G::kStride + chunk * 8, q_g + r * token_stride + chunk * 8, true);
@@ -619,16 +661,17 @@ __device__ __forceinline__ void load_query_tile(const QueryTiles& tiles, int it,
   }
 }
 
-// Shared-memory buffers of the dK/dV kernel (K and V of the tile stay resident).
+// Shared-memory buffers of the per-kv-tile kernels (K and V of the tile stay resident).
 template <typename Element, int kHeadDim>
 struct DkdvSmem {
   Element* k;
   Element* v;
   Element* q;           // kStages query tiles
   Element* dout;        // kStages dO tiles
+  Element* ds;          // dS^T of the current query tile, [key][query] (kPStride), with dQ only
   float* lse;           // kStages x kTile
   float* delta;         // kStages x kTile
-  uint64_t* key_masks;  // kMaskSlots: column key masks of one window of entries
+  uint64_t* key_masks;  // kMaskSlots: column key masks of one window of entries (deterministic)
   int32_t* entries;     // kMaskSlots: the entries of the non-empty masks, ascending
   int32_t* misc;        // [0]: number of column entries in the window, [1..2]: entry range
 };
@@ -645,18 +688,37 @@ constexpr int dkdv_smem_bytes() {
          4 * static_cast<int>(sizeof(int32_t));
 }
 
-// dK, dV += contributions of the query tiles of `tiles` (see the kernel below for the products).
-// Streams the query tiles through the kStages buffers; K and V must be in shared memory (or in
-// flight in an older cp.async group) before the call. Returns with this thread's copies complete;
-// when it ran tiles, all warps are past their last read of the query buffers, but `tiles` itself
-// (entries, masks) may still be read by other warps: synchronize before rewriting it.
-template <typename Element, int kHeadDim>
+// Adds scale * acc (a warp's 16 x 8 kDqTiles mma accumulator: rows `rows`, rows + 8 of a
+// [token][head][d] fp32 tensor, 16-byte aligned) with one 16-byte atomic per 4 values.
+template <int kDqTiles>
+__device__ __forceinline__ void atomic_add_rows4(float* rows, int64_t token_stride,
+                                                 const float (&acc)[kDqTiles][4], float scale,
+                                                 int g, int t) {
+  const bool odd = (t & 1) != 0;
+  float* dst = rows + (g + (odd ? 8 : 0)) * token_stride + 2 * (t & ~1);
+#pragma unroll
+  for (int dn = 0; dn < kDqTiles; ++dn) atomic_add4(dst + dn * 8, pair_rows4(acc[dn], odd, scale));
+}
+
+// dK, dV += contributions of the query tiles of `tiles` (see the kernels below for the products)
+// for a kv tile of kKeys keys (warp w owns keys 16w..16w+15; kKeys / 16 warps). With
+// kAccumulateDq each query tile's dQ partial, scale dS K over the kKeys keys, is also added into
+// bp.dq with atomics: dS^T goes through sm.ds, then warp w forms 16 query rows x (kHeadDim /
+// (kKeys / 64)) columns of it. Streams the query tiles through the kStages buffers; K and V must be
+// in shared memory (or in flight in an older cp.async group) before the call. Returns with this
+// thread's copies complete; when it ran tiles, all warps are past their last read of the query
+// buffers, but `tiles` itself (entries, masks) may still be read by other warps: synchronize
+// before rewriting it.
+template <typename Element, int kHeadDim, int kKeys, bool kAccumulateDq>
 __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
                                                 const SparseAttentionBackwardParams& bp, int b,
                                                 const DkdvSmem<Element, kHeadDim>& sm,
                                                 float (&dk)[kHeadDim / 8][4],
                                                 float (&dv)[kHeadDim / 8][4]) {
   using G = TileGeometry<kHeadDim>;
+  constexpr int kNumWarps = kKeys / 16;
+  constexpr int kNumThreads = kNumWarps * 32;
+  static_assert(kKeys == 64 || kKeys == 128, "kv tiles of 64 or 128 keys");
   constexpr int kDSteps = kHeadDim / 16;
   // Query columns of S^T processed at once: bounds the live S^T / dP^T registers next to the
   // kHeadDim dK/dV accumulator registers per thread.
@@ -671,14 +733,15 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
 
   int it = tiles.next(0);
   if (it >= tiles.num_tiles) return;  // CTA-uniform
-  load_query_tile<Element, kHeadDim>(tiles, it, bp, b, sm.q, sm.dout, sm.lse, sm.delta);
+  load_query_tile<Element, kHeadDim, kNumThreads>(tiles, it, bp, b, sm.q, sm.dout, sm.lse,
+                                                  sm.delta);
   cp_async_commit();
 
   int stage = 0;
   while (it < tiles.num_tiles) {
     const int next = tiles.next(it + 1);
     if (next < tiles.num_tiles) {
-      load_query_tile<Element, kHeadDim>(
+      load_query_tile<Element, kHeadDim, kNumThreads>(
           tiles, next, bp, b, sm.q + (stage ^ 1) * G::kElems, sm.dout + (stage ^ 1) * G::kElems,
           sm.lse + (stage ^ 1) * kTile, sm.delta + (stage ^ 1) * kTile);
     }
@@ -692,10 +755,14 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
     const float* delta_tile = sm.delta + stage * kTile;
     const bool mask = tiles.needs_mask(it);
     const int q_pos0 = tiles.pos0(it);
-    const uint64_t key_mask = tiles.key_mask(it);
-    // Keys of this thread's accumulator rows g and g + 8 that the tile's entry does not attend.
-    const bool key_off[2] = {((key_mask >> (warp * 16 + g)) & 1) == 0,
-                             ((key_mask >> (warp * 16 + g + 8)) & 1) == 0};
+    // Keys of this thread's accumulator rows g and g + 8 that the tile's entry does not attend
+    // (column masks exist only for 64-key tiles).
+    bool key_off[2] = {false, false};
+    if constexpr (kKeys == kTile) {
+      const uint64_t key_mask = tiles.key_mask(it);
+      key_off[0] = ((key_mask >> (warp * 16 + g)) & 1) == 0;
+      key_off[1] = ((key_mask >> (warp * 16 + g + 8)) & 1) == 0;
+    }
 
 #pragma unroll
     for (int qc = 0; qc < kTile / kQueryChunk; ++qc) {
@@ -749,6 +816,18 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
         }
       }
 
+      if constexpr (kAccumulateDq) {
+        // dS^T rows 16w + g (+8) of this query chunk; the 4-byte stores of a warp hit 32
+        // distinct banks (rows are kPStride = 36 words apart).
+        Element* ds_rows = sm.ds + (warp * 16 + g) * kPStride + qc * kQueryChunk + 2 * t;
+#pragma unroll
+        for (int n = 0; n < kQueryTiles; ++n) {
+          *reinterpret_cast<uint32_t*>(ds_rows + n * 8) = pack2<Element>(dpt[n][0], dpt[n][1]);
+          *reinterpret_cast<uint32_t*>(ds_rows + 8 * kPStride + n * 8) =
+              pack2<Element>(dpt[n][2], dpt[n][3]);
+        }
+      }
+
       // dV += P^T dO, dK += dS^T Q: A from registers (n-tiles 2j, 2j + 1 = k-step j over the
       // queries); B = dO / Q [query][d] = [k][n] by transposed ldmatrix.
 #pragma unroll
@@ -778,7 +857,50 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
       }
     }
 
-    __syncthreads();  // every warp is done with this stage before it is refilled
+    if constexpr (kAccumulateDq) {
+      __syncthreads();  // dS^T of all kKeys keys is in shared memory
+      // dQ = dS K over this tile's keys. Warp w: query rows 16 (w % 4) .. +15 and kDqSpan columns
+      // from (w / 4) kDqSpan, in passes of kDqCols columns that bound the accumulator registers
+      // next to dK/dV. A = dS [query][key] from dS^T [key][query] and B = K [key][d] = [k][n],
+      // both by transposed ldmatrix (as P^T and dO in the per-query-tile kernel).
+      constexpr int kDqSpan = kHeadDim / (kNumWarps / 4);
+      constexpr int kDqCols = kDqSpan < 64 ? kDqSpan : 64;
+      constexpr int kDqTiles = kDqCols / 8;
+      const int m0 = (warp % 4) * 16;
+      const int d_begin = (warp / 4) * kDqSpan;
+      const SparseAttentionParams& p = bp.forward;
+      const int64_t q_token_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
+      float* dq_rows =
+          bp.dq + (static_cast<int64_t>(b) * p.q_tokens + tiles.token0(it) + m0) * q_token_stride +
+          tiles.head(it) * kHeadDim;
+#pragma unroll
+      for (int d0 = d_begin; d0 < d_begin + kDqSpan; d0 += kDqCols) {
+        float acc[kDqTiles][4];
+#pragma unroll
+        for (int dn = 0; dn < kDqTiles; ++dn) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[dn][e] = 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < kKeys / 16; ++j) {
+          uint32_t a[4];
+          ldmatrix_x4_trans(a, sm.ds + (j * 16 + lane % 8 + (lane / 16) * 8) * kPStride + m0 +
+                                   ((lane / 8) % 2) * 8);
+#pragma unroll
+          for (int dp = 0; dp < kDqTiles / 2; ++dp) {
+            uint32_t kb[4];
+            ldmatrix_x4_trans(kb, sm.k + (j * 16 + lane % 8 + ((lane / 8) % 2) * 8) * G::kStride +
+                                      d0 + dp * 16 + (lane / 16) * 8);
+            mma_16816<Element>(acc[2 * dp], a, kb[0], kb[1]);
+            mma_16816<Element>(acc[2 * dp + 1], a, kb[2], kb[3]);
+          }
+        }
+        atomic_add_rows4<kDqTiles>(dq_rows + d0, q_token_stride, acc, p.softmax_scale, g, t);
+      }
+    }
+
+    // Every warp is done with this stage (and dS^T) before they are refilled.
+    __syncthreads();
     stage ^= 1;
     it = next;
   }
@@ -808,6 +930,7 @@ __global__ void __launch_bounds__(kThreads)
   sm.v = sm.k + G::kElems;
   sm.q = sm.v + G::kElems;
   sm.dout = sm.q + kStages * G::kElems;
+  sm.ds = nullptr;
   sm.lse = reinterpret_cast<float*>(sm.dout + kStages * G::kElems);
   sm.delta = sm.lse + kStages * kTile;
   sm.key_masks = reinterpret_cast<uint64_t*>(sm.delta + kStages * kTile);
@@ -836,6 +959,7 @@ __global__ void __launch_bounds__(kThreads)
   tiles.tiles_per_block = tiles_per_block;
   tiles.num_tiles = (bp.t_block_row_offsets[t_row + 1] - entry_begin) * tiles_per_block;
   tiles.k_pos0 = p.k_block_ids[kb] * bs + (k_tile % tiles_per_block) * kTile;
+  tiles.k_pos_last = tiles.k_pos0 + kTile - 1;
 
   // The transposed column rows of the tile's 64 keys are consecutive: one range of entries.
   const int64_t c_row0 = (static_cast<int64_t>(b) * p.num_kv_heads + kvh) * p.k_tokens + k_token0;
@@ -902,7 +1026,7 @@ __global__ void __launch_bounds__(kThreads)
   // site keeps the pipeline inlined once.)
   QueryTiles pass_tiles = tiles;
   for (int window = entry_lo;; window += kMaskSlots) {
-    accumulate_dkdv<Element, kHeadDim>(pass_tiles, bp, b, sm, dk, dv);
+    accumulate_dkdv<Element, kHeadDim, kTile, false>(pass_tiles, bp, b, sm, dk, dv);
     if (window > entry_hi) break;  // CTA-uniform
     __syncthreads();               // masks and entries of the previous window are consumed
     for (int i = static_cast<int>(threadIdx.x); i < kMaskSlots; i += kThreads) {
@@ -968,6 +1092,122 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <typename Element, int kHeadDim, int kKeys>
+constexpr int kv_smem_bytes() {
+  // K, V (kKeys rows each), kStages x (Q, dO), dS^T, kStages x kTile lse and delta values.
+  using G = TileGeometry<kHeadDim>;
+  return (2 * kKeys * G::kStride + 2 * kStages * G::kElems + kKeys * kPStride) *
+             static_cast<int>(sizeof(Element)) +
+         2 * kStages * kTile * static_cast<int>(sizeof(float));
+}
+
+// Non-deterministic dK/dV/dQ of the active blocks, FlashAttention-2's schedule: one CTA per kKeys
+// keys (kKeys divides block_size) and kv head, kKeys / 16 warps. Grid (k_tokens / kKeys,
+// num_kv_heads, batch). Walks the transposed block index like the deterministic kernel (see
+// there for the transposed products), adds each query tile's dQ partial into dq with atomics and
+// writes dK/dV once at the end. Vertical columns are not visited here. Keys ascend with blockIdx.x,
+// so under a causal pattern the largest kv tiles (most query tiles) are scheduled first and the
+// short ones fill the tail.
+template <typename Element, int kHeadDim, int kKeys>
+__global__ void __launch_bounds__(2 * kKeys, 1)
+    sparse_attention_backward_kv_kernel(const SparseAttentionBackwardParams bp) {
+  using G = TileGeometry<kHeadDim>;
+  constexpr int kDTiles = kHeadDim / 8;
+  constexpr int kNumThreads = 2 * kKeys;
+  constexpr int kKvChunksPerThread = kKeys * G::kChunksPerRow / kNumThreads;
+  const SparseAttentionParams& p = bp.forward;
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  DkdvSmem<Element, kHeadDim> sm;
+  sm.k = reinterpret_cast<Element*>(smem);
+  sm.v = sm.k + kKeys * G::kStride;
+  sm.q = sm.v + kKeys * G::kStride;
+  sm.dout = sm.q + kStages * G::kElems;
+  sm.ds = sm.dout + kStages * G::kElems;
+  sm.lse = reinterpret_cast<float*>(sm.ds + kKeys * kPStride);
+  sm.delta = sm.lse + kStages * kTile;
+  sm.key_masks = nullptr;
+  sm.entries = nullptr;
+  sm.misc = nullptr;
+
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int k_tile = blockIdx.x;
+  const int kvh = blockIdx.y;
+  const int b = blockIdx.z;
+  const int bs = p.block_size;
+  const int k_tiles_per_block = bs / kKeys;
+  const int kb = k_tile / k_tiles_per_block;
+  const int k_token0 = k_tile * kKeys;
+  const int64_t t_row = (static_cast<int64_t>(b) * p.num_kv_heads + kvh) * (p.k_tokens / bs) + kb;
+  const int entry_begin = bp.t_block_row_offsets[t_row];
+  QueryTiles tiles;
+  tiles.entries = bp.t_block_entries + entry_begin;
+  tiles.key_masks = nullptr;
+  tiles.q_block_ids = p.q_block_ids;
+  tiles.num_q_blocks = p.q_tokens / bs;
+  tiles.block_size = bs;
+  tiles.tiles_per_block = bs / kTile;
+  tiles.num_tiles = (bp.t_block_row_offsets[t_row + 1] - entry_begin) * tiles.tiles_per_block;
+  tiles.k_pos0 = p.k_block_ids[kb] * bs + (k_tile % k_tiles_per_block) * kKeys;
+  tiles.k_pos_last = tiles.k_pos0 + kKeys - 1;
+  if (tiles.next(0) >= tiles.num_tiles) return;  // no visible query tile (CTA-uniform)
+
+  const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
+  const int64_t kv_offset =
+      (static_cast<int64_t>(b) * p.k_tokens + k_token0) * kv_token_stride + kvh * kHeadDim;
+  const Element* k_g = static_cast<const Element*>(p.k) + kv_offset;
+  const Element* v_g = static_cast<const Element*>(p.v) + kv_offset;
+
+  // K and V stay resident; their copy group completes inside the first accumulate_dkdv wait.
+#pragma unroll
+  for (int i = 0; i < kKvChunksPerThread; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * kNumThreads;
+    const int r = c / G::kChunksPerRow;
+    const int chunk = c % G::kChunksPerRow;
+    cp_async_16(sm.k + r * G::kStride + chunk * 8, k_g + r * kv_token_stride + chunk * 8, true);
+    cp_async_16(sm.v + r * G::kStride + chunk * 8, v_g + r * kv_token_stride + chunk * 8, true);
+  }
+  cp_async_commit();
+
+  float dk[kDTiles][4];
+  float dv[kDTiles][4];
+#pragma unroll
+  for (int dn = 0; dn < kDTiles; ++dn) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      dk[dn][e] = 0.f;
+      dv[dn][e] = 0.f;
+    }
+  }
+  accumulate_dkdv<Element, kHeadDim, kKeys, true>(tiles, bp, b, sm, dk, dv);
+
+  // This CTA alone owns these dk/dv rows within this kernel (the column pass adds to them later,
+  // in stream order), so plain read-modify-write.
+  const float scale = p.softmax_scale;
+  float* dk_g = bp.dk + kv_offset;
+  float* dv_g = bp.dv + kv_offset;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t row = (warp * 16 + g + 8 * i) * kv_token_stride;
+#pragma unroll
+    for (int dn = 0; dn < kDTiles; ++dn) {
+      float2* dk_ptr = reinterpret_cast<float2*>(dk_g + row + dn * 8 + 2 * t);
+      float2* dv_ptr = reinterpret_cast<float2*>(dv_g + row + dn * 8 + 2 * t);
+      float2 dk_value = *dk_ptr;
+      float2 dv_value = *dv_ptr;
+      dk_value.x += scale * dk[dn][2 * i];
+      dk_value.y += scale * dk[dn][2 * i + 1];
+      dv_value.x += dv[dn][2 * i];
+      dv_value.y += dv[dn][2 * i + 1];
+      *dk_ptr = dk_value;
+      *dv_ptr = dv_value;
+    }
+  }
+}
+
 // delta[b, h, t] = sum_d dout * out. Groups of kHeadDim / 8 lanes (8 or 16, never straddling a
 // warp) share one row, each lane one 16-byte chunk; the group reduces with shuffles.
 template <typename Element, int kHeadDim>
@@ -1008,12 +1248,41 @@ bool aligned(const void* ptr, uintptr_t bytes) {
 // Raises the dynamic shared-memory limit (needed above 48 KB) and launches.
 template <typename Kernel>
 cudaError_t launch(Kernel* kernel, dim3 grid, int smem_bytes, cudaStream_t stream,
-                   const SparseAttentionBackwardParams& p) {
+                   const SparseAttentionBackwardParams& p, int threads = kThreads) {
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, smem_bytes, stream>>>(p);
+  kernel<<<grid, threads, smem_bytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+// Per-query-tile kernel with atomically added dK/dV, over everything or over the columns alone.
+template <typename Element, int kHeadDim, bool kColumnsOnly>
+cudaError_t launch_query_major(const SparseAttentionBackwardParams& bp, cudaStream_t stream) {
+  const SparseAttentionParams& p = bp.forward;
+  const dim3 q_grid(p.q_tokens / kTile, p.num_heads, p.batch);
+  // With P/dS staging, double-buffered K/V at head_dim 128 would need 121 KB: one CTA per SM.
+  // A single buffer (86.5 KB) lets two CTAs share an SM.
+  constexpr int kKvStages = kHeadDim == 128 ? 1 : 2;
+  return launch(
+      sparse_attention_backward_dq_kernel<Element, kHeadDim, true, kKvStages, kColumnsOnly>, q_grid,
+      dq_smem_bytes<Element, kHeadDim, true, kKvStages>(), stream, bp);
+}
+
+// Non-deterministic backward on the transposed index: active blocks per kv tile of kKeys keys
+// (dQ by atomics), then the vertical columns per query tile (dK/dV by atomics). The two kernels
+// touch dk/dv and dq in stream order, so the plain read-modify-writes of each are safe.
+template <typename Element, int kHeadDim, int kKeys>
+cudaError_t launch_kv_major(const SparseAttentionBackwardParams& bp, cudaStream_t stream) {
+  const SparseAttentionParams& p = bp.forward;
+  if (p.k_tokens > 0) {
+    const dim3 kv_grid(p.k_tokens / kKeys, p.num_kv_heads, p.batch);
+    const cudaError_t err =
+        launch(sparse_attention_backward_kv_kernel<Element, kHeadDim, kKeys>, kv_grid,
+               kv_smem_bytes<Element, kHeadDim, kKeys>(), stream, bp, 2 * kKeys);
+    if (err != cudaSuccess) return err;
+  }
+  return launch_query_major<Element, kHeadDim, true>(bp, stream);
 }
 
 template <typename Element, int kHeadDim>
@@ -1021,14 +1290,19 @@ cudaError_t launch_backward(const SparseAttentionBackwardParams& bp, cudaStream_
   const SparseAttentionParams& p = bp.forward;
   const dim3 q_grid(p.q_tokens / kTile, p.num_heads, p.batch);
   if (!bp.deterministic) {
-    // With P/dS staging, double-buffered K/V at head_dim 128 would need 121 KB: one CTA per SM.
-    // A single buffer (86.5 KB) lets two CTAs share an SM.
-    constexpr int kKvStages = kHeadDim == 128 ? 1 : 2;
-    return launch(sparse_attention_backward_dq_kernel<Element, kHeadDim, true, kKvStages>, q_grid,
-                  dq_smem_bytes<Element, kHeadDim, true, kKvStages>(), stream, bp);
+    // The per-kv-tile schedule needs the transposed block index and 16-byte aligned lse/delta
+    // (cp.async) and dq (vector atomics); without them, the query-major schedule does everything.
+    if (bp.t_block_row_offsets == nullptr || !aligned(p.lse, 16) || !aligned(bp.delta, 16) ||
+        !aligned(bp.dq, 16)) {
+      return launch_query_major<Element, kHeadDim, false>(bp, stream);
+    }
+    // 128-key tiles (8 warps) halve the dQ atomics and the Q/dO reloads per key against 64.
+    return p.block_size == 128 ? launch_kv_major<Element, kHeadDim, 128>(bp, stream)
+                               : launch_kv_major<Element, kHeadDim, 64>(bp, stream);
   }
-  const cudaError_t err = launch(sparse_attention_backward_dq_kernel<Element, kHeadDim, false, 2>,
-                                 q_grid, dq_smem_bytes<Element, kHeadDim, false, 2>(), stream, bp);
+  const cudaError_t err =
+      launch(sparse_attention_backward_dq_kernel<Element, kHeadDim, false, 2, false>, q_grid,
+             dq_smem_bytes<Element, kHeadDim, false, 2>(), stream, bp);
   if (err != cudaSuccess || p.k_tokens == 0) return err;
   const dim3 kv_grid(p.k_tokens / kTile, p.num_kv_heads, p.batch);
   return launch(sparse_attention_backward_dkdv_kernel<Element, kHeadDim>, kv_grid,
