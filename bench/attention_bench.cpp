@@ -54,7 +54,8 @@ Row run_ours(const std::string& name, const at::Tensor& q, const at::Tensor& k,
   const int64_t length = q.size(1), heads = q.size(2), dim = q.size(3);
   const auto ids = at::arange(length / p.block_size, q.options().dtype(at::kInt));
   const kernels::ShardBlocks blocks{ids, ids};
-  const auto index = kernels::build_sparse_index(p, blocks, 1, k.size(2), deterministic);
+  // The transposed index selects the fast backward schedule, as the ring builds it on GPUs.
+  const auto index = kernels::build_sparse_index(p, blocks, 1, k.size(2), /*with_transpose=*/true);
   const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
   kernels::AttentionPartial result;
   auto forward = [&] {

@@ -6,6 +6,7 @@
 #include <google/protobuf/text_format.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -244,23 +245,57 @@ void validate(const proto::Experiment& e, const std::string& source) {
             schedule.min_lr_ratio(), "must be in [0, 1]");
 
   const auto& data = e.data();
-  v.not_available(data.source() != proto::Data::SYNTHETIC_COPY, "data.source",
-                  "data source " + proto::Data::Source_Name(data.source()));
   v.not_available(data.document_mask(), "data.document_mask", "document masking");
-  v.require(data.copy_period() >= 1 && data.copy_period() < train.sequence_length(),
-            "data.copy_period", data.copy_period(), "must be in [1, train.sequence_length)");
+  // The task sizes mirror data/synthetic.h (passkey_min_length, *_min_vocab_size); the data
+  // tests check that both agree. Token 0, 16 filler tokens, 10 digits and 6 words come first.
+  const int length = train.sequence_length(), vocab = model.vocab_size();
+  switch (data.source()) {
+    case proto::Data::SYNTHETIC_COPY:
+      v.require(data.copy_period() >= 1 && data.copy_period() < length, "data.copy_period",
+                data.copy_period(), "must be in [1, train.sequence_length)");
+      break;
+    case proto::Data::PASSKEY: {
+      const int digits = data.passkey_digits();
+      v.require(digits >= 1 && digits <= 18, "data.passkey_digits", digits, "must be in [1, 18]");
+      v.require(length >= 2 * digits + 12, "data.passkey_digits", digits,
+                "needs train.sequence_length >= 2 x passkey_digits + 12");
+      v.require(vocab >= 33, "model.vocab_size", vocab, "the PASSKEY task needs >= 33 tokens");
+      v.require(data.needle_depth() <= 1, "data.needle_depth", data.needle_depth(),
+                "must be in [0, 1], or < 0 for a random depth");
+      break;
+    }
+    case proto::Data::ASSOCIATIVE_RECALL: {
+      const int pairs = data.recall_pairs(), queries = data.recall_queries();
+      v.require(pairs >= 1, "data.recall_pairs", pairs, "must be >= 1");
+      v.require(queries >= 1 && queries <= pairs, "data.recall_queries", queries,
+                "must be in [1, data.recall_pairs]");
+      v.require(length >= 2 * (pairs + queries), "data.recall_pairs", pairs,
+                "needs train.sequence_length >= 2 x (recall_pairs + recall_queries)");
+      v.require(vocab >= 17 + 2 * pairs, "model.vocab_size", vocab,
+                "ASSOCIATIVE_RECALL needs >= 17 + 2 x data.recall_pairs tokens (" +
+                    std::to_string(17 + 2 * pairs) + ")");
+      break;
+    }
+    case proto::Data::TOKEN_SHARDS: {
+      std::error_code error;
+      v.require(!data.path().empty() && std::filesystem::exists(data.path(), error), "data.path",
+                "\"" + data.path() + "\"",
+                "does not exist; give the directory of *.srtok shards that "
+                "launch/prepare_data.py wrote");
+      break;
+    }
+  }
 
   v.require(e.checkpoint().every_steps() >= 0, "checkpoint.every_steps",
             e.checkpoint().every_steps(), "must be >= 0 (0 = never)");
   v.require(e.checkpoint().keep_last() >= 1, "checkpoint.keep_last", e.checkpoint().keep_last(),
             "must be >= 1");
-  v.not_available(e.checkpoint().every_steps() > 0, "checkpoint.every_steps", "checkpointing");
   v.require(e.logging().log_every() >= 1, "logging.log_every", e.logging().log_every(),
             "must be >= 1");
-  v.not_available(e.logging().tensorboard(), "logging.tensorboard", "TensorBoard event output");
-  v.not_available(e.profiling().enabled(), "profiling.enabled", "profiling");
-  v.not_available(train.nan_policy() == proto::Train::SKIP_STEP, "train.nan_policy",
-                  "SKIP_STEP");
+  v.require(e.profiling().start_step() >= 1, "profiling.start_step", e.profiling().start_step(),
+            "must be >= 1");
+  v.require(e.profiling().num_steps() >= 1, "profiling.num_steps", e.profiling().num_steps(),
+            "must be >= 1");
 }
 
 Experiment to_struct(const proto::Experiment& e) {
@@ -322,7 +357,15 @@ Experiment to_struct(const proto::Experiment& e) {
   const auto& s = e.schedule();
   out.schedule = {static_cast<ScheduleKind>(s.kind()), s.warmup_steps(), s.min_lr_ratio()};
   const auto& d = e.data();
-  out.data = {static_cast<DataSource>(d.source()), d.path(), d.document_mask(), d.copy_period()};
+  out.data = {static_cast<DataSource>(d.source()),
+              d.path(),
+              d.document_mask(),
+              d.copy_period(),
+              d.shuffle(),
+              d.passkey_digits(),
+              d.needle_depth(),
+              d.recall_pairs(),
+              d.recall_queries()};
   const auto& c = e.checkpoint();
   out.checkpoint = {c.every_steps(), c.keep_last(), c.dir()};
   out.logging = {e.logging().log_every(), e.logging().tensorboard()};

@@ -76,6 +76,10 @@ struct DataConfig {
   std::string path;
   bool document_mask;
   int copy_period;
+  bool shuffle;
+  int passkey_digits;
+  double needle_depth;
+  int recall_pairs, recall_queries;
 };
 
 struct CheckpointConfig {

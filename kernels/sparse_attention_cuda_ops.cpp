@@ -92,10 +92,12 @@ void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, cons
   p.dk = dk.data_ptr<float>();
   p.dv = dv.data_ptr<float>();
   p.deterministic = deterministic;
-  if (deterministic) {
-    TORCH_CHECK(index.t_block_row_offsets.defined(),
-                "deterministic backward needs the transposed index (build_sparse_index with "
-                "with_transpose)");
+  // The transposed index selects the fast kv-block-outer schedule (dK/dV in registers); without
+  // it the kernels fall back to the query-block-outer schedule with dK/dV atomics.
+  TORCH_CHECK(!deterministic || index.t_block_row_offsets.defined(),
+              "deterministic backward needs the transposed index (build_sparse_index with "
+              "with_transpose)");
+  if (index.t_block_row_offsets.defined()) {
     p.t_block_row_offsets = int32_data(index.t_block_row_offsets, "t_block_row_offsets");
     p.t_block_entries = int32_data(index.t_block_entries, "t_block_entries");
     p.t_column_row_offsets = int32_data(index.t_column_row_offsets, "t_column_row_offsets");

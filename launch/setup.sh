@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets SparseRing up on a fresh Debian 12 (or Ubuntu) machine and builds it:
 #   1. Debian packages: compiler, CMake, Ninja, ccache, Open MPI, protobuf, GoogleTest, Python venv
-#   2. LibTorch from PyPI (torch==2.11.0) in the project's virtual environment .venv/
+#   2. LibTorch from PyPI (torch==2.11.0) in the project's virtual environment .venv/, and the
+#      Hugging Face tokenizers package (tokenizers==0.23.3) for launch/prepare_data.py
 #   3. configure and build into build/ (CUDA kernels too when nvcc is on the PATH)
 # Idempotent: what is already there is kept. Prints each step; fails with a message naming what
 # could not be installed.
@@ -9,6 +10,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 torch_version=2.11.0
+tokenizers_version=0.23.3
 build_dir=${SPARSERING_BUILD_DIR:-$root/build}
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -45,9 +47,17 @@ installed=$("$root/.venv/bin/python3" -c 'import torch; print(torch.__version__.
 if [ "$installed" != "$torch_version" ]; then
   step "installing torch==$torch_version (LibTorch for C++) from PyPI into .venv"
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check "torch==$torch_version" \
-    || fail "pip could not install torch==$torch_version: check access to PyPI"
+    "tokenizers==$tokenizers_version" \
+    || fail "pip could not install torch==$torch_version tokenizers==$tokenizers_version: check access to PyPI"
 else
   step "torch $torch_version already in .venv"
+fi
+installed=$("$root/.venv/bin/python3" -c 'import tokenizers; print(tokenizers.__version__)' 2>/dev/null || true)
+if [ "$installed" != "$tokenizers_version" ]; then
+  step "installing tokenizers==$tokenizers_version (launch/prepare_data.py) from PyPI into .venv"
+  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check \
+    "tokenizers==$tokenizers_version" \
+    || fail "pip could not install tokenizers==$tokenizers_version: check access to PyPI"
 fi
 
 step "configuring $build_dir"

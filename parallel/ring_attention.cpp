@@ -307,8 +307,9 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
   stats_ = {};
   for (int source = 0; source < layout_.world(); ++source) {
     ShardBlocks blocks{q_blocks, layout_.blocks_of(source).to(q.device())};
-    plan->indices.push_back(kernels::build_sparse_index(pattern, blocks, q.size(0), k.size(2),
-                                                        config_.deterministic_backward));
+    // On the GPU the transposed index selects the fast kv-block-outer backward.
+    plan->indices.push_back(kernels::build_sparse_index(
+        pattern, blocks, q.size(0), k.size(2), config_.deterministic_backward || q.is_cuda()));
     plan->blocks.push_back(blocks);
     stats_.attended_pairs += kernels::attended_pairs(plan->indices.back());
   }

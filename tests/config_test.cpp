@@ -111,8 +111,7 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
 }
 
 TEST(Config, FeaturesNotInThisBuildAreRefused) {
-  EXPECT_NE(error_of({"data.source=PASSKEY"}).find("not implemented"), std::string::npos);
-  EXPECT_NE(error_of({"profiling.enabled=true"}).find("not implemented"), std::string::npos);
+  EXPECT_NE(error_of({"data.document_mask=true"}).find("not implemented"), std::string::npos);
 }
 
 TEST(Config, WorldSizeMustMatchTheMesh) {

@@ -40,6 +40,10 @@ std::string usage(const std::string& command) {
                "options:\n") +
            kConfigOptions +
            "  --run-dir DIR       output directory (default <train.runs_root>/<name>)\n"
+           "  --resume auto|PATH  continue from the newest intact checkpoint of the run dir\n"
+           "                      (auto: start fresh when there is none) or from PATH\n"
+           "  --profile           per-phase timing of profiling.num_steps steps from\n"
+           "                      profiling.start_step: summary table, <run dir>/trace.json\n"
            "  --help              this text\n";
   }
   if (command == "eval" || command == "bench") {
@@ -87,6 +91,10 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
       line.overrides.push_back(value_of(i));
     } else if (flag == "--run-dir" && line.command == "train") {
       line.run_dir = value_of(i);
+    } else if (flag == "--resume" && line.command == "train") {
+      line.resume = value_of(i);
+    } else if (flag == "--profile" && line.command == "train") {
+      line.overrides.push_back("profiling.enabled=true");
     } else {
       throw UserError("unknown option '" + flag + "' for `sparsering " + line.command +
                       "`; see `sparsering " + line.command + " --help`");

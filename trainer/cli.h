@@ -12,6 +12,7 @@ struct CommandLine {
   std::string config_path;  // empty = the embedded configs/tiny.pbtxt
   std::vector<std::string> overrides;  // --set path.to.field=value, in order
   std::string run_dir;
+  std::string resume;  // --resume auto|PATH
   bool help = false;
 };
 

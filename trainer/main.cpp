@@ -48,7 +48,7 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
                                   experiment.parallel.context_parallel_size,
                                   experiment.parallel.intra_node_ring_size},
                                  /*use_nccl=*/device.is_cuda());
-  trainer::train(experiment, groups, device, {line.run_dir});
+  trainer::train(experiment, groups, device, {line.run_dir, line.resume});
   return 0;
 }
 

@@ -1,5 +1,6 @@
 #include "trainer/metrics.h"
 
+#include <cmath>
 #include <cstdio>
 #include <stdexcept>
 
@@ -13,16 +14,23 @@ MetricsLog::MetricsLog(const std::string& path) {
 
 void MetricsLog::write(const StepMetrics& m) {
   if (!jsonl_.is_open()) return;
-  char line[512];
-  std::snprintf(line, sizeof(line),
-                "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, "
-                "\"tokens_per_second\": %.1f, \"model_tflops\": %.4f, \"executed_tflops\": %.4f, "
-                "\"mfu\": %s, \"attention_density\": %.5f, \"imbalance\": %.4f, "
-                "\"step_seconds\": %.5f}\n",
-                m.step, m.loss, m.lr, m.grad_norm, m.tokens_per_second, m.model_tflops,
-                m.executed_tflops, m.mfu < 0 ? "null" : std::to_string(m.mfu).c_str(),
-                m.attention_density, m.imbalance, m.step_seconds);
-  jsonl_ << line;
+  // JSON has no NaN or infinity: a non-finite value (a skipped step's loss) is written as null.
+  auto number = [](double value, const char* format) {
+    if (!std::isfinite(value)) return std::string("null");
+    char text[64];
+    std::snprintf(text, sizeof(text), format, value);
+    return std::string(text);
+  };
+  jsonl_ << "{\"step\": " << m.step << ", \"loss\": " << number(m.loss, "%.6f")
+         << ", \"lr\": " << number(m.lr, "%.6g") << ", \"grad_norm\": " << number(m.grad_norm, "%.6g")
+         << ", \"tokens_per_second\": " << number(m.tokens_per_second, "%.1f")
+         << ", \"model_tflops\": " << number(m.model_tflops, "%.4f")
+         << ", \"executed_tflops\": " << number(m.executed_tflops, "%.4f")
+         << ", \"mfu\": " << (m.mfu < 0 ? std::string("null") : number(m.mfu, "%.5f"))
+         << ", \"attention_density\": " << number(m.attention_density, "%.5f")
+         << ", \"imbalance\": " << number(m.imbalance, "%.4f")
+         << ", \"step_seconds\": " << number(m.step_seconds, "%.5f")
+         << ", \"skipped_steps\": " << m.skipped_steps << "}\n";
   jsonl_.flush();
 }
 

@@ -1,6 +1,7 @@
 // Per-step metrics: one console line on rank 0 and one JSON object per line in metrics.jsonl.
 #pragma once
 
+#include <cstdint>
 #include <fstream>
 #include <string>
 #include <utility>
@@ -18,6 +19,7 @@ struct StepMetrics {
   double attention_density = 0;  // attended / dense-causal pairs, mean over layers and ranks
   double imbalance = 1;          // max / mean attention work over context-parallel ranks
   double step_seconds = 0;
+  int64_t skipped_steps = 0;  // non-finite steps skipped so far (train.nan_policy = SKIP_STEP)
 };
 
 class MetricsLog {

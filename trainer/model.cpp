@@ -107,7 +107,12 @@ DecoderBlockImpl::DecoderBlockImpl(const config::ModelConfig& model,
 }
 
 at::Tensor DecoderBlockImpl::forward(const at::Tensor& x, const StepContext& context) {
-  const auto h = x + attention_(attention_norm_(x), context);
+  at::Tensor h;
+  {
+    ProfileScope scope(context.profiler, "attention");
+    h = x + attention_(attention_norm_(x), context);
+  }
+  ProfileScope scope(context.profiler, "mlp");
   return h + mlp_(mlp_norm_(h));
 }
 

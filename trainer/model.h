@@ -13,6 +13,7 @@
 
 #include "configs/config.h"
 #include "parallel/ring_attention.h"
+#include "trainer/profiler.h"
 
 namespace sparsering::trainer {
 
@@ -23,6 +24,7 @@ struct StepContext {
   at::Tensor rope_cos, rope_sin;  // [local_tokens, head_dim / 2] at the tokens' global positions
   bool estimate_pattern = true;   // re-estimate the sparse pattern this step
   bool dense_attention = false;   // dense warm-up
+  Profiler* profiler = nullptr;   // per-phase timing (profiling.enabled), else nullptr
 };
 
 // cos/sin of RoPE angles (position / scaling_factor) x theta^(-2i/d), fp32.

@@ -27,7 +27,7 @@ void MasterWeightOptimizer::zero_grad() {
   for (auto& m : masters_) m.mutable_grad() = at::Tensor();
 }
 
-double MasterWeightOptimizer::step(double lr, double max_norm) {
+void MasterWeightOptimizer::gather_master_gradients() {
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < parameters_.size(); ++i) {
     const auto& grad = parameters_[i].grad();
@@ -35,13 +35,20 @@ double MasterWeightOptimizer::step(double lr, double max_norm) {
       masters_[i].mutable_grad() = grad.defined() ? grad.to(at::kFloat) : at::Tensor();
     }
   }
+}
+
+double MasterWeightOptimizer::gradient_norm() {
+  torch::NoGradGuard no_grad;
   // One host synchronisation for the norm, not one per tensor.
   std::vector<at::Tensor> squares;
   for (const auto& m : masters_) {
     if (m.grad().defined()) squares.push_back(m.grad().pow(2).sum());
   }
-  const double norm =
-      squares.empty() ? 0.0 : std::sqrt(at::stack(squares).sum().item<double>());
+  return squares.empty() ? 0.0 : std::sqrt(at::stack(squares).sum().item<double>());
+}
+
+void MasterWeightOptimizer::step(double lr, double max_norm, double norm) {
+  torch::NoGradGuard no_grad;
   if (max_norm > 0 && norm > max_norm) {
     for (auto& m : masters_) {
       if (m.grad().defined()) m.mutable_grad().mul_(max_norm / (norm + 1e-6));
@@ -49,12 +56,15 @@ double MasterWeightOptimizer::step(double lr, double max_norm) {
   }
   for (auto& group : adamw_->param_groups()) group.options().set_lr(lr);
   adamw_->step();
-  if (separate_masters_) {
-    for (size_t i = 0; i < parameters_.size(); ++i) {
-      if (parameters_[i].scalar_type() != at::kFloat) parameters_[i].copy_(masters_[i]);
-    }
+  sync_model_from_masters();
+}
+
+void MasterWeightOptimizer::sync_model_from_masters() {
+  if (!separate_masters_) return;
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    if (parameters_[i].scalar_type() != at::kFloat) parameters_[i].copy_(masters_[i]);
   }
-  return norm;
 }
 
 }  // namespace sparsering::trainer

@@ -16,9 +16,17 @@ class MasterWeightOptimizer {
   MasterWeightOptimizer(std::vector<at::Tensor> parameters, const config::OptimizerConfig& config);
 
   void zero_grad();
-  // Clips the global gradient norm to `max_norm` (0 = off), steps AdamW at `lr` and returns the
-  // norm before clipping. Gradients must already be synchronised, so every rank sees the same.
-  double step(double lr, double max_norm);
+  // Moves the model's (bf16) gradients onto the fp32 masters; call once per step, after the
+  // gradient sync and before anything that edits the fp32 gradients (the SR-STE term).
+  void gather_master_gradients();
+  // Global L2 norm of the masters' gradients (one host synchronisation). Gradients must already
+  // be synchronised, so every rank sees the same norm.
+  double gradient_norm();
+  // Clips to `max_norm` (0 = off) given the norm from gradient_norm(), steps AdamW at `lr` and
+  // writes the result back to the model's weights.
+  void step(double lr, double max_norm, double norm);
+  // Copies the masters into the model's weights (after loading a checkpoint).
+  void sync_model_from_masters();
 
   std::vector<at::Tensor>& master_weights() { return masters_; }
   torch::optim::AdamW& adamw() { return *adamw_; }

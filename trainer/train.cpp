@@ -6,19 +6,28 @@
 #endif
 
 #include <chrono>
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 
 #include "configs/user_error.h"
 #include "data/synthetic.h"
 #include "parallel/gradient_sync.h"
+#include "trainer/checkpoint.h"
 #include "trainer/chunked_loss.h"
+#include "trainer/fault_injection.h"
 #include "trainer/metrics.h"
 #include "trainer/model.h"
+#include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
+#include "trainer/profile_report.h"
+#include "trainer/profiler.h"
 #include "trainer/schedule.h"
+#include "trainer/tensorboard/tensorboard_writer.h"
+#include "trainer/watchdog.h"
 
 namespace sparsering::trainer {
 namespace {
@@ -51,20 +60,36 @@ at::Tensor global_sequences(const config::Experiment& e, int step, int micro, in
   return at::tensor(tokens, at::kInt).view({mb, length}).to(at::kLong);
 }
 
-std::string make_run_dir(const config::Experiment& e, const TrainOptions& options, int rank) {
-  const std::string dir =
-      options.run_dir.empty() ? (fs::path(e.train.runs_root) / e.name).string() : options.run_dir;
-  if (rank == 0) {
-    std::error_code error;
-    fs::create_directories(dir, error);
-    if (error) throw UserError(dir + ": cannot create the run directory (" + error.message() + ")");
-    std::ofstream resolved(fs::path(dir) / "config.pbtxt");
-    resolved << e.resolved_text;
-    if (!resolved) throw UserError(dir + "/config.pbtxt: cannot write the resolved config");
-    // A new run starts a new metrics file.
-    fs::remove(fs::path(dir) / "metrics.jsonl", error);
+std::string run_dir_of(const config::Experiment& e, const TrainOptions& options) {
+  return options.run_dir.empty() ? (fs::path(e.train.runs_root) / e.name).string()
+                                 : options.run_dir;
+}
+
+void prepare_run_dir(const config::Experiment& e, const std::string& dir) {
+  std::error_code error;
+  fs::create_directories(dir, error);
+  if (error) throw UserError(dir + ": cannot create the run directory (" + error.message() + ")");
+  std::ofstream resolved(fs::path(dir) / "config.pbtxt");
+  resolved << e.resolved_text;
+  if (!resolved) throw UserError(dir + "/config.pbtxt: cannot write the resolved config");
+}
+
+// metrics.jsonl keeps the steps up to `last_step` (0 = none): a resumed run rewrites the steps
+// after its checkpoint instead of duplicating them.
+void truncate_metrics(const fs::path& path, int64_t last_step) {
+  std::vector<std::string> kept;
+  {
+    std::ifstream file(path);
+    std::string line;
+    while (std::getline(file, line)) {
+      const auto at = line.find("\"step\": ");
+      if (at != std::string::npos && std::stoll(line.substr(at + 8)) <= last_step) {
+        kept.push_back(line);
+      }
+    }
   }
-  return dir;
+  std::ofstream file(path, std::ios::trunc);
+  for (const auto& line : kept) file << line << '\n';
 }
 
 // FLOPs of one training step, dense-equivalent: 6 x matmul parameters per token, plus causal
@@ -81,6 +106,30 @@ StepFlops step_flops(const config::Experiment& e, double density) {
   const double attention =
       3.5 * 2.0 * length * length * e.model.hidden_size * e.model.num_layers * sequences;
   return {matmul + attention, matmul + attention * density};
+}
+
+// Every rank's profile and trace events to rank 0, which prints the summary table and writes
+// trace.json (Perfetto / chrome://tracing).
+void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir) {
+  const auto row = profiler.rank_profile().to_row();
+  const auto rows = world.all_gather(at::tensor(row, at::kDouble)).contiguous();
+  const std::string events = profiler.chrome_trace_events();
+  const auto lengths = world.all_gather(at::tensor({static_cast<int64_t>(events.size())}, at::kLong));
+  auto padded = at::zeros({std::max<int64_t>(1, lengths.max().item<int64_t>())}, at::kByte);
+  std::memcpy(padded.data_ptr(), events.data(), events.size());
+  const auto all = world.all_gather(padded).contiguous();
+  if (world.rank() != 0) return;
+  std::vector<RankProfile> ranks;
+  std::vector<std::string> traces;
+  for (int r = 0; r < world.size(); ++r) {
+    ranks.push_back(RankProfile::from_row(rows[r].data_ptr<double>(), profiler.phases().size()));
+    traces.emplace_back(reinterpret_cast<const char*>(all[r].data_ptr<uint8_t>()),
+                        lengths[r][0].item<int64_t>());
+  }
+  std::cout << format_profile_summary(summarize_profiles(profiler.phases(), ranks));
+  const std::string trace = (fs::path(run_dir) / "trace.json").string();
+  write_chrome_trace(trace, traces);
+  std::cout << "sparsering: Chrome trace (Perfetto) written to " << trace << std::endl;
 }
 
 }  // namespace
@@ -126,7 +175,12 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   const int rank = groups.world_rank();
   const int cp_rank = groups.cp_rank(), dp_rank = groups.dp_rank();
   TrainResult result;
-  result.run_dir = make_run_dir(e, options, rank);
+  result.run_dir = run_dir_of(e, options);
+  // Rank 0 prepares the directory; the barrier lets the other ranks see it (and lets a failure
+  // there end the job from rank 0 alone).
+  if (rank == 0) prepare_run_dir(e, result.run_dir);
+  groups.world().barrier();
+  Watchdog watchdog(rank, e.parallel.collective_timeout_s);
 
   const int block_size = e.attention.block_size;
   const int64_t length = e.train.sequence_length;
@@ -150,14 +204,53 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
 
   // Same seed on every rank: replicas start identical without a broadcast.
   torch::manual_seed(e.train.seed);
-  Decoder model(e.model, rings);
+  std::unique_ptr<NMSparsity> nm_sparsity;
+  if (e.nm_sparsity.enabled) nm_sparsity = std::make_unique<NMSparsity>(e.nm_sparsity);
+  Decoder model(e.model, rings, nm_sparsity.get());
   initialize_weights(model, e.model.init_std);
   model->to(device, model_dtype(e));
   std::vector<at::Tensor> parameters = model->parameters();
   MasterWeightOptimizer optimizer(parameters, e.optimizer);
   parallel::GradientSync gradient_sync(groups.world(), parameters,
                                        static_cast<int64_t>(e.parallel.grad_bucket_mb) << 20);
-  MetricsLog metrics(rank == 0 ? (fs::path(result.run_dir) / "metrics.jsonl").string() : "");
+  // Resume before the metrics file opens, so it can be cut back to the checkpoint's step.
+  const std::string checkpoint_dir = e.checkpoint.dir.empty()
+                                         ? (fs::path(result.run_dir) / "checkpoints").string()
+                                         : e.checkpoint.dir;
+  Checkpointer checkpointer(checkpoint_dir, e, groups.world());
+  ResumeState resumed;
+  if (!options.resume.empty()) {
+    if (const auto found = checkpointer.find(options.resume)) {
+      resumed = checkpointer.load(*found, optimizer);
+      if (rank == 0) std::cout << "sparsering: resumed from " << *found << std::endl;
+    } else if (rank == 0) {
+      std::cout << "sparsering: no checkpoint under " << checkpoint_dir << ", starting fresh"
+                << std::endl;
+    }
+  }
+  if (nm_sparsity && !resumed.nm_state.empty()) {
+    nm_sparsity->restore(NMScheduleState::from_string(resumed.nm_state));
+  }
+  // The fp32 masters of the N:M layers (named_parameters() is in parameters() order).
+  std::vector<NamedWeight> sparse_masters;
+  if (nm_sparsity) {
+    sparse_masters =
+        nm_sparsity->sparse_weights(model->named_parameters().keys(), optimizer.master_weights());
+  }
+  result.first_step = resumed.step + 1;
+  const fs::path metrics_path = fs::path(result.run_dir) / "metrics.jsonl";
+  if (rank == 0) truncate_metrics(metrics_path, resumed.step);
+  MetricsLog metrics(rank == 0 ? metrics_path.string() : "");
+  std::unique_ptr<tensorboard::TensorBoardWriter> tensorboard;
+  if (rank == 0 && e.logging.tensorboard) {
+    tensorboard = std::make_unique<tensorboard::TensorBoardWriter>(
+        (fs::path(result.run_dir) / "tensorboard").string());
+  }
+  std::unique_ptr<Profiler> profiler;
+  if (e.profiling.enabled) {
+    profiler = std::make_unique<Profiler>(rank, device, e.profiling.start_step,
+                                          e.profiling.num_steps);
+  }
 
   const auto positions = layout.positions_of(cp_rank);
   StepContext context;
@@ -165,6 +258,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
       rope_tables(positions, e.model.head_dim(), e.model.rope_theta, e.model.rope_scaling_factor);
   context.rope_cos = context.rope_cos.to(device);
   context.rope_sin = context.rope_sin.to(device);
+  context.profiler = profiler.get();
   const int micro_steps = e.optimizer.grad_accumulation_steps;
   // Every token but the last of each sequence has a label; the loss is their global mean.
   const double global_tokens = static_cast<double>(e.train.micro_batch_size) *
@@ -177,27 +271,48 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
               << " layout), device " << device.str() << ", run dir " << result.run_dir
               << std::endl;
   }
-  for (int step = 1; step <= e.train.steps; ++step) {
+  for (int step = static_cast<int>(result.first_step); step <= e.train.steps; ++step) {
+    watchdog.beat("step start");
+    if (profiler) profiler->begin_step(step);
+    const bool poison = maybe_inject_fault(FaultPoint::kStepStart, rank, step);
     const auto start = std::chrono::steady_clock::now();
     const double lr = learning_rate(e.schedule, e.optimizer.lr, step, e.train.steps);
     context.estimate_pattern = (step - 1) % e.attention.reestimate_every == 0;
     context.dense_attention = step <= e.attention.dense_warmup_steps;
     optimizer.zero_grad();
+    // N:M masks follow the weights: recomputed every step from the fp32 masters.
+    if (nm_sparsity) nm_sparsity->update_masks(sparse_masters, step);
     auto loss_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
     for (int micro = 0; micro < micro_steps; ++micro) {
-      const auto tokens = global_sequences(e, step, micro, dp_rank);
-      auto labels = at::full_like(tokens, kIgnoreLabel);
-      labels.slice(1, 0, length - 1).copy_(tokens.slice(1, 1));
-      const auto local_tokens = layout.shard(tokens, cp_rank).to(device);
-      const auto local_labels = layout.shard(labels, cp_rank).to(device);
+      at::Tensor local_tokens, local_labels, loss;
+      {
+        ProfileScope scope(profiler.get(), "data");
+        const auto tokens = global_sequences(e, step, micro, dp_rank);
+        auto labels = at::full_like(tokens, kIgnoreLabel);
+        labels.slice(1, 0, length - 1).copy_(tokens.slice(1, 1));
+        local_tokens = layout.shard(tokens, cp_rank).to(device);
+        local_labels = layout.shard(labels, cp_rank).to(device);
+      }
       const auto hidden = model->forward(local_tokens, context);
-      auto loss = chunked_cross_entropy(hidden.reshape({-1, hidden.size(-1)}),
-                                        model->output_weight(), local_labels.reshape(-1),
-                                        e.model.loss_chunk_tokens, global_tokens);
-      loss.backward();
+      {
+        ProfileScope scope(profiler.get(), "loss");
+        loss = chunked_cross_entropy(hidden.reshape({-1, hidden.size(-1)}),
+                                     model->output_weight(), local_labels.reshape(-1),
+                                     e.model.loss_chunk_tokens, global_tokens);
+      }
+      if (poison) loss = loss * std::numeric_limits<double>::quiet_NaN();
+      watchdog.beat("backward");
+      {
+        ProfileScope scope(profiler.get(), "backward");
+        loss.backward();
+      }
       loss_sum += loss.detach().to(at::kDouble);
     }
-    gradient_sync.synchronize();
+    watchdog.beat("gradient sync");
+    {
+      ProfileScope scope(profiler.get(), "gradient_sync");
+      gradient_sync.synchronize();
+    }
     // Attention work of this rank, for density and the imbalance across the ring.
     double attended = 0, dense = 0;
     for (const auto& ring : rings) {
@@ -212,15 +327,33 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
       reduced = reduced.to(device);
       work_max = work_max.to(device);
     }
+    watchdog.beat("metrics all-reduce");
     groups.world().all_reduce(reduced);
     groups.cp().all_reduce(work_max, parallel::ReduceOp::kMax);
     const auto totals = reduced.cpu();
     const double loss_value = totals[0].item<double>();
-    if (!std::isfinite(loss_value)) {
-      throw std::runtime_error("non-finite loss (" + std::to_string(loss_value) + ") at step " +
-                               std::to_string(step) + "; lower optimizer.lr or check the data");
+    // Every rank sees the same global loss and gradient norm, so all take the same decision.
+    optimizer.gather_master_gradients();
+    if (nm_sparsity) nm_sparsity->add_sr_ste_term(sparse_masters);
+    const double grad_norm = optimizer.gradient_norm();
+    if (!std::isfinite(loss_value) || !std::isfinite(grad_norm)) {
+      if (e.train.nan_policy == config::NanPolicy::kStop) {
+        throw std::runtime_error("non-finite loss or gradient (loss " + std::to_string(loss_value) +
+                                 ", grad norm " + std::to_string(grad_norm) + ") at step " +
+                                 std::to_string(step) +
+                                 "; lower optimizer.lr, check the data, or set "
+                                 "train.nan_policy=SKIP_STEP");
+      }
+      ++result.skipped_steps;
+      if (rank == 0) {
+        std::cerr << "sparsering: warning: step " << step << " skipped: non-finite loss or "
+                  << "gradient (" << result.skipped_steps << " skipped so far)" << std::endl;
+      }
+    } else {
+      ProfileScope scope(profiler.get(), "optimizer");
+      optimizer.step(lr, e.optimizer.grad_clip, grad_norm);
     }
-    const double grad_norm = optimizer.step(lr, e.optimizer.grad_clip);
+    if (profiler) profiler->end_step();
     if (device.is_cuda()) torch::cuda::synchronize();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -231,6 +364,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     m.lr = lr;
     m.grad_norm = grad_norm;
     m.step_seconds = seconds;
+    m.skipped_steps = result.skipped_steps;
     m.tokens_per_second = global_tokens / seconds;
     m.attention_density = totals[2].item<double>() > 0 ? totals[1].item<double>() /
                                                              totals[2].item<double>()
@@ -244,10 +378,34 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     result.losses.push_back(loss_value);
     if (rank == 0) {
       metrics.write(m);
+      if (tensorboard) {
+        tensorboard->add_scalar("train/loss", m.loss, step);
+        tensorboard->add_scalar("train/lr", m.lr, step);
+        tensorboard->add_scalar("train/grad_norm", m.grad_norm, step);
+        tensorboard->add_scalar("perf/tokens_per_second", m.tokens_per_second, step);
+        tensorboard->add_scalar("perf/model_tflops", m.model_tflops, step);
+        if (m.mfu >= 0) tensorboard->add_scalar("perf/mfu", m.mfu, step);
+        tensorboard->add_scalar("attention/density", m.attention_density, step);
+        tensorboard->add_scalar("attention/imbalance", m.imbalance, step);
+        if (nm_sparsity) tensorboard->add_scalar("nm/beta", nm_sparsity->beta(), step);
+        tensorboard->flush();
+      }
       if (step % e.logging.log_every == 0 || step == e.train.steps) {
         std::cout << MetricsLog::console_line(m, e.train.steps) << std::endl;
       }
     }
+    if (e.checkpoint.every_steps > 0 &&
+        (step % e.checkpoint.every_steps == 0 || step == e.train.steps)) {
+      watchdog.beat("checkpoint");
+      const int64_t sequences = static_cast<int64_t>(step) * micro_steps *
+                                e.train.micro_batch_size;
+      checkpointer.save({step, sequences, nm_sparsity ? nm_sparsity->state().to_string() : ""},
+                        optimizer);
+    }
+  }
+  if (profiler) {
+    profiler->finish();
+    report_profile(*profiler, groups.world(), result.run_dir);
   }
   return result;
 }

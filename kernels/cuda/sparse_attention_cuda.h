@@ -34,9 +34,11 @@ cudaError_t attention_backward_delta(float* delta, const void* dout, const void*
 // Backward of one call: adds this shard's gradients into p.dq, p.dk and p.dv (fp32, which the
 // caller zeroes once). p.forward.lse must be the final (merged) lse and p.delta the output of
 // attention_backward_delta on the final output. With p.deterministic the transposed index must be
-// set and dk/dv are produced without atomics (bitwise reproducible); otherwise dk/dv use fp32
-// atomics. dq is always reproducible. Requires dq/dk/dv 8-byte aligned and, in deterministic mode,
-// lse/delta 16-byte aligned.
+// set and dq, dk and dv are produced without atomics (bitwise reproducible). Otherwise, when the
+// transposed block index is set (and lse/delta/dq are 16-byte aligned), the fast schedule runs
+// FlashAttention-2's way: one CTA per kv block keeps dK/dV in registers and adds dQ with fp32
+// atomics; without it, a query-block-outer schedule adds dK/dV with atomics. The vertical columns
+// always add dK/dV with atomics outside deterministic mode. Requires dq/dk/dv 8-byte aligned.
 cudaError_t sparse_attention_backward(const SparseAttentionBackwardParams& p, cudaStream_t stream);
 
 // Merges one partial attention result into an fp32 accumulator by log-sum-exp:
