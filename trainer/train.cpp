@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 #include <limits>
 
 #include "configs/user_error.h"
@@ -130,6 +131,41 @@ void report_profile(Profiler& profiler, parallel::Communicator& world, const std
   const std::string trace = (fs::path(run_dir) / "trace.json").string();
   write_chrome_trace(trace, traces);
   std::cout << "sparsering: Chrome trace (Perfetto) written to " << trace << std::endl;
+}
+
+// Means over the steps this call ran, for <run dir>/summary.json.
+struct RunTotals {
+  double tokens_per_second = 0, model_tflops = 0, mfu = 0, density = 0;
+  int steps = 0;
+  void add(const StepMetrics& m) {
+    tokens_per_second += m.tokens_per_second;
+    model_tflops += m.model_tflops;
+    mfu += m.mfu;
+    density += m.attention_density;
+    ++steps;
+  }
+};
+
+// summary.json marks a finished run (launch/sweep.sh skips runs that have one).
+void write_summary(const fs::path& run_dir, const TrainResult& result, const RunTotals& totals,
+                   bool on_gpu, double wall_seconds) {
+  auto mean = [&](double sum) { return totals.steps ? sum / totals.steps : 0.0; };
+  std::ostringstream json;
+  json << "{\"final_loss\": "
+       << (result.losses.empty() || !std::isfinite(result.losses.back())
+               ? std::string("null")
+               : std::to_string(result.losses.back()))
+       << ", \"steps\": " << result.first_step - 1 + totals.steps
+       << ", \"first_step\": " << result.first_step
+       << ", \"skipped_steps\": " << result.skipped_steps
+       << ", \"tokens_per_second_mean\": " << mean(totals.tokens_per_second)
+       << ", \"model_tflops_mean\": " << mean(totals.model_tflops)
+       << ", \"mfu_mean\": " << (on_gpu ? std::to_string(mean(totals.mfu)) : "null")
+       << ", \"attention_density_mean\": " << mean(totals.density)
+       << ", \"wall_seconds\": " << wall_seconds << "}\n";
+  const fs::path temporary = run_dir / "summary.json.tmp";
+  std::ofstream(temporary) << json.str();
+  fs::rename(temporary, run_dir / "summary.json");
 }
 
 }  // namespace
@@ -271,6 +307,10 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
               << " layout), device " << device.str() << ", run dir " << result.run_dir
               << std::endl;
   }
+  const auto run_start = std::chrono::steady_clock::now();
+  RunTotals run_totals;
+  // A finished run that is continued no longer counts as finished until it ends again.
+  if (rank == 0) ::remove((fs::path(result.run_dir) / "summary.json").c_str());
   for (int step = static_cast<int>(result.first_step); step <= e.train.steps; ++step) {
     watchdog.beat("step start");
     if (profiler) profiler->begin_step(step);
@@ -376,6 +416,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     m.executed_tflops = flops.executed / seconds / 1e12;
     if (device.is_cuda()) m.mfu = m.model_tflops / (kHopperPeakTflops * groups.world_size());
     result.losses.push_back(loss_value);
+    run_totals.add(m);
     if (rank == 0) {
       metrics.write(m);
       if (tensorboard) {
@@ -406,6 +447,11 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   if (profiler) {
     profiler->finish();
     report_profile(*profiler, groups.world(), result.run_dir);
+  }
+  if (rank == 0) {
+    write_summary(result.run_dir, result, run_totals, device.is_cuda(),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start)
+                      .count());
   }
   return result;
 }

@@ -20,4 +20,8 @@ with temporary_directory() as tmp:
     for key in ("step", "loss", "lr", "grad_norm", "tokens_per_second", "attention_density"):
         check(key in record, f"metrics.jsonl lacks '{key}'")
     check("step   200/200" in process.stdout, "no console line for the last step", process)
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    check(summary["steps"] == 200 and abs(summary["final_loss"] - values[-1]) < 1e-5,
+          f"summary.json disagrees with metrics.jsonl: {summary}")
 print("PASSED")
