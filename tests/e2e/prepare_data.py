@@ -18,6 +18,7 @@ _, source = arguments()
 python = os.path.join(source, ".venv", "bin", "python3")
 tool = os.path.join(source, "launch", "prepare_data.py")
 # The tool and the decoding checks below need the venv's `tokenizers` (launch/setup.sh).
+check(os.path.exists(python), f"{python} is missing; run launch/setup.sh")
 if os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(source, ".venv")):
     os.execv(python, [python, *sys.argv])
 
