@@ -15,12 +15,13 @@
 #include <limits>
 
 #include "configs/user_error.h"
-#include "data/synthetic.h"
+#include "data/batch_source.h"
 #include "parallel/gradient_sync.h"
 #include "trainer/checkpoint.h"
 #include "trainer/chunked_loss.h"
 #include "trainer/fault_injection.h"
 #include "trainer/metrics.h"
+#include "trainer/micro_batch.h"
 #include "trainer/model.h"
 #include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
@@ -40,25 +41,6 @@ constexpr double kHopperPeakTflops = 989.0;
 
 at::ScalarType model_dtype(const config::Experiment& e) {
   return e.train.dtype == config::DType::kBFloat16 ? at::kBFloat16 : at::kFloat;
-}
-
-// The global batch of one micro step: sequence ids step x global_batch + dp_rank x mb + i, so
-// any data-parallel split of the same global batch sees the same sequences.
-at::Tensor global_sequences(const config::Experiment& e, int step, int micro, int dp_rank) {
-  const int64_t mb = e.train.micro_batch_size, length = e.train.sequence_length;
-  const int64_t global_batch = mb * e.parallel.data_parallel_size;
-  const int64_t micro_steps = e.optimizer.grad_accumulation_steps;
-  std::vector<int32_t> tokens;
-  tokens.reserve(mb * length);
-  for (int64_t i = 0; i < mb; ++i) {
-    const int64_t index = (static_cast<int64_t>(step) * micro_steps + micro) * global_batch +
-                          dp_rank * mb + i;
-    const auto sequence =
-        data::copy_task_sequence(e.train.seed, index, length, e.model.vocab_size,
-                                                      e.data.copy_period);
-    tokens.insert(tokens.end(), sequence.begin(), sequence.end());
-  }
-  return at::tensor(tokens, at::kInt).view({mb, length}).to(at::kLong);
 }
 
 std::string run_dir_of(const config::Experiment& e, const TrainOptions& options) {
@@ -296,16 +278,18 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   context.rope_sin = context.rope_sin.to(device);
   context.profiler = profiler.get();
   const int micro_steps = e.optimizer.grad_accumulation_steps;
-  // Every token but the last of each sequence has a label; the loss is their global mean.
+  // Tokens processed per step, for throughput.
   const double global_tokens = static_cast<double>(e.train.micro_batch_size) *
-                               e.parallel.data_parallel_size * micro_steps * (length - 1);
+                               e.parallel.data_parallel_size * micro_steps * length;
+  const auto source =
+      data::make_sequence_source(e.data, length, e.model.vocab_size, e.train.seed);
 
   if (rank == 0) {
     std::cout << "sparsering: training '" << e.name << "' on " << groups.world_size() << " rank(s) ("
               << "dp " << e.parallel.data_parallel_size << " x cp "
               << e.parallel.context_parallel_size << ", " << parallel::layout_name(layout.kind())
-              << " layout), device " << device.str() << ", run dir " << result.run_dir
-              << std::endl;
+              << " layout), device " << device.str() << ", data: " << source->description()
+              << ", run dir " << result.run_dir << std::endl;
   }
   const auto run_start = std::chrono::steady_clock::now();
   RunTotals run_totals;
@@ -325,20 +309,24 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     auto loss_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
     for (int micro = 0; micro < micro_steps; ++micro) {
       at::Tensor local_tokens, local_labels, loss;
+      double global_labels = 0;
       {
         ProfileScope scope(profiler.get(), "data");
-        const auto tokens = global_sequences(e, step, micro, dp_rank);
-        auto labels = at::full_like(tokens, kIgnoreLabel);
-        labels.slice(1, 0, length - 1).copy_(tokens.slice(1, 1));
-        local_tokens = layout.shard(tokens, cp_rank).to(device);
-        local_labels = layout.shard(labels, cp_rank).to(device);
+        const MicroBatch batch = micro_batch(e, *source, step, micro, dp_rank);
+        local_tokens = layout.shard(batch.tokens, cp_rank).to(device);
+        local_labels = layout.shard(batch.labels, cp_rank).to(device);
+        // The loss is the mean over every label of the step: count them over the dp replicas
+        // (the cp ranks of a replica hold the same sequences).
+        auto count = (batch.labels != kIgnoreLabel).sum().to(at::kDouble).reshape({1});
+        groups.dp().all_reduce(count);
+        global_labels = count.item<double>() * micro_steps;
       }
       const auto hidden = model->forward(local_tokens, context);
       {
         ProfileScope scope(profiler.get(), "loss");
         loss = chunked_cross_entropy(hidden.reshape({-1, hidden.size(-1)}),
                                      model->output_weight(), local_labels.reshape(-1),
-                                     e.model.loss_chunk_tokens, global_tokens);
+                                     e.model.loss_chunk_tokens, global_labels);
       }
       if (poison) loss = loss * std::numeric_limits<double>::quiet_NaN();
       watchdog.beat("backward");

@@ -1,0 +1,31 @@
+#include "trainer/micro_batch.h"
+
+#include "trainer/chunked_loss.h"
+
+namespace sparsering::trainer {
+
+MicroBatch micro_batch(const config::Experiment& e, data::SequenceSource& source, int64_t step,
+                       int micro, int dp_rank) {
+  const int64_t mb = e.train.micro_batch_size, length = e.train.sequence_length;
+  const int64_t global_batch = mb * e.parallel.data_parallel_size;
+  const int64_t micro_steps = e.optimizer.grad_accumulation_steps;
+  std::vector<int64_t> tokens(mb * length), labels(mb * length, kIgnoreLabel);
+  for (int64_t i = 0; i < mb; ++i) {
+    const uint64_t index =
+        (step * micro_steps + micro) * global_batch + static_cast<int64_t>(dp_rank) * mb + i;
+    const data::SequenceExample example = source.example(index);
+    int64_t* row_tokens = tokens.data() + i * length;
+    int64_t* row_labels = labels.data() + i * length;
+    std::copy(example.tokens.begin(), example.tokens.end(), row_tokens);
+    if (example.answer_positions.empty()) {
+      for (int64_t t = 0; t + 1 < length; ++t) row_labels[t] = row_tokens[t + 1];
+    } else {
+      // The answer at position p is predicted from position p - 1.
+      for (const auto p : example.answer_positions) row_labels[p - 1] = row_tokens[p];
+    }
+  }
+  return {at::tensor(tokens, at::kLong).view({mb, length}),
+          at::tensor(labels, at::kLong).view({mb, length})};
+}
+
+}  // namespace sparsering::trainer

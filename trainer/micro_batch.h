@@ -1,0 +1,25 @@
+// The sequences and labels of one micro step on one data-parallel rank, as whole sequences (each
+// context-parallel rank then takes its layout's tokens).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "configs/config.h"
+#include "data/batch_source.h"
+
+namespace sparsering::trainer {
+
+struct MicroBatch {
+  at::Tensor tokens;  // int64 [micro_batch_size, sequence_length]
+  // int64, same shape: the next token, or kIgnoreLabel. Task sources with answer positions
+  // (passkey, associative recall) label only their answers; others label every next token.
+  at::Tensor labels;
+};
+
+// Sequence ids step x micro_steps x global_batch + micro x global_batch + dp_rank x mb + i, so any
+// data-parallel split of the same global batch reads the same sequences, and resuming at a step
+// continues with the next unseen ones.
+MicroBatch micro_batch(const config::Experiment& experiment, data::SequenceSource& source,
+                       int64_t step, int micro, int dp_rank);
+
+}  // namespace sparsering::trainer
