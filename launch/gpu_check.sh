@@ -55,17 +55,25 @@ else
 fi
 cat "$out/attention_bench.txt"
 
-echo "== training: ~1B model, 32K tokens, 1 GPU, dense then sparse attention"
+# Training runs of the ~1B model on this GPU: "KIND:TOKENS:STEPS[:profile]" items.
+train_runs=${TRAIN_RUNS:-"DENSE:32768:5 SPARSE:32768:5:profile"}
 export SPARSERING_BIN="$build/sparsering"
-for kind in DENSE SPARSE; do
-  log="$out/train_1b_${kind,,}.log"
-  if "$root/launch/train.sh" "$root/configs/llama_1b.pbtxt" --set attention.kind=$kind \
-       --set train.steps=${TRAIN_STEPS:-5} --run-dir "/tmp/run_1b_${kind,,}" >"$log" 2>&1; then
-    last=$(grep '^step' "$log" | tail -1)
-    status+=("train_1b_${kind,,}|ok|${last#*|}")
+: >"$out/train.log"
+for spec in $train_runs; do
+  IFS=: read -r kind tokens steps profile <<<"$spec"
+  name="train_1b_${kind,,}_$((tokens / 1024))k"
+  echo "== $name" | tee -a "$out/train.log"
+  extra=()
+  [ "$profile" = profile ] && extra+=(--profile --set profiling.start_step=2 \
+                                     --set "profiling.num_steps=$((steps - 1))")
+  if "$root/launch/train.sh" "$root/configs/llama_1b.pbtxt" --set attention.kind="$kind" \
+       --set train.sequence_length="$tokens" --set train.steps="$steps" "${extra[@]}" \
+       --run-dir "/tmp/$name" >>"$out/train.log" 2>&1; then
+    last=$(grep '^step' "$out/train.log" | tail -1)
+    status+=("$name|ok|${last#*|}")
   else
-    status+=("train_1b_${kind,,}|FAILED|see $(basename "$log")")
-    tail -5 "$log"
+    status+=("$name|FAILED|see train.log")
+    tail -5 "$out/train.log"
   fi
 done
 
