@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/sparse_attention.h"
+#include "bench/bench_args.h"
 #include "kernels/vertical_slash.h"
 
 namespace {
@@ -113,14 +114,6 @@ void select_sdpa_backend(bool cudnn) {
   context.setSDPUseMath(false);
 }
 
-std::vector<int64_t> parse_list(const std::string& text) {
-  std::vector<int64_t> values;
-  std::stringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ',')) values.push_back(std::stoll(item));
-  return values;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -129,7 +122,7 @@ int main(int argc, char** argv) {
   std::string json_path = "attention_bench.json";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--lengths") lengths = parse_list(value);
+    if (flag == "--lengths") lengths = bench::parse_list(value);
     else if (flag == "--heads") heads = std::stoll(value);
     else if (flag == "--head-dim") dim = std::stoll(value);
     else if (flag == "--json") json_path = value;

@@ -14,20 +14,13 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_args.h"
 #include "kernels/vertical_slash.h"
 #include "parallel/layout.h"
 
 namespace {
 
 using namespace sparsering;
-
-std::vector<int64_t> parse_list(const std::string& text) {
-  std::vector<int64_t> values;
-  std::stringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ',')) values.push_back(std::stoll(item));
-  return values;
-}
 
 // Attention mass shaped like measured vertical-slash heads: a power law over key columns (a few
 // heavy "sink-like" columns anywhere in the sequence) and diagonals that decay with distance plus
@@ -49,8 +42,8 @@ int main(int argc, char** argv) {
   std::string json_path = "layout_imbalance.json";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--lengths") lengths = parse_list(value);
-    else if (flag == "--ranks") worlds = parse_list(value);
+    if (flag == "--lengths") lengths = bench::parse_list(value);
+    else if (flag == "--ranks") worlds = bench::parse_list(value);
     else if (flag == "--heads") heads = std::stoll(value);
     else if (flag == "--json") json_path = value;
     else {
