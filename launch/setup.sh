@@ -2,7 +2,8 @@
 # Sets SparseRing up on a fresh Debian 12 (or Ubuntu) machine and builds it:
 #   1. Debian packages: compiler, CMake, Ninja, ccache, Open MPI, protobuf, GoogleTest, Python venv
 #   2. LibTorch from PyPI (torch==2.11.0) in the project's virtual environment .venv/, and the
-#      Hugging Face tokenizers package (tokenizers==0.23.3) for launch/prepare_data.py
+#      Hugging Face tokenizers package (tokenizers==0.23.3) for launch/prepare_data.py, and
+#      matplotlib (matplotlib==3.11.2) for the plots of launch/sweep_summary.py
 #   3. configure and build into build/ (CUDA kernels too when nvcc is on the PATH)
 # Idempotent: what is already there is kept. Prints each step; fails with a message naming what
 # could not be installed.
@@ -11,6 +12,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 torch_version=2.11.0
 tokenizers_version=0.23.3
+matplotlib_version=3.11.2
 build_dir=${SPARSERING_BUILD_DIR:-$root/build}
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -47,8 +49,8 @@ installed=$("$root/.venv/bin/python3" -c 'import torch; print(torch.__version__.
 if [ "$installed" != "$torch_version" ]; then
   step "installing torch==$torch_version (LibTorch for C++) from PyPI into .venv"
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check "torch==$torch_version" \
-    "tokenizers==$tokenizers_version" \
-    || fail "pip could not install torch==$torch_version tokenizers==$tokenizers_version: check access to PyPI"
+    "tokenizers==$tokenizers_version" "matplotlib==$matplotlib_version" \
+    || fail "pip could not install torch==$torch_version tokenizers==$tokenizers_version matplotlib==$matplotlib_version: check access to PyPI"
 else
   step "torch $torch_version already in .venv"
 fi
@@ -58,6 +60,14 @@ if [ "$installed" != "$tokenizers_version" ]; then
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check \
     "tokenizers==$tokenizers_version" \
     || fail "pip could not install tokenizers==$tokenizers_version: check access to PyPI"
+fi
+
+installed=$("$root/.venv/bin/python3" -c 'import matplotlib; print(matplotlib.__version__)' 2>/dev/null || true)
+if [ "$installed" != "$matplotlib_version" ]; then
+  step "installing matplotlib==$matplotlib_version (launch/sweep_summary.py plots) from PyPI into .venv"
+  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check \
+    "matplotlib==$matplotlib_version" \
+    || fail "pip could not install matplotlib==$matplotlib_version: check access to PyPI"
 fi
 
 step "configuring $build_dir"

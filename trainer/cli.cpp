@@ -8,7 +8,7 @@
 namespace sparsering::trainer {
 namespace {
 
-const std::vector<std::string> kCommands = {"train", "eval", "bench", "world-size"};
+const std::vector<std::string> kCommands = {"train", "eval", "bench", "world-size", "sweep"};
 
 const char* kProgramUsage =
     "usage: sparsering <command> [options]\n"
@@ -18,6 +18,7 @@ const char* kProgramUsage =
     "  eval        evaluate a checkpoint (not in this build yet)\n"
     "  bench       benchmark attention and training throughput (not in this build yet)\n"
     "  world-size  print the number of ranks a config needs (dp x cp)\n"
+    "  sweep       expand and check a sweep file (launch/sweep.sh runs it)\n"
     "\n"
     "`sparsering <command> --help` describes a command's options.\n";
 
@@ -55,6 +56,19 @@ std::string usage(const std::string& command) {
                        "\noptions:\n") +
            kConfigOptions;
   }
+  if (command == "sweep") {
+    return "usage: sparsering sweep --sweep FILE [--print-runs | --print-name]\n"
+           "\n"
+           "Expands a sweep file (schema: configs/sweep.proto) into runs, loads and validates\n"
+           "every run's config, and prints the runs as a table.\n"
+           "\n"
+           "options:\n"
+           "  --sweep FILE   the sweep, e.g. configs/sweeps/tiny_layouts.pbtxt\n"
+           "  --print-runs   one line per run for launch/sweep.sh, tab-separated:\n"
+           "                 run name, world size, base config, then its --set overrides\n"
+           "  --print-name   the sweep's name only (its runs go to runs/<name>/)\n"
+           "  --help         this text\n";
+  }
   return kProgramUsage;
 }
 
@@ -82,12 +96,12 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
     const std::string& flag = arguments[i];
     if (flag == "--help" || flag == "-h") {
       line.help = true;
-    } else if (flag == "--config") {
+    } else if (flag == "--config" && line.command != "sweep") {
       line.config_path = value_of(i);
       if (!std::filesystem::is_regular_file(line.config_path)) {
         throw UserError(line.config_path + ": config file not found; check the path");
       }
-    } else if (flag == "--set") {
+    } else if (flag == "--set" && line.command != "sweep") {
       line.overrides.push_back(value_of(i));
     } else if (flag == "--run-dir" && line.command == "train") {
       line.run_dir = value_of(i);
@@ -95,10 +109,22 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
       line.resume = value_of(i);
     } else if (flag == "--profile" && line.command == "train") {
       line.overrides.push_back("profiling.enabled=true");
+    } else if (flag == "--sweep" && line.command == "sweep") {
+      line.sweep_path = value_of(i);
+      if (!std::filesystem::is_regular_file(line.sweep_path)) {
+        throw UserError(line.sweep_path + ": sweep file not found; check the path");
+      }
+    } else if (flag == "--print-runs" && line.command == "sweep") {
+      line.print_runs = true;
+    } else if (flag == "--print-name" && line.command == "sweep") {
+      line.print_name = true;
     } else {
       throw UserError("unknown option '" + flag + "' for `sparsering " + line.command +
                       "`; see `sparsering " + line.command + " --help`");
     }
+  }
+  if (line.command == "sweep" && line.sweep_path.empty() && !line.help) {
+    throw UserError("`sparsering sweep` needs --sweep FILE; see `sparsering sweep --help`");
   }
   return line;
 }

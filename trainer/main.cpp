@@ -6,9 +6,11 @@
 #include <iostream>
 
 #include "configs/config.h"
+#include "configs/sweep.h"
 #include "configs/user_error.h"
 #include "parallel/process_groups.h"
 #include "trainer/cli.h"
+#include "trainer/sweep_listing.h"
 #include "trainer/train.h"
 
 using namespace sparsering;
@@ -31,6 +33,15 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
   }
   if (line.command == "eval" || line.command == "bench") {
     throw UserError("`sparsering " + line.command + "` is not in this build yet");
+  }
+  if (line.command == "sweep") {
+    const config::Sweep sweep = config::load_sweep_file(line.sweep_path);
+    if (leader) {
+      std::cout << (line.print_name   ? sweep.name + "\n"
+                    : line.print_runs ? trainer::sweep_launch_lines(sweep)
+                                      : trainer::sweep_table(sweep));
+    }
+    return 0;
   }
   const config::Experiment experiment = load(line);
   if (line.command == "world-size") {
