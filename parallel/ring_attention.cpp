@@ -20,6 +20,13 @@ struct RingPlan : torch::CustomClassHolder {
   double softmax_scale = 1.0;
   bool deterministic = false;
   int64_t skipped_shards = 0;
+  PhaseObserver* observer = nullptr;
+
+  // Waits for transfers: the time they are not hidden behind compute.
+  void wait(PendingTransfers& pending) const {
+    ObservedPhase phase(observer, kRingCommunicationPhase);
+    pending.wait();
+  }
 
   int inner_size() const { return groups.inner->size(); }
   int outer_size() const { return groups.outer ? groups.outer->size() : 1; }
@@ -66,7 +73,7 @@ void inner_ring_forward(RingPlan& plan, int outer_step, const at::Tensor& q, Key
       kernels::lse_merge(out, lse, part.out, part.lse);
     }
     if (pending) {
-      pending->wait();
+      plan.wait(*pending);
       kv = incoming;
     }
   }
@@ -90,7 +97,7 @@ std::pair<at::Tensor, at::Tensor> ring_forward(RingPlan& plan, const at::Tensor&
     }
     inner_ring_forward(plan, o, q, outer_kv, out, lse);
     if (pending) {
-      pending->wait();
+      plan.wait(*pending);
       outer_kv = incoming;
     }
   }
@@ -137,7 +144,7 @@ Gradients inner_ring_backward(RingPlan& plan, int outer_step, const at::Tensor& 
                                          plan.blocks[source], index, plan.softmax_scale,
                                          plan.deterministic, dq, partial.dk, partial.dv);
     }
-    if (pending) pending->wait();
+    if (pending) plan.wait(*pending);
     if (i > 0) {
       partial.dk.add_(arriving.dk);
       partial.dv.add_(arriving.dv);
@@ -148,9 +155,8 @@ Gradients inner_ring_backward(RingPlan& plan, int outer_step, const at::Tensor& 
   if (steps == 1) return carried;
   // The last accumulator belongs to the shard of inner step 0 of the next rank: one more hop.
   Gradients mine{at::empty_like(carried.dk), at::empty_like(carried.dv)};
-  ring.start_transfers({{carried.dk, next}, {carried.dv, next}},
-                       {{mine.dk, prev}, {mine.dv, prev}})
-      ->wait();
+  plan.wait(*ring.start_transfers({{carried.dk, next}, {carried.dv, next}},
+                                   {{mine.dk, prev}, {mine.dv, prev}}));
   return mine;
 }
 
@@ -181,7 +187,7 @@ torch::autograd::variable_list ring_backward(RingPlan& plan, const at::Tensor& d
       // This node's share of the gradient of node (n - o)'s shard goes straight to its owner,
       // and node (n + o) sends its share of ours; the exchange overlaps the next inner ring.
       if (partials_pending) {
-        partials_pending->wait();
+        plan.wait(*partials_pending);
         own.dk.add_(partial_in.dk);
         own.dv.add_(partial_in.dv);
       }
@@ -191,12 +197,12 @@ torch::autograd::variable_list ring_backward(RingPlan& plan, const at::Tensor& d
           {{partial_in.dk, ring_next(*outer, o)}, {partial_in.dv, ring_next(*outer, o)}});
     }
     if (kv_pending) {
-      kv_pending->wait();
+      plan.wait(*kv_pending);
       outer_kv = incoming;
     }
   }
   if (partials_pending) {
-    partials_pending->wait();
+    plan.wait(*partials_pending);
     own.dk.add_(partial_in.dk);
     own.dv.add_(partial_in.dv);
   }
@@ -303,6 +309,7 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
   plan->groups = groups_;
   plan->softmax_scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
   plan->deterministic = config_.deterministic_backward;
+  plan->observer = observer_;
   const auto q_blocks = layout_.blocks_of(cp_rank).to(q.device());
   stats_ = {};
   for (int source = 0; source < layout_.world(); ++source) {

@@ -17,6 +17,7 @@
 #include "kernels/vertical_slash.h"
 #include "parallel/communicator.h"
 #include "parallel/layout.h"
+#include "parallel/phase_observer.h"
 
 namespace sparsering::parallel {
 
@@ -64,6 +65,8 @@ class RingAttention {
   kernels::VerticalSlashPattern estimate_pattern(const at::Tensor& q, const at::Tensor& k);
 
   const RingAttentionStats& stats() const { return stats_; }
+  // Waits for ring transfers are reported to `observer` as kRingCommunicationPhase.
+  void set_phase_observer(PhaseObserver* observer) { observer_ = observer; }
   const TokenLayout& layout() const { return layout_; }
 
  private:
@@ -73,6 +76,7 @@ class RingAttention {
   kernels::VerticalSlashPattern pattern_;
   bool has_pattern_ = false;
   RingAttentionStats stats_;
+  PhaseObserver* observer_ = nullptr;
 };
 
 }  // namespace sparsering::parallel

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "parallel/phase_observer.h"
+
 namespace sparsering::trainer {
 
 // A phase and the row of the trace (its group) that it is drawn on.
@@ -68,7 +70,7 @@ int64_t peak_memory_bytes(const c10::Device& device);
 
 // Not thread-safe: one thread at a time may record (the autograd engine's device thread, while the
 // caller waits in backward(), qualifies).
-class Profiler {
+class Profiler : public parallel::PhaseObserver {
  public:
   // Profiles steps first_step .. first_step + num_steps - 1 of `rank` on `device`; other steps
   // record nothing. On CUDA the constructor waits once for the current stream, to anchor device
@@ -87,8 +89,8 @@ class Profiler {
   // ProfileScope's halves. begin_phase returns whether it recorded (false outside a profiled
   // step), and throws std::invalid_argument for a name not among phases(). end_phase closes the
   // innermost open phase; it runs in destructors, so errors wait for the next end_step.
-  bool begin_phase(const char* name);
-  void end_phase() noexcept;
+  bool begin_phase(const char* name) override;
+  void end_phase() noexcept override;
 
   // Waits until the device has passed every recorded step and resolves them: the one blocking wait
   // of the CUDA path, for after the profiled window.
