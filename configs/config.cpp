@@ -11,27 +11,13 @@
 #include <sstream>
 
 #include "configs/sparsering.pb.h"
+#include "configs/first_error_collector.h"
 #include "configs/user_error.h"
 
 namespace sparsering::config {
 namespace {
 
 namespace pb = google::protobuf;
-
-// Keeps the first parse error with its position so the message can name line and column.
-class FirstErrorCollector : public pb::io::ErrorCollector {
- public:
-  void AddError(int line, int column, const std::string& message) override {
-    if (error_.empty()) {
-      error_ = "line " + std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " +
-               message;
-    }
-  }
-  const std::string& error() const { return error_; }
-
- private:
-  std::string error_;
-};
 
 std::vector<std::string> split(const std::string& text, char separator) {
   std::vector<std::string> parts;

@@ -11,6 +11,7 @@
 
 #include "configs/config.h"
 #include "configs/sweep.pb.h"
+#include "configs/first_error_collector.h"
 #include "configs/user_error.h"
 
 namespace sparsering::config {
@@ -18,20 +19,6 @@ namespace {
 
 namespace pb = google::protobuf;
 namespace fs = std::filesystem;
-
-class FirstErrorCollector : public pb::io::ErrorCollector {
- public:
-  void AddError(int line, int column, const std::string& message) override {
-    if (error_.empty()) {
-      error_ =
-          "line " + std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " + message;
-    }
-  }
-  const std::string& error() const { return error_; }
-
- private:
-  std::string error_;
-};
 
 bool safe_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
