@@ -1,13 +1,27 @@
 // Block-sparse flash attention forward on the vertical-slash index of sparse_attention_params.h.
 //
-// Schedule of FlashAttention-2 (Dao 2023, Alg. 1): one CTA of 4 warps per 64-row query tile, each
-// warp owning 16 query rows; the CTA walks the kv tiles of its CSR row (64-key sub-tiles of the
-// active blocks, then the vertical columns gathered 64 at a time) with an online softmax in fp32.
-// Q K^T and P V run on tensor cores via mma.sync.m16n8k16 with operands loaded by ldmatrix; K/V
-// tiles are double-buffered with cp.async so the next tile streams in during the current one.
+// Schedule of FlashAttention-2 (Dao 2023, Alg. 1): one CTA per query tile walks the kv tiles of
+// its CSR row (64-key sub-tiles of the active blocks, then the vertical columns gathered 64 at a
+// time) with an online softmax in fp32. Q K^T and P V run on tensor cores via mma.sync.m16n8k16
+// with operands loaded by ldmatrix.
+//
+// Tile shapes (ForwardConfig). With block_size 128 a CTA of 4 warps owns a 128-row query tile and
+// each warp 32 rows (two m16 row blocks), as FlashAttention-2 does for head_dim 128: every K/V
+// fragment read from shared memory then feeds 4 mma instead of 2 (a 16-row warp is bound by
+// shared-memory bandwidth, not the tensor cores), and each K/V tile fetched from L2 serves twice
+// as many queries. Q stays in shared memory where its fragments would not fit in registers next
+// to the 32x128 fp32 accumulator. On one H100 (bf16, 32 heads, head_dim 128, dense causal 128K)
+// this ran at 312 TF/s against 269 for 8 warps x 16 rows with Q in registers, 291 for the same
+// with 128-key tiles and 215 with a third K/V stage (one CTA per SM). With block_size 64 a CTA
+// of 4 warps x 16 rows owns a 64-row tile and keeps Q in registers.
+//
+// K/V tiles stream through kStages shared-memory buffers with cp.async; one barrier per tile both
+// publishes the landed tile and frees the buffer that the next copy overwrites. Only warps whose
+// rows straddle the causal diagonal of a tile mask it, and warps entirely above it skip the tile.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -22,31 +36,44 @@ namespace {
 // kernels
 // ================================================================================================
 
-constexpr int kTile = 64;  // query rows per CTA and keys per kv tile
-constexpr int kWarps = 4;  // each warp owns 16 query rows: one m16 row block of the mma
-constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 2;  // K/V shared-memory buffers (cp.async double buffering)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// Shared-memory tile of kTile rows x kHeadDim elements. Each row is padded by 16 bytes so that the
-// 8 row addresses of one ldmatrix 8x8 matrix fall into 8 distinct 16-byte bank groups.
-template <int kHeadDim>
-struct TileGeometry {
-  static constexpr int kStride = kHeadDim + 8;  // elements between rows
-  static constexpr int kElems = kTile * kStride;
-  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
-  static constexpr int kChunksPerThread = kTile * kChunksPerRow / kThreads;
-  static_assert(kTile * kChunksPerRow % kThreads == 0, "tile copy must split evenly");
+// Tile shape of one kernel instantiation: kWarps warps of kMBlocks m16 row blocks each, kKeys keys
+// per kv tile, kStages K/V buffers.
+template <int kWarpsT, int kMBlocksT, int kKeysT, int kStagesT>
+struct ForwardConfig {
+  static constexpr int kWarps = kWarpsT;
+  static constexpr int kMBlocks = kMBlocksT;
+  static constexpr int kKeys = kKeysT;
+  static constexpr int kStages = kStagesT;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kWarpRows = 16 * kMBlocks;
+  static constexpr int kRows = kWarps * kWarpRows;  // query rows per CTA
+  static_assert(kStages >= 2, "the copy of tile i + 1 overlaps the compute of tile i");
+  static_assert(kKeys % 16 == 0, "P V consumes keys 16 at a time");
 };
 
-template <typename Element, int kHeadDim>
-constexpr int forward_smem_bytes() {
-  // Q tile, kStages x (K tile, V tile), kStages x kTile key positions.
-  return (1 + 2 * kStages) * TileGeometry<kHeadDim>::kElems * static_cast<int>(sizeof(Element)) +
-         kStages * kTile * static_cast<int>(sizeof(int));
-}
+// block_size 128: 128 query rows, 4 warps x 32 rows. block_size 64: 64 rows, 4 warps x 16 rows.
+using Config128 = ForwardConfig<4, 2, 64, 2>;
+using Config64 = ForwardConfig<4, 1, 64, 2>;
+
+// Shared-memory layout: the Q tile, kStages K and V tiles, and per stage the key positions of a
+// gathered column chunk plus one word of tile metadata. Rows are padded by 16 bytes so that the 8
+// row addresses of one ldmatrix 8x8 matrix fall into 8 distinct 16-byte bank groups.
+template <typename Element, int kHeadDim, class C>
+struct ForwardSmem {
+  static constexpr int kStride = kHeadDim + 8;        // elements between rows
+  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
+  static constexpr int kQElems = C::kRows * kStride;
+  static constexpr int kKvElems = C::kKeys * kStride;
+  static constexpr int kBytes =
+      (kQElems + 2 * C::kStages * kKvElems) * static_cast<int>(sizeof(Element)) +
+      C::kStages * (C::kKeys + 1) * static_cast<int>(sizeof(int));
+  static_assert(C::kKeys * kChunksPerRow % C::kThreads == 0, "kv tile copy must split evenly");
+  static_assert(C::kRows * kChunksPerRow % C::kThreads == 0, "q tile copy must split evenly");
+};
 
 __device__ __forceinline__ uint32_t smem_address(const void* ptr) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
@@ -70,16 +97,16 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(smem)));
+               : "r"(address));
 }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(smem)));
+               : "r"(address));
 }
 
 // d += a * b for one m16n8k16 tile, fp32 accumulators.
@@ -127,128 +154,139 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
   return r;
 }
 
-// The kv tiles one query tile visits, in order: the kTile-key sub-tiles of its active blocks
-// (block_size / kTile per block), then its vertical columns in chunks of kTile. Block tiles whose
-// first key lies after the tile's last query are causally empty and skipped by next().
+// One kv tile of a query tile's walk, resolved to where its keys live.
+struct KeyTile {
+  int it;      // index in the walk; >= KeyTiles::num_tiles when the walk is over
+  int token0;  // block tile: local token of its first key
+  int pos0;    // block tile: global position of its first key; -1 for a column chunk
+};
+
+// The kv tiles one query tile visits, in order: the kKeys-key sub-tiles of its active blocks
+// (block_size / kKeys per block), then its vertical columns in chunks of kKeys. Block tiles whose
+// first key lies after the tile's last query are causally empty and skipped by resolve(). Only
+// offsets are kept: the index pointers are read from the kernel parameters when needed, which
+// leaves the registers to the accumulators.
+template <int kKeys>
 struct KeyTiles {
-  const int32_t* block_cols;   // this row's active kv blocks (local ids)
-  const int32_t* columns;      // this row's vertical columns (local key tokens)
-  const int32_t* k_block_ids;  // local kv block -> global block id
-  int block_size;
+  int block_begin;   // this row's active kv blocks: p.block_cols[block_begin ..]
+  int column_begin;  // this row's vertical columns: p.column_indices[column_begin ..]
   int tiles_per_block;
   int num_block_tiles;
   int num_columns;
   int num_tiles;
-  int q_pos0;  // global position of the tile's first query row
+  int q_last;  // global position of the query tile's last row
 
-  __device__ bool is_block(int it) const { return it < num_block_tiles; }
-  __device__ int block_token0(int it) const {
-    return block_cols[it / tiles_per_block] * block_size + (it % tiles_per_block) * kTile;
-  }
-  __device__ int block_pos0(int it) const {
-    return k_block_ids[block_cols[it / tiles_per_block]] * block_size +
-           (it % tiles_per_block) * kTile;
-  }
   // First tile >= it that may hold a visible key.
-  __device__ int next(int it) const {
-    while (it < num_block_tiles && block_pos0(it) > q_pos0 + kTile - 1) ++it;
-    return it;
-  }
-  // A block tile entirely at or before the first query needs no causal mask; column chunks have
-  // arbitrary positions and padding, so they are always masked.
-  __device__ bool needs_mask(int it) const {
-    return !is_block(it) || block_pos0(it) + kTile - 1 > q_pos0;
+  __device__ KeyTile resolve(const SparseAttentionParams& p, int it) const {
+    while (it < num_block_tiles) {
+      const int block = p.block_cols[block_begin + it / tiles_per_block];
+      const int offset = (it % tiles_per_block) * kKeys;
+      const int pos0 = p.k_block_ids[block] * p.block_size + offset;
+      if (pos0 <= q_last) return {it, block * p.block_size + offset, pos0};
+      ++it;
+    }
+    return {it, 0, -1};
   }
 };
 
-__device__ __forceinline__ KeyTiles make_key_tiles(const SparseAttentionParams& p, int b, int h,
-                                                   int q_tile) {
-  const int tiles_per_block = p.block_size / kTile;
-  const int qb = q_tile / tiles_per_block;
+template <int kKeys>
+__device__ __forceinline__ KeyTiles<kKeys> make_key_tiles(const SparseAttentionParams& p, int b,
+                                                          int h, int qb, int q_pos0, int rows) {
   const int64_t row =
       (static_cast<int64_t>(b) * p.num_heads + h) * (p.q_tokens / p.block_size) + qb;
   const int block_begin = p.block_row_offsets[row];
   const int block_end = p.block_row_offsets[row + 1];
   const int column_begin = p.column_row_offsets[row];
   const int column_end = p.column_row_offsets[row + 1];
-  KeyTiles tiles;
-  tiles.block_cols = p.block_cols + block_begin;
-  tiles.columns = p.column_indices + column_begin;
-  tiles.k_block_ids = p.k_block_ids;
-  tiles.block_size = p.block_size;
-  tiles.tiles_per_block = tiles_per_block;
-  tiles.num_block_tiles = (block_end - block_begin) * tiles_per_block;
+  KeyTiles<kKeys> tiles;
+  tiles.block_begin = block_begin;
+  tiles.column_begin = column_begin;
+  tiles.tiles_per_block = p.block_size / kKeys;
+  tiles.num_block_tiles = (block_end - block_begin) * tiles.tiles_per_block;
   tiles.num_columns = column_end - column_begin;
-  tiles.num_tiles = tiles.num_block_tiles + (tiles.num_columns + kTile - 1) / kTile;
-  tiles.q_pos0 = p.q_block_ids[qb] * p.block_size + (q_tile % tiles_per_block) * kTile;
+  tiles.num_tiles = tiles.num_block_tiles + (tiles.num_columns + kKeys - 1) / kKeys;
+  tiles.q_last = q_pos0 + rows - 1;
   return tiles;
 }
 
-// Copies kv tile `it` into shared memory (cp.async, not committed) and writes the global position
-// of each of its keys to kpos_dst; padding rows of a partial column chunk are zero-filled and get
-// position INT_MAX so that the causal test masks them.
-template <typename Element, int kHeadDim>
-__device__ __forceinline__ void load_key_tile(const KeyTiles& tiles, int it, const Element* k_head,
-                                              const Element* v_head, int64_t token_stride,
-                                              Element* k_dst, Element* v_dst, int* kpos_dst) {
-  using G = TileGeometry<kHeadDim>;
-  const bool is_block = tiles.is_block(it);
-  const int token0 = is_block ? tiles.block_token0(it) : 0;
-  const int pos0 = is_block ? tiles.block_pos0(it) : 0;
-  const int column0 = is_block ? 0 : (it - tiles.num_block_tiles) * kTile;
+// Copies kv tile `tile` into one stage (cp.async, not committed). A column chunk also gets the
+// global position of each key in kpos_dst: padding rows are zero-filled and get position INT_MAX
+// so that the causal test masks them. meta_dst receives tile.pos0 (-1 marks a column chunk).
+template <typename Element, int kHeadDim, class C>
+__device__ __forceinline__ void load_key_tile(const SparseAttentionParams& p,
+                                              const KeyTiles<C::kKeys>& tiles, const KeyTile& tile,
+                                              int64_t kv_offset, Element* k_dst, Element* v_dst,
+                                              int* kpos_dst, int* meta_dst) {
+  using S = ForwardSmem<Element, kHeadDim, C>;
+  constexpr int kChunksPerThread = C::kKeys * S::kChunksPerRow / C::kThreads;
+  constexpr int64_t kTokenStrideUnit = kHeadDim;  // times num_kv_heads
+  const Element* k_head = static_cast<const Element*>(p.k) + kv_offset;
+  const Element* v_head = static_cast<const Element*>(p.v) + kv_offset;
+  const int64_t token_stride = p.num_kv_heads * kTokenStrideUnit;
+  const bool is_block = tile.pos0 >= 0;
+  const int column0 = is_block ? 0 : (tile.it - tiles.num_block_tiles) * C::kKeys;
 #pragma unroll
-  for (int i = 0; i < G::kChunksPerThread; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kThreads;
-    const int r = c / G::kChunksPerRow;
-    const int chunk = c % G::kChunksPerRow;
-    int token = token0 + r;
+  for (int i = 0; i < kChunksPerThread; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * C::kThreads;
+    const int r = c / S::kChunksPerRow;
+    const int chunk = c % S::kChunksPerRow;
+    int token = tile.token0 + r;
     bool valid = true;
     if (!is_block) {
       valid = column0 + r < tiles.num_columns;
-      token = valid ? tiles.columns[column0 + r] : 0;
+      token = valid ? p.column_indices[tiles.column_begin + column0 + r] : 0;
+      if (chunk == 0) {
+        kpos_dst[r] =
+            valid ? p.k_block_ids[token / p.block_size] * p.block_size + token % p.block_size
+                  : INT_MAX;
+      }
     }
     const int64_t offset = token * token_stride + chunk * 8;
-    cp_async_16(k_dst + r * G::kStride + chunk * 8, k_head + offset, valid);
-    cp_async_16(v_dst + r * G::kStride + chunk * 8, v_head + offset, valid);
-    if (chunk == 0) {
-      int pos = pos0 + r;
-      if (!is_block) {
-        pos = valid ? tiles.k_block_ids[token / tiles.block_size] * tiles.block_size +
-                          token % tiles.block_size
-                    : INT_MAX;
-      }
-      kpos_dst[r] = pos;
-    }
+    cp_async_16(k_dst + r * S::kStride + chunk * 8, k_head + offset, valid);
+    cp_async_16(v_dst + r * S::kStride + chunk * 8, v_head + offset, valid);
   }
+  if (threadIdx.x == 0) *meta_dst = tile.pos0;
 }
 
-// Grid (q_tokens / 64, num_heads, batch), 128 threads. Fragment notation of mma.m16n8k16: lane =
-// 4 * g + t; an accumulator c[4] holds rows g (c0, c1) and g + 8 (c2, c3), columns 2t and 2t + 1
-// of its 8-column n-tile.
-template <typename Element, int kHeadDim>
-__global__ void __launch_bounds__(kThreads)
-    sparse_attention_forward_kernel(const SparseAttentionParams p) {
-  using G = TileGeometry<kHeadDim>;
+// Grid (q_tokens / C::kRows, num_heads, batch), C::kThreads threads. Fragment notation of
+// mma.m16n8k16: lane = 4 * g + t; an accumulator c[4] holds rows g (c0, c1) and g + 8 (c2, c3),
+// columns 2t and 2t + 1 of its 8-column n-tile.
+template <typename Element, int kHeadDim, class C>
+__global__ void __launch_bounds__(C::kThreads)
+    sparse_attention_forward_kernel(const __grid_constant__ SparseAttentionParams p) {
+  using S = ForwardSmem<Element, kHeadDim, C>;
+  constexpr int kMB = C::kMBlocks;
+  constexpr int kKeys = C::kKeys;
+  constexpr int kStages = C::kStages;
   constexpr int kDSteps = kHeadDim / 16;  // k-steps of Q K^T, pairs of n-tiles of P V
   constexpr int kDTiles = kHeadDim / 8;   // n-tiles of the output
-  constexpr int kKeyTiles = kTile / 8;    // n-tiles of S
+  constexpr int kKeyTiles = kKeys / 8;    // n-tiles of S
+  // Q fragments live in registers when they fit beside the accumulators (16 rows, or head_dim 64).
+  constexpr bool kQInRegisters = kMB * kHeadDim <= 128;
+  constexpr int kStageBytes = S::kKvElems * static_cast<int>(sizeof(Element));
+  constexpr int kRowBytes = S::kStride * static_cast<int>(sizeof(Element));
 
   extern __shared__ __align__(16) unsigned char smem[];
   Element* q_s = reinterpret_cast<Element*>(smem);
-  Element* k_s = q_s + G::kElems;
-  Element* v_s = k_s + kStages * G::kElems;
-  int* kpos_s = reinterpret_cast<int*>(v_s + kStages * G::kElems);
+  Element* k_s = q_s + S::kQElems;
+  Element* v_s = k_s + kStages * S::kKvElems;
+  int* kpos_s = reinterpret_cast<int*>(v_s + kStages * S::kKvElems);
+  int* meta_s = kpos_s + kStages * kKeys;
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane / 4;
   const int t = lane % 4;
-  const int q_tile = blockIdx.x;
+  // Heavy (late) causal tiles first, so that the short ones fill the tail of the grid.
+  const int q_tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);
   const int h = blockIdx.y;
   const int b = blockIdx.z;
-  const int q_token0 = q_tile * kTile;
+  const int q_token0 = q_tile * C::kRows;
+  const int q_tiles_per_block = p.block_size / C::kRows;
+  const int qb = q_tile / q_tiles_per_block;
+  const int q_pos0 = p.q_block_ids[qb] * p.block_size + (q_tile % q_tiles_per_block) * C::kRows;
   const int kvh = h / (p.num_heads / p.num_kv_heads);  // GQA
-  const KeyTiles tiles = make_key_tiles(p, b, h, q_tile);
+  const KeyTiles<kKeys> tiles = make_key_tiles<kKeys>(p, b, h, qb, q_pos0, C::kRows);
 
   const int64_t q_token_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
   const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
@@ -256,193 +294,306 @@ __global__ void __launch_bounds__(kThreads)
                        (static_cast<int64_t>(b) * p.q_tokens + q_token0) * q_token_stride +
                        h * kHeadDim;
   const int64_t kv_offset = static_cast<int64_t>(b) * p.k_tokens * kv_token_stride + kvh * kHeadDim;
-  const Element* k_g = static_cast<const Element*>(p.k) + kv_offset;
-  const Element* v_g = static_cast<const Element*>(p.v) + kv_offset;
 
-  // Prologue: Q tile (group 0) and the first kv tile (group 1) in flight together.
+  // Prologue: the Q tile (group 0) and the first kStages - 1 kv tiles (one group each, possibly
+  // empty so that the group count stays uniform for the waits below).
+  constexpr int kQChunksPerThread = C::kRows * S::kChunksPerRow / C::kThreads;
 #pragma unroll
-  for (int i = 0; i < G::kChunksPerThread; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kThreads;
-    const int r = c / G::kChunksPerRow;
-    const int chunk = c % G::kChunksPerRow;
-    cp_async_16(q_s + r * G::kStride + chunk * 8, q_g + r * q_token_stride + chunk * 8, true);
+  for (int i = 0; i < kQChunksPerThread; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * C::kThreads;
+    const int r = c / S::kChunksPerRow;
+    const int chunk = c % S::kChunksPerRow;
+    cp_async_16(q_s + r * S::kStride + chunk * 8, q_g + r * q_token_stride + chunk * 8, true);
   }
   cp_async_commit();
-  int it = tiles.next(0);
-  if (it < tiles.num_tiles) {
-    load_key_tile<Element, kHeadDim>(tiles, it, k_g, v_g, kv_token_stride, k_s, v_s, kpos_s);
+  KeyTile pending = tiles.resolve(p, 0);  // next tile to copy
+  int issued = 0;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (pending.it < tiles.num_tiles) {
+      load_key_tile<Element, kHeadDim, C>(p, tiles, pending, kv_offset, k_s + s * S::kKvElems,
+                                          v_s + s * S::kKvElems, kpos_s + s * kKeys, meta_s + s);
+      ++issued;
+      pending = tiles.resolve(p, pending.it + 1);
+    }
+    cp_async_commit();
   }
-  cp_async_commit();
-  cp_async_wait<1>();
+  cp_async_wait<kStages - 1>();
+  // A negative scale is folded into Q: negating bf16/fp16 is exact, and afterwards the scale that
+  // multiplies the scores is positive, so the running max can be taken on the raw scores and the
+  // scaling fused into the exponent's FFMA. Each thread flips the chunks it copied itself.
+  if (p.softmax_scale < 0.f) {
+#pragma unroll
+    for (int i = 0; i < kQChunksPerThread; ++i) {
+      const int c = static_cast<int>(threadIdx.x) + i * C::kThreads;
+      uint4* chunk = reinterpret_cast<uint4*>(q_s + (c / S::kChunksPerRow) * S::kStride +
+                                              (c % S::kChunksPerRow) * 8);
+      uint4 x = *chunk;
+      x.x ^= 0x80008000u;
+      x.y ^= 0x80008000u;
+      x.z ^= 0x80008000u;
+      x.w ^= 0x80008000u;
+      *chunk = x;
+    }
+  }
   __syncthreads();
 
-  // Q stays in registers as mma A fragments: rows lane % 16, columns 8 * (lane / 16) of each
-  // 16x16 block give a0..a3 in ldmatrix order.
-  uint32_t q_frag[kDSteps][4];
+  // ldmatrix lane addresses. Q (A operand, rows lane % 16, columns 8 (lane / 16) of a 16x16
+  // block); K stored [key][d] is the "col" B operand: keys 8 (lane / 16) + lane % 8, dims
+  // 8 ((lane / 8) % 2) give b0, b1 of two n-tiles; V stored [key][d] = [k][n] is read transposed:
+  // keys lane % 8 + 8 ((lane / 8) % 2), dims 8 (lane / 16).
+  const uint32_t q_lane =
+      smem_address(q_s) + ((warp * C::kWarpRows + lane % 16) * S::kStride + (lane / 16) * 8) *
+                              static_cast<int>(sizeof(Element));
+  const uint32_t k_lane =
+      smem_address(k_s) + (((lane / 16) * 8 + lane % 8) * S::kStride + ((lane / 8) % 2) * 8) *
+                              static_cast<int>(sizeof(Element));
+  const uint32_t v_lane =
+      smem_address(v_s) + ((lane % 8 + ((lane / 8) % 2) * 8) * S::kStride + (lane / 16) * 8) *
+                              static_cast<int>(sizeof(Element));
+
+  uint32_t q_frag[kQInRegisters ? kMB : 1][kQInRegisters ? kDSteps : 1][4];
+  if constexpr (kQInRegisters) {
 #pragma unroll
-  for (int kk = 0; kk < kDSteps; ++kk) {
-    ldmatrix_x4(q_frag[kk], q_s + (warp * 16 + lane % 16) * G::kStride + kk * 16 + (lane / 16) * 8);
+    for (int mb = 0; mb < kMB; ++mb) {
+#pragma unroll
+      for (int kk = 0; kk < kDSteps; ++kk) {
+        ldmatrix_x4(q_frag[mb][kk], q_lane + mb * 16 * kRowBytes + kk * 32);
+      }
+    }
   }
 
-  float acc[kDTiles][4];
+  float acc[kMB][kDTiles][4];
 #pragma unroll
-  for (int dn = 0; dn < kDTiles; ++dn) {
+  for (int mb = 0; mb < kMB; ++mb) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[dn][e] = 0.f;
+    for (int dn = 0; dn < kDTiles; ++dn) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mb][dn][e] = 0.f;
+    }
   }
-  // Running max (of log2-scaled scores) and this thread's partial row sums, rows g and g + 8.
-  float row_max[2] = {-INFINITY, -INFINITY};
-  float row_sum[2] = {0.f, 0.f};
-  const float scale_log2 = p.softmax_scale * kLog2e;
-  const int q_pos_g = tiles.q_pos0 + warp * 16 + g;
+  // Running max (scaled into log2 units) and this thread's partial row sums of rows g, g + 8 of
+  // each row block.
+  float row_max[kMB][2];
+  float row_sum[kMB][2];
+#pragma unroll
+  for (int mb = 0; mb < kMB; ++mb) {
+    row_max[mb][0] = row_max[mb][1] = -INFINITY;
+    row_sum[mb][0] = row_sum[mb][1] = 0.f;
+  }
+  // Positive (see the negation above); at least FLT_MIN so that a zero scale still turns masked
+  // scores (-inf) into -inf instead of NaN, with exp2(tiny) == 1 for the visible ones.
+  const float scale_log2 = fmaxf(fabsf(p.softmax_scale) * kLog2e, FLT_MIN);
+  const int warp_q0 = q_pos0 + warp * C::kWarpRows;  // global position of the warp's first row
+  const int warp_q_last = warp_q0 + C::kWarpRows - 1;
 
   int stage = 0;
-  while (it < tiles.num_tiles) {
-    const int next = tiles.next(it + 1);
-    if (next < tiles.num_tiles) {
-      load_key_tile<Element, kHeadDim>(tiles, next, k_g, v_g, kv_token_stride,
-                                       k_s + (stage ^ 1) * G::kElems, v_s + (stage ^ 1) * G::kElems,
-                                       kpos_s + (stage ^ 1) * kTile);
-    }
-    cp_async_commit();  // possibly empty: keeps the group count uniform for wait<1>
-    cp_async_wait<1>();
-    __syncthreads();
+  for (int i = 0; i < issued; ++i) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // tile i has landed, and every warp is done with tile i - 1's stage
 
-    const Element* k_tile = k_s + stage * G::kElems;
-    const Element* v_tile = v_s + stage * G::kElems;
-    const int* kpos = kpos_s + stage * kTile;
-
-    // S = Q K^T. K is stored [key][d], i.e. the "col" B operand: non-transposed ldmatrix of
-    // keys 16np + 8 (lane / 16) + lane % 8, dims 16kk + 8 ((lane / 8) % 2) gives b0, b1 of
-    // n-tile 2np and b0, b1 of n-tile 2np + 1.
-    float s[kKeyTiles][4];
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
+    // Refill the stage that tile i - 1 used with the next tile of the walk.
+    const bool refill = pending.it < tiles.num_tiles;
+    if (refill) {
+      const int s = stage == 0 ? kStages - 1 : stage - 1;
+      load_key_tile<Element, kHeadDim, C>(p, tiles, pending, kv_offset, k_s + s * S::kKvElems,
+                                          v_s + s * S::kKvElems, kpos_s + s * kKeys, meta_s + s);
+      ++issued;
     }
+    cp_async_commit();  // possibly empty: keeps the group count uniform
+
+    const int pos0 = meta_s[stage];
+    const bool is_column = pos0 < 0;
+    // Block tile: keys pos0 .. pos0 + kKeys - 1. The warp skips it when all of them lie after its
+    // last row and masks only when some lie after its first row. Column chunks have arbitrary
+    // positions and padding, so they are always masked.
+    const bool active = is_column || pos0 <= warp_q_last;
+    const bool mask = is_column || pos0 + kKeys - 1 > warp_q0;
+    if (active) {
+      const uint32_t k_tile = k_lane + stage * kStageBytes;
+      const uint32_t v_tile = v_lane + stage * kStageBytes;
+
+      // S = Q K^T.
+      float s[kMB][kKeyTiles][4];
 #pragma unroll
-    for (int kk = 0; kk < kDSteps; ++kk) {
+      for (int mb = 0; mb < kMB; ++mb) {
 #pragma unroll
-      for (int np = 0; np < kKeyTiles / 2; ++np) {
-        uint32_t kb[4];
-        ldmatrix_x4(kb, k_tile + (np * 16 + (lane / 16) * 8 + lane % 8) * G::kStride + kk * 16 +
-                            ((lane / 8) % 2) * 8);
-        mma_16816<Element>(s[2 * np], q_frag[kk], kb[0], kb[1]);
-        mma_16816<Element>(s[2 * np + 1], q_frag[kk], kb[2], kb[3]);
+        for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mb][n][e] = 0.f;
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < kDSteps; ++kk) {
+        uint32_t qa[kMB][4];
+#pragma unroll
+        for (int mb = 0; mb < kMB; ++mb) {
+          if constexpr (kQInRegisters) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) qa[mb][e] = q_frag[mb][kk][e];
+          } else {
+            ldmatrix_x4(qa[mb], q_lane + mb * 16 * kRowBytes + kk * 32);
+          }
+        }
+#pragma unroll
+        for (int np = 0; np < kKeyTiles / 2; ++np) {
+          uint32_t kb[4];
+          ldmatrix_x4(kb, k_tile + np * 16 * kRowBytes + kk * 32);
+#pragma unroll
+          for (int mb = 0; mb < kMB; ++mb) {
+            mma_16816<Element>(s[mb][2 * np], qa[mb], kb[0], kb[1]);
+            mma_16816<Element>(s[mb][2 * np + 1], qa[mb], kb[2], kb[3]);
+          }
+        }
+      }
+
+      // Causal mask kpos > qpos (raw scores; the scale is applied in the exponent).
+      if (mask) {
+        const int* kpos = kpos_s + stage * kKeys;
+#pragma unroll
+        for (int n = 0; n < kKeyTiles; ++n) {
+          int key[2];
+          if (is_column) {
+            const int2 k2 = *reinterpret_cast<const int2*>(kpos + n * 8 + 2 * t);
+            key[0] = k2.x;
+            key[1] = k2.y;
+          } else {
+            key[0] = pos0 + n * 8 + 2 * t;
+            key[1] = key[0] + 1;
+          }
+#pragma unroll
+          for (int mb = 0; mb < kMB; ++mb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              if (key[e & 1] > warp_q0 + mb * 16 + g + (e >> 1) * 8) s[mb][n][e] = -INFINITY;
+            }
+          }
+        }
+      }
+
+      // Online softmax (FA2 Alg. 1, lines 9-10) in log2 units: P = exp2(S scale_log2 - max), one
+      // FFMA and one MUFU per score. A row with no visible key so far keeps max -inf;
+      // exponentiating against 0 instead of -inf then yields P = 0 and correction 0, never NaN.
+#pragma unroll
+      for (int mb = 0; mb < kMB; ++mb) {
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < kKeyTiles; ++n) {
+          tile_max[0] = fmaxf(tile_max[0], fmaxf(s[mb][n][0], s[mb][n][1]));
+          tile_max[1] = fmaxf(tile_max[1], fmaxf(s[mb][n][2], s[mb][n][3]));
+        }
+        float neg_base[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(kFullMask, tile_max[r], 1));
+          tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(kFullMask, tile_max[r], 2));
+          const float new_max = fmaxf(row_max[mb][r], tile_max[r] * scale_log2);
+          const float base = new_max == -INFINITY ? 0.f : new_max;
+          const float correction = exp2f(row_max[mb][r] - base);
+          neg_base[r] = -base;
+          row_max[mb][r] = new_max;
+          row_sum[mb][r] *= correction;
+#pragma unroll
+          for (int dn = 0; dn < kDTiles; ++dn) {
+            acc[mb][dn][2 * r] *= correction;
+            acc[mb][dn][2 * r + 1] *= correction;
+          }
+        }
+#pragma unroll
+        for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s[mb][n][e] = exp2f(fmaf(s[mb][n][e], scale_log2, neg_base[e >> 1]));
+            row_sum[mb][e >> 1] += s[mb][n][e];
+          }
+        }
+      }
+
+      // O += P V. The S accumulators of n-tiles 2j, 2j + 1 are exactly the A fragment of k-step
+      // j (keys 16j .. 16j + 15).
+#pragma unroll
+      for (int j = 0; j < kKeyTiles / 2; ++j) {
+        uint32_t a[kMB][4];
+#pragma unroll
+        for (int mb = 0; mb < kMB; ++mb) {
+          a[mb][0] = pack2<Element>(s[mb][2 * j][0], s[mb][2 * j][1]);
+          a[mb][1] = pack2<Element>(s[mb][2 * j][2], s[mb][2 * j][3]);
+          a[mb][2] = pack2<Element>(s[mb][2 * j + 1][0], s[mb][2 * j + 1][1]);
+          a[mb][3] = pack2<Element>(s[mb][2 * j + 1][2], s[mb][2 * j + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < kDSteps; ++dp) {
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, v_tile + j * 16 * kRowBytes + dp * 32);
+#pragma unroll
+          for (int mb = 0; mb < kMB; ++mb) {
+            mma_16816<Element>(acc[mb][2 * dp], a[mb], vb[0], vb[1]);
+            mma_16816<Element>(acc[mb][2 * dp + 1], a[mb], vb[2], vb[3]);
+          }
+        }
       }
     }
 
-    // Scale into log2 units (exp2f below, as FA2) and apply the causal mask kpos > qpos.
-    const bool mask = tiles.needs_mask(it);
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[n][e] * scale_log2;
-        if (mask && kpos[n * 8 + 2 * t + (e & 1)] > q_pos_g + (e >> 1) * 8) x = -INFINITY;
-        s[n][e] = x;
-      }
-    }
-
-    // Online softmax (FA2 Alg. 1, lines 9-10). A row with no visible key so far keeps max -inf;
-    // exponentiating against 0 instead of -inf then yields P = 0 and correction 0, never NaN.
-    float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n) {
-      tile_max[0] = fmaxf(tile_max[0], fmaxf(s[n][0], s[n][1]));
-      tile_max[1] = fmaxf(tile_max[1], fmaxf(s[n][2], s[n][3]));
-    }
-    float base[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(kFullMask, tile_max[i], 1));
-      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(kFullMask, tile_max[i], 2));
-      const float new_max = fmaxf(row_max[i], tile_max[i]);
-      base[i] = new_max == -INFINITY ? 0.f : new_max;
-      const float correction = exp2f(row_max[i] - base[i]);
-      row_max[i] = new_max;
-      row_sum[i] *= correction;
-#pragma unroll
-      for (int dn = 0; dn < kDTiles; ++dn) {
-        acc[dn][2 * i] *= correction;
-        acc[dn][2 * i + 1] *= correction;
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = exp2f(s[n][e] - base[e >> 1]);
-        row_sum[e >> 1] += s[n][e];
-      }
-    }
-
-    // O += P V. The S accumulators of n-tiles 2j, 2j + 1 are exactly the A fragment of k-step j
-    // (keys 16j..16j+15). V is stored [key][d] = [k][n], so B comes from a transposed ldmatrix:
-    // keys 16j + lane % 8 + 8 ((lane / 8) % 2), dims 16dp + 8 (lane / 16).
-#pragma unroll
-    for (int j = 0; j < kKeyTiles / 2; ++j) {
-      const uint32_t a[4] = {pack2<Element>(s[2 * j][0], s[2 * j][1]),
-                             pack2<Element>(s[2 * j][2], s[2 * j][3]),
-                             pack2<Element>(s[2 * j + 1][0], s[2 * j + 1][1]),
-                             pack2<Element>(s[2 * j + 1][2], s[2 * j + 1][3])};
-#pragma unroll
-      for (int dp = 0; dp < kDSteps; ++dp) {
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, v_tile + (j * 16 + lane % 8 + ((lane / 8) % 2) * 8) * G::kStride +
-                                  dp * 16 + (lane / 16) * 8);
-        mma_16816<Element>(acc[2 * dp], a, vb[0], vb[1]);
-        mma_16816<Element>(acc[2 * dp + 1], a, vb[2], vb[3]);
-      }
-    }
-
-    __syncthreads();  // every warp is done with this stage before it is refilled
-    stage ^= 1;
-    it = next;
+    // Resolve the tile after the one just issued here, where the latency of its index loads
+    // overlaps the tail of this tile's mma instead of delaying the next copy.
+    if (refill) pending = tiles.resolve(p, pending.it + 1);
+    stage = stage == kStages - 1 ? 0 : stage + 1;
   }
   cp_async_wait<0>();
-  __syncthreads();
 
   // Epilogue: O / l and lse = max * ln 2 + ln l; empty rows get O = 0, lse = -inf.
-  float inv_sum[2];
-  float row_lse[2];
+  float inv_sum[kMB][2];
+  float row_lse[kMB][2];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    row_sum[i] += __shfl_xor_sync(kFullMask, row_sum[i], 1);
-    row_sum[i] += __shfl_xor_sync(kFullMask, row_sum[i], 2);
-    const bool empty = row_max[i] == -INFINITY;
-    inv_sum[i] = empty ? 0.f : 1.f / row_sum[i];
-    row_lse[i] = empty ? -INFINITY : row_max[i] * kLn2 + logf(row_sum[i]);
+  for (int mb = 0; mb < kMB; ++mb) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = row_sum[mb][r];
+      sum += __shfl_xor_sync(kFullMask, sum, 1);
+      sum += __shfl_xor_sync(kFullMask, sum, 2);
+      const bool empty = row_max[mb][r] == -INFINITY;
+      inv_sum[mb][r] = empty ? 0.f : 1.f / sum;
+      row_lse[mb][r] = empty ? -INFINITY : row_max[mb][r] * kLn2 + logf(sum);
+    }
   }
 
-  // Stage the warp's 16 output rows in its own (no longer needed) rows of the Q tile, then store
-  // them with coalesced 16-byte writes.
-  Element* o_s = q_s + warp * 16 * G::kStride;
+  // Stage the warp's output rows in its own rows of the Q tile (read by no other warp, and by
+  // this one no more), then store them with coalesced 16-byte writes.
+  __syncwarp();
+  Element* o_s = q_s + warp * C::kWarpRows * S::kStride;
 #pragma unroll
-  for (int dn = 0; dn < kDTiles; ++dn) {
-    const uint32_t top = pack2<Element>(acc[dn][0] * inv_sum[0], acc[dn][1] * inv_sum[0]);
-    const uint32_t bottom = pack2<Element>(acc[dn][2] * inv_sum[1], acc[dn][3] * inv_sum[1]);
-    *reinterpret_cast<uint32_t*>(o_s + g * G::kStride + dn * 8 + 2 * t) = top;
-    *reinterpret_cast<uint32_t*>(o_s + (g + 8) * G::kStride + dn * 8 + 2 * t) = bottom;
+  for (int mb = 0; mb < kMB; ++mb) {
+#pragma unroll
+    for (int dn = 0; dn < kDTiles; ++dn) {
+      const uint32_t top =
+          pack2<Element>(acc[mb][dn][0] * inv_sum[mb][0], acc[mb][dn][1] * inv_sum[mb][0]);
+      const uint32_t bottom =
+          pack2<Element>(acc[mb][dn][2] * inv_sum[mb][1], acc[mb][dn][3] * inv_sum[mb][1]);
+      *reinterpret_cast<uint32_t*>(o_s + (mb * 16 + g) * S::kStride + dn * 8 + 2 * t) = top;
+      *reinterpret_cast<uint32_t*>(o_s + (mb * 16 + g + 8) * S::kStride + dn * 8 + 2 * t) = bottom;
+    }
   }
   __syncwarp();
-  Element* out_g = static_cast<Element*>(p.out) +
-                   (static_cast<int64_t>(b) * p.q_tokens + q_token0 + warp * 16) * q_token_stride +
-                   h * kHeadDim;
+  Element* out_g =
+      static_cast<Element*>(p.out) +
+      (static_cast<int64_t>(b) * p.q_tokens + q_token0 + warp * C::kWarpRows) * q_token_stride +
+      h * kHeadDim;
 #pragma unroll
-  for (int i = 0; i < 16 * G::kChunksPerRow / 32; ++i) {
+  for (int i = 0; i < C::kWarpRows * S::kChunksPerRow / 32; ++i) {
     const int c = lane + i * 32;
-    const int r = c / G::kChunksPerRow;
-    const int chunk = c % G::kChunksPerRow;
+    const int r = c / S::kChunksPerRow;
+    const int chunk = c % S::kChunksPerRow;
     *reinterpret_cast<uint4*>(out_g + r * q_token_stride + chunk * 8) =
-        *reinterpret_cast<const uint4*>(o_s + r * G::kStride + chunk * 8);
+        *reinterpret_cast<const uint4*>(o_s + r * S::kStride + chunk * 8);
   }
   if (t == 0) {
-    float* lse_g =
-        p.lse + (static_cast<int64_t>(b) * p.num_heads + h) * p.q_tokens + q_token0 + warp * 16 + g;
-    lse_g[0] = row_lse[0];
-    lse_g[8] = row_lse[1];
+    float* lse_g = p.lse + (static_cast<int64_t>(b) * p.num_heads + h) * p.q_tokens + q_token0 +
+                   warp * C::kWarpRows + g;
+#pragma unroll
+    for (int mb = 0; mb < kMB; ++mb) {
+      lse_g[mb * 16] = row_lse[mb][0];
+      lse_g[mb * 16 + 8] = row_lse[mb][1];
+    }
   }
 }
 
@@ -452,17 +603,24 @@ __global__ void __launch_bounds__(kThreads)
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-template <typename Element, int kHeadDim>
+// Requires C::kRows and C::kKeys to divide p.block_size.
+template <typename Element, int kHeadDim, class C>
 cudaError_t launch_forward(const SparseAttentionParams& p, cudaStream_t stream) {
-  constexpr int kSmem = forward_smem_bytes<Element, kHeadDim>();
-  auto* kernel = sparse_attention_forward_kernel<Element, kHeadDim>;
+  constexpr int kSmem = ForwardSmem<Element, kHeadDim, C>::kBytes;
+  auto* kernel = sparse_attention_forward_kernel<Element, kHeadDim, C>;
   // Above 48 KB the dynamic shared-memory limit must be raised explicitly.
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  const dim3 grid(p.q_tokens / kTile, p.num_heads, p.batch);
-  kernel<<<grid, kThreads, kSmem, stream>>>(p);
+  const dim3 grid(p.q_tokens / C::kRows, p.num_heads, p.batch);
+  kernel<<<grid, C::kThreads, kSmem, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <typename Element, int kHeadDim>
+cudaError_t launch_forward_for_block(const SparseAttentionParams& p, cudaStream_t stream) {
+  return p.block_size == 128 ? launch_forward<Element, kHeadDim, Config128>(p, stream)
+                             : launch_forward<Element, kHeadDim, Config64>(p, stream);
 }
 
 }  // namespace
@@ -500,11 +658,11 @@ cudaError_t sparse_attention_forward(const SparseAttentionParams& p, cudaStream_
   if (p.out == nullptr || p.lse == nullptr || !aligned16(p.out)) return cudaErrorInvalidValue;
   const bool bf16 = p.element_type == ElementType::kBFloat16;
   if (p.head_dim == 64) {
-    return bf16 ? launch_forward<__nv_bfloat16, 64>(p, stream)
-                : launch_forward<__half, 64>(p, stream);
+    return bf16 ? launch_forward_for_block<__nv_bfloat16, 64>(p, stream)
+                : launch_forward_for_block<__half, 64>(p, stream);
   }
-  return bf16 ? launch_forward<__nv_bfloat16, 128>(p, stream)
-              : launch_forward<__half, 128>(p, stream);
+  return bf16 ? launch_forward_for_block<__nv_bfloat16, 128>(p, stream)
+              : launch_forward_for_block<__half, 128>(p, stream);
 }
 
 }  // namespace sparsering::kernels
