@@ -17,6 +17,25 @@ TEST(CommandLine, ParsesTrainOptions) {
   EXPECT_TRUE(trainer::parse_command_line({"--help"}).help);
 }
 
+TEST(CommandLine, ParsesEvalOptions) {
+  const auto line = trainer::parse_command_line({"eval", "--checkpoint", "auto", "--run-dir", "r",
+                                                 "--attention", "both", "--eval-sequences", "3"});
+  EXPECT_EQ(line.checkpoint, "auto");
+  EXPECT_EQ(line.run_dir, "r");
+  EXPECT_EQ(line.attention, "both");
+  EXPECT_EQ(line.eval_sequences, 3);
+  EXPECT_TRUE(trainer::parse_command_line({"eval", "--help"}).help);
+  const std::vector<std::vector<std::string>> bad = {
+      {"eval"},
+      {"eval", "--checkpoint", "auto", "--attention", "dense_and_sparse"},
+      {"eval", "--checkpoint", "auto", "--eval-sequences", "0"},
+      {"eval", "--checkpoint", "auto", "--eval-sequences", "2x"},
+      {"train", "--checkpoint", "auto"}};
+  for (const auto& arguments : bad) {
+    EXPECT_THROW(trainer::parse_command_line(arguments), UserError) << arguments.back();
+  }
+}
+
 TEST(CommandLine, RejectsBadInputWithOneLine) {
   const std::vector<std::vector<std::string>> bad = {
       {}, {"trian"}, {"train", "--bogus"}, {"train", "--set"},

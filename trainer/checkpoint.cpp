@@ -210,7 +210,8 @@ std::string Checkpointer::verify(const std::string& step_dir) const {
   return "";
 }
 
-std::optional<std::string> Checkpointer::find(const std::string& resume) const {
+std::optional<std::string> Checkpointer::find(const std::string& resume,
+                                              const std::string& flag) const {
   if (resume != "auto") {
     fs::path path = resume;
     // A checkpoint directory (with `latest`) or a step directory.
@@ -218,12 +219,12 @@ std::optional<std::string> Checkpointer::find(const std::string& resume) const {
       path /= read_file(path / "latest").substr(0, step_name(0).size());
     }
     if (!fs::is_directory(path)) {
-      throw UserError("--resume " + resume + ": no such checkpoint directory; give a step_* "
-                      "directory or use --resume auto");
+      throw UserError(flag + " " + resume + ": no such checkpoint directory; give a step_* " +
+                      "directory or use " + flag + " auto");
     }
     const std::string problem = verify(path.string());
     if (!problem.empty()) {
-      throw UserError("--resume " + resume + ": refused: " + problem +
+      throw UserError(flag + " " + resume + ": refused: " + problem +
                       "; resume from another checkpoint or start a new run");
     }
     return path.string();
@@ -245,13 +246,13 @@ std::optional<std::string> Checkpointer::find(const std::string& resume) const {
     if (problem.find("the model differs") != std::string::npos ||
         problem.find("written by") != std::string::npos) {
       // A different model or mesh is a different run: refuse rather than fall back silently.
-      throw UserError("--resume auto: " + candidate.string() + " refused: " + problem +
+      throw UserError(flag + " auto: " + candidate.string() + " refused: " + problem +
                       "; use another run directory or the matching config");
     }
     rejected += " " + candidate.filename().string() + " (" + problem + ")";
   }
   if (!rejected.empty()) {
-    throw UserError("--resume auto: no intact checkpoint in " + dir_ + ":" + rejected);
+    throw UserError(flag + " auto: no intact checkpoint in " + dir_ + ":" + rejected);
   }
   return std::nullopt;
 }

@@ -37,8 +37,10 @@ class Checkpointer {
 
   // The checkpoint directory `resume` names: "auto" = the newest complete and intact one under
   // dir() (none: nullopt, a fresh start), else a path to a step directory or a checkpoint dir.
-  // Throws UserError when a named checkpoint is missing, corrupt or incompatible.
-  std::optional<std::string> find(const std::string& resume) const;
+  // Throws UserError when a named checkpoint is missing, corrupt or incompatible; the message
+  // names `flag`, the option the user gave it with.
+  std::optional<std::string> find(const std::string& resume,
+                                  const std::string& flag = "--resume") const;
 
   // Loads the checkpoint into the optimizer (and so the model) and returns its state.
   ResumeState load(const std::string& step_dir, MasterWeightOptimizer& optimizer);

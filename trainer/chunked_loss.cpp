@@ -55,4 +55,23 @@ at::Tensor chunked_cross_entropy(const at::Tensor& hidden, const at::Tensor& wei
   return ChunkedCrossEntropy::apply(hidden, weight, labels, chunk_tokens, normalizer);
 }
 
+at::Tensor cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight,
+                             const at::Tensor& labels, int64_t chunk_tokens) {
+  at::NoGradGuard no_grad;
+  const int64_t tokens = hidden.size(0);
+  const int64_t chunk = chunk_tokens > 0 ? chunk_tokens : std::max<int64_t>(tokens, 1);
+  const auto weight32 = weight.to(at::kFloat);
+  auto loss = at::zeros({}, hidden.options().dtype(at::kFloat));
+  for (int64_t start = 0; start < tokens; start += chunk) {
+    const int64_t length = std::min(chunk, tokens - start);
+    const auto y = labels.narrow(0, start, length);
+    const auto valid = y != kIgnoreLabel;
+    const auto logits = at::matmul(hidden.narrow(0, start, length).to(at::kFloat), weight32.t());
+    const auto picked = logits.gather(1, at::where(valid, y, at::zeros_like(y)).unsqueeze(1));
+    const auto losses = at::logsumexp(logits, -1) - picked.squeeze(1);
+    loss += at::where(valid, losses, at::zeros_like(losses)).sum();
+  }
+  return loss;
+}
+
 }  // namespace sparsering::trainer

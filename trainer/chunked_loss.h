@@ -16,4 +16,9 @@ at::Tensor chunked_cross_entropy(const at::Tensor& hidden, const at::Tensor& wei
                                  const at::Tensor& labels, int64_t chunk_tokens,
                                  double normalizer);
 
+// Evaluation: the sum of CE(hidden @ weight^T, labels) over labelled tokens, fp32, with no
+// gradient and the same chunking.
+at::Tensor cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight,
+                             const at::Tensor& labels, int64_t chunk_tokens);
+
 }  // namespace sparsering::trainer

@@ -15,7 +15,7 @@ const char* kProgramUsage =
     "\n"
     "commands:\n"
     "  train       train a model (run under mpirun; see launch/train.sh)\n"
-    "  eval        evaluate a checkpoint (not in this build yet)\n"
+    "  eval        evaluate a checkpoint: held-out perplexity, needle / recall accuracy\n"
     "  bench       benchmark attention and training throughput (not in this build yet)\n"
     "  world-size  print the number of ranks a config needs (dp x cp)\n"
     "  sweep       expand and check a sweep file (launch/sweep.sh runs it)\n"
@@ -47,7 +47,33 @@ std::string usage(const std::string& command) {
            "                      profiling.start_step: summary table, <run dir>/trace.json\n"
            "  --help              this text\n";
   }
-  if (command == "eval" || command == "bench") {
+  if (command == "eval") {
+    return std::string(
+               "usage: mpirun -np <dp x cp> sparsering eval --checkpoint auto|PATH [options]\n"
+               "\n"
+               "Loads a checkpoint into the model as training builds it and evaluates it without\n"
+               "gradients: mean loss and perplexity on held-out sequences of data.source (from\n"
+               "sequence index 2^40, which no training run reaches); for PASSKEY, passkey\n"
+               "accuracy over needle depth x context length (train.sequence_length, its half and\n"
+               "quarter), also drawn as <run dir>/needle_heatmap.ppm; for ASSOCIATIVE_RECALL,\n"
+               "recall accuracy. Prints a table and writes <run dir>/eval.json. The model and\n"
+               "dp x cp must be the checkpoint's; other fields may differ (e.g. --set\n"
+               "train.sequence_length=8192 to test longer contexts, data.path for held-out\n"
+               "shards).\n"
+               "\n"
+               "options:\n") +
+           kConfigOptions +
+           "  --checkpoint auto|PATH  the newest intact checkpoint of the run dir, or a step_*\n"
+           "                          directory or checkpoint directory\n"
+           "  --run-dir DIR           the training run's directory, where results go too\n"
+           "                          (default <train.runs_root>/<name>)\n"
+           "  --attention MODE        dense, sparse (the configured pattern budgets) or both,\n"
+           "                          side by side on the same weights (default attention.kind)\n"
+           "  --eval-sequences N      held-out sequences, and samples per needle-grid cell\n"
+           "                          (default 8)\n"
+           "  --help                  this text\n";
+  }
+  if (command == "bench") {
     return "usage: sparsering " + command +
            " [options]\n\nNot in this build yet: the command exits with status 2.\n";
   }
@@ -103,10 +129,24 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
       }
     } else if (flag == "--set" && line.command != "sweep") {
       line.overrides.push_back(value_of(i));
-    } else if (flag == "--run-dir" && line.command == "train") {
+    } else if (flag == "--run-dir" && (line.command == "train" || line.command == "eval")) {
       line.run_dir = value_of(i);
     } else if (flag == "--resume" && line.command == "train") {
       line.resume = value_of(i);
+    } else if (flag == "--checkpoint" && line.command == "eval") {
+      line.checkpoint = value_of(i);
+    } else if (flag == "--attention" && line.command == "eval") {
+      line.attention = value_of(i);
+      if (line.attention != "dense" && line.attention != "sparse" && line.attention != "both") {
+        throw UserError("--attention " + line.attention + ": must be dense, sparse or both");
+      }
+    } else if (flag == "--eval-sequences" && line.command == "eval") {
+      const std::string& count = value_of(i);
+      if (count.empty() || count.size() > 9 ||
+          count.find_first_not_of("0123456789") != std::string::npos || std::stoi(count) < 1) {
+        throw UserError("--eval-sequences " + count + ": must be a whole number >= 1");
+      }
+      line.eval_sequences = std::stoi(count);
     } else if (flag == "--profile" && line.command == "train") {
       line.overrides.push_back("profiling.enabled=true");
     } else if (flag == "--sweep" && line.command == "sweep") {
@@ -122,6 +162,9 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
       throw UserError("unknown option '" + flag + "' for `sparsering " + line.command +
                       "`; see `sparsering " + line.command + " --help`");
     }
+  }
+  if (line.command == "eval" && line.checkpoint.empty() && !line.help) {
+    throw UserError("`sparsering eval` needs --checkpoint auto|PATH; see `sparsering eval --help`");
   }
   if (line.command == "sweep" && line.sweep_path.empty() && !line.help) {
     throw UserError("`sparsering sweep` needs --sweep FILE; see `sparsering sweep --help`");

@@ -17,6 +17,10 @@ struct CommandLine {
   bool print_runs = false;  // sweep: launch lines instead of the table
   bool print_name = false;  // sweep: the sweep's name only
   bool help = false;
+
+  std::string checkpoint;  // eval: --checkpoint auto|PATH
+  std::string attention;   // eval: --attention dense|sparse|both; empty = attention.kind
+  int eval_sequences = 8;  // eval: --eval-sequences N
 };
 
 CommandLine parse_command_line(const std::vector<std::string>& arguments);

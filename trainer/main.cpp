@@ -1,6 +1,6 @@
 // sparsering: the table of contents of a run. Parse the command line, load and validate the
-// experiment, build the device mesh, train. Errors end every rank with one line and a status:
-// 2 for bad input (config, flags, files), 1 for anything else.
+// experiment, build the device mesh, train (or evaluate a checkpoint). Errors end every rank with
+// one line and a status: 2 for bad input (config, flags, files), 1 for anything else.
 #include <c10/util/Exception.h>
 
 #include <iostream>
@@ -10,6 +10,7 @@
 #include "configs/user_error.h"
 #include "parallel/process_groups.h"
 #include "trainer/cli.h"
+#include "trainer/eval.h"
 #include "trainer/sweep_listing.h"
 #include "trainer/train.h"
 
@@ -31,7 +32,7 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
     if (leader) std::cout << trainer::usage(line.command);
     return 0;
   }
-  if (line.command == "eval" || line.command == "bench") {
+  if (line.command == "bench") {
     throw UserError("`sparsering " + line.command + "` is not in this build yet");
   }
   if (line.command == "sweep") {
@@ -53,13 +54,20 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
     return 0;
   }
   config::validate_world(experiment, mpi.world_size());
+  const trainer::EvalOptions eval_options{line.run_dir, line.checkpoint, line.attention,
+                                          line.eval_sequences};
+  if (line.command == "eval") trainer::require_checkpoint(experiment, eval_options);
   collectives_started = true;
   const at::Device device = trainer::select_device(experiment);
   parallel::ProcessGroups groups({experiment.parallel.data_parallel_size,
                                   experiment.parallel.context_parallel_size,
                                   experiment.parallel.intra_node_ring_size},
                                  /*use_nccl=*/device.is_cuda());
-  trainer::train(experiment, groups, device, {line.run_dir, line.resume});
+  if (line.command == "eval") {
+    trainer::evaluate(experiment, groups, device, eval_options);
+  } else {
+    trainer::train(experiment, groups, device, {line.run_dir, line.resume});
+  }
   return 0;
 }
 

@@ -22,4 +22,7 @@ struct MicroBatch {
 MicroBatch micro_batch(const config::Experiment& experiment, data::SequenceSource& source,
                        int64_t step, int micro, int dp_rank);
 
+// `examples` (each `length` tokens) as one batch, labelled as above.
+MicroBatch labelled_batch(const std::vector<data::SequenceExample>& examples, int64_t length);
+
 }  // namespace sparsering::trainer

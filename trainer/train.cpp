@@ -23,6 +23,7 @@
 #include "trainer/metrics.h"
 #include "trainer/micro_batch.h"
 #include "trainer/model.h"
+#include "trainer/model_setup.h"
 #include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
 #include "trainer/profile_report.h"
@@ -38,10 +39,6 @@ namespace fs = std::filesystem;
 
 // bf16 dense tensor-core peak of one H100/H200 SXM, for MFU.
 constexpr double kHopperPeakTflops = 989.0;
-
-at::ScalarType model_dtype(const config::Experiment& e) {
-  return e.train.dtype == config::DType::kBFloat16 ? at::kBFloat16 : at::kFloat;
-}
 
 std::string run_dir_of(const config::Experiment& e, const TrainOptions& options) {
   return options.run_dir.empty() ? (fs::path(e.train.runs_root) / e.name).string()
@@ -176,11 +173,6 @@ at::Device select_device(const config::Experiment& e) {
   return at::Device(at::kCUDA, index);
 }
 
-int64_t pattern_budget(int absolute, double fraction, int64_t sequence_length) {
-  if (absolute > 0) return absolute;
-  return static_cast<int64_t>(std::llround(fraction * sequence_length));
-}
-
 int64_t matmul_parameters(const config::ModelConfig& m) {
   const int64_t attention = static_cast<int64_t>(m.hidden_size) * m.head_dim() *
                             (2 * m.num_heads + 2 * m.num_kv_heads);
@@ -200,33 +192,12 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   groups.world().barrier();
   Watchdog watchdog(rank, e.parallel.collective_timeout_s);
 
-  const int block_size = e.attention.block_size;
   const int64_t length = e.train.sequence_length;
-  parallel::TokenLayout layout(e.parallel.layout, length / block_size, block_size,
-                               e.parallel.context_parallel_size);
-  parallel::RingAttentionConfig ring_config;
-  ring_config.sparse = e.attention.kind == config::AttentionKind::kSparse;
-  ring_config.num_columns =
-      pattern_budget(e.attention.vertical_budget, e.attention.vertical_fraction, length);
-  ring_config.num_diagonals =
-      pattern_budget(e.attention.slash_budget, e.attention.slash_fraction, length);
-  ring_config.sink_tokens = e.attention.sink_tokens;
-  ring_config.local_tokens = e.attention.local_tokens;
-  ring_config.estimation_queries = e.attention.estimation_queries;
-  ring_config.deterministic_backward = e.attention.deterministic_backward;
-  std::vector<std::shared_ptr<parallel::RingAttention>> rings;
-  for (int layer = 0; layer < e.model.num_layers; ++layer) {
-    rings.push_back(
-        std::make_shared<parallel::RingAttention>(ring_config, groups.ring_groups(), layout));
-  }
-
-  // Same seed on every rank: replicas start identical without a broadcast.
-  torch::manual_seed(e.train.seed);
+  const parallel::TokenLayout layout = token_layout(e, length);
+  const auto rings = make_rings(e, ring_attention_config(e, length), groups.ring_groups(), layout);
   std::unique_ptr<NMSparsity> nm_sparsity;
   if (e.nm_sparsity.enabled) nm_sparsity = std::make_unique<NMSparsity>(e.nm_sparsity);
-  Decoder model(e.model, rings, nm_sparsity.get());
-  initialize_weights(model, e.model.init_std);
-  model->to(device, model_dtype(e));
+  Decoder model = make_decoder(e, rings, nm_sparsity.get(), device);
   std::vector<at::Tensor> parameters = model->parameters();
   MasterWeightOptimizer optimizer(parameters, e.optimizer);
   parallel::GradientSync gradient_sync(groups.world(), parameters,
@@ -270,13 +241,10 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
                                           e.profiling.num_steps);
   }
 
-  const auto positions = layout.positions_of(cp_rank);
   StepContext context;
-  std::tie(context.rope_cos, context.rope_sin) =
-      rope_tables(positions, e.model.head_dim(), e.model.rope_theta, e.model.rope_scaling_factor);
-  context.rope_cos = context.rope_cos.to(device);
-  context.rope_sin = context.rope_sin.to(device);
+  set_rope_tables(context, layout, cp_rank, e.model, device);
   context.profiler = profiler.get();
+  for (auto& ring : rings) ring->set_phase_observer(profiler.get());
   const int micro_steps = e.optimizer.grad_accumulation_steps;
   // Tokens processed per step, for throughput.
   const double global_tokens = static_cast<double>(e.train.micro_batch_size) *

@@ -30,9 +30,6 @@ at::Device select_device(const config::Experiment& experiment);
 TrainResult train(const config::Experiment& experiment, parallel::ProcessGroups& groups,
                   const at::Device& device, const TrainOptions& options);
 
-// Tokens of the pattern budgets: the absolute count when > 0, else the fraction of the sequence.
-int64_t pattern_budget(int absolute, double fraction, int64_t sequence_length);
-
 // Decoder parameters outside the embedding (for FLOP counts).
 int64_t matmul_parameters(const config::ModelConfig& model);
 
