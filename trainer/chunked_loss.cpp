@@ -12,17 +12,20 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
                             int64_t chunk_tokens, double normalizer) {
     const int64_t tokens = hidden.size(0);
     const int64_t chunk = chunk_tokens > 0 ? chunk_tokens : std::max<int64_t>(tokens, 1);
-    const auto weight32 = weight.to(at::kFloat);
+    // The three matmuls run in the model's dtype (bf16 tensor cores on GPUs); the softmax, the
+    // loss and the weight-gradient accumulator are fp32.
+    const auto matmul_type = hidden.scalar_type();
+    const auto w = weight.to(matmul_type);
     auto grad_hidden = at::empty(hidden.sizes(), hidden.options());
     auto grad_weight = at::zeros(weight.sizes(), weight.options().dtype(at::kFloat));
     auto loss = at::zeros({}, hidden.options().dtype(at::kFloat));
     for (int64_t start = 0; start < tokens; start += chunk) {
       const int64_t length = std::min(chunk, tokens - start);
-      const auto h = hidden.narrow(0, start, length).to(at::kFloat);
+      const auto h = hidden.narrow(0, start, length);
       const auto y = labels.narrow(0, start, length);
       const auto valid = y != kIgnoreLabel;
       const auto safe_y = at::where(valid, y, at::zeros_like(y));
-      const auto logits = at::matmul(h, weight32.t());
+      const auto logits = at::matmul(h, w.t()).to(at::kFloat);
       const auto lse = at::logsumexp(logits, -1);
       const auto picked = logits.gather(1, safe_y.unsqueeze(1)).squeeze(1);
       loss += at::where(valid, lse - picked, at::zeros_like(lse)).sum();
@@ -31,8 +34,9 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
       grad_logits.scatter_add_(1, safe_y.unsqueeze(1),
                                at::full({length, 1}, -1.0, grad_logits.options()));
       grad_logits.mul_(valid.unsqueeze(1).to(at::kFloat) / normalizer);
-      grad_hidden.narrow(0, start, length).copy_(at::matmul(grad_logits, weight32));
-      grad_weight.add_(at::matmul(grad_logits.t(), h));
+      const auto grad_logits_m = grad_logits.to(matmul_type);
+      grad_hidden.narrow(0, start, length).copy_(at::matmul(grad_logits_m, w));
+      grad_weight.add_(at::matmul(grad_logits_m.t(), h).to(at::kFloat));
     }
     ctx->save_for_backward({grad_hidden, grad_weight.to(weight.scalar_type())});
     return loss / normalizer;
@@ -60,13 +64,13 @@ at::Tensor cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight,
   at::NoGradGuard no_grad;
   const int64_t tokens = hidden.size(0);
   const int64_t chunk = chunk_tokens > 0 ? chunk_tokens : std::max<int64_t>(tokens, 1);
-  const auto weight32 = weight.to(at::kFloat);
+  const auto w = weight.to(hidden.scalar_type());
   auto loss = at::zeros({}, hidden.options().dtype(at::kFloat));
   for (int64_t start = 0; start < tokens; start += chunk) {
     const int64_t length = std::min(chunk, tokens - start);
     const auto y = labels.narrow(0, start, length);
     const auto valid = y != kIgnoreLabel;
-    const auto logits = at::matmul(hidden.narrow(0, start, length).to(at::kFloat), weight32.t());
+    const auto logits = at::matmul(hidden.narrow(0, start, length), w.t()).to(at::kFloat);
     const auto picked = logits.gather(1, at::where(valid, y, at::zeros_like(y)).unsqueeze(1));
     const auto losses = at::logsumexp(logits, -1) - picked.squeeze(1);
     loss += at::where(valid, losses, at::zeros_like(losses)).sum();
