@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/sparse_attention.h"
 #include "bench/bench_args.h"
+#include "kernels/sparse_attention.h"
 #include "kernels/vertical_slash.h"
 
 namespace {
@@ -49,9 +49,8 @@ struct Row {
 // (QK^T and PV); backward = 2.5 x forward (notes/toolchain.md).
 double forward_flops(double pairs, int64_t head_dim) { return 4.0 * pairs * head_dim; }
 
-Row run_ours(const std::string& name, const at::Tensor& q, const at::Tensor& k,
-             const at::Tensor& v, const at::Tensor& dout, const kernels::VerticalSlashPattern& p,
-             bool deterministic) {
+Row run_ours(const std::string& name, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+             const at::Tensor& dout, const kernels::VerticalSlashPattern& p, bool deterministic) {
   const int64_t length = q.size(1), heads = q.size(2), dim = q.size(3);
   const auto ids = at::arange(length / p.block_size, q.options().dtype(at::kInt));
   const kernels::ShardBlocks blocks{ids, ids};
@@ -59,9 +58,7 @@ Row run_ours(const std::string& name, const at::Tensor& q, const at::Tensor& k,
   const auto index = kernels::build_sparse_index(p, blocks, 1, k.size(2), /*with_transpose=*/true);
   const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
   kernels::AttentionPartial result;
-  auto forward = [&] {
-    result = kernels::sparse_attention_forward(q, k, v, blocks, index, scale);
-  };
+  auto forward = [&] { result = kernels::sparse_attention_forward(q, k, v, blocks, index, scale); };
   auto forward_backward = [&] {
     forward();
     auto dq = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
@@ -79,12 +76,13 @@ Row run_ours(const std::string& name, const at::Tensor& q, const at::Tensor& k,
   const double causal_pairs = pairs - heads * (length / p.block_size) * p.block_size *
                                           p.block_size / 2.0;  // diagonal blocks are half
   row.tflops_forward = forward_flops(causal_pairs, dim) / row.forward_ms / 1e9;
-  row.tflops_forward_backward = 3.5 * forward_flops(causal_pairs, dim) / row.forward_backward_ms / 1e9;
+  row.tflops_forward_backward =
+      3.5 * forward_flops(causal_pairs, dim) / row.forward_backward_ms / 1e9;
   return row;
 }
 
-Row run_sdpa(const std::string& name, const at::Tensor& q, const at::Tensor& k,
-             const at::Tensor& v, const at::Tensor& dout) {
+Row run_sdpa(const std::string& name, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+             const at::Tensor& dout) {
   const int64_t length = q.size(1), heads = q.size(2), dim = q.size(3);
   // SDPA takes [batch, heads, tokens, dim].
   auto qt = q.transpose(1, 2).detach().requires_grad_(true);
@@ -122,10 +120,14 @@ int main(int argc, char** argv) {
   std::string json_path = "attention_bench.json";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--lengths") lengths = bench::parse_list(value);
-    else if (flag == "--heads") heads = std::stoll(value);
-    else if (flag == "--head-dim") dim = std::stoll(value);
-    else if (flag == "--json") json_path = value;
+    if (flag == "--lengths")
+      lengths = bench::parse_list(value);
+    else if (flag == "--heads")
+      heads = std::stoll(value);
+    else if (flag == "--head-dim")
+      dim = std::stoll(value);
+    else if (flag == "--json")
+      json_path = value;
     else {
       std::fprintf(stderr, "attention_bench: unknown option %s\n", flag.c_str());
       return 2;
@@ -164,8 +166,8 @@ int main(int argc, char** argv) {
       const auto sample_positions = positions.slice(0, length - 64);
       const auto logits = kernels::sample_logits(q.slice(1, length - 64), sample_positions, k,
                                                  positions, 1.0 / std::sqrt(double(dim)));
-      const auto m = kernels::attention_mass(at::softmax(logits, -1), sample_positions,
-                                             positions, length);
+      const auto m =
+          kernels::attention_mass(at::softmax(logits, -1), sample_positions, positions, length);
       const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
       const auto ids = at::arange(length / block, q.options().dtype(at::kInt));
       kernels::build_sparse_index(p, {ids, ids}, 1, heads, false);

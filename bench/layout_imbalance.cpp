@@ -28,9 +28,9 @@ using namespace sparsering;
 kernels::AttentionMass synthetic_mass(int64_t heads, int64_t length) {
   at::manual_seed(0);
   const auto position = at::arange(1, length + 1, at::kFloat);
-  auto vertical = at::rand({heads, length}).pow(40.0);        // rare heavy columns
+  auto vertical = at::rand({heads, length}).pow(40.0);  // rare heavy columns
   auto slash = 1.0 / position.unsqueeze(0).expand({heads, length}) +
-               at::rand({heads, length}).pow(60.0);            // near diagonals + far spikes
+               at::rand({heads, length}).pow(60.0);  // near diagonals + far spikes
   return {vertical, slash.contiguous()};
 }
 
@@ -42,10 +42,14 @@ int main(int argc, char** argv) {
   std::string json_path = "layout_imbalance.json";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--lengths") lengths = bench::parse_list(value);
-    else if (flag == "--ranks") worlds = bench::parse_list(value);
-    else if (flag == "--heads") heads = std::stoll(value);
-    else if (flag == "--json") json_path = value;
+    if (flag == "--lengths")
+      lengths = bench::parse_list(value);
+    else if (flag == "--ranks")
+      worlds = bench::parse_list(value);
+    else if (flag == "--heads")
+      heads = std::stoll(value);
+    else if (flag == "--json")
+      json_path = value;
     else {
       std::fprintf(stderr, "layout_imbalance: unknown option %s\n", flag.c_str());
       return 2;
@@ -55,8 +59,8 @@ int main(int argc, char** argv) {
   std::ofstream json(json_path);
   json << "{\"block_size\": " << block << ", \"heads\": " << heads << ", \"rows\": [";
   bool first_row = true;
-  std::printf("%9s %5s %-11s %9s %10s %10s\n", "tokens", "ranks", "layout", "density",
-              "max/mean", "dense max/mean");
+  std::printf("%9s %5s %-11s %9s %10s %10s\n", "tokens", "ranks", "layout", "density", "max/mean",
+              "dense max/mean");
   for (const int64_t length : lengths) {
     // Budgets as in configs/llama_1b.pbtxt: 1% of the context in columns, 0.2% in diagonals.
     const auto pattern = kernels::select_pattern(synthetic_mass(heads, length), length / 100,

@@ -36,8 +36,9 @@ CheckpointMetadata parse_checkpoint_metadata(const std::string& text, const std:
   proto::CheckpointMetadata message;
   if (!google::protobuf::TextFormat::ParseFromString(text, &message) || !message.has_step() ||
       !message.has_config()) {
-    throw UserError(source + ": not a SparseRing checkpoint metadata file (unreadable or "
-                             "incomplete); resume from another checkpoint");
+    throw UserError(source +
+                    ": not a SparseRing checkpoint metadata file (unreadable or "
+                    "incomplete); resume from another checkpoint");
   }
   CheckpointMetadata m;
   m.step = message.step();
@@ -49,7 +50,8 @@ CheckpointMetadata parse_checkpoint_metadata(const std::string& text, const std:
   m.sequences_consumed = message.sequences_consumed();
   m.nm_state = message.nm_state();
   m.created = message.created();
-  for (const auto& s : message.shards()) m.shards.push_back({s.rank(), s.file(), s.bytes(), s.checksum()});
+  for (const auto& s : message.shards())
+    m.shards.push_back({s.rank(), s.file(), s.bytes(), s.checksum()});
   return m;
 }
 

@@ -10,8 +10,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "configs/sparsering.pb.h"
 #include "configs/first_error_collector.h"
+#include "configs/sparsering.pb.h"
 #include "configs/user_error.h"
 
 namespace sparsering::config {
@@ -133,8 +133,8 @@ void validate(const proto::Experiment& e, const std::string& source) {
             "must be >= 0 (0 = whole shard)");
 
   const auto& attention = e.attention();
-  v.require(attention.block_size() == 64 || attention.block_size() == 128,
-            "attention.block_size", attention.block_size(), "must be 64 or 128");
+  v.require(attention.block_size() == 64 || attention.block_size() == 128, "attention.block_size",
+            attention.block_size(), "must be 64 or 128");
   v.require(attention.vertical_budget() >= 0, "attention.vertical_budget",
             attention.vertical_budget(), "must be >= 0");
   v.require(attention.slash_budget() >= 0, "attention.slash_budget", attention.slash_budget(),
@@ -303,26 +303,23 @@ Experiment to_struct(const proto::Experiment& e) {
                m.activation_checkpointing(),
                m.loss_chunk_tokens()};
   const auto& a = e.attention();
-  out.attention = {a.kind() == proto::Attention::SPARSE ? AttentionKind::kSparse
-                                                        : AttentionKind::kDense,
-                   a.block_size(),
-                   a.vertical_budget(),
-                   a.vertical_fraction(),
-                   a.slash_budget(),
-                   a.slash_fraction(),
-                   a.sink_tokens(),
-                   a.local_tokens(),
-                   a.estimation_queries(),
-                   a.reestimate_every(),
-                   a.dense_warmup_steps(),
-                   a.deterministic_backward()};
+  out.attention = {
+      a.kind() == proto::Attention::SPARSE ? AttentionKind::kSparse : AttentionKind::kDense,
+      a.block_size(),
+      a.vertical_budget(),
+      a.vertical_fraction(),
+      a.slash_budget(),
+      a.slash_fraction(),
+      a.sink_tokens(),
+      a.local_tokens(),
+      a.estimation_queries(),
+      a.reestimate_every(),
+      a.dense_warmup_steps(),
+      a.deterministic_backward()};
   const auto& p = e.parallel();
-  out.parallel = {p.data_parallel_size(),
-                  p.context_parallel_size(),
-                  p.intra_node_ring_size(),
-                  static_cast<LayoutKind>(p.layout()),
-                  p.grad_bucket_mb(),
-                  p.collective_timeout_s()};
+  out.parallel = {p.data_parallel_size(),   p.context_parallel_size(),
+                  p.intra_node_ring_size(), static_cast<LayoutKind>(p.layout()),
+                  p.grad_bucket_mb(),       p.collective_timeout_s()};
   const auto& nm = e.nm_sparsity();
   out.nm_sparsity = {nm.enabled(),
                      nm.n(),
@@ -337,8 +334,12 @@ Experiment to_struct(const proto::Experiment& e) {
                      nm.sdgf_factor(),
                      nm.hard_prune_step()};
   const auto& o = e.optimizer();
-  out.optimizer = {o.lr(),        o.beta1(),     o.beta2(),
-                   o.eps(),       o.weight_decay(), o.grad_clip(),
+  out.optimizer = {o.lr(),
+                   o.beta1(),
+                   o.beta2(),
+                   o.eps(),
+                   o.weight_decay(),
+                   o.grad_clip(),
                    o.grad_accumulation_steps()};
   const auto& s = e.schedule();
   out.schedule = {static_cast<ScheduleKind>(s.kind()), s.warmup_steps(), s.min_lr_ratio()};
@@ -465,10 +466,10 @@ void validate_world(const Experiment& experiment, int world_size) {
   const int needed =
       experiment.parallel.data_parallel_size * experiment.parallel.context_parallel_size;
   if (needed != world_size) {
-    throw UserError("parallel: data_parallel_size x context_parallel_size = " +
-                    std::to_string(needed) + " but the job has " + std::to_string(world_size) +
-                    " ranks; launch " + std::to_string(needed) +
-                    " ranks (mpirun -np) or change the sizes");
+    throw UserError(
+        "parallel: data_parallel_size x context_parallel_size = " + std::to_string(needed) +
+        " but the job has " + std::to_string(world_size) + " ranks; launch " +
+        std::to_string(needed) + " ranks (mpirun -np) or change the sizes");
   }
 }
 

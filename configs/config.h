@@ -136,8 +136,7 @@ Experiment load_experiment(const std::string& text, const std::string& source,
                            const std::vector<std::string>& overrides);
 
 // Reads `path` (throws UserError if it cannot) and calls load_experiment.
-Experiment load_experiment_file(const std::string& path,
-                                const std::vector<std::string>& overrides);
+Experiment load_experiment_file(const std::string& path, const std::vector<std::string>& overrides);
 
 // Validation rules that depend on the world (number of MPI ranks): world == dp x cp.
 void validate_world(const Experiment& experiment, int world_size);

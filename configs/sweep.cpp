@@ -10,8 +10,8 @@
 #include <sstream>
 
 #include "configs/config.h"
-#include "configs/sweep.pb.h"
 #include "configs/first_error_collector.h"
+#include "configs/sweep.pb.h"
 #include "configs/user_error.h"
 
 namespace sparsering::config {

@@ -23,10 +23,10 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   TORCH_CHECK(blocks.q_block_ids.numel() == q.size(1) / index.block_size &&
                   blocks.k_block_ids.numel() == k.size(1) / index.block_size,
               "sparse attention: block id tensors do not match the token counts");
-  TORCH_CHECK(index.block_row_offsets.numel() ==
-                  q.size(0) * q.size(2) * (q.size(1) / index.block_size) + 1,
-              "sparse attention: the index has ", index.block_row_offsets.numel() - 1,
-              " rows, expected batch x heads x query blocks");
+  TORCH_CHECK(
+      index.block_row_offsets.numel() == q.size(0) * q.size(2) * (q.size(1) / index.block_size) + 1,
+      "sparse attention: the index has ", index.block_row_offsets.numel() - 1,
+      " rows, expected batch x heads x query blocks");
 }
 
 }  // namespace

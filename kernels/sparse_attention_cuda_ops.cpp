@@ -64,8 +64,8 @@ AttentionPartial sparse_attention_forward(const at::Tensor& q, const at::Tensor&
                                           const SparseIndex& index, double softmax_scale) {
   const c10::cuda::CUDAGuard guard(q.device());
   auto p = make_params(q, k, v, blocks, index, softmax_scale);
-  AttentionPartial result{at::empty_like(q),
-                          at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat))};
+  AttentionPartial result{at::empty_like(q), at::empty({q.size(0), q.size(2), q.size(1)},
+                                                       q.options().dtype(at::kFloat))};
   p.out = result.out.data_ptr();
   p.lse = result.lse.data_ptr<float>();
   check_launch(kernels::sparse_attention_forward(p, current_stream()), "sparse_attention_forward");
@@ -111,14 +111,14 @@ at::Tensor attention_delta(const at::Tensor& dout, const at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(dout.device());
   TORCH_CHECK(dout.is_contiguous() && out.is_contiguous() && dout.sizes() == out.sizes(),
               "attention_delta: dout and out must be contiguous and of one shape");
-  auto delta = at::empty({dout.size(0), dout.size(2), dout.size(1)},
-                         dout.options().dtype(at::kFloat));
-  check_launch(kernels::attention_backward_delta(
-                   delta.data_ptr<float>(), dout.data_ptr(), out.data_ptr(), element_type(dout),
-                   static_cast<int>(dout.size(0)), static_cast<int>(dout.size(1)),
-                   static_cast<int>(dout.size(2)), static_cast<int>(dout.size(3)),
-                   current_stream()),
-               "attention_backward_delta");
+  auto delta =
+      at::empty({dout.size(0), dout.size(2), dout.size(1)}, dout.options().dtype(at::kFloat));
+  check_launch(
+      kernels::attention_backward_delta(
+          delta.data_ptr<float>(), dout.data_ptr(), out.data_ptr(), element_type(dout),
+          static_cast<int>(dout.size(0)), static_cast<int>(dout.size(1)),
+          static_cast<int>(dout.size(2)), static_cast<int>(dout.size(3)), current_stream()),
+      "attention_backward_delta");
   return delta;
 }
 
@@ -131,13 +131,13 @@ void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_p
   TORCH_CHECK(out_acc.is_contiguous() && lse_acc.is_contiguous() && out_part.is_contiguous() &&
                   lse_part.is_contiguous(),
               "lse_merge: tensors must be contiguous");
-  check_launch(kernels::lse_merge(out_acc.data_ptr<float>(), lse_acc.data_ptr<float>(),
-                                  out_part.data_ptr(), lse_part.data_ptr<float>(),
-                                  element_type(out_part), static_cast<int>(out_acc.size(0)),
-                                  static_cast<int>(out_acc.size(1)),
-                                  static_cast<int>(out_acc.size(2)),
-                                  static_cast<int>(out_acc.size(3)), current_stream()),
-               "lse_merge");
+  check_launch(
+      kernels::lse_merge(out_acc.data_ptr<float>(), lse_acc.data_ptr<float>(), out_part.data_ptr(),
+                         lse_part.data_ptr<float>(), element_type(out_part),
+                         static_cast<int>(out_acc.size(0)), static_cast<int>(out_acc.size(1)),
+                         static_cast<int>(out_acc.size(2)), static_cast<int>(out_acc.size(3)),
+                         current_stream()),
+      "lse_merge");
 }
 
 }  // namespace sparsering::kernels::cuda_ops

@@ -7,8 +7,9 @@
 namespace sparsering::kernels::cuda_ops {
 namespace {
 [[noreturn]] void no_cuda() {
-  TORCH_CHECK(false, "SparseRing was built without CUDA (no nvcc at configure time); rebuild on a "
-                     "machine with the CUDA toolkit to run attention on the GPU");
+  TORCH_CHECK(false,
+              "SparseRing was built without CUDA (no nvcc at configure time); rebuild on a "
+              "machine with the CUDA toolkit to run attention on the GPU");
 }
 }  // namespace
 

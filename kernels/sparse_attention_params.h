@@ -37,8 +37,8 @@ struct SparseAttentionParams {
   int block_size = 0;    // 64 or 128
   float softmax_scale = 0.f;
 
-  const int32_t* q_block_ids = nullptr;  // [q_tokens / block_size] global block ids
-  const int32_t* k_block_ids = nullptr;  // [k_tokens / block_size] global block ids
+  const int32_t* q_block_ids = nullptr;         // [q_tokens / block_size] global block ids
+  const int32_t* k_block_ids = nullptr;         // [k_tokens / block_size] global block ids
   const int32_t* block_row_offsets = nullptr;   // [batch * num_heads * num_q_blocks + 1]
   const int32_t* block_cols = nullptr;          // [nnz_blocks]
   const int32_t* column_row_offsets = nullptr;  // [batch * num_heads * num_q_blocks + 1]

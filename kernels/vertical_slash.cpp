@@ -35,8 +35,7 @@ VerticalSlashPattern dense_pattern(int64_t heads, int64_t sequence_length, int b
 }
 
 at::Tensor sample_logits(const at::Tensor& q_sample, const at::Tensor& q_positions,
-                         const at::Tensor& k, const at::Tensor& k_positions,
-                         double softmax_scale) {
+                         const at::Tensor& k, const at::Tensor& k_positions, double softmax_scale) {
   const int64_t heads = q_sample.size(2), group = heads / k.size(2);
   const auto q = q_sample.to(at::kFloat).permute({0, 2, 1, 3});
   auto kh = k.to(at::kFloat).permute({0, 2, 1, 3});
@@ -117,10 +116,9 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
   // Slash part: block (qb, kb) is active when it is causal and its diagonal offset is chosen.
   const auto offset = q_ids.unsqueeze(1) - k_ids.unsqueeze(0);  // [q_blocks, k_blocks]
   const auto causal = offset >= 0;
-  const auto block_mask =
-      pattern.block_diagonals.index_select(1, offset.clamp_min(0).reshape(-1))
-          .view({heads, q_blocks, k_blocks})
-          .logical_and(causal.unsqueeze(0));
+  const auto block_mask = pattern.block_diagonals.index_select(1, offset.clamp_min(0).reshape(-1))
+                              .view({heads, q_blocks, k_blocks})
+                              .logical_and(causal.unsqueeze(0));
 
   // Vertical part: chosen columns that live in this kv shard, precede the row's last query and
   // are not already inside one of the row's active blocks.
@@ -129,16 +127,18 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
   const auto& columns = pattern.columns;  // [heads, C]
   const auto valid = columns >= 0;
   const auto column_slot =
-      at::where(valid, slot_of_block.index_select(0, divide(columns.clamp_min(0), bs).reshape(-1))
-                           .view(columns.sizes()),
+      at::where(valid,
+                slot_of_block.index_select(0, divide(columns.clamp_min(0), bs).reshape(-1))
+                    .view(columns.sizes()),
                 at::full({}, -1, long_options));
   const auto in_shard = column_slot >= 0;
   const auto local_token = column_slot.clamp_min(0) * bs + columns.clamp_min(0) % bs;
   const auto q_last = q_ids * bs + (bs - 1);  // [q_blocks]
-  std::vector<at::Tensor> column_masks;  // per head [q_blocks, C]
+  std::vector<at::Tensor> column_masks;       // per head [q_blocks, C]
   for (int64_t h = 0; h < heads; ++h) {
     const auto covered = block_mask[h].index_select(1, column_slot[h].clamp_min(0));
-    column_masks.push_back(in_shard[h].unsqueeze(0)
+    column_masks.push_back(in_shard[h]
+                               .unsqueeze(0)
                                .logical_and(columns[h].unsqueeze(0) <= q_last.unsqueeze(1))
                                .logical_and(covered.logical_not()));
   }
@@ -152,7 +152,8 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
   const int64_t num_columns = columns.size(1);
   const auto rows_columns = column_mask.unsqueeze(0).expand({batch, heads, q_blocks, num_columns});
   index.column_row_offsets = int32_offsets(rows_columns.sum(-1));
-  const auto column_entries = at::nonzero(rows_columns.reshape({batch * heads * q_blocks, num_columns}));
+  const auto column_entries =
+      at::nonzero(rows_columns.reshape({batch * heads * q_blocks, num_columns}));
   // Entry (row, c) -> local token of column c of the row's head.
   const auto entry_rows = column_entries.select(1, 0);
   const auto entry_heads = divide(entry_rows, q_blocks) % heads;
@@ -179,8 +180,7 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
     const auto order = std::get<1>(key.sort(/*stable=*/true, 0, false));
     index.t_column_entries =
         (entry_heads * q_blocks + qb_of_entry).index_select(0, order).to(at::kInt).contiguous();
-    index.t_column_row_offsets =
-        int32_offsets(at::bincount(key, {}, batch * kv_heads * k_tokens));
+    index.t_column_row_offsets = int32_offsets(at::bincount(key, {}, batch * kv_heads * k_tokens));
   }
   return index;
 }

@@ -86,7 +86,8 @@ void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
   check_tensor(tensor, "all_reduce");
   if (on_nccl(tensor)) return nccl_->all_reduce(tensor, op);
   if (!reducible_on_mpi(tensor.scalar_type())) {
-    throw std::runtime_error("communicator '" + name_ + "' all_reduce: CPU reductions need fp32, "
+    throw std::runtime_error("communicator '" + name_ +
+                             "' all_reduce: CPU reductions need fp32, "
                              "fp64 or integer tensors");
   }
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), tensor.numel(),
@@ -97,8 +98,8 @@ void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
 void Communicator::broadcast(at::Tensor& tensor, int root) {
   check_tensor(tensor, "broadcast");
   if (on_nccl(tensor)) return nccl_->broadcast(tensor, root);
-  MPI_CHECK(MPI_Bcast(tensor.data_ptr(), tensor.numel(), mpi_type(tensor.scalar_type()), root,
-                      comm_));
+  MPI_CHECK(
+      MPI_Bcast(tensor.data_ptr(), tensor.numel(), mpi_type(tensor.scalar_type()), root, comm_));
 }
 
 at::Tensor Communicator::all_gather(const at::Tensor& tensor) {

@@ -3,9 +3,8 @@
 // and MPI for CPU tensors. So the ring algorithm is written once and runs in CI on MPI ranks.
 #pragma once
 
-#include <mpi.h>
-
 #include <ATen/ATen.h>
+#include <mpi.h>
 
 #include <memory>
 #include <string>

@@ -21,9 +21,9 @@ TokenLayout::TokenLayout(config::LayoutKind kind, int64_t num_blocks, int block_
     : kind_(kind), num_blocks_(num_blocks), block_size_(block_size), world_(world) {
   const int64_t unit = kind == config::LayoutKind::kZigzag ? 2 * world : world;
   if (world < 1 || num_blocks % unit != 0) {
-    throw std::invalid_argument(std::string(layout_name(kind)) + " layout: " +
-                                std::to_string(num_blocks) + " blocks do not split into " +
-                                std::to_string(unit) + " equal parts");
+    throw std::invalid_argument(
+        std::string(layout_name(kind)) + " layout: " + std::to_string(num_blocks) +
+        " blocks do not split into " + std::to_string(unit) + " equal parts");
   }
   const int64_t per_rank = num_blocks / world;
   for (int rank = 0; rank < world; ++rank) {

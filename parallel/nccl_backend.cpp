@@ -70,9 +70,9 @@ NcclBackend::~NcclBackend() {
 }
 
 void NcclBackend::all_reduce(at::Tensor& tensor, ReduceOp op) {
-  NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(),
-                           nccl_type(tensor.scalar_type()), op == ReduceOp::kSum ? ncclSum : ncclMax,
-                           state_->comm, current_stream()));
+  NCCL_CHECK(ncclAllReduce(
+      tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor.scalar_type()),
+      op == ReduceOp::kSum ? ncclSum : ncclMax, state_->comm, current_stream()));
 }
 
 void NcclBackend::broadcast(at::Tensor& tensor, int root) {

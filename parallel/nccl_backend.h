@@ -3,9 +3,8 @@
 // the current stream by an event, so the ring's transfers overlap its compute.
 #pragma once
 
-#include <mpi.h>
-
 #include <ATen/ATen.h>
+#include <mpi.h>
 
 #include <memory>
 #include <string>

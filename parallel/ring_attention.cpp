@@ -60,8 +60,9 @@ void inner_ring_forward(RingPlan& plan, int outer_step, const at::Tensor& q, Key
     KeyValue incoming;
     if (i + 1 < steps) {
       incoming = empty_like(kv);
-      pending = ring.start_transfers({{kv.k, ring_next(ring)}, {kv.v, ring_next(ring)}},
-                                     {{incoming.k, ring_prev(ring)}, {incoming.v, ring_prev(ring)}});
+      pending =
+          ring.start_transfers({{kv.k, ring_next(ring)}, {kv.v, ring_next(ring)}},
+                               {{incoming.k, ring_prev(ring)}, {incoming.v, ring_prev(ring)}});
     }
     const int source = plan.shard_at(outer_step, i);
     const SparseIndex& index = plan.indices[source];
@@ -91,9 +92,9 @@ std::pair<at::Tensor, at::Tensor> ring_forward(RingPlan& plan, const at::Tensor&
       // The next node's shard travels over the slow link during the whole inner ring.
       Communicator& outer = *plan.groups.outer;
       incoming = empty_like(outer_kv);
-      pending = outer.start_transfers(
-          {{outer_kv.k, ring_next(outer)}, {outer_kv.v, ring_next(outer)}},
-          {{incoming.k, ring_prev(outer)}, {incoming.v, ring_prev(outer)}});
+      pending =
+          outer.start_transfers({{outer_kv.k, ring_next(outer)}, {outer_kv.v, ring_next(outer)}},
+                                {{incoming.k, ring_prev(outer)}, {incoming.v, ring_prev(outer)}});
     }
     inner_ring_forward(plan, o, q, outer_kv, out, lse);
     if (pending) {
@@ -140,9 +141,9 @@ Gradients inner_ring_backward(RingPlan& plan, int outer_step, const at::Tensor& 
     Gradients partial{at::zeros(kv.k.sizes(), kv.k.options().dtype(at::kFloat)),
                       at::zeros(kv.v.sizes(), kv.v.options().dtype(at::kFloat))};
     if (!index.empty()) {
-      kernels::sparse_attention_backward(dout, q, kv.k, kv.v, out, lse, delta,
-                                         plan.blocks[source], index, plan.softmax_scale,
-                                         plan.deterministic, dq, partial.dk, partial.dv);
+      kernels::sparse_attention_backward(dout, q, kv.k, kv.v, out, lse, delta, plan.blocks[source],
+                                         index, plan.softmax_scale, plan.deterministic, dq,
+                                         partial.dk, partial.dv);
     }
     if (pending) plan.wait(*pending);
     if (i > 0) {
@@ -156,7 +157,7 @@ Gradients inner_ring_backward(RingPlan& plan, int outer_step, const at::Tensor& 
   // The last accumulator belongs to the shard of inner step 0 of the next rank: one more hop.
   Gradients mine{at::empty_like(carried.dk), at::empty_like(carried.dv)};
   plan.wait(*ring.start_transfers({{carried.dk, next}, {carried.dv, next}},
-                                   {{mine.dk, prev}, {mine.dv, prev}}));
+                                  {{mine.dk, prev}, {mine.dv, prev}}));
   return mine;
 }
 
@@ -221,10 +222,9 @@ class RingAttentionFunction : public torch::autograd::Function<RingAttentionFunc
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                  torch::autograd::variable_list grads) {
+                                                 torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    auto plan = c10::static_intrusive_pointer_cast<RingPlan>(
-        ctx->saved_data["plan"].toCapsule());
+    auto plan = c10::static_intrusive_pointer_cast<RingPlan>(ctx->saved_data["plan"].toCapsule());
     auto gradients = ring_backward(*plan, grads[0].contiguous(), saved[0], saved[1], saved[2],
                                    saved[3], saved[4]);
     gradients.push_back(at::Tensor());  // the plan is not differentiable
@@ -286,8 +286,8 @@ kernels::VerticalSlashPattern RingAttention::estimate_pattern(const at::Tensor& 
   // Identical inputs on every rank make the selection identical; reduction order may not.
   cp.broadcast(combined, 0);
   return kernels::select_pattern({combined[0], combined[1]}, config_.num_columns,
-                                 config_.num_diagonals, config_.sink_tokens,
-                                 config_.local_tokens, block_size);
+                                 config_.num_diagonals, config_.sink_tokens, config_.local_tokens,
+                                 block_size);
 }
 
 at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -320,8 +320,8 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
     plan->blocks.push_back(blocks);
     stats_.attended_pairs += kernels::attended_pairs(plan->indices.back());
   }
-  stats_.dense_pairs = dense_pairs(layout_.blocks_of(cp_rank), q.size(0) * q.size(2),
-                                   layout_.block_size());
+  stats_.dense_pairs =
+      dense_pairs(layout_.blocks_of(cp_rank), q.size(0) * q.size(2), layout_.block_size());
   auto out = RingAttentionFunction::apply(q, k, v, plan);
   stats_.skipped_shards = plan->skipped_shards;
   return out;

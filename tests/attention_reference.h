@@ -17,8 +17,7 @@ namespace sparsering::testing {
 inline std::pair<at::Tensor, at::Tensor> reference_attention(const at::Tensor& q,
                                                              const at::Tensor& k,
                                                              const at::Tensor& v,
-                                                             const at::Tensor& mask,
-                                                             double scale) {
+                                                             const at::Tensor& mask, double scale) {
   const int64_t heads = q.size(2), group = heads / k.size(2);
   auto qh = q.to(at::kDouble).permute({0, 2, 1, 3});
   auto kh = k.to(at::kDouble).permute({0, 2, 1, 3}).repeat_interleave(group, 1);
@@ -44,8 +43,8 @@ inline at::Tensor global_pattern_mask(const kernels::VerticalSlashPattern& patte
   const auto causal = positions.unsqueeze(0) <= positions.unsqueeze(1);
   auto mask = at::zeros({heads, length, length}, at::kBool);
   for (int64_t h = 0; h < heads; ++h) {
-    auto blocks = pattern.block_diagonals[h].cpu().index_select(0, offset.reshape(-1))
-                      .view({length, length});
+    auto blocks =
+        pattern.block_diagonals[h].cpu().index_select(0, offset.reshape(-1)).view({length, length});
     auto columns = at::zeros({length}, at::kBool);
     const auto chosen = pattern.columns[h].cpu().contiguous();
     for (int64_t i = 0; i < chosen.numel(); ++i) {

@@ -1,7 +1,8 @@
+#include "trainer/cli.h"
+
 #include <gtest/gtest.h>
 
 #include "configs/user_error.h"
-#include "trainer/cli.h"
 
 namespace sparsering {
 namespace {
@@ -37,9 +38,12 @@ TEST(CommandLine, ParsesEvalOptions) {
 }
 
 TEST(CommandLine, RejectsBadInputWithOneLine) {
-  const std::vector<std::vector<std::string>> bad = {
-      {}, {"trian"}, {"train", "--bogus"}, {"train", "--set"},
-      {"train", "--config", "/nonexistent.pbtxt"}, {"world-size", "--run-dir", "x"}};
+  const std::vector<std::vector<std::string>> bad = {{},
+                                                     {"trian"},
+                                                     {"train", "--bogus"},
+                                                     {"train", "--set"},
+                                                     {"train", "--config", "/nonexistent.pbtxt"},
+                                                     {"world-size", "--run-dir", "x"}};
   for (const auto& arguments : bad) {
     EXPECT_THROW(trainer::parse_command_line(arguments), UserError);
   }

@@ -1,10 +1,11 @@
 // Experiment loading: the embedded default and every shipped config load; overrides apply by
 // field path; each validation rule rejects a bad value with a message naming the field.
+#include "configs/config.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
-#include "configs/config.h"
 #include "configs/user_error.h"
 
 namespace sparsering {
@@ -50,8 +51,8 @@ TEST(Config, ResolvedTextReloadsToTheSameExperiment) {
 }
 
 TEST(Config, OverridesSetFieldsByPath) {
-  const auto e = tiny({"train.steps=5", "optimizer.lr=0.01", "parallel.layout=ZIGZAG",
-                       "name=other", "attention.kind=SPARSE", "nm_sparsity.layers=q_proj,k_proj"});
+  const auto e = tiny({"train.steps=5", "optimizer.lr=0.01", "parallel.layout=ZIGZAG", "name=other",
+                       "attention.kind=SPARSE", "nm_sparsity.layers=q_proj,k_proj"});
   EXPECT_EQ(e.train.steps, 5);
   EXPECT_DOUBLE_EQ(e.optimizer.lr, 0.01);
   EXPECT_EQ(e.parallel.layout, config::LayoutKind::kZigzag);
@@ -105,7 +106,8 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
   for (const Rule& rule : rules) {
     const auto message = error_of({rule.override_text});
     EXPECT_NE(message.find(rule.field), std::string::npos) << rule.override_text << ": " << message;
-    EXPECT_NE(message.find(rule.phrase), std::string::npos) << rule.override_text << ": " << message;
+    EXPECT_NE(message.find(rule.phrase), std::string::npos)
+        << rule.override_text << ": " << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << "one line: " << message;
   }
 }

@@ -1,8 +1,8 @@
 // Token layouts: every layout is a permutation of the blocks, shard/unshard round-trip, and the
 // balanced layout evens out causal work where contiguous does not.
-#include <gtest/gtest.h>
-
 #include "parallel/layout.h"
+
+#include <gtest/gtest.h>
 
 namespace sparsering {
 namespace {
@@ -40,12 +40,15 @@ INSTANTIATE_TEST_SUITE_P(All, LayoutTest,
                                            LayoutKind::kBalanced));
 
 TEST(Layout, ShapesOfEachKind) {
-  EXPECT_TRUE(parallel::TokenLayout(LayoutKind::kContiguous, 8, 1, 2).blocks_of(1).equal(
-      at::tensor({4, 5, 6, 7}, at::kInt)));
-  EXPECT_TRUE(parallel::TokenLayout(LayoutKind::kZigzag, 8, 1, 2).blocks_of(0).equal(
-      at::tensor({0, 1, 6, 7}, at::kInt)));
-  EXPECT_TRUE(parallel::TokenLayout(LayoutKind::kBalanced, 8, 1, 2).blocks_of(1).equal(
-      at::tensor({1, 3, 5, 7}, at::kInt)));
+  EXPECT_TRUE(parallel::TokenLayout(LayoutKind::kContiguous, 8, 1, 2)
+                  .blocks_of(1)
+                  .equal(at::tensor({4, 5, 6, 7}, at::kInt)));
+  EXPECT_TRUE(parallel::TokenLayout(LayoutKind::kZigzag, 8, 1, 2)
+                  .blocks_of(0)
+                  .equal(at::tensor({0, 1, 6, 7}, at::kInt)));
+  EXPECT_TRUE(parallel::TokenLayout(LayoutKind::kBalanced, 8, 1, 2)
+                  .blocks_of(1)
+                  .equal(at::tensor({1, 3, 5, 7}, at::kInt)));
   EXPECT_THROW(parallel::TokenLayout(LayoutKind::kZigzag, 6, 1, 2), std::invalid_argument);
   EXPECT_THROW(parallel::TokenLayout(LayoutKind::kBalanced, 7, 1, 2), std::invalid_argument);
 }
@@ -55,7 +58,8 @@ TEST(Layout, DenseCausalWorkPerRank) {
   auto imbalance = [](LayoutKind kind) {
     parallel::TokenLayout layout(kind, 512, 1, 8);
     std::vector<double> work;
-    for (int r = 0; r < 8; ++r) work.push_back((layout.blocks_of(r).to(at::kDouble) + 1).sum().item<double>());
+    for (int r = 0; r < 8; ++r)
+      work.push_back((layout.blocks_of(r).to(at::kDouble) + 1).sum().item<double>());
     const double mean = std::accumulate(work.begin(), work.end(), 0.0) / work.size();
     return *std::max_element(work.begin(), work.end()) / mean;
   };

@@ -1,8 +1,9 @@
 // The CPU twin of the block-sparse attention kernels against dense fp64 attention with an explicit
 // mask built independently from the index (random indices, GQA, empty rows, permuted layouts).
+#include "kernels/sparse_attention.h"
+
 #include <gtest/gtest.h>
 
-#include "kernels/sparse_attention.h"
 #include "tests/attention_reference.h"
 
 namespace sparsering {
@@ -117,14 +118,16 @@ INSTANTIATE_TEST_SUITE_P(GqaAndDensity, SparseAttentionCpu,
 TEST(LseMerge, EqualsAttentionOverTheUnionOfKeys) {
   // Two disjoint key sets attended separately and merged = one attention over both.
   at::manual_seed(3);
-  const auto q = at::randn({1, 8, 2, 4}), k = at::randn({1, 16, 2, 4}), v = at::randn({1, 16, 2, 4});
+  const auto q = at::randn({1, 8, 2, 4}), k = at::randn({1, 16, 2, 4}),
+             v = at::randn({1, 16, 2, 4});
   auto mask_a = at::rand({1, 2, 8, 16}) < 0.4;
   mask_a.select(2, 0).fill_(false);  // a row empty on side a only
   auto mask_b = mask_a.logical_not();
   mask_b.select(2, 1).fill_(false);  // a row empty on side b only
   const auto [out_a, lse_a] = testing::reference_attention(q, k, v, mask_a, 0.5);
   const auto [out_b, lse_b] = testing::reference_attention(q, k, v, mask_b, 0.5);
-  const auto [out_ab, lse_ab] = testing::reference_attention(q, k, v, mask_a.logical_or(mask_b), 0.5);
+  const auto [out_ab, lse_ab] =
+      testing::reference_attention(q, k, v, mask_a.logical_or(mask_b), 0.5);
   auto out = out_a.to(at::kFloat).contiguous();
   auto lse = lse_a.to(at::kFloat).contiguous();
   kernels::lse_merge(out, lse, out_b.to(at::kFloat), lse_b.to(at::kFloat));
@@ -143,11 +146,11 @@ TEST(LseMerge, BothSidesEmptyStaysEmptyWithoutNaN) {
 
 TEST(SparseAttentionCpu, RejectsMismatchedShapes) {
   auto p = random_problem(1, 2, 1, 2, 2, 4, 8, at::kFloat, 0.5, 1);
-  EXPECT_THROW(kernels::sparse_attention_forward(p.q.slice(1, 0, 6), p.k, p.v, p.blocks, p.index,
-                                                 1.0),
-               c10::Error);
-  EXPECT_THROW(kernels::sparse_attention_forward(p.q, p.k.slice(2, 0, 1).repeat({1, 1, 3, 1}),
-                                                 p.v, p.blocks, p.index, 1.0),
+  EXPECT_THROW(
+      kernels::sparse_attention_forward(p.q.slice(1, 0, 6), p.k, p.v, p.blocks, p.index, 1.0),
+      c10::Error);
+  EXPECT_THROW(kernels::sparse_attention_forward(p.q, p.k.slice(2, 0, 1).repeat({1, 1, 3, 1}), p.v,
+                                                 p.blocks, p.index, 1.0),
                c10::Error);
 }
 

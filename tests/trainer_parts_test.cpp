@@ -37,8 +37,9 @@ TEST(ChunkedCrossEntropy, MatchesPlainCrossEntropyAndItsGradients) {
   auto grad_hidden = torch::autograd::grad({loss}, {hidden, weight});
 
   auto h2 = hidden.detach().requires_grad_(true), w2 = weight.detach().requires_grad_(true);
-  auto reference = at::cross_entropy_loss(at::matmul(h2, w2.t()), labels, {},
-                                          at::Reduction::Sum, trainer::kIgnoreLabel) / 50.0;
+  auto reference = at::cross_entropy_loss(at::matmul(h2, w2.t()), labels, {}, at::Reduction::Sum,
+                                          trainer::kIgnoreLabel) /
+                   50.0;
   auto reference_grads = torch::autograd::grad({reference}, {h2, w2});
   EXPECT_NEAR(loss.item<double>(), reference.item<double>(), 1e-6);
   EXPECT_TRUE(at::allclose(grad_hidden[0], reference_grads[0], 1e-5, 1e-6));

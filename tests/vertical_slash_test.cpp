@@ -1,9 +1,10 @@
 // Vertical-slash patterns: selection, and the index of every (query shard, kv shard) pair under
 // every layout against the pattern's global token mask written out from its definition.
+#include "kernels/vertical_slash.h"
+
 #include <gtest/gtest.h>
 
 #include "kernels/cpu/sparse_attention_cpu.h"
-#include "kernels/vertical_slash.h"
 #include "parallel/layout.h"
 #include "tests/attention_reference.h"
 
@@ -57,8 +58,8 @@ TEST_P(IndexUnderLayout, PairIndicesTileTheGlobalMask) {
       const auto index = kernels::build_sparse_index(pattern, shard, /*batch=*/2, kv_heads, true);
       const int64_t local = layout.blocks_per_rank() * block;
       const auto mask = kernels::cpu::attention_mask(shard, index, 2, heads, local, local);
-      const auto expected = global.index_select(1, layout.positions_of(qr))
-                                .index_select(2, layout.positions_of(kr));
+      const auto expected =
+          global.index_select(1, layout.positions_of(qr)).index_select(2, layout.positions_of(kr));
       EXPECT_TRUE(mask[0].equal(expected)) << "pair " << qr << "," << kr;
       EXPECT_TRUE(mask[1].equal(expected));
       // Columns never repeat a key already inside one of the row's active blocks.

@@ -21,7 +21,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                  torch::autograd::variable_list grads) {
+                                                 torch::autograd::variable_list grads) {
     auto recompute =
         c10::static_intrusive_pointer_cast<Recompute>(ctx->saved_data["recompute"].toCapsule());
     auto input = ctx->get_saved_variables()[0].detach().requires_grad_(true);

@@ -154,7 +154,8 @@ void Checkpointer::save(const ResumeState& state, MasterWeightOptimizer& optimiz
     metadata.nm_state = state.nm_state;
     metadata.created = utc_now();
     for (int r = 0; r < world; ++r) {
-      metadata.shards.push_back({r, shard_name(r), static_cast<uint64_t>(records[r][0].item<int64_t>()),
+      metadata.shards.push_back({r, shard_name(r),
+                                 static_cast<uint64_t>(records[r][0].item<int64_t>()),
                                  static_cast<uint64_t>(records[r][1].item<int64_t>())});
     }
     write_atomically(temporary_dir / "metadata.pbtxt", config::checkpoint_metadata_text(metadata));

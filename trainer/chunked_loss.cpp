@@ -43,11 +43,11 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                  torch::autograd::variable_list grads) {
+                                                 torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto scale = grads[0];
-    return {saved[0] * scale.to(saved[0].scalar_type()), saved[1] * scale.to(saved[1].scalar_type()),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+    return {saved[0] * scale.to(saved[0].scalar_type()),
+            saved[1] * scale.to(saved[1].scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

@@ -13,8 +13,7 @@ constexpr int64_t kIgnoreLabel = -100;
 // weight [vocab, hidden_size], labels int64 [tokens] (kIgnoreLabel = no loss). chunk_tokens 0 =
 // one chunk. Differentiable in hidden and weight.
 at::Tensor chunked_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight,
-                                 const at::Tensor& labels, int64_t chunk_tokens,
-                                 double normalizer);
+                                 const at::Tensor& labels, int64_t chunk_tokens, double normalizer);
 
 // Evaluation: the sum of CE(hidden @ weight^T, labels) over labelled tokens, fp32, with no
 // gradient and the same chunking.

@@ -22,7 +22,8 @@ void MetricsLog::write(const StepMetrics& m) {
     return std::string(text);
   };
   jsonl_ << "{\"step\": " << m.step << ", \"loss\": " << number(m.loss, "%.6f")
-         << ", \"lr\": " << number(m.lr, "%.6g") << ", \"grad_norm\": " << number(m.grad_norm, "%.6g")
+         << ", \"lr\": " << number(m.lr, "%.6g")
+         << ", \"grad_norm\": " << number(m.grad_norm, "%.6g")
          << ", \"tokens_per_second\": " << number(m.tokens_per_second, "%.1f")
          << ", \"model_tflops\": " << number(m.model_tflops, "%.4f")
          << ", \"executed_tflops\": " << number(m.executed_tflops, "%.4f")
@@ -41,8 +42,8 @@ std::string MetricsLog::console_line(const StepMetrics& m, int total_steps) {
   std::snprintf(line, sizeof(line),
                 "step %5d/%d | loss %.4f | lr %.3e | grad norm %.3f | tokens/s %.0f | "
                 "TF/s %.2f%s | density %.3f",
-                m.step, total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_second,
-                m.model_tflops, mfu, m.attention_density);
+                m.step, total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_second, m.model_tflops,
+                mfu, m.attention_density);
   return line;
 }
 

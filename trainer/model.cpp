@@ -99,7 +99,8 @@ at::Tensor MlpImpl::forward(const at::Tensor& x) {
 DecoderBlockImpl::DecoderBlockImpl(const config::ModelConfig& model,
                                    std::shared_ptr<parallel::RingAttention> ring,
                                    const NMSparsity* nm_sparsity, const std::string& name_prefix) {
-  attention_norm_ = register_module("attention_norm", RMSNorm(model.hidden_size, model.rms_norm_eps));
+  attention_norm_ =
+      register_module("attention_norm", RMSNorm(model.hidden_size, model.rms_norm_eps));
   attention_ = register_module(
       "attention", Attention(model, std::move(ring), nm_sparsity, name_prefix + "attention."));
   mlp_norm_ = register_module("mlp_norm", RMSNorm(model.hidden_size, model.rms_norm_eps));
@@ -120,8 +121,8 @@ DecoderImpl::DecoderImpl(const config::ModelConfig& model,
                          std::vector<std::shared_ptr<parallel::RingAttention>> rings,
                          const NMSparsity* nm_sparsity)
     : config_(model) {
-  embedding_ = register_module(
-      "embedding", torch::nn::Embedding(model.vocab_size, model.hidden_size));
+  embedding_ =
+      register_module("embedding", torch::nn::Embedding(model.vocab_size, model.hidden_size));
   for (int layer = 0; layer < model.num_layers; ++layer) {
     const std::string name = "block" + std::to_string(layer);
     blocks_.push_back(

@@ -6,13 +6,13 @@
 #endif
 
 #include <chrono>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 #include <limits>
+#include <sstream>
 
 #include "configs/user_error.h"
 #include "data/batch_source.h"
@@ -94,7 +94,8 @@ void report_profile(Profiler& profiler, parallel::Communicator& world, const std
   const auto row = profiler.rank_profile().to_row();
   const auto rows = world.all_gather(at::tensor(row, at::kDouble)).contiguous();
   const std::string events = profiler.chrome_trace_events();
-  const auto lengths = world.all_gather(at::tensor({static_cast<int64_t>(events.size())}, at::kLong));
+  const auto lengths =
+      world.all_gather(at::tensor({static_cast<int64_t>(events.size())}, at::kLong));
   auto padded = at::zeros({std::max<int64_t>(1, lengths.max().item<int64_t>())}, at::kByte);
   std::memcpy(padded.data_ptr(), events.data(), events.size());
   const auto all = world.all_gather(padded).contiguous();
@@ -157,8 +158,9 @@ at::Device select_device(const config::Experiment& e) {
   if (e.train.device == config::Device::kCpu || !has_gpu) return at::Device(at::kCPU);
   // What the CUDA attention kernels take (kernels/sparse_attention_params.h).
   if (e.train.dtype != config::DType::kBFloat16) {
-    throw UserError("train.dtype = FLOAT32 on a GPU: the CUDA attention kernels take bf16; set "
-                    "train.dtype=BFLOAT16 (or train.device=CPU)");
+    throw UserError(
+        "train.dtype = FLOAT32 on a GPU: the CUDA attention kernels take bf16; set "
+        "train.dtype=BFLOAT16 (or train.device=CPU)");
   }
   if (e.model.head_dim() != 64 && e.model.head_dim() != 128) {
     throw UserError("model.hidden_size / model.num_heads = " + std::to_string(e.model.head_dim()) +
@@ -174,8 +176,8 @@ at::Device select_device(const config::Experiment& e) {
 }
 
 int64_t matmul_parameters(const config::ModelConfig& m) {
-  const int64_t attention = static_cast<int64_t>(m.hidden_size) * m.head_dim() *
-                            (2 * m.num_heads + 2 * m.num_kv_heads);
+  const int64_t attention =
+      static_cast<int64_t>(m.hidden_size) * m.head_dim() * (2 * m.num_heads + 2 * m.num_kv_heads);
   const int64_t mlp = 3LL * m.hidden_size * m.ffn_hidden_size;
   return m.num_layers * (attention + mlp) + static_cast<int64_t>(m.hidden_size) * m.vocab_size;
 }
@@ -237,8 +239,8 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   }
   std::unique_ptr<Profiler> profiler;
   if (e.profiling.enabled) {
-    profiler = std::make_unique<Profiler>(rank, device, e.profiling.start_step,
-                                          e.profiling.num_steps);
+    profiler =
+        std::make_unique<Profiler>(rank, device, e.profiling.start_step, e.profiling.num_steps);
   }
 
   StepContext context;
@@ -249,11 +251,11 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   // Tokens processed per step, for throughput.
   const double global_tokens = static_cast<double>(e.train.micro_batch_size) *
                                e.parallel.data_parallel_size * micro_steps * length;
-  const auto source =
-      data::make_sequence_source(e.data, length, e.model.vocab_size, e.train.seed);
+  const auto source = data::make_sequence_source(e.data, length, e.model.vocab_size, e.train.seed);
 
   if (rank == 0) {
-    std::cout << "sparsering: training '" << e.name << "' on " << groups.world_size() << " rank(s) ("
+    std::cout << "sparsering: training '" << e.name << "' on " << groups.world_size()
+              << " rank(s) ("
               << "dp " << e.parallel.data_parallel_size << " x cp "
               << e.parallel.context_parallel_size << ", " << parallel::layout_name(layout.kind())
               << " layout), device " << device.str() << ", data: " << source->description()
@@ -292,9 +294,9 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
       const auto hidden = model->forward(local_tokens, context);
       {
         ProfileScope scope(profiler.get(), "loss");
-        loss = chunked_cross_entropy(hidden.reshape({-1, hidden.size(-1)}),
-                                     model->output_weight(), local_labels.reshape(-1),
-                                     e.model.loss_chunk_tokens, global_labels);
+        loss = chunked_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model->output_weight(),
+                                     local_labels.reshape(-1), e.model.loss_chunk_tokens,
+                                     global_labels);
       }
       if (poison) loss = loss * std::numeric_limits<double>::quiet_NaN();
       watchdog.beat("backward");
@@ -362,9 +364,8 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     m.step_seconds = seconds;
     m.skipped_steps = result.skipped_steps;
     m.tokens_per_second = global_tokens / seconds;
-    m.attention_density = totals[2].item<double>() > 0 ? totals[1].item<double>() /
-                                                             totals[2].item<double>()
-                                                       : 0.0;
+    m.attention_density =
+        totals[2].item<double>() > 0 ? totals[1].item<double>() / totals[2].item<double>() : 0.0;
     const double mean_work = totals[1].item<double>() / groups.world_size();
     m.imbalance = mean_work > 0 ? work_max.cpu().item<double>() / mean_work : 1.0;
     const StepFlops flops = step_flops(e, m.attention_density);
@@ -394,8 +395,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     if (e.checkpoint.every_steps > 0 &&
         (step % e.checkpoint.every_steps == 0 || step == e.train.steps)) {
       watchdog.beat("checkpoint");
-      const int64_t sequences = static_cast<int64_t>(step) * micro_steps *
-                                e.train.micro_batch_size;
+      const int64_t sequences = static_cast<int64_t>(step) * micro_steps * e.train.micro_batch_size;
       checkpointer.save({step, sequences, nm_sparsity ? nm_sparsity->state().to_string() : ""},
                         optimizer);
     }
@@ -405,9 +405,9 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     report_profile(*profiler, groups.world(), result.run_dir);
   }
   if (rank == 0) {
-    write_summary(result.run_dir, result, run_totals, device.is_cuda(),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start)
-                      .count());
+    write_summary(
+        result.run_dir, result, run_totals, device.is_cuda(),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count());
   }
   return result;
 }

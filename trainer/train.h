@@ -18,8 +18,8 @@ struct TrainOptions {
 struct TrainResult {
   std::vector<double> losses;  // global mean loss of every step run by this call
   std::string run_dir;
-  int64_t first_step = 1;      // > 1 after a resume
-  int64_t skipped_steps = 0;   // non-finite steps skipped under train.nan_policy = SKIP_STEP
+  int64_t first_step = 1;     // > 1 after a resume
+  int64_t skipped_steps = 0;  // non-finite steps skipped under train.nan_policy = SKIP_STEP
 };
 
 // The device this rank trains on (train.device; AUTO = this rank's GPU when there is one), made

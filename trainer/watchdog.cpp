@@ -36,7 +36,8 @@ void Watchdog::beat(const char* what) {
 
 void Watchdog::watch() {
   std::unique_lock<std::mutex> lock(mutex_);
-  while (!stop_signal_.wait_for(lock, std::chrono::milliseconds(250), [this] { return stopping_; })) {
+  while (
+      !stop_signal_.wait_for(lock, std::chrono::milliseconds(250), [this] { return stopping_; })) {
     const double idle = (now_ns() - last_beat_ns_.load()) / 1e9;
     if (idle > timeout_seconds_) {
       std::fprintf(stderr,

@@ -49,20 +49,22 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   const auto cuda = at::Device(at::kCUDA);
   const auto q_local = layout.shard(q, rank).contiguous();
   auto out_acc_gpu = at::zeros(q_local.sizes(), at::TensorOptions().device(cuda));
-  auto lse_acc_gpu = at::full({batch, c.heads, q_local.size(1)}, -INFINITY,
-                              at::TensorOptions().device(cuda));
+  auto lse_acc_gpu =
+      at::full({batch, c.heads, q_local.size(1)}, -INFINITY, at::TensorOptions().device(cuda));
   auto out_acc_cpu = at::zeros(q_local.sizes());
   auto lse_acc_cpu = at::full({batch, c.heads, q_local.size(1)}, -INFINITY);
   std::vector<std::tuple<kernels::ShardBlocks, kernels::SparseIndex, at::Tensor, at::Tensor>> pairs;
   for (int source = 0; source < world; ++source) {
     kernels::ShardBlocks blocks_cpu{layout.blocks_of(rank), layout.blocks_of(source)};
-    const auto index_cpu = kernels::build_sparse_index(pattern, blocks_cpu, batch, c.kv_heads, true);
-    kernels::ShardBlocks blocks_gpu{blocks_cpu.q_block_ids.to(cuda), blocks_cpu.k_block_ids.to(cuda)};
+    const auto index_cpu =
+        kernels::build_sparse_index(pattern, blocks_cpu, batch, c.kv_heads, true);
+    kernels::ShardBlocks blocks_gpu{blocks_cpu.q_block_ids.to(cuda),
+                                    blocks_cpu.k_block_ids.to(cuda)};
     kernels::SparseIndex index_gpu = index_cpu;
-    for (at::Tensor* t : {&index_gpu.block_row_offsets, &index_gpu.block_cols,
-                          &index_gpu.column_row_offsets, &index_gpu.column_indices,
-                          &index_gpu.t_block_row_offsets, &index_gpu.t_block_entries,
-                          &index_gpu.t_column_row_offsets, &index_gpu.t_column_entries}) {
+    for (at::Tensor* t :
+         {&index_gpu.block_row_offsets, &index_gpu.block_cols, &index_gpu.column_row_offsets,
+          &index_gpu.column_indices, &index_gpu.t_block_row_offsets, &index_gpu.t_block_entries,
+          &index_gpu.t_column_row_offsets, &index_gpu.t_column_entries}) {
       *t = t->to(cuda);
     }
     const auto k_shard = layout.shard(k, source).contiguous();
@@ -126,11 +128,10 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, SparseAttentionGpu,
-    ::testing::Values(
-        GpuCase{4, 4, 64, 64, config::LayoutKind::kContiguous, false, at::kBFloat16},
-        GpuCase{8, 2, 128, 64, config::LayoutKind::kBalanced, true, at::kBFloat16},
-        GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf},
-        GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16}));
+    ::testing::Values(GpuCase{4, 4, 64, 64, config::LayoutKind::kContiguous, false, at::kBFloat16},
+                      GpuCase{8, 2, 128, 64, config::LayoutKind::kBalanced, true, at::kBFloat16},
+                      GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf},
+                      GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16}));
 
 }  // namespace
 }  // namespace sparsering

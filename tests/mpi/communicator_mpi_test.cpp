@@ -69,7 +69,8 @@ TEST_F(CommunicatorTest, GradientSyncSumsEveryGradientInSmallBuckets) {
   std::vector<at::Tensor> params = {at::zeros({7, 5}), at::zeros({33}), at::zeros({4, 4, 2})};
   auto grads_of = [&](int r) {
     std::vector<at::Tensor> grads;
-    for (size_t i = 0; i < params.size(); ++i) grads.push_back(data_of(r * 10 + i, params[i].sizes()));
+    for (size_t i = 0; i < params.size(); ++i)
+      grads.push_back(data_of(r * 10 + i, params[i].sizes()));
     return grads;
   };
   const auto mine = grads_of(rank());
@@ -95,8 +96,8 @@ TEST(ProcessGroups, MeshSplitsWorldIntoDataAndContextParallelGroups) {
   const auto ring = groups.ring_groups();
   const int outer = ring.outer ? ring.outer->size() : 1;
   EXPECT_EQ(ring.inner->size() * outer, cp);
-  EXPECT_EQ(groups.cp_rank(), (ring.outer ? ring.outer->rank() : 0) * ring.inner->size() +
-                                  ring.inner->rank());
+  EXPECT_EQ(groups.cp_rank(),
+            (ring.outer ? ring.outer->rank() : 0) * ring.inner->size() + ring.inner->rank());
   EXPECT_THROW(parallel::ProcessGroups({world + 1, 1, 0}, false), std::invalid_argument);
 }
 

@@ -104,7 +104,9 @@ void run_case(const RingCase& c) {
 
   torch::manual_seed(1234);  // identical global inputs on every rank
   // Inputs rounded to the test's dtype, so the fp64 reference sees exactly what the ring sees.
-  auto input = [&](at::IntArrayRef shape) { return at::randn(shape).to(device.type).to(at::kFloat); };
+  auto input = [&](at::IntArrayRef shape) {
+    return at::randn(shape).to(device.type).to(at::kFloat);
+  };
   const auto q = input({batch, length, heads, dim});
   const auto k = input({batch, length, kv_heads, dim});
   const auto v = input({batch, length, kv_heads, dim});
@@ -154,8 +156,8 @@ void run_case(const RingCase& c) {
     // The distributed estimate equals the single-process one on the whole sequence.
     const auto positions = at::arange(length, at::kLong);
     const auto q_positions = positions.slice(0, length - config.estimation_queries);
-    const auto logits = kernels::sample_logits(q.slice(1, length - config.estimation_queries), q_positions,
-                                               k, positions, scale);
+    const auto logits = kernels::sample_logits(q.slice(1, length - config.estimation_queries),
+                                               q_positions, k, positions, scale);
     const auto mass =
         kernels::attention_mass(at::softmax(logits, -1), q_positions, positions, length);
     const auto single = kernels::select_pattern(mass, config.num_columns, config.num_diagonals,
