@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -192,6 +193,12 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   // there end the job from rank 0 alone).
   if (rank == 0) prepare_run_dir(e, result.run_dir);
   groups.world().barrier();
+  // Every rank's own record of its steps (its loss share, time, attention work), for finding
+  // the slow or failing rank of a large job.
+  char rank_file[32];
+  std::snprintf(rank_file, sizeof(rank_file), "rank_%05d.log", rank);
+  fs::create_directories(fs::path(result.run_dir) / "logs");
+  std::ofstream rank_log(fs::path(result.run_dir) / "logs" / rank_file, std::ios::app);
   Watchdog watchdog(rank, e.parallel.collective_timeout_s);
 
   const int64_t length = e.train.sequence_length;
@@ -355,6 +362,11 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     if (device.is_cuda()) torch::cuda::synchronize();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    int64_t skipped_shards = 0;
+    for (const auto& ring : rings) skipped_shards += ring->stats().skipped_shards;
+    rank_log << "step " << step << " loss_share " << loss_sum.item<double>() << " seconds "
+             << seconds << " attended_pairs " << attended << " skipped_shards " << skipped_shards
+             << std::endl;
 
     StepMetrics m;
     m.step = step;

@@ -20,6 +20,11 @@ with temporary_directory() as tmp:
     for key in ("step", "loss", "lr", "grad_norm", "tokens_per_second", "attention_density"):
         check(key in record, f"metrics.jsonl lacks '{key}'")
     check("step   200/200" in process.stdout, "no console line for the last step", process)
+    for rank in (0, 1):
+        with open(os.path.join(run_dir, "logs", f"rank_{rank:05d}.log")) as f:
+            lines = f.read().splitlines()
+        check(len(lines) == 200 and lines[-1].startswith("step 200 loss_share"),
+              f"rank {rank}'s log should have one line per step")
     with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)
     check(summary["steps"] == 200 and abs(summary["final_loss"] - values[-1]) < 1e-5,
