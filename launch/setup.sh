@@ -13,6 +13,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 torch_version=2.11.0
 tokenizers_version=0.23.3
 matplotlib_version=3.11.2
+transformers_version=5.23.0
 build_dir=${SPARSERING_BUILD_DIR:-$root/build}
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -68,6 +69,14 @@ if [ "$installed" != "$matplotlib_version" ]; then
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check \
     "matplotlib==$matplotlib_version" \
     || fail "pip could not install matplotlib==$matplotlib_version: check access to PyPI"
+fi
+
+installed=$("$root/.venv/bin/python3" -c 'import transformers; print(transformers.__version__)' 2>/dev/null || true)
+if [ "$installed" != "$transformers_version" ]; then
+  step "installing transformers==$transformers_version (tests/e2e/hf_roundtrip.py) from PyPI into .venv"
+  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check \
+    "transformers==$transformers_version" \
+    || fail "pip could not install transformers==$transformers_version: check access to PyPI"
 fi
 
 step "configuring $build_dir"

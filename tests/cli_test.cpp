@@ -37,6 +37,28 @@ TEST(CommandLine, ParsesEvalOptions) {
   }
 }
 
+TEST(CommandLine, ParsesHfOptions) {
+  const auto import = trainer::parse_command_line({"import-hf", "--hf-dir", "h", "--run-dir", "r"});
+  EXPECT_EQ(import.hf_dir, "h");
+  EXPECT_EQ(import.run_dir, "r");
+  const auto export_line =
+      trainer::parse_command_line({"export-hf", "--checkpoint", "auto", "--out", "o"});
+  EXPECT_EQ(export_line.checkpoint, "auto");
+  EXPECT_EQ(export_line.out_dir, "o");
+  const std::vector<std::vector<std::string>> bad = {{"import-hf"},
+                                                     {"export-hf", "--checkpoint", "auto"},
+                                                     {"export-hf", "--out", "o"},
+                                                     {"import-hf", "--hf-dir", "h", "--out", "o"},
+                                                     {"train", "--hf-dir", "h"}};
+  for (const auto& arguments : bad) {
+    EXPECT_THROW(trainer::parse_command_line(arguments), UserError) << arguments.back();
+  }
+  for (const char* command : {"import-hf", "export-hf"}) {
+    EXPECT_NE(trainer::usage(command).find(std::string("sparsering ") + command),
+              std::string::npos);
+  }
+}
+
 TEST(CommandLine, RejectsBadInputWithOneLine) {
   const std::vector<std::vector<std::string>> bad = {{},
                                                      {"trian"},

@@ -8,7 +8,8 @@
 namespace sparsering::trainer {
 namespace {
 
-const std::vector<std::string> kCommands = {"train", "eval", "bench", "world-size", "sweep"};
+const std::vector<std::string> kCommands = {"train", "eval",      "bench",    "world-size",
+                                            "sweep", "import-hf", "export-hf"};
 
 const char* kProgramUsage =
     "usage: sparsering <command> [options]\n"
@@ -19,6 +20,8 @@ const char* kProgramUsage =
     "  bench       benchmark attention and training throughput (not in this build yet)\n"
     "  world-size  print the number of ranks a config needs (dp x cp)\n"
     "  sweep       expand and check a sweep file (launch/sweep.sh runs it)\n"
+    "  import-hf   Hugging Face Llama/Qwen2 safetensors -> a step-0 checkpoint to train on\n"
+    "  export-hf   a checkpoint -> Hugging Face config.json + model.safetensors\n"
     "\n"
     "`sparsering <command> --help` describes a command's options.\n";
 
@@ -71,6 +74,40 @@ std::string usage(const std::string& command) {
            "                          side by side on the same weights (default attention.kind)\n"
            "  --eval-sequences N      held-out sequences, and samples per needle-grid cell\n"
            "                          (default 8)\n"
+           "  --help                  this text\n";
+  }
+  if (command == "import-hf") {
+    return std::string(
+               "usage: mpirun -np <dp x cp> sparsering import-hf --hf-dir DIR [options]\n"
+               "\n"
+               "Reads a Hugging Face Llama or Qwen2 model directory (config.json and\n"
+               "model.safetensors, or shards with model.safetensors.index.json; F32/F16/BF16),\n"
+               "checks config.json against the model config (a mismatch prints the --set\n"
+               "overrides that match it) and every tensor's shape, and writes a step-0 checkpoint\n"
+               "to <run dir>/checkpoints. `sparsering train --resume auto` with the same config\n"
+               "and run dir continues training from it. Biases (Qwen2 q/k/v) are refused.\n"
+               "\n"
+               "options:\n") +
+           kConfigOptions +
+           "  --hf-dir DIR   the Hugging Face model directory\n"
+           "  --run-dir DIR  the new run's directory (default <train.runs_root>/<name>)\n"
+           "  --help         this text\n";
+  }
+  if (command == "export-hf") {
+    return std::string(
+               "usage: mpirun -np <dp x cp> sparsering export-hf --checkpoint auto|PATH --out DIR\n"
+               "       [options]\n"
+               "\n"
+               "Writes a checkpoint's weights as a Hugging Face Llama model: DIR/config.json and\n"
+               "DIR/model.safetensors (shards above 5 GB), in the model's dtype (train.dtype).\n"
+               "\n"
+               "options:\n") +
+           kConfigOptions +
+           "  --checkpoint auto|PATH  the newest intact checkpoint of the run dir, or a step_*\n"
+           "                          directory or checkpoint directory\n"
+           "  --run-dir DIR           the training run's directory\n"
+           "                          (default <train.runs_root>/<name>)\n"
+           "  --out DIR               where config.json and the safetensors go\n"
            "  --help                  this text\n";
   }
   if (command == "bench") {
@@ -129,11 +166,13 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
       }
     } else if (flag == "--set" && line.command != "sweep") {
       line.overrides.push_back(value_of(i));
-    } else if (flag == "--run-dir" && (line.command == "train" || line.command == "eval")) {
+    } else if (flag == "--run-dir" &&
+               (line.command == "train" || line.command == "eval" || line.command == "import-hf" ||
+                line.command == "export-hf")) {
       line.run_dir = value_of(i);
     } else if (flag == "--resume" && line.command == "train") {
       line.resume = value_of(i);
-    } else if (flag == "--checkpoint" && line.command == "eval") {
+    } else if (flag == "--checkpoint" && (line.command == "eval" || line.command == "export-hf")) {
       line.checkpoint = value_of(i);
     } else if (flag == "--attention" && line.command == "eval") {
       line.attention = value_of(i);
@@ -147,6 +186,10 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
         throw UserError("--eval-sequences " + count + ": must be a whole number >= 1");
       }
       line.eval_sequences = std::stoi(count);
+    } else if (flag == "--hf-dir" && line.command == "import-hf") {
+      line.hf_dir = value_of(i);
+    } else if (flag == "--out" && line.command == "export-hf") {
+      line.out_dir = value_of(i);
     } else if (flag == "--profile" && line.command == "train") {
       line.overrides.push_back("profiling.enabled=true");
     } else if (flag == "--sweep" && line.command == "sweep") {
@@ -165,6 +208,15 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
   }
   if (line.command == "eval" && line.checkpoint.empty() && !line.help) {
     throw UserError("`sparsering eval` needs --checkpoint auto|PATH; see `sparsering eval --help`");
+  }
+  if (line.command == "import-hf" && line.hf_dir.empty() && !line.help) {
+    throw UserError("`sparsering import-hf` needs --hf-dir DIR; see `sparsering import-hf --help`");
+  }
+  if (line.command == "export-hf" && (line.checkpoint.empty() || line.out_dir.empty()) &&
+      !line.help) {
+    throw UserError(
+        "`sparsering export-hf` needs --checkpoint auto|PATH and --out DIR; see `sparsering "
+        "export-hf --help`");
   }
   if (line.command == "sweep" && line.sweep_path.empty() && !line.help) {
     throw UserError("`sparsering sweep` needs --sweep FILE; see `sparsering sweep --help`");

@@ -8,7 +8,7 @@
 namespace sparsering::trainer {
 
 struct CommandLine {
-  std::string command;      // train | eval | bench | world-size | sweep
+  std::string command;      // train | eval | bench | world-size | sweep | import-hf | export-hf
   std::string config_path;  // empty = the embedded configs/tiny.pbtxt
   std::vector<std::string> overrides;  // --set path.to.field=value, in order
   std::string run_dir;
@@ -21,6 +21,9 @@ struct CommandLine {
   std::string checkpoint;  // eval: --checkpoint auto|PATH
   std::string attention;   // eval: --attention dense|sparse|both; empty = attention.kind
   int eval_sequences = 8;  // eval: --eval-sequences N
+
+  std::string hf_dir;   // import-hf: --hf-dir DIR
+  std::string out_dir;  // export-hf: --out DIR
 };
 
 CommandLine parse_command_line(const std::vector<std::string>& arguments);

@@ -11,6 +11,7 @@
 #include "parallel/process_groups.h"
 #include "trainer/cli.h"
 #include "trainer/eval.h"
+#include "trainer/hf_commands.h"
 #include "trainer/sweep_listing.h"
 #include "trainer/train.h"
 
@@ -57,7 +58,23 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
   const trainer::EvalOptions eval_options{line.run_dir, line.checkpoint, line.attention,
                                           line.eval_sequences};
   if (line.command == "eval") trainer::require_checkpoint(experiment, eval_options);
+  const trainer::HfOptions hf_options{line.run_dir, line.hf_dir, line.checkpoint, line.out_dir};
+  const bool hf_command = line.command == "import-hf" || line.command == "export-hf";
+  if (hf_command) trainer::check_hf_inputs(line.command, experiment, hf_options);
   collectives_started = true;
+  if (hf_command) {
+    // Weights move through the CPU only: no accelerator, MPI collectives.
+    parallel::ProcessGroups groups(
+        {experiment.parallel.data_parallel_size, experiment.parallel.context_parallel_size,
+         experiment.parallel.intra_node_ring_size},
+        /*use_nccl=*/false);
+    if (line.command == "import-hf") {
+      trainer::import_hf(experiment, groups, hf_options);
+    } else {
+      trainer::export_hf(experiment, groups, hf_options);
+    }
+    return 0;
+  }
   const at::Device device = trainer::select_device(experiment);
   parallel::ProcessGroups groups({experiment.parallel.data_parallel_size,
                                   experiment.parallel.context_parallel_size,

@@ -1,0 +1,141 @@
+#include "trainer/hf_commands.h"
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "configs/user_error.h"
+#include "trainer/checkpoint.h"
+#include "trainer/eval.h"
+#include "trainer/hf_weights.h"
+#include "trainer/model_setup.h"
+#include "trainer/optimizer.h"
+#include "trainer/safetensors.h"
+
+namespace sparsering::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+
+// transformers' default max_shard_size: larger exports are split the way it splits them.
+constexpr int64_t kMaxShardBytes = 5'000'000'000;
+
+std::string run_dir_of(const config::Experiment& e, const HfOptions& options) {
+  return options.run_dir.empty() ? (fs::path(e.train.runs_root) / e.name).string()
+                                 : options.run_dir;
+}
+
+std::string checkpoint_dir_of(const config::Experiment& e, const HfOptions& options) {
+  return e.checkpoint.dir.empty() ? (fs::path(run_dir_of(e, options)) / "checkpoints").string()
+                                  : e.checkpoint.dir;
+}
+
+// The decoder as training builds it, on the CPU: import and export only move weights.
+struct CpuModel {
+  Decoder model{nullptr};
+  std::vector<std::string> names;
+  std::vector<at::Tensor> parameters;
+
+  CpuModel(const config::Experiment& e, parallel::ProcessGroups& groups) {
+    const parallel::TokenLayout layout = token_layout(e, e.train.sequence_length);
+    model = make_decoder(e,
+                         make_rings(e, ring_attention_config(e, e.train.sequence_length),
+                                    groups.ring_groups(), layout),
+                         /*nm_sparsity=*/nullptr, at::kCPU);
+    for (const auto& named : model->named_parameters()) {
+      names.push_back(named.key());
+      parameters.push_back(named.value());
+    }
+  }
+};
+
+}  // namespace
+
+void check_hf_inputs(const std::string& command, const config::Experiment& e,
+                     const HfOptions& options) {
+  if (command == "export-hf") {
+    EvalOptions checkpoint_options;
+    checkpoint_options.run_dir = options.run_dir;
+    checkpoint_options.checkpoint = options.checkpoint;
+    require_checkpoint(e, checkpoint_options);
+    return;
+  }
+  if (!fs::is_regular_file(fs::path(options.hf_dir) / "config.json")) {
+    throw UserError("--hf-dir " + options.hf_dir +
+                    ": no config.json; give a Hugging Face model directory");
+  }
+  const std::string dir = checkpoint_dir_of(e, options);
+  if (fs::is_directory(dir)) {
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      if (entry.path().filename().string().rfind("step_", 0) == 0) {
+        throw UserError(dir + " already holds checkpoints; import into a new --run-dir");
+      }
+    }
+  }
+}
+
+void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
+               const HfOptions& options) {
+  // Every rank reads the weights: each saves its own shard of them.
+  const NamedTensors hf = read_safetensors_dir(options.hf_dir);
+  const bool lm_head_stored = std::any_of(
+      hf.begin(), hf.end(), [](const auto& named) { return named.first == "lm_head.weight"; });
+  check_hf_config(options.hf_dir, e.model, lm_head_stored);
+  CpuModel cpu(e, groups);
+  const std::vector<at::Tensor> loaded =
+      map_hf_tensors(hf, cpu.names, cpu.parameters, options.hf_dir);
+  MasterWeightOptimizer optimizer(cpu.parameters, e.optimizer);
+  {
+    torch::NoGradGuard no_grad;
+    // The fp32 masters get the HF values exactly; bf16 model weights are rounded from them.
+    for (size_t i = 0; i < loaded.size(); ++i) optimizer.master_weights()[i].copy_(loaded[i]);
+  }
+  optimizer.sync_model_from_masters();
+
+  const std::string run_dir = run_dir_of(e, options);
+  if (groups.world_rank() == 0) {
+    std::error_code error;
+    fs::create_directories(run_dir, error);
+    if (error) throw UserError(run_dir + ": cannot create the run directory");
+    std::ofstream(fs::path(run_dir) / "config.pbtxt") << e.resolved_text;
+  }
+  groups.world().barrier();
+  Checkpointer checkpointer(checkpoint_dir_of(e, options), e, groups.world());
+  checkpointer.save(ResumeState{}, optimizer);
+  if (groups.world_rank() == 0) {
+    std::cout << "sparsering: imported " << loaded.size() << " tensors from " << options.hf_dir
+              << " into " << checkpointer.dir() << "/step_00000000; continue with `sparsering "
+              << "train --resume auto --run-dir " << run_dir << "` and the same config"
+              << std::endl;
+  }
+}
+
+void export_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
+               const HfOptions& options) {
+  CpuModel cpu(e, groups);
+  MasterWeightOptimizer optimizer(cpu.parameters, e.optimizer);
+  Checkpointer checkpointer(checkpoint_dir_of(e, options), e, groups.world());
+  const auto found = checkpointer.find(options.checkpoint, "--checkpoint");
+  if (!found) throw UserError("--checkpoint auto: no checkpoint under " + checkpointer.dir());
+  const ResumeState state = checkpointer.load(*found, optimizer);
+  if (groups.world_rank() == 0) {
+    std::error_code error;
+    fs::create_directories(options.out_dir, error);
+    if (error) throw UserError("--out " + options.out_dir + ": cannot create the directory");
+    // The model's own weights (bf16 when it trains in bf16), as inference would run them.
+    NamedTensors tensors;
+    for (size_t i = 0; i < cpu.names.size(); ++i) {
+      tensors.emplace_back(hf_name(cpu.names[i]), cpu.parameters[i].detach());
+    }
+    const auto files = write_safetensors_dir(options.out_dir, tensors, kMaxShardBytes);
+    const fs::path config_path = fs::path(options.out_dir) / "config.json";
+    std::ofstream(config_path) << hf_config_json(e, model_dtype(e));
+    if (!fs::is_regular_file(config_path)) throw UserError(config_path.string() + ": not written");
+    std::cout << "sparsering: exported step " << state.step << " of " << *found << " to "
+              << options.out_dir << " (config.json, " << files.size() << " safetensors file(s))"
+              << std::endl;
+  }
+  groups.world().barrier();
+}
+
+}  // namespace sparsering::trainer

@@ -1,0 +1,40 @@
+// Hugging Face Llama / Qwen2 interchange: parameter names, config.json fields and shape checks
+// between a transformers checkpoint directory and our Decoder. Both use the same math (RMSNorm,
+// rotate-halves RoPE, grouped-query attention, SwiGLU, nn.Linear [out, in] weights), so weights
+// map one to one by name; only Qwen2's q/k/v biases have no counterpart here and are refused.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "configs/config.h"
+#include "trainer/safetensors.h"
+
+namespace sparsering::trainer {
+
+// "block3.attention.q_proj.weight" -> "model.layers.3.self_attn.q_proj.weight", and so on.
+// Throws std::invalid_argument for a name that is not one of our parameters.
+std::string hf_name(const std::string& ours);
+
+// The inverse of hf_name; nullopt for a name with no counterpart here.
+std::optional<std::string> our_name(const std::string& hf);
+
+// Reads <dir>/config.json and checks each architecture field against `model`. Throws UserError
+// naming every mismatched field with both values, followed by the `--set` overrides that make
+// our config match, or naming a feature we lack (biases, other activations, RoPE scaling kinds).
+// `lm_head_stored`: whether the weights hold lm_head.weight (absent means tied embeddings).
+void check_hf_config(const std::string& dir, const config::ModelConfig& model, bool lm_head_stored);
+
+// Our parameters (`names`, with their current tensors giving the expected shapes), filled from
+// the HF tensors `hf` as fp32. Throws UserError naming the tensor and both shapes on a mismatch,
+// a missing tensor, or a tensor we cannot use.
+std::vector<at::Tensor> map_hf_tensors(const NamedTensors& hf,
+                                       const std::vector<std::string>& names,
+                                       const std::vector<at::Tensor>& ours,
+                                       const std::string& source);
+
+// config.json for `experiment`'s model as transformers' LlamaConfig, weights in `dtype`.
+std::string hf_config_json(const config::Experiment& experiment, at::ScalarType dtype);
+
+}  // namespace sparsering::trainer
