@@ -12,8 +12,19 @@ with temporary_directory() as tmp:
     bad_rule = os.path.join(tmp, "bad_rule.pbtxt")
     with open(bad_rule, "w") as f:
         f.write("model { num_heads: 3 }\n")
+    corrupt_shards = os.path.join(tmp, "corrupt_shards")
+    os.makedirs(corrupt_shards)
+    with open(os.path.join(corrupt_shards, "part-0000.srtok"), "wb") as f:
+        f.write(b"not a token shard at all, just bytes" * 4)
+    shards = ["--set", "data.source=TOKEN_SHARDS", "--set", "parallel.context_parallel_size=1"]
     cases = [
         # (command, expected status, text the error must contain)
+        (mpirun + [binary, "train", *shards, "--set", "data.path=" + os.path.join(tmp, "nodata")],
+         2, "data.path"),
+        (mpirun + [binary, "train", *shards, "--set", "data.path=" + corrupt_shards], 2,
+         "part-0000.srtok"),
+        (mpirun + [binary, "train", "--set", "parallel.context_parallel_size=3"], 2,
+         "train.sequence_length"),
         (mpirun + [binary, "train", "--bogus"], 2, "unknown option '--bogus'"),
         (mpirun + [binary, "trian"], 2, "unknown command 'trian'"),
         (mpirun + [binary, "train", "--config", os.path.join(tmp, "none.pbtxt")], 2,
