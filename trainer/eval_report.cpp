@@ -7,6 +7,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "trainer/json.h"
+
 namespace sparsering::trainer {
 namespace {
 
@@ -22,30 +24,6 @@ std::string padded(const std::string& text, size_t width) {
 }
 
 // JSON has no NaN or infinity: those become null.
-std::string json_number(double value) {
-  if (!std::isfinite(value)) return "null";
-  char text[32];
-  std::snprintf(text, sizeof(text), "%.9g", value);
-  return text;
-}
-
-std::string json_string(const std::string& text) {
-  std::string quoted = "\"";
-  for (const char c : text) {
-    if (c == '"' || c == '\\') {
-      quoted += '\\';
-      quoted += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char escaped[8];
-      std::snprintf(escaped, sizeof(escaped), "\\u%04x", c);
-      quoted += escaped;
-    } else {
-      quoted += c;
-    }
-  }
-  return quoted + "\"";
-}
-
 template <typename T, typename Format>
 std::string json_list(const std::vector<T>& values, Format format) {
   std::string list = "[";
@@ -143,16 +121,16 @@ std::string format_eval_table(const EvalReport& report) {
 
 std::string eval_json(const EvalReport& report) {
   std::ostringstream json;
-  json << "{\"checkpoint\": " << json_string(report.checkpoint) << ", \"step\": " << report.step
-       << ", \"data\": " << json_string(report.data)
+  json << "{\"checkpoint\": " << json_quote(report.checkpoint) << ", \"step\": " << report.step
+       << ", \"data\": " << json_quote(report.data)
        << ", \"sequence_length\": " << report.sequence_length
        << ", \"sequences\": " << report.sequences
        << ", \"first_sequence_index\": " << report.first_sequence_index
        << ", \"held_out\": " << (report.held_out ? "true" : "false")
-       << ", \"loss_targets\": " << json_string(report.loss_targets) << ", \"attention\": {";
+       << ", \"loss_targets\": " << json_quote(report.loss_targets) << ", \"attention\": {";
   for (size_t i = 0; i < report.results.size(); ++i) {
     const AttentionResult& r = report.results[i];
-    json << (i ? ", " : "") << json_string(r.attention) << ": {\"loss\": " << json_number(r.loss)
+    json << (i ? ", " : "") << json_quote(r.attention) << ": {\"loss\": " << json_number(r.loss)
          << ", \"perplexity\": " << json_number(r.perplexity)
          << ", \"attention_density\": " << json_number(r.attention_density);
     if (r.recall_accuracy) json << ", \"recall_accuracy\": " << json_number(*r.recall_accuracy);

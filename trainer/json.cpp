@@ -257,6 +257,7 @@ std::string json_quote(const std::string& value) {
 }
 
 std::string json_number(double value) {
+  if (!std::isfinite(value)) return "null";  // JSON has no NaN or infinity
   char text[32];
   // Whole numbers (rope_theta 500000) read better, and parse as integers, without an exponent.
   if (value == std::floor(value) && std::abs(value) < 1e15) {

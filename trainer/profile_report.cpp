@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "configs/user_error.h"
+#include "trainer/json.h"
 
 namespace sparsering::trainer {
 namespace {
@@ -33,23 +34,6 @@ std::string format_cell(const char* format, double value) {
   return cell;
 }
 
-std::string json_string(const std::string& text) {
-  std::string quoted = "\"";
-  for (const char c : text) {
-    if (c == '"' || c == '\\') {
-      quoted += '\\';
-      quoted += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char escaped[8];
-      std::snprintf(escaped, sizeof(escaped), "\\u%04x", c);
-      quoted += escaped;
-    } else {
-      quoted += c;
-    }
-  }
-  return quoted + "\"";
-}
-
 }  // namespace
 
 std::string chrome_trace_events(int rank, const std::vector<PhaseDefinition>& phases,
@@ -69,19 +53,19 @@ std::string chrome_trace_events(int rank, const std::vector<PhaseDefinition>& ph
     events.push_back("{\"ph\":\"M\",\"name\":\"" + std::string(name) + "\",\"pid\":" + pid +
                      ",\"tid\":" + std::to_string(tid) + ",\"args\":{" + args + "}}");
   };
-  metadata("process_name", 0, "\"name\":" + json_string("rank " + pid));
+  metadata("process_name", 0, "\"name\":" + json_quote("rank " + pid));
   metadata("process_sort_index", 0, "\"sort_index\":" + pid);
   metadata("thread_name", 0, "\"name\":\"steps\"");
   for (size_t group = 0; group < groups.size(); ++group) {
-    metadata("thread_name", static_cast<int>(group) + 1, "\"name\":" + json_string(groups[group]));
+    metadata("thread_name", static_cast<int>(group) + 1, "\"name\":" + json_quote(groups[group]));
   }
   auto complete = [&](const std::string& name, const std::string& category, int tid,
                       double begin_us, double duration_us, int step) {
     char times[96];
     std::snprintf(times, sizeof(times), "\"ts\":%.3f,\"dur\":%.3f", origin_unix_us + begin_us,
                   duration_us);
-    events.push_back("{\"ph\":\"X\",\"name\":" + json_string(name) + ",\"cat\":" +
-                     json_string(category) + ",\"pid\":" + pid + ",\"tid\":" + std::to_string(tid) +
+    events.push_back("{\"ph\":\"X\",\"name\":" + json_quote(name) + ",\"cat\":" +
+                     json_quote(category) + ",\"pid\":" + pid + ",\"tid\":" + std::to_string(tid) +
                      "," + times + ",\"args\":{\"step\":" + std::to_string(step) + "}}");
   };
   for (const StepProfile& step : steps) {
