@@ -9,6 +9,7 @@
 #include "trainer/eval.h"
 #include "trainer/hf_weights.h"
 #include "trainer/model_setup.h"
+#include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
 #include "trainer/safetensors.h"
 
@@ -122,18 +123,27 @@ void export_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
     std::error_code error;
     fs::create_directories(options.out_dir, error);
     if (error) throw UserError("--out " + options.out_dir + ": cannot create the directory");
-    // The model's own weights (bf16 when it trains in bf16), as inference would run them.
+    // The model's own weights (bf16 when it trains in bf16), as inference would run them. N:M
+    // layers are exported strictly N:M (the masks recomputed from the fp32 masters), the weights
+    // a sparse inference kernel takes.
+    std::unique_ptr<NMSparsity> nm_sparsity;
+    if (e.nm_sparsity.enabled) nm_sparsity = std::make_unique<NMSparsity>(e.nm_sparsity);
     NamedTensors tensors;
     for (size_t i = 0; i < cpu.names.size(); ++i) {
-      tensors.emplace_back(hf_name(cpu.names[i]), cpu.parameters[i].detach());
+      at::Tensor weight = cpu.parameters[i].detach();
+      if (nm_sparsity && nm_sparsity->covers(cpu.names[i])) {
+        weight = nm_sparsity->strict_weight(optimizer.master_weights()[i].detach())
+                     .to(weight.scalar_type());
+      }
+      tensors.emplace_back(hf_name(cpu.names[i]), weight);
     }
     const auto files = write_safetensors_dir(options.out_dir, tensors, kMaxShardBytes);
     const fs::path config_path = fs::path(options.out_dir) / "config.json";
     std::ofstream(config_path) << hf_config_json(e, model_dtype(e));
     if (!fs::is_regular_file(config_path)) throw UserError(config_path.string() + ": not written");
     std::cout << "sparsering: exported step " << state.step << " of " << *found << " to "
-              << options.out_dir << " (config.json, " << files.size() << " safetensors file(s))"
-              << std::endl;
+              << options.out_dir << " (config.json, " << files.size() << " safetensors file(s)"
+              << (nm_sparsity ? ", N:M layers strictly N:M" : "") << ")" << std::endl;
   }
   groups.world().barrier();
 }
