@@ -27,8 +27,8 @@
 #include "trainer/model_setup.h"
 #include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
-#include "trainer/profile_report.h"
 #include "trainer/profiler.h"
+#include "trainer/run_outputs.h"
 #include "trainer/schedule.h"
 #include "trainer/tensorboard/tensorboard_writer.h"
 #include "trainer/watchdog.h"
@@ -46,33 +46,6 @@ std::string run_dir_of(const config::Experiment& e, const TrainOptions& options)
                                  : options.run_dir;
 }
 
-void prepare_run_dir(const config::Experiment& e, const std::string& dir) {
-  std::error_code error;
-  fs::create_directories(dir, error);
-  if (error) throw UserError(dir + ": cannot create the run directory (" + error.message() + ")");
-  std::ofstream resolved(fs::path(dir) / "config.pbtxt");
-  resolved << e.resolved_text;
-  if (!resolved) throw UserError(dir + "/config.pbtxt: cannot write the resolved config");
-}
-
-// metrics.jsonl keeps the steps up to `last_step` (0 = none): a resumed run rewrites the steps
-// after its checkpoint instead of duplicating them.
-void truncate_metrics(const fs::path& path, int64_t last_step) {
-  std::vector<std::string> kept;
-  {
-    std::ifstream file(path);
-    std::string line;
-    while (std::getline(file, line)) {
-      const auto at = line.find("\"step\": ");
-      if (at != std::string::npos && std::stoll(line.substr(at + 8)) <= last_step) {
-        kept.push_back(line);
-      }
-    }
-  }
-  std::ofstream file(path, std::ios::trunc);
-  for (const auto& line : kept) file << line << '\n';
-}
-
 // FLOPs of one training step, dense-equivalent: 6 x matmul parameters per token, plus causal
 // attention 2 x S^2 x hidden per layer and sequence forward, backward counted as 2.5 x forward
 // (the convention of notes/toolchain.md).
@@ -87,66 +60,6 @@ StepFlops step_flops(const config::Experiment& e, double density) {
   const double attention =
       3.5 * 2.0 * length * length * e.model.hidden_size * e.model.num_layers * sequences;
   return {matmul + attention, matmul + attention * density};
-}
-
-// Every rank's profile and trace events to rank 0, which prints the summary table and writes
-// trace.json (Perfetto / chrome://tracing).
-void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir) {
-  const auto row = profiler.rank_profile().to_row();
-  const auto rows = world.all_gather(at::tensor(row, at::kDouble)).contiguous();
-  const std::string events = profiler.chrome_trace_events();
-  const auto lengths =
-      world.all_gather(at::tensor({static_cast<int64_t>(events.size())}, at::kLong));
-  auto padded = at::zeros({std::max<int64_t>(1, lengths.max().item<int64_t>())}, at::kByte);
-  std::memcpy(padded.data_ptr(), events.data(), events.size());
-  const auto all = world.all_gather(padded).contiguous();
-  if (world.rank() != 0) return;
-  std::vector<RankProfile> ranks;
-  std::vector<std::string> traces;
-  for (int r = 0; r < world.size(); ++r) {
-    ranks.push_back(RankProfile::from_row(rows[r].data_ptr<double>(), profiler.phases().size()));
-    traces.emplace_back(reinterpret_cast<const char*>(all[r].data_ptr<uint8_t>()),
-                        lengths[r][0].item<int64_t>());
-  }
-  std::cout << format_profile_summary(summarize_profiles(profiler.phases(), ranks));
-  const std::string trace = (fs::path(run_dir) / "trace.json").string();
-  write_chrome_trace(trace, traces);
-  std::cout << "sparsering: Chrome trace (Perfetto) written to " << trace << std::endl;
-}
-
-// Means over the steps this call ran, for <run dir>/summary.json.
-struct RunTotals {
-  double tokens_per_second = 0, model_tflops = 0, mfu = 0, density = 0;
-  int steps = 0;
-  void add(const StepMetrics& m) {
-    tokens_per_second += m.tokens_per_second;
-    model_tflops += m.model_tflops;
-    mfu += m.mfu;
-    density += m.attention_density;
-    ++steps;
-  }
-};
-
-// summary.json marks a finished run (launch/sweep.sh skips runs that have one).
-void write_summary(const fs::path& run_dir, const TrainResult& result, const RunTotals& totals,
-                   bool on_gpu, double wall_seconds) {
-  auto mean = [&](double sum) { return totals.steps ? sum / totals.steps : 0.0; };
-  std::ostringstream json;
-  json << "{\"final_loss\": "
-       << (result.losses.empty() || !std::isfinite(result.losses.back())
-               ? std::string("null")
-               : std::to_string(result.losses.back()))
-       << ", \"steps\": " << result.first_step - 1 + totals.steps
-       << ", \"first_step\": " << result.first_step
-       << ", \"skipped_steps\": " << result.skipped_steps
-       << ", \"tokens_per_second_mean\": " << mean(totals.tokens_per_second)
-       << ", \"model_tflops_mean\": " << mean(totals.model_tflops)
-       << ", \"mfu_mean\": " << (on_gpu ? std::to_string(mean(totals.mfu)) : "null")
-       << ", \"attention_density_mean\": " << mean(totals.density)
-       << ", \"wall_seconds\": " << wall_seconds << "}\n";
-  const fs::path temporary = run_dir / "summary.json.tmp";
-  std::ofstream(temporary) << json.str();
-  fs::rename(temporary, run_dir / "summary.json");
 }
 
 }  // namespace
@@ -237,7 +150,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   }
   result.first_step = resumed.step + 1;
   const fs::path metrics_path = fs::path(result.run_dir) / "metrics.jsonl";
-  if (rank == 0) truncate_metrics(metrics_path, resumed.step);
+  if (rank == 0) truncate_metrics(metrics_path.string(), resumed.step);
   MetricsLog metrics(rank == 0 ? metrics_path.string() : "");
   std::unique_ptr<tensorboard::TensorBoardWriter> tensorboard;
   if (rank == 0 && e.logging.tensorboard) {

@@ -1,0 +1,88 @@
+#include "trainer/run_outputs.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <vector>
+
+#include "configs/user_error.h"
+#include "trainer/profile_report.h"
+
+namespace sparsering::trainer {
+
+namespace fs = std::filesystem;
+
+void prepare_run_dir(const config::Experiment& e, const std::string& dir) {
+  std::error_code error;
+  fs::create_directories(dir, error);
+  if (error) throw UserError(dir + ": cannot create the run directory (" + error.message() + ")");
+  std::ofstream resolved(fs::path(dir) / "config.pbtxt");
+  resolved << e.resolved_text;
+  if (!resolved) throw UserError(dir + "/config.pbtxt: cannot write the resolved config");
+}
+
+void truncate_metrics(const std::string& path, int64_t last_step) {
+  std::vector<std::string> kept;
+  {
+    std::ifstream file(path);
+    std::string line;
+    while (std::getline(file, line)) {
+      const auto at = line.find("\"step\": ");
+      if (at != std::string::npos && std::stoll(line.substr(at + 8)) <= last_step) {
+        kept.push_back(line);
+      }
+    }
+  }
+  std::ofstream file(path, std::ios::trunc);
+  for (const auto& line : kept) file << line << '\n';
+}
+
+void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir) {
+  const auto row = profiler.rank_profile().to_row();
+  const auto rows = world.all_gather(at::tensor(row, at::kDouble)).contiguous();
+  const std::string events = profiler.chrome_trace_events();
+  const auto lengths =
+      world.all_gather(at::tensor({static_cast<int64_t>(events.size())}, at::kLong));
+  auto padded = at::zeros({std::max<int64_t>(1, lengths.max().item<int64_t>())}, at::kByte);
+  std::memcpy(padded.data_ptr(), events.data(), events.size());
+  const auto all = world.all_gather(padded).contiguous();
+  if (world.rank() != 0) return;
+  std::vector<RankProfile> ranks;
+  std::vector<std::string> traces;
+  for (int r = 0; r < world.size(); ++r) {
+    ranks.push_back(RankProfile::from_row(rows[r].data_ptr<double>(), profiler.phases().size()));
+    traces.emplace_back(reinterpret_cast<const char*>(all[r].data_ptr<uint8_t>()),
+                        lengths[r][0].item<int64_t>());
+  }
+  std::cout << format_profile_summary(summarize_profiles(profiler.phases(), ranks));
+  const std::string trace = (fs::path(run_dir) / "trace.json").string();
+  write_chrome_trace(trace, traces);
+  std::cout << "sparsering: Chrome trace (Perfetto) written to " << trace << std::endl;
+}
+
+void write_summary(const std::string& run_dir, const TrainResult& result, const RunTotals& totals,
+                   bool on_gpu, double wall_seconds) {
+  auto mean = [&](double sum) { return totals.steps ? sum / totals.steps : 0.0; };
+  std::ostringstream json;
+  json << "{\"final_loss\": "
+       << (result.losses.empty() || !std::isfinite(result.losses.back())
+               ? std::string("null")
+               : std::to_string(result.losses.back()))
+       << ", \"steps\": " << result.first_step - 1 + totals.steps
+       << ", \"first_step\": " << result.first_step
+       << ", \"skipped_steps\": " << result.skipped_steps
+       << ", \"tokens_per_second_mean\": " << mean(totals.tokens_per_second)
+       << ", \"model_tflops_mean\": " << mean(totals.model_tflops)
+       << ", \"mfu_mean\": " << (on_gpu ? std::to_string(mean(totals.mfu)) : "null")
+       << ", \"attention_density_mean\": " << mean(totals.density)
+       << ", \"wall_seconds\": " << wall_seconds << "}\n";
+  const fs::path temporary = fs::path(run_dir) / "summary.json.tmp";
+  std::ofstream(temporary) << json.str();
+  fs::rename(temporary, fs::path(run_dir) / "summary.json");
+}
+
+}  // namespace sparsering::trainer
