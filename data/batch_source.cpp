@@ -1,5 +1,6 @@
 #include "data/batch_source.h"
 
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -28,53 +29,23 @@ class CopyTaskSource : public SequenceSource {
   uint64_t seed_;
 };
 
-class PasskeySource : public SequenceSource {
+// A synthetic long-context task (passkey, associative recall): answers are its loss targets.
+class TaskSource : public SequenceSource {
  public:
-  PasskeySource(int64_t length, int64_t vocab_size, int digits, double depth, uint64_t seed)
-      : length_(length), vocab_size_(vocab_size), digits_(digits), depth_(depth), seed_(seed) {}
-  std::vector<int32_t> sequence(uint64_t index) override { return generate(index).tokens; }
+  using Generator = std::function<LongContextExample(uint64_t index)>;
+  TaskSource(Generator generate, std::string description)
+      : generate_(std::move(generate)), description_(std::move(description)) {}
+  std::vector<int32_t> sequence(uint64_t index) override { return generate_(index).tokens; }
   SequenceExample example(uint64_t index) override {
-    LongContextExample generated = generate(index);
+    LongContextExample generated = generate_(index);
     return {std::move(generated.tokens), {}, std::move(generated.answer_positions)};
   }
   uint64_t sequences_per_epoch() const override { return 0; }
-  std::string description() const override {
-    return "passkey retrieval, " + std::to_string(digits_) + " digits, needle depth " +
-           (depth_ < 0 ? std::string("random") : std::to_string(depth_));
-  }
+  std::string description() const override { return description_; }
 
  private:
-  LongContextExample generate(uint64_t index) const {
-    return passkey_example(seed_, index, length_, vocab_size_, digits_, depth_);
-  }
-  int64_t length_, vocab_size_;
-  int digits_;
-  double depth_;
-  uint64_t seed_;
-};
-
-class AssociativeRecallSource : public SequenceSource {
- public:
-  AssociativeRecallSource(int64_t length, int64_t vocab_size, int pairs, int queries, uint64_t seed)
-      : length_(length), vocab_size_(vocab_size), pairs_(pairs), queries_(queries), seed_(seed) {}
-  std::vector<int32_t> sequence(uint64_t index) override { return generate(index).tokens; }
-  SequenceExample example(uint64_t index) override {
-    LongContextExample generated = generate(index);
-    return {std::move(generated.tokens), {}, std::move(generated.answer_positions)};
-  }
-  uint64_t sequences_per_epoch() const override { return 0; }
-  std::string description() const override {
-    return "associative recall, " + std::to_string(pairs_) + " pairs, " + std::to_string(queries_) +
-           " queries";
-  }
-
- private:
-  LongContextExample generate(uint64_t index) const {
-    return associative_recall_example(seed_, index, length_, vocab_size_, pairs_, queries_);
-  }
-  int64_t length_, vocab_size_;
-  int pairs_, queries_;
-  uint64_t seed_;
+  Generator generate_;
+  std::string description_;
 };
 
 class TokenShardSource : public SequenceSource {
@@ -130,8 +101,14 @@ std::unique_ptr<SequenceSource> make_sequence_source(const config::DataConfig& d
                   std::to_string(passkey_min_vocab_size()) + " tokens");
       require(data.needle_depth <= 1, "data.needle_depth = " + std::to_string(data.needle_depth) +
                                           ": must be in [0, 1], or < 0 for random");
-      return std::make_unique<PasskeySource>(sequence_length, vocab_size, data.passkey_digits,
-                                             data.needle_depth, seed);
+      const int digits = data.passkey_digits;
+      const double depth = data.needle_depth;
+      return std::make_unique<TaskSource>(
+          [=](uint64_t index) {
+            return passkey_example(seed, index, sequence_length, vocab_size, digits, depth);
+          },
+          "passkey retrieval, " + std::to_string(digits) + " digits, needle depth " +
+              (depth < 0 ? std::string("random") : std::to_string(depth)));
     }
     case config::DataSource::kAssociativeRecall: {
       const int pairs = data.recall_pairs, queries = data.recall_queries;
@@ -146,8 +123,13 @@ std::unique_ptr<SequenceSource> make_sequence_source(const config::DataConfig& d
               "model.vocab_size = " + vocab_text + ": associative recall with " +
                   std::to_string(pairs) + " data.recall_pairs needs at least " +
                   std::to_string(associative_recall_min_vocab_size(pairs)) + " tokens");
-      return std::make_unique<AssociativeRecallSource>(sequence_length, vocab_size, pairs, queries,
-                                                       seed);
+      return std::make_unique<TaskSource>(
+          [=](uint64_t index) {
+            return associative_recall_example(seed, index, sequence_length, vocab_size, pairs,
+                                              queries);
+          },
+          "associative recall, " + std::to_string(pairs) + " pairs, " + std::to_string(queries) +
+              " queries");
     }
     case config::DataSource::kTokenShards: {
       require(!data.path.empty(), "data.path is empty: set it to a directory of *.srtok shards");
