@@ -46,38 +46,24 @@ if [ ! -x "$root/.venv/bin/python3" ]; then
   step "creating the virtual environment $root/.venv"
   python3 -m venv "$root/.venv" || fail "python3 -m venv failed: install python3-venv"
 fi
-installed=$("$root/.venv/bin/python3" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
-if [ "$installed" != "$torch_version" ]; then
-  step "installing torch==$torch_version (LibTorch for C++) from PyPI into .venv"
-  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check "torch==$torch_version" \
-    "tokenizers==$tokenizers_version" "matplotlib==$matplotlib_version" \
-    || fail "pip could not install torch==$torch_version tokenizers==$tokenizers_version matplotlib==$matplotlib_version: check access to PyPI"
-else
-  step "torch $torch_version already in .venv"
-fi
-installed=$("$root/.venv/bin/python3" -c 'import tokenizers; print(tokenizers.__version__)' 2>/dev/null || true)
-if [ "$installed" != "$tokenizers_version" ]; then
-  step "installing tokenizers==$tokenizers_version (launch/prepare_data.py) from PyPI into .venv"
-  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check \
-    "tokenizers==$tokenizers_version" \
-    || fail "pip could not install tokenizers==$tokenizers_version: check access to PyPI"
-fi
-
-installed=$("$root/.venv/bin/python3" -c 'import matplotlib; print(matplotlib.__version__)' 2>/dev/null || true)
-if [ "$installed" != "$matplotlib_version" ]; then
-  step "installing matplotlib==$matplotlib_version (launch/sweep_summary.py plots) from PyPI into .venv"
-  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check \
-    "matplotlib==$matplotlib_version" \
-    || fail "pip could not install matplotlib==$matplotlib_version: check access to PyPI"
-fi
-
-installed=$("$root/.venv/bin/python3" -c 'import transformers; print(transformers.__version__)' 2>/dev/null || true)
-if [ "$installed" != "$transformers_version" ]; then
-  step "installing transformers==$transformers_version (tests/e2e/hf_roundtrip.py) from PyPI into .venv"
-  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check \
-    "transformers==$transformers_version" \
-    || fail "pip could not install transformers==$transformers_version: check access to PyPI"
-fi
+# ensure_package MODULE PACKAGE VERSION PURPOSE: pip-installs PACKAGE==VERSION into .venv unless
+# MODULE already reports that version.
+ensure_package() {
+  local module=$1 package=$2 version=$3 purpose=$4 installed
+  installed=$("$root/.venv/bin/python3" -c "import $module; print($module.__version__.split('+')[0])" \
+    2>/dev/null || true)
+  if [ "$installed" = "$version" ]; then
+    step "$package $version already in .venv"
+    return
+  fi
+  step "installing $package==$version ($purpose) from PyPI into .venv"
+  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check "$package==$version" \
+    || fail "pip could not install $package==$version: check access to PyPI"
+}
+ensure_package torch torch "$torch_version" "LibTorch for C++"
+ensure_package tokenizers tokenizers "$tokenizers_version" "launch/prepare_data.py"
+ensure_package matplotlib matplotlib "$matplotlib_version" "launch/sweep_summary.py plots"
+ensure_package transformers transformers "$transformers_version" "tests/e2e/hf_*.py"
 
 step "configuring $build_dir"
 cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
