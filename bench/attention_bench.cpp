@@ -4,10 +4,15 @@
 // JSON.
 //
 //   attention_bench [--lengths 16384,32768,131072] [--heads 32] [--head-dim 128] [--json PATH]
+//                   [--pattern-dir DIR]
+// --pattern-dir saves each length's vertical-slash pattern (DIR/vertical_slash_<tokens>.pt, a
+// (columns, block_diagonals) tuple that Python's torch.load reads) so bench/flex_attention_bench.py
+// can time FlexAttention on exactly the same mask.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <torch/autograd.h>
 #include <torch/cuda.h>
+#include <torch/serialize.h>
 
 #include <chrono>
 #include <cmath>
@@ -104,6 +109,17 @@ Row run_sdpa(const std::string& name, const at::Tensor& q, const at::Tensor& k, 
   return row;
 }
 
+void save_pattern(const kernels::VerticalSlashPattern& p, const std::string& name,
+                  const std::string& dir) {
+  const std::string path =
+      dir + "/vertical_slash_" + name + "_" + std::to_string(p.sequence_length) + ".pt";
+  const auto bytes =
+      torch::pickle_save(c10::ivalue::Tuple::create({p.columns.cpu(), p.block_diagonals.cpu()}));
+  std::ofstream file(path, std::ios::binary);
+  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!file) throw std::runtime_error("attention_bench: cannot write " + path);
+}
+
 void select_sdpa_backend(bool cudnn) {
   auto& context = at::globalContext();
   context.setSDPUseCuDNN(cudnn);
@@ -118,6 +134,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> lengths = {16384, 32768, 131072};
   int64_t heads = 32, dim = 128;
   std::string json_path = "attention_bench.json";
+  std::string pattern_dir;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--lengths")
@@ -128,6 +145,8 @@ int main(int argc, char** argv) {
       dim = std::stoll(value);
     else if (flag == "--json")
       json_path = value;
+    else if (flag == "--pattern-dir")
+      pattern_dir = value;
     else {
       std::fprintf(stderr, "attention_bench: unknown option %s\n", flag.c_str());
       return 2;
@@ -158,27 +177,69 @@ int main(int argc, char** argv) {
     const kernels::AttentionMass mass{at::rand({heads, length}, q.options().dtype(at::kFloat)),
                                       at::zeros({heads, length}, q.options().dtype(at::kFloat))};
     const auto sparse = kernels::select_pattern(mass, 1024, 0, 1024, 4096, block);
+    // The same with the 1024 extra columns as 8 whole column blocks (after the sink), so the
+    // token mask is also a block mask (FlexAttention's best case).
+    auto aligned = at::zeros({heads, length}, q.options().dtype(at::kFloat));
+    for (int64_t h = 0; h < heads; ++h) {
+      const auto picks =
+          at::randperm(length / block - 8, q.options().dtype(at::kLong)).slice(0, 0, 8) + 8;
+      for (int64_t i = 0; i < 8; ++i) {
+        const int64_t first = picks[i].item<int64_t>() * block;
+        aligned[h].slice(0, first, first + block).fill_(1.0);
+      }
+    }
+    const auto block_columns =
+        kernels::select_pattern({aligned, at::zeros_like(aligned)}, 1024, 0, 1024, 4096, block);
+    if (!pattern_dir.empty()) {
+      save_pattern(sparse, "scattered", pattern_dir);
+      save_pattern(block_columns, "blockcols", pattern_dir);
+    }
     rows.push_back(run_ours("ours_sparse", q, k, v, dout, sparse, false));
+    rows.push_back(run_ours("ours_sparse_blockcols", q, k, v, dout, block_columns, false));
     rows.push_back(run_ours("ours_sparse_det", q, k, v, dout, sparse, true));
-    // Estimation (64 sampled queries against all keys) + selection + index build.
-    const double estimate = time_ms([&] {
-      const auto positions = at::arange(length, q.options().dtype(at::kLong));
-      const auto sample_positions = positions.slice(0, length - 64);
-      const auto logits = kernels::sample_logits(q.slice(1, length - 64), sample_positions, k,
-                                                 positions, 1.0 / std::sqrt(double(dim)));
+    // Estimation (64 sampled queries against all keys) + selection + index build, whole and
+    // stage by stage (each stage timed on the previous stage's output).
+    const auto positions = at::arange(length, q.options().dtype(at::kLong));
+    const auto sample_positions = positions.slice(0, length - 64);
+    const auto q_sample = q.slice(1, length - 64);
+    const double scale = 1.0 / std::sqrt(double(dim));
+    const auto ids = at::arange(length / block, q.options().dtype(at::kInt));
+    auto estimate_once = [&](bool with_transpose) {
+      const auto logits = kernels::sample_logits(q_sample, sample_positions, k, positions, scale);
       const auto m =
           kernels::attention_mass(at::softmax(logits, -1), sample_positions, positions, length);
       const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
-      const auto ids = at::arange(length / block, q.options().dtype(at::kInt));
-      kernels::build_sparse_index(p, {ids, ids}, 1, heads, false);
-    });
+      return kernels::build_sparse_index(p, {ids, ids}, 1, heads, with_transpose);
+    };
+    const double estimate = time_ms([&] { estimate_once(false); });
+    const auto logits = kernels::sample_logits(q_sample, sample_positions, k, positions, scale);
+    const auto probabilities = at::softmax(logits, -1);
+    const auto m = kernels::attention_mass(probabilities, sample_positions, positions, length);
+    const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
+    std::printf(
+        "estimation stages at %lld tokens (ms): logits %.2f, softmax %.2f, mass %.2f, "
+        "select %.2f, index %.2f, index+transpose %.2f, all with transpose %.2f\n",
+        static_cast<long long>(length),
+        time_ms([&] { kernels::sample_logits(q_sample, sample_positions, k, positions, scale); }),
+        time_ms([&] { at::softmax(logits, -1); }), time_ms([&] {
+          kernels::attention_mass(probabilities, sample_positions, positions, length);
+        }),
+        time_ms([&] { kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block); }),
+        time_ms([&] {
+          kernels::build_sparse_index(p, {ids, ids}, 1, heads, false);
+        }),
+        time_ms([&] {
+          kernels::build_sparse_index(p, {ids, ids}, 1, heads, true);
+        }),
+        time_ms([&] { estimate_once(true); }));
+    std::fflush(stdout);
     estimation_ms.emplace_back(length, estimate);
   }
 
-  std::printf("\n%-16s %8s %8s %10s %10s %9s %9s\n", "method", "tokens", "density", "fwd ms",
+  std::printf("\n%-22s %8s %8s %10s %10s %9s %9s\n", "method", "tokens", "density", "fwd ms",
               "fwd+bwd ms", "fwd TF/s", "f+b TF/s");
   for (const Row& r : rows) {
-    std::printf("%-16s %8lld %8.4f %10.2f %10.2f %9.1f %9.1f\n", r.method.c_str(),
+    std::printf("%-22s %8lld %8.4f %10.2f %10.2f %9.1f %9.1f\n", r.method.c_str(),
                 static_cast<long long>(r.length), r.density, r.forward_ms, r.forward_backward_ms,
                 r.tflops_forward, r.tflops_forward_backward);
   }

@@ -315,7 +315,8 @@ Experiment to_struct(const proto::Experiment& e) {
       a.estimation_queries(),
       a.reestimate_every(),
       a.dense_warmup_steps(),
-      a.deterministic_backward()};
+      a.deterministic_backward(),
+      a.dense_kernel() == proto::Attention::CUDNN};
   const auto& p = e.parallel();
   out.parallel = {p.data_parallel_size(),   p.context_parallel_size(),
                   p.intra_node_ring_size(), static_cast<LayoutKind>(p.layout()),

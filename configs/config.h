@@ -31,6 +31,7 @@ struct AttentionConfig {
   double slash_fraction;
   int sink_tokens, local_tokens, estimation_queries, reestimate_every, dense_warmup_steps;
   bool deterministic_backward;
+  bool cudnn_dense;  // DenseKernel CUDNN: plain-mask ring steps on GPUs go to cuDNN
 };
 
 enum class LayoutKind { kContiguous, kZigzag, kBalanced };

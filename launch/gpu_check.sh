@@ -47,35 +47,97 @@ if [ "$gpus" -ge 2 ]; then
 fi
 
 echo "== attention benchmark ($lengths)"
+patterns=$(mktemp -d)
 if "$build/bench/attention_bench" --lengths "$lengths" --json "$out/attention_bench.json" \
-     >"$out/attention_bench.txt" 2>&1; then
+     --pattern-dir "$patterns" >"$out/attention_bench.txt" 2>&1; then
   status+=("attention_bench|ok|attention_bench.json")
 else
   status+=("attention_bench|FAILED|see attention_bench.txt")
 fi
 cat "$out/attention_bench.txt"
 
-# Training runs of the ~1B model on this GPU: "KIND:TOKENS:STEPS[:profile]" items.
+# FlexAttention on the same masks (its own Python process: torch.compile + Triton).
+if [ "${FLEX:-1}" = 1 ]; then
+  echo "== FlexAttention on the same masks"
+  if "$python" "$root/bench/flex_attention_bench.py" --pattern-dir "$patterns" \
+       --lengths "$lengths" --ours "$out/attention_bench.json" \
+       --json "$out/flex_attention_bench.json" >"$out/flex_attention_bench.txt" 2>&1; then
+    status+=("flex_attention_bench|ok|flex_attention_bench.json")
+  else
+    status+=("flex_attention_bench|FAILED|see flex_attention_bench.txt")
+  fi
+  grep -v "^ *$" "$out/flex_attention_bench.txt" | tail -8
+fi
+
+# Training runs of the ~1B model on this GPU: "KIND:TOKENS:STEPS[:FLAGS]" items, FLAGS a
+# comma-separated list of: profile (--profile over the steps after the first), full (profile plus
+# N:M 2:4 MDGF masks on the MLP, checkpoints every 2 steps and TensorBoard), ours (dense steps on
+# our kernel instead of cuDNN).
 train_runs=${TRAIN_RUNS:-"DENSE:32768:5 SPARSE:32768:5:profile"}
 export SPARSERING_BIN="$build/sparsering"
 : >"$out/train.log"
 for spec in $train_runs; do
-  IFS=: read -r kind tokens steps profile <<<"$spec"
-  name="train_1b_${kind,,}_$((tokens / 1024))k"
+  IFS=: read -r kind tokens steps flags <<<"$spec"
+  name="train_1b_${kind,,}_$((tokens / 1024))k${flags:+_${flags//,/_}}"
   echo "== $name" | tee -a "$out/train.log"
   extra=()
-  [ "$profile" = profile ] && extra+=(--profile --set profiling.start_step=2 \
-                                     --set "profiling.num_steps=$((steps - 1))")
+  for flag in ${flags//,/ }; do
+    case $flag in
+      profile | full)
+        extra+=(--profile --set profiling.start_step=2 --set "profiling.num_steps=$((steps - 1))")
+        ;;&
+      full)
+        extra+=(--set nm_sparsity.enabled=true --set nm_sparsity.n=2 --set nm_sparsity.m=4
+                --set nm_sparsity.layers=gate_proj,up_proj,down_proj
+                --set nm_sparsity.mode=MDGF_LINEAR --set nm_sparsity.kappa=0.01
+                --set checkpoint.every_steps=2 --set checkpoint.keep_last=2
+                --set logging.tensorboard=true) ;;
+      ours) extra+=(--set attention.dense_kernel=SPARSERING) ;;
+      profile) ;;
+      *) echo "gpu_check: unknown TRAIN_RUNS flag '$flag' in $spec"; exit 2 ;;
+    esac
+  done
   if "$root/launch/train.sh" "$root/configs/llama_1b.pbtxt" --set attention.kind="$kind" \
        --set train.sequence_length="$tokens" --set train.steps="$steps" "${extra[@]}" \
        --run-dir "/tmp/$name" >>"$out/train.log" 2>&1; then
     last=$(grep '^step' "$out/train.log" | tail -1)
-    status+=("$name|ok|${last#*|}")
+    note=${last#*|}
+    if [[ " $flags " == *full* ]]; then
+      checkpoints=$(ls "/tmp/$name/checkpoints" | grep -c step)
+      events=$(ls "/tmp/$name/tensorboard" | grep -c tfevents)
+      note="$note | $checkpoints checkpoints, $events event file(s)"
+    fi
+    status+=("$name|ok|$note")
   else
     status+=("$name|FAILED|see train.log")
     tail -5 "$out/train.log"
   fi
 done
+
+# Quality at small scale: the same small model trained with dense and with sparse attention on
+# passkey retrieval, then evaluated with the attention it trained with ("QUALITY=TOKENS:STEPS").
+if [ -n "${QUALITY:-}" ]; then
+  IFS=: read -r tokens steps <<<"$QUALITY"
+  : >"$out/quality.log"
+  for kind in DENSE SPARSE; do
+    run_dir="/tmp/quality_${kind,,}"
+    common=(--set data.source=PASSKEY --set "train.sequence_length=$tokens"
+            --set "model.max_context=$tokens" --set attention.kind="$kind")
+    echo "== quality $kind $tokens tokens, $steps steps" | tee -a "$out/quality.log"
+    if "$root/launch/train.sh" "$root/configs/quality_passkey.pbtxt" "${common[@]}" \
+         --set "train.steps=$steps" --set "checkpoint.every_steps=$steps" \
+         --run-dir "$run_dir" >>"$out/quality.log" 2>&1 &&
+       "$build/sparsering" eval --config "$root/configs/quality_passkey.pbtxt" "${common[@]}" \
+         --run-dir "$run_dir" --checkpoint auto --attention "${kind,,}" --eval-sequences 4 \
+         >>"$out/quality.log" 2>&1; then
+      cp "$run_dir/eval.json" "$out/quality_${kind,,}_eval.json"
+      status+=("quality_${kind,,}|ok|$(grep '^step' "$out/quality.log" | tail -1 | cut -d'|' -f2)")
+    else
+      status+=("quality_${kind,,}|FAILED|see quality.log")
+      tail -5 "$out/quality.log"
+    fi
+  done
+fi
 
 echo
 echo "== summary"

@@ -2,13 +2,17 @@
 
 #include <torch/autograd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 
+#include "kernels/cudnn_attention.h"
 #include "kernels/sparse_attention.h"
 
 namespace sparsering::parallel {
 namespace {
 
+using kernels::PlainMask;
 using kernels::ShardBlocks;
 using kernels::SparseIndex;
 
@@ -17,6 +21,9 @@ struct RingPlan : torch::CustomClassHolder {
   RingGroups groups;
   std::vector<ShardBlocks> blocks;   // by source cp rank
   std::vector<SparseIndex> indices;  // by source cp rank
+  // By source cp rank: set where the step's mask is plain and runs through cuDNN (its index is
+  // then left empty).
+  std::vector<std::optional<PlainMask>> plain_masks;
   double softmax_scale = 1.0;
   bool deterministic = false;
   int64_t skipped_shards = 0;
@@ -66,7 +73,10 @@ void inner_ring_forward(RingPlan& plan, int outer_step, const at::Tensor& q, Key
     }
     const int source = plan.shard_at(outer_step, i);
     const SparseIndex& index = plan.indices[source];
-    if (index.empty()) {
+    if (const auto& plain = plan.plain_masks[source]) {
+      auto part = kernels::cudnn_attention_forward(q, kv.k, kv.v, *plain, plan.softmax_scale);
+      kernels::lse_merge(out, lse, part.out, part.lse);
+    } else if (index.empty()) {
       ++plan.skipped_shards;
     } else {
       auto part = kernels::sparse_attention_forward(q, kv.k, kv.v, plan.blocks[source], index,
@@ -140,7 +150,10 @@ Gradients inner_ring_backward(RingPlan& plan, int outer_step, const at::Tensor& 
     const SparseIndex& index = plan.indices[source];
     Gradients partial{at::zeros(kv.k.sizes(), kv.k.options().dtype(at::kFloat)),
                       at::zeros(kv.v.sizes(), kv.v.options().dtype(at::kFloat))};
-    if (!index.empty()) {
+    if (const auto& plain = plan.plain_masks[source]) {
+      kernels::cudnn_attention_backward(dout, q, kv.k, kv.v, out, lse, *plain, plan.softmax_scale,
+                                        dq, partial.dk, partial.dv);
+    } else if (!index.empty()) {
       kernels::sparse_attention_backward(dout, q, kv.k, kv.v, out, lse, delta, plan.blocks[source],
                                          index, plan.softmax_scale, plan.deterministic, dq,
                                          partial.dk, partial.dv);
@@ -232,6 +245,30 @@ class RingAttentionFunction : public torch::autograd::Function<RingAttentionFunc
   }
 };
 
+// (query block, key block) pairs with the key block at or before the query block: the work of
+// the dense pattern between two shards, in blocks.
+int64_t causal_block_pairs(const at::Tensor& q_block_ids, const at::Tensor& k_block_ids) {
+  const auto k_sorted = std::get<0>(k_block_ids.to(at::kLong).sort());
+  const auto keys_before = at::searchsorted(k_sorted, q_block_ids.to(at::kLong), false,
+                                            /*right=*/true);
+  return keys_before.sum().item<int64_t>();
+}
+
+// The plain mask of a dense-pattern step between two shards (nullopt when it is not plain): a
+// shard against itself is causal over local tokens when its blocks ascend; keys wholly before
+// every query are all visible.
+std::optional<PlainMask> plain_mask(const at::Tensor& q_block_ids, const at::Tensor& k_block_ids) {
+  const auto q_ids = q_block_ids.to(at::kLong), k_ids = k_block_ids.to(at::kLong);
+  if (q_ids.equal(k_ids)) {
+    const bool ascending =
+        q_ids.numel() < 2 || (q_ids.slice(0, 1) > q_ids.slice(0, 0, -1)).all().item<bool>();
+    if (ascending) return PlainMask::kCausal;
+    return std::nullopt;
+  }
+  if (k_ids.max().item<int64_t>() < q_ids.min().item<int64_t>()) return PlainMask::kFull;
+  return std::nullopt;
+}
+
 // Dense causal work of this rank's queries, counting blocks whole: query block g sees g+1 blocks.
 int64_t dense_pairs(const at::Tensor& q_block_ids, int64_t heads_x_batch, int block_size) {
   return (q_block_ids.to(at::kLong).sum().item<int64_t>() + q_block_ids.numel()) * heads_x_batch *
@@ -293,8 +330,9 @@ kernels::VerticalSlashPattern RingAttention::estimate_pattern(const at::Tensor& 
 at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   bool estimate, bool dense) {
   const int cp_rank = groups_.cp->rank();
+  const bool dense_pattern = dense || !config_.sparse;
   kernels::VerticalSlashPattern pattern;
-  if (dense || !config_.sparse) {
+  if (dense_pattern) {
     pattern = kernels::dense_pattern(q.size(2), layout_.sequence_length(), layout_.block_size(),
                                      q.device());
   } else {
@@ -305,6 +343,7 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
     }
     pattern = pattern_;
   }
+  const bool use_cudnn = dense_pattern && config_.cudnn_dense && q.is_cuda();
   auto plan = c10::make_intrusive<RingPlan>();
   plan->groups = groups_;
   plan->softmax_scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
@@ -312,12 +351,21 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
   plan->observer = observer_;
   const auto q_blocks = layout_.blocks_of(cp_rank).to(q.device());
   stats_ = {};
+  const auto q_block_ids = layout_.blocks_of(cp_rank);
   for (int source = 0; source < layout_.world(); ++source) {
-    ShardBlocks blocks{q_blocks, layout_.blocks_of(source).to(q.device())};
+    const auto k_block_ids = layout_.blocks_of(source);
+    ShardBlocks blocks{q_blocks, k_block_ids.to(q.device())};
+    plan->blocks.push_back(blocks);
+    plan->plain_masks.push_back(use_cudnn ? plain_mask(q_block_ids, k_block_ids) : std::nullopt);
+    if (plan->plain_masks.back()) {
+      plan->indices.emplace_back();
+      stats_.attended_pairs += causal_block_pairs(q_block_ids, k_block_ids) * q.size(0) *
+                               q.size(2) * layout_.block_size() * layout_.block_size();
+      continue;
+    }
     // On the GPU the transposed index selects the fast kv-block-outer backward.
     plan->indices.push_back(kernels::build_sparse_index(
         pattern, blocks, q.size(0), k.size(2), config_.deterministic_backward || q.is_cuda()));
-    plan->blocks.push_back(blocks);
     stats_.attended_pairs += kernels::attended_pairs(plan->indices.back());
   }
   stats_.dense_pairs =

@@ -30,6 +30,9 @@ struct RingAttentionConfig {
   int64_t local_tokens = 128;
   int estimation_queries = 64;  // last queries of the sequence sampled to estimate the pattern
   bool deterministic_backward = false;
+  // On GPUs, ring steps of the dense pattern whose mask is plain (a shard against itself, or
+  // keys wholly before the queries) run through cuDNN (kernels/cudnn_attention.h).
+  bool cudnn_dense = false;
 };
 
 // Work of the last forward call on this rank, for density and imbalance figures.

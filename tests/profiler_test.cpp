@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cctype>
 #include <chrono>
 #include <cstdlib>
@@ -380,6 +381,38 @@ TEST(ProfileSummaryTest, NumbersAddUpAcrossRanks) {
   EXPECT_NE(table.find("3.0"), std::string::npos) << table;  // rank 0's peak in MiB
 
   EXPECT_THROW(summarize_profiles({{"attention", "compute"}}, {rank0}), std::invalid_argument);
+  EXPECT_EQ(table.find("weights"), std::string::npos) << "no breakdown without model state";
+}
+
+TEST(ProfileSummaryTest, PeakMemoryBreakdownLeavesTheRestToActivations) {
+  RankProfile rank;
+  rank.steps = 1;
+  rank.step_ms = 1;
+  rank.phase_ms = {1};
+  rank.peak_memory_bytes = 10 << 20;
+  rank.weight_bytes = 1 << 20;
+  rank.gradient_bytes = 2 << 20;
+  rank.optimizer_bytes = 3 << 20;
+  // Through the gathered row form, as the trainer sends it.
+  const auto row = rank.to_row();
+  ASSERT_EQ(row.size(), RankProfile::row_size(1));
+  const RankProfile gathered = RankProfile::from_row(row.data(), 1);
+  const ProfileSummary summary = summarize_profiles({{"attention", "compute"}}, {gathered});
+  ASSERT_EQ(summary.model_state_bytes.size(), 1u);
+  EXPECT_EQ(summary.model_state_bytes[0], (std::array<int64_t, 3>{1 << 20, 2 << 20, 3 << 20}));
+  const std::string table = format_profile_summary(summary);
+  // Each memory line: its name, then the rank's MiB (one rank: the only number on the line).
+  auto value_on_line = [&](const std::string& name) {
+    const size_t at = table.find(name);
+    if (at == std::string::npos) return -1.0;
+    const std::string line = table.substr(at, table.find('\n', at) - at);
+    return std::stod(line.substr(line.find_last_of(' ') + 1));
+  };
+  EXPECT_DOUBLE_EQ(value_on_line("peak memory MiB"), 10.0) << table;
+  EXPECT_DOUBLE_EQ(value_on_line("weights"), 1.0) << table;
+  EXPECT_DOUBLE_EQ(value_on_line("gradients"), 2.0) << table;
+  EXPECT_DOUBLE_EQ(value_on_line("optimizer (fp32 masters, moments)"), 3.0) << table;
+  EXPECT_DOUBLE_EQ(value_on_line("activations, index, workspace"), 4.0) << table;
 }
 
 TEST(ProfileSummaryTest, MeasuredProfilesGatherAndAddUp) {

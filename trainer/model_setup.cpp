@@ -33,6 +33,7 @@ parallel::RingAttentionConfig ring_attention_config(const config::Experiment& e,
   ring_config.local_tokens = e.attention.local_tokens;
   ring_config.estimation_queries = e.attention.estimation_queries;
   ring_config.deterministic_backward = e.attention.deterministic_backward;
+  ring_config.cudnn_dense = e.attention.cudnn_dense;
   return ring_config;
 }
 

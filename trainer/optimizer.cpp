@@ -67,4 +67,27 @@ void MasterWeightOptimizer::sync_model_from_masters() {
   }
 }
 
+int64_t MasterWeightOptimizer::state_bytes() {
+  int64_t bytes = 0;
+  if (separate_masters_) {
+    for (const auto& master : masters_) bytes += master.nbytes();
+  }
+  for (const auto& [key, state] : adamw_->state()) {
+    const auto& adam = static_cast<const torch::optim::AdamWParamState&>(*state);
+    for (const auto* t : {&adam.exp_avg(), &adam.exp_avg_sq(), &adam.max_exp_avg_sq()}) {
+      if (t->defined()) bytes += t->nbytes();
+    }
+  }
+  return bytes;
+}
+
+int64_t MasterWeightOptimizer::master_gradient_bytes() const {
+  int64_t bytes = 0;
+  if (!separate_masters_) return bytes;
+  for (const auto& master : masters_) {
+    if (master.grad().defined()) bytes += master.grad().nbytes();
+  }
+  return bytes;
+}
+
 }  // namespace sparsering::trainer

@@ -29,6 +29,11 @@ class MasterWeightOptimizer {
   void sync_model_from_masters();
 
   std::vector<at::Tensor>& master_weights() { return masters_; }
+  // Memory of the optimizer's own state: the fp32 masters when they are separate from the model's
+  // weights, and AdamW's moments.
+  int64_t state_bytes();
+  // Memory of the masters' fp32 gradients when they are separate from the model's gradients.
+  int64_t master_gradient_bytes() const;
   torch::optim::AdamW& adamw() { return *adamw_; }
 
  private:

@@ -109,7 +109,11 @@ ProfileSummary summarize_profiles(const std::vector<PhaseDefinition>& phases,
       make_row("step", per_rank([](const RankProfile& r) { return r.step_ms; })));
   const double step_ms = summary.rows.back().mean_ms;
   for (ProfileRow& row : summary.rows) row.share = step_ms > 0 ? row.mean_ms / step_ms : 0.0;
-  for (const RankProfile& rank : ranks) summary.peak_memory_bytes.push_back(rank.peak_memory_bytes);
+  for (const RankProfile& rank : ranks) {
+    summary.peak_memory_bytes.push_back(rank.peak_memory_bytes);
+    summary.model_state_bytes.push_back(
+        {rank.weight_bytes, rank.gradient_bytes, rank.optimizer_bytes});
+  }
   return summary;
 }
 
@@ -143,12 +147,30 @@ std::string format_profile_summary(const ProfileSummary& summary) {
     line.push_back(format_cell("%.3f", row.imbalance));
     lines.push_back(line);
   }
-  std::vector<double> peak_mib;
-  for (const int64_t bytes : summary.peak_memory_bytes) peak_mib.push_back(bytes / 1048576.0);
-  if (!peak_mib.empty()) {
-    std::vector<std::string> line = {"peak memory MiB"};
-    for (std::string& cell : rank_cells(peak_mib, "%.1f")) line.push_back(cell);
+  // Peak memory and its breakdown: model state, then the rest of the peak (activations, the
+  // attention index, workspace).
+  const bool has_state =
+      std::any_of(summary.model_state_bytes.begin(), summary.model_state_bytes.end(),
+                  [](const auto& state) { return state[0] + state[1] + state[2] > 0; });
+  auto memory_line = [&](const std::string& name, auto bytes_of_rank) {
+    std::vector<double> mib;
+    for (size_t r = 0; r < num_ranks; ++r) mib.push_back(bytes_of_rank(r) / 1048576.0);
+    std::vector<std::string> line = {name};
+    for (std::string& cell : rank_cells(mib, "%.1f")) line.push_back(cell);
     lines.push_back(line);
+  };
+  if (num_ranks > 0) {
+    memory_line("peak memory MiB", [&](size_t r) { return summary.peak_memory_bytes[r]; });
+  }
+  if (num_ranks > 0 && has_state && summary.model_state_bytes.size() == num_ranks) {
+    const char* names[] = {"  weights", "  gradients", "  optimizer (fp32 masters, moments)"};
+    for (int part = 0; part < 3; ++part) {
+      memory_line(names[part], [&](size_t r) { return summary.model_state_bytes[r][part]; });
+    }
+    memory_line("  activations, index, workspace", [&](size_t r) {
+      const auto& state = summary.model_state_bytes[r];
+      return summary.peak_memory_bytes[r] - state[0] - state[1] - state[2];
+    });
   }
 
   std::vector<size_t> widths(header.size(), 0);

@@ -4,6 +4,7 @@
 // other ranks.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -26,6 +27,9 @@ struct ProfileSummary {
   // "step". Top-level phases and "outside phases" add up to the step.
   std::vector<ProfileRow> rows;
   std::vector<int64_t> peak_memory_bytes;  // per rank
+  // Per rank: the model state's share of the peak (RankProfile), in the order weights,
+  // gradients, optimizer state.
+  std::vector<std::array<int64_t, 3>> model_state_bytes;
 };
 
 // `ranks[r]` is rank r's profile, its phase_ms indexed like `phases`.

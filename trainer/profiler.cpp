@@ -65,11 +65,16 @@ std::vector<PhaseDefinition> training_step_phases() {
           {"optimizer", "optimizer"}};
 }
 
-size_t RankProfile::row_size(size_t num_phases) { return 4 + num_phases; }
+size_t RankProfile::row_size(size_t num_phases) { return 7 + num_phases; }
 
 std::vector<double> RankProfile::to_row() const {
-  std::vector<double> row = {static_cast<double>(steps), step_ms, outside_phases_ms,
-                             static_cast<double>(peak_memory_bytes)};
+  std::vector<double> row = {static_cast<double>(steps),
+                             step_ms,
+                             outside_phases_ms,
+                             static_cast<double>(peak_memory_bytes),
+                             static_cast<double>(weight_bytes),
+                             static_cast<double>(gradient_bytes),
+                             static_cast<double>(optimizer_bytes)};
   row.insert(row.end(), phase_ms.begin(), phase_ms.end());
   return row;
 }
@@ -80,7 +85,10 @@ RankProfile RankProfile::from_row(const double* row, size_t num_phases) {
   profile.step_ms = row[1];
   profile.outside_phases_ms = row[2];
   profile.peak_memory_bytes = static_cast<int64_t>(row[3]);
-  profile.phase_ms.assign(row + 4, row + 4 + num_phases);
+  profile.weight_bytes = static_cast<int64_t>(row[4]);
+  profile.gradient_bytes = static_cast<int64_t>(row[5]);
+  profile.optimizer_bytes = static_cast<int64_t>(row[6]);
+  profile.phase_ms.assign(row + 7, row + 7 + num_phases);
   return profile;
 }
 

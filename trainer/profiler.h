@@ -57,6 +57,10 @@ struct RankProfile {
   std::vector<double> phase_ms;  // indexed like Profiler::phases()
   double outside_phases_ms = 0;
   int64_t peak_memory_bytes = 0;
+  // What the model state holds of that peak (the rest is activations, the attention index and
+  // workspace): bf16/fp32 weights, their gradients (model and fp32 master), and the optimizer's
+  // fp32 master weights and AdamW moments. Zero where the trainer did not report them.
+  int64_t weight_bytes = 0, gradient_bytes = 0, optimizer_bytes = 0;
 
   // Flat form for gathering with one collective of doubles: row_size(phases) values on every rank.
   static size_t row_size(size_t num_phases);

@@ -41,8 +41,13 @@ void truncate_metrics(const std::string& path, int64_t last_step) {
   for (const auto& line : kept) file << line << '\n';
 }
 
-void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir) {
-  const auto row = profiler.rank_profile().to_row();
+void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir,
+                    const ModelStateBytes& model_state) {
+  RankProfile profile = profiler.rank_profile();
+  profile.weight_bytes = model_state.weights;
+  profile.gradient_bytes = model_state.gradients;
+  profile.optimizer_bytes = model_state.optimizer;
+  const auto row = profile.to_row();
   const auto rows = world.all_gather(at::tensor(row, at::kDouble)).contiguous();
   const std::string events = profiler.chrome_trace_events();
   const auto lengths =

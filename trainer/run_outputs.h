@@ -20,8 +20,13 @@ void prepare_run_dir(const config::Experiment& e, const std::string& dir);
 void truncate_metrics(const std::string& path, int64_t last_step);
 
 // Every rank's profile and trace events to rank 0, which prints the summary table and writes
-// trace.json (Perfetto / chrome://tracing). Collective over `world`.
-void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir);
+// trace.json (Perfetto / chrome://tracing). Collective over `world`. `model_state` is this rank's
+// RankProfile memory breakdown: weight, gradient and optimizer-state bytes.
+struct ModelStateBytes {
+  int64_t weights = 0, gradients = 0, optimizer = 0;
+};
+void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir,
+                    const ModelStateBytes& model_state);
 
 // Means over the steps this call ran, for <run dir>/summary.json.
 struct RunTotals {
