@@ -60,7 +60,8 @@ Row run_ours(const std::string& name, const at::Tensor& q, const at::Tensor& k, 
   const auto ids = at::arange(length / p.block_size, q.options().dtype(at::kInt));
   const kernels::ShardBlocks blocks{ids, ids};
   // The transposed index selects the fast backward schedule, as the ring builds it on GPUs.
-  const auto index = kernels::build_sparse_index(p, blocks, 1, k.size(2), /*with_transpose=*/true);
+  const auto index =
+      kernels::build_sparse_index(p, blocks, 1, k.size(2), kernels::Transpose::kBlocksAndColumns);
   const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
   kernels::AttentionPartial result;
   auto forward = [&] { result = kernels::sparse_attention_forward(q, k, v, blocks, index, scale); };
@@ -204,21 +205,22 @@ int main(int argc, char** argv) {
     const auto q_sample = q.slice(1, length - 64);
     const double scale = 1.0 / std::sqrt(double(dim));
     const auto ids = at::arange(length / block, q.options().dtype(at::kInt));
-    auto estimate_once = [&](bool with_transpose) {
+    auto estimate_once = [&](kernels::Transpose transpose) {
       const auto logits = kernels::sample_logits(q_sample, sample_positions, k, positions, scale);
       const auto m =
           kernels::attention_mass(at::softmax(logits, -1), sample_positions, positions, length);
       const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
-      return kernels::build_sparse_index(p, {ids, ids}, 1, heads, with_transpose);
+      return kernels::build_sparse_index(p, {ids, ids}, 1, heads, transpose);
     };
-    const double estimate = time_ms([&] { estimate_once(false); });
+    // As the ring builds it on GPUs: with the transposed blocks of the fast backward.
+    const double estimate = time_ms([&] { estimate_once(kernels::Transpose::kBlocks); });
     const auto logits = kernels::sample_logits(q_sample, sample_positions, k, positions, scale);
     const auto probabilities = at::softmax(logits, -1);
     const auto m = kernels::attention_mass(probabilities, sample_positions, positions, length);
     const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
     std::printf(
         "estimation stages at %lld tokens (ms): logits %.2f, softmax %.2f, mass %.2f, "
-        "select %.2f, index %.2f, index+transpose %.2f, all with transpose %.2f\n",
+        "select %.2f, index %.2f, index+transposed blocks %.2f, index+all transposed %.2f\n",
         static_cast<long long>(length),
         time_ms([&] { kernels::sample_logits(q_sample, sample_positions, k, positions, scale); }),
         time_ms([&] { at::softmax(logits, -1); }), time_ms([&] {
@@ -226,12 +228,15 @@ int main(int argc, char** argv) {
         }),
         time_ms([&] { kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block); }),
         time_ms([&] {
-          kernels::build_sparse_index(p, {ids, ids}, 1, heads, false);
+          kernels::build_sparse_index(p, {ids, ids}, 1, heads, kernels::Transpose::kNone);
         }),
         time_ms([&] {
-          kernels::build_sparse_index(p, {ids, ids}, 1, heads, true);
+          kernels::build_sparse_index(p, {ids, ids}, 1, heads, kernels::Transpose::kBlocks);
         }),
-        time_ms([&] { estimate_once(true); }));
+        time_ms([&] {
+          kernels::build_sparse_index(p, {ids, ids}, 1, heads,
+                                      kernels::Transpose::kBlocksAndColumns);
+        }));
     std::fflush(stdout);
     estimation_ms.emplace_back(length, estimate);
   }

@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
           for (int source = 0; source < world; ++source) {
             const kernels::ShardBlocks blocks{layout.blocks_of(rank), layout.blocks_of(source)};
             sparse_pairs += kernels::attended_pairs(
-                kernels::build_sparse_index(pattern, blocks, 1, heads, false));
+                kernels::build_sparse_index(pattern, blocks, 1, heads, kernels::Transpose::kNone));
           }
           // Dense causal work: query block g meets the g + 1 key blocks at or before it.
           const double dense_pairs =

@@ -94,12 +94,15 @@ void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, cons
   p.deterministic = deterministic;
   // The transposed index selects the fast kv-block-outer schedule (dK/dV in registers); without
   // it the kernels fall back to the query-block-outer schedule with dK/dV atomics.
-  TORCH_CHECK(!deterministic || index.t_block_row_offsets.defined(),
-              "deterministic backward needs the transposed index (build_sparse_index with "
-              "with_transpose)");
+  TORCH_CHECK(!deterministic ||
+                  (index.t_block_row_offsets.defined() && index.t_column_row_offsets.defined()),
+              "deterministic backward needs the transposed blocks and columns "
+              "(build_sparse_index with Transpose::kBlocksAndColumns)");
   if (index.t_block_row_offsets.defined()) {
     p.t_block_row_offsets = int32_data(index.t_block_row_offsets, "t_block_row_offsets");
     p.t_block_entries = int32_data(index.t_block_entries, "t_block_entries");
+  }
+  if (index.t_column_row_offsets.defined()) {
     p.t_column_row_offsets = int32_data(index.t_column_row_offsets, "t_column_row_offsets");
     p.t_column_entries = int32_data(index.t_column_entries, "t_column_entries");
   }

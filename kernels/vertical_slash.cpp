@@ -16,11 +16,6 @@ at::Tensor int32_offsets(const at::Tensor& counts) {
 // Integer division of an int64 tensor (operator/ on integer tensors is true division).
 at::Tensor divide(const at::Tensor& t, int64_t divisor) { return at::div(t, divisor, "floor"); }
 
-// CSR column ids of a [rows, cols] boolean matrix, row-major.
-at::Tensor csr_columns(const at::Tensor& mask2d) {
-  return at::nonzero(mask2d).select(1, 1).to(at::kInt).contiguous();
-}
-
 }  // namespace
 
 VerticalSlashPattern dense_pattern(int64_t heads, int64_t sequence_length, int block_size,
@@ -36,19 +31,37 @@ VerticalSlashPattern dense_pattern(int64_t heads, int64_t sequence_length, int b
 
 at::Tensor sample_logits(const at::Tensor& q_sample, const at::Tensor& q_positions,
                          const at::Tensor& k, const at::Tensor& k_positions, double softmax_scale) {
-  const int64_t heads = q_sample.size(2), group = heads / k.size(2);
-  const auto q = q_sample.to(at::kFloat).permute({0, 2, 1, 3});
-  auto kh = k.to(at::kFloat).permute({0, 2, 1, 3});
-  if (group > 1) kh = kh.repeat_interleave(group, 1);
-  auto logits = at::matmul(q, kh.transpose(-1, -2)) * softmax_scale;
-  const auto after = k_positions.unsqueeze(0) > q_positions.unsqueeze(1);  // [n, k_tokens]
-  return logits.masked_fill(after, -std::numeric_limits<float>::infinity());
+  const int64_t batch = q_sample.size(0), n = q_sample.size(1), heads = q_sample.size(2);
+  const int64_t dim = q_sample.size(3), kv_heads = k.size(2), k_tokens = k.size(1);
+  const int64_t group = heads / kv_heads;
+  // The queries of a kv head's group side by side, against that head's keys read in place:
+  // [batch x kv_heads, group x n, dim] x [batch x kv_heads, dim, k_tokens] (no repeated keys).
+  const auto q_grouped = q_sample.reshape({batch, n, kv_heads, group, dim})
+                             .permute({0, 2, 3, 1, 4})
+                             .reshape({batch * kv_heads, group * n, dim});
+  const auto k_columns = k.permute({0, 2, 3, 1}).reshape({batch * kv_heads, dim, k_tokens});
+  // bf16/fp16 inputs multiply on tensor cores into fp32 on GPUs; CPUs compute in fp32.
+  const bool reduced = k.scalar_type() == at::kBFloat16 || k.scalar_type() == at::kHalf;
+  auto logits = reduced && k.is_cuda()
+                    ? at::bmm(q_grouped, k_columns, at::kFloat)
+                    : at::bmm(q_grouped.to(at::kFloat), k_columns.to(at::kFloat));
+  logits = logits.view({batch, heads, n, k_tokens}).mul_(softmax_scale);
+  // Only keys after the earliest sampled query can follow a query: mask just those columns.
+  const auto late = at::nonzero(k_positions > q_positions.min()).squeeze(1);
+  if (late.numel() > 0) {
+    auto late_logits = logits.index_select(3, late);
+    const auto after = k_positions.index_select(0, late).unsqueeze(0) > q_positions.unsqueeze(1);
+    late_logits.masked_fill_(after, -std::numeric_limits<float>::infinity());
+    logits.index_copy_(3, late, late_logits);
+  }
+  return logits;
 }
 
 AttentionMass attention_mass(const at::Tensor& probabilities, const at::Tensor& q_positions,
                              const at::Tensor& k_positions, int64_t sequence_length) {
   const int64_t heads = probabilities.size(1);
-  const auto per_head = probabilities.sum(0);  // [heads, n, k_tokens]
+  // [heads, n, k_tokens]; a single sequence needs no copy.
+  const auto per_head = probabilities.size(0) == 1 ? probabilities[0] : probabilities.sum(0);
   AttentionMass mass;
   mass.vertical = at::zeros({heads, sequence_length}, probabilities.options());
   mass.vertical.index_add_(1, k_positions, per_head.sum(1));
@@ -103,7 +116,7 @@ VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_colum
 }
 
 SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardBlocks& blocks,
-                               int64_t batch, int64_t kv_heads, bool with_transpose) {
+                               int64_t batch, int64_t kv_heads, Transpose transpose) {
   const int64_t bs = pattern.block_size;
   const int64_t heads = pattern.block_diagonals.size(0);
   const int64_t group = heads / kv_heads;
@@ -112,6 +125,7 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
   const int64_t q_blocks = q_ids.numel(), k_blocks = k_ids.numel(), k_tokens = k_blocks * bs;
   const int64_t global_blocks = pattern.block_diagonals.size(1);
   const auto long_options = q_ids.options();
+  const auto int_options = long_options.dtype(at::kInt);
 
   // Slash part: block (qb, kb) is active when it is causal and its diagonal offset is chosen.
   const auto offset = q_ids.unsqueeze(1) - k_ids.unsqueeze(0);  // [q_blocks, k_blocks]
@@ -125,63 +139,64 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
   auto slot_of_block = at::full({global_blocks}, -1, long_options);
   slot_of_block.index_copy_(0, k_ids, at::arange(k_blocks, long_options));
   const auto& columns = pattern.columns;  // [heads, C]
-  const auto valid = columns >= 0;
+  const int64_t num_columns = columns.size(1);
   const auto column_slot =
-      at::where(valid,
+      at::where(columns >= 0,
                 slot_of_block.index_select(0, divide(columns.clamp_min(0), bs).reshape(-1))
                     .view(columns.sizes()),
                 at::full({}, -1, long_options));
-  const auto in_shard = column_slot >= 0;
   const auto local_token = column_slot.clamp_min(0) * bs + columns.clamp_min(0) % bs;
   const auto q_last = q_ids * bs + (bs - 1);  // [q_blocks]
-  std::vector<at::Tensor> column_masks;       // per head [q_blocks, C]
-  for (int64_t h = 0; h < heads; ++h) {
-    const auto covered = block_mask[h].index_select(1, column_slot[h].clamp_min(0));
-    column_masks.push_back(in_shard[h]
-                               .unsqueeze(0)
-                               .logical_and(columns[h].unsqueeze(0) <= q_last.unsqueeze(1))
-                               .logical_and(covered.logical_not()));
-  }
-  const auto column_mask = at::stack(column_masks);  // [heads, q_blocks, C]
+  const auto rows_shape = std::vector<int64_t>{heads, q_blocks, num_columns};
+  const auto covered =
+      block_mask.gather(2, column_slot.clamp_min(0).unsqueeze(1).expand(rows_shape));
+  const auto column_mask = (column_slot >= 0)
+                               .unsqueeze(1)
+                               .logical_and(columns.unsqueeze(1) <= q_last.view({1, q_blocks, 1}))
+                               .logical_and(covered.logical_not());  // [heads, q_blocks, C]
 
+  // CSR of one sequence, rows (head, query block) in order; entries by masked_select, which keeps
+  // row-major order. Every sequence of the batch has the same rows.
   SparseIndex index;
   index.block_size = static_cast<int>(bs);
-  const auto rows_blocks = block_mask.unsqueeze(0).expand({batch, heads, q_blocks, k_blocks});
-  index.block_row_offsets = int32_offsets(rows_blocks.sum(-1));
-  index.block_cols = csr_columns(rows_blocks.reshape({-1, k_blocks}));
-  const int64_t num_columns = columns.size(1);
+  const auto block_cols =
+      at::arange(k_blocks, int_options).view({1, 1, k_blocks}).expand_as(block_mask);
+  index.block_row_offsets =
+      int32_offsets(block_mask.sum(-1).unsqueeze(0).expand({batch, heads, q_blocks}));
+  index.block_cols = block_cols.masked_select(block_mask).repeat({batch});
+  index.column_row_offsets =
+      int32_offsets(column_mask.sum(-1).unsqueeze(0).expand({batch, heads, q_blocks}));
+  index.column_indices = local_token.to(at::kInt)
+                             .unsqueeze(1)
+                             .expand(rows_shape)
+                             .masked_select(column_mask)
+                             .repeat({batch});
+
+  if (transpose == Transpose::kNone) return index;
+  // Blocks: rows (b, kv head, kv block), entries q_head * q_blocks + qb over the GQA group.
+  const auto t_mask = block_mask.view({kv_heads, group, q_blocks, k_blocks}).permute({0, 3, 1, 2});
+  const auto t_entries = at::arange(heads * q_blocks, int_options)
+                             .view({kv_heads, 1, group, q_blocks})
+                             .expand({kv_heads, k_blocks, group, q_blocks});
+  index.t_block_row_offsets =
+      int32_offsets(t_mask.sum({2, 3}).unsqueeze(0).expand({batch, kv_heads, k_blocks}));
+  index.t_block_entries = t_entries.masked_select(t_mask).repeat({batch});
+  if (transpose == Transpose::kBlocks) return index;
+
+  // Columns: rows (b, kv head, key token), entries q_head * q_blocks + qb, in row order.
   const auto rows_columns = column_mask.unsqueeze(0).expand({batch, heads, q_blocks, num_columns});
-  index.column_row_offsets = int32_offsets(rows_columns.sum(-1));
   const auto column_entries =
       at::nonzero(rows_columns.reshape({batch * heads * q_blocks, num_columns}));
-  // Entry (row, c) -> local token of column c of the row's head.
   const auto entry_rows = column_entries.select(1, 0);
   const auto entry_heads = divide(entry_rows, q_blocks) % heads;
-  const auto entry_columns = column_entries.select(1, 1);
-  index.column_indices = local_token.index({entry_heads, entry_columns}).to(at::kInt).contiguous();
-
-  if (with_transpose) {
-    // Blocks: rows (b, kv head, kv block), entries q_head * q_blocks + qb over the GQA group.
-    const auto t_mask = block_mask.view({kv_heads, group, q_blocks, k_blocks})
-                            .permute({0, 3, 1, 2})
-                            .reshape({kv_heads * k_blocks, group * q_blocks});
-    const auto t_nonzero = at::nonzero(t_mask);
-    const auto kv_head_of_entry = divide(t_nonzero.select(1, 0), k_blocks);
-    const auto one_batch_entries =
-        (kv_head_of_entry * group * q_blocks + t_nonzero.select(1, 1)).to(at::kInt);
-    const auto t_counts = t_mask.sum(-1);
-    index.t_block_row_offsets = int32_offsets(t_counts.unsqueeze(0).expand({batch, -1}));
-    index.t_block_entries = one_batch_entries.repeat({batch}).contiguous();
-    // Columns: rows (b, kv head, key token), entries q_head * q_blocks + qb.
-    const auto batch_of_entry = divide(entry_rows, heads * q_blocks);
-    const auto qb_of_entry = entry_rows % q_blocks;
-    const auto key = (batch_of_entry * kv_heads + divide(entry_heads, group)) * k_tokens +
-                     index.column_indices.to(at::kLong);
-    const auto order = std::get<1>(key.sort(/*stable=*/true, 0, false));
-    index.t_column_entries =
-        (entry_heads * q_blocks + qb_of_entry).index_select(0, order).to(at::kInt).contiguous();
-    index.t_column_row_offsets = int32_offsets(at::bincount(key, {}, batch * kv_heads * k_tokens));
-  }
+  const auto batch_of_entry = divide(entry_rows, heads * q_blocks);
+  const auto qb_of_entry = entry_rows % q_blocks;
+  const auto key = (batch_of_entry * kv_heads + divide(entry_heads, group)) * k_tokens +
+                   index.column_indices.to(at::kLong);
+  const auto order = std::get<1>(key.sort(/*stable=*/true, 0, false));
+  index.t_column_entries =
+      (entry_heads * q_blocks + qb_of_entry).index_select(0, order).to(at::kInt).contiguous();
+  index.t_column_row_offsets = int32_offsets(at::bincount(key, {}, batch * kv_heads * k_tokens));
   return index;
 }
 

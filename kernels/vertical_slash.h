@@ -47,11 +47,15 @@ VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_colum
                                     int64_t num_diagonals, int64_t sink_tokens,
                                     int64_t local_tokens, int block_size);
 
+// Which parts of the transposed index (kv block -> query blocks) to build: the GPU's fast
+// backward walks the transposed blocks; the deterministic backward also the transposed columns
+// (an expensive sort, so only when asked).
+enum class Transpose { kNone, kBlocks, kBlocksAndColumns };
+
 // The index of one (query shard, kv shard) pair, replicated over `batch`. Columns inside an
-// active block of their row are left to the block part. With `with_transpose` the transposed
-// index of the deterministic backward pass is filled too.
+// active block of their row are left to the block part.
 SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardBlocks& blocks,
-                               int64_t batch, int64_t kv_heads, bool with_transpose);
+                               int64_t batch, int64_t kv_heads, Transpose transpose);
 
 // Attended (query, key) pairs of an index, counting blocks as full; for density figures.
 int64_t attended_pairs(const SparseIndex& index);

@@ -13,15 +13,19 @@ python=$( [ -x "$root/.venv/bin/python3" ] && echo "$root/.venv/bin/python3" || 
 generator=$(command -v ninja >/dev/null && echo Ninja || echo "Unix Makefiles")
 status=()
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+# At most 7 files land in $out (the device tool returns only a few): attention_bench.{txt,json},
+# flex_attention_bench.json, gpu_tests.log, train.log, quality.log, ring_gpu_tests.log.
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== configure + build ($generator)"
 start=$(date +%s)
+build_log=$(mktemp)
 if cmake -S "$root" -B "$build" -G "$generator" -DCMAKE_BUILD_TYPE=Release \
-     -DSPARSERING_PYTHON="$python" >"$out/build.log" 2>&1 &&
-   cmake --build "$build" -j "$(nproc)" >>"$out/build.log" 2>&1; then
+     -DSPARSERING_PYTHON="$python" >"$build_log" 2>&1 &&
+   cmake --build "$build" -j "$(nproc)" >>"$build_log" 2>&1; then
   status+=("build|ok|$(( $(date +%s) - start )) s")
 else
-  tail -40 "$out/build.log"
+  cp "$build_log" "$out/build.log"
+  tail -40 "$build_log"
   echo "build failed"; exit 1
 fi
 
@@ -61,12 +65,12 @@ if [ "${FLEX:-1}" = 1 ]; then
   echo "== FlexAttention on the same masks"
   if "$python" "$root/bench/flex_attention_bench.py" --pattern-dir "$patterns" \
        --lengths "$lengths" --ours "$out/attention_bench.json" \
-       --json "$out/flex_attention_bench.json" >"$out/flex_attention_bench.txt" 2>&1; then
+       --json "$out/flex_attention_bench.json" >"$patterns/flex.txt" 2>&1; then
     status+=("flex_attention_bench|ok|flex_attention_bench.json")
   else
-    status+=("flex_attention_bench|FAILED|see flex_attention_bench.txt")
+    status+=("flex_attention_bench|FAILED|see attention_bench.txt")
   fi
-  grep -v "^ *$" "$out/flex_attention_bench.txt" | tail -8
+  tee -a "$out/attention_bench.txt" <"$patterns/flex.txt" | grep -v "^ *$" | tail -8
 fi
 
 # Training runs of the ~1B model on this GPU: "KIND:TOKENS:STEPS[:FLAGS]" items, FLAGS a
@@ -100,7 +104,7 @@ for spec in $train_runs; do
   if "$root/launch/train.sh" "$root/configs/llama_1b.pbtxt" --set attention.kind="$kind" \
        --set train.sequence_length="$tokens" --set train.steps="$steps" "${extra[@]}" \
        --run-dir "/tmp/$name" >>"$out/train.log" 2>&1; then
-    last=$(grep '^step' "$out/train.log" | tail -1)
+    last=$(grep -E '^step +[0-9]+/' "$out/train.log" | tail -1)
     note=${last#*|}
     if [[ " $flags " == *full* ]]; then
       checkpoints=$(ls "/tmp/$name/checkpoints" | grep -c step)
@@ -108,6 +112,7 @@ for spec in $train_runs; do
       note="$note | $checkpoints checkpoints, $events event file(s)"
     fi
     status+=("$name|ok|$note")
+    rm -rf "/tmp/$name/checkpoints"  # a 1B checkpoint is ~15 GB: keep the disk for the next run
   else
     status+=("$name|FAILED|see train.log")
     tail -5 "$out/train.log"
@@ -115,23 +120,24 @@ for spec in $train_runs; do
 done
 
 # Quality at small scale: the same small model trained with dense and with sparse attention on
-# passkey retrieval, then evaluated with the attention it trained with ("QUALITY=TOKENS:STEPS").
+# the long-range copy task (configs/quality_copy.pbtxt), then evaluated with the attention it trained with ("QUALITY=TOKENS:STEPS").
 if [ -n "${QUALITY:-}" ]; then
   IFS=: read -r tokens steps <<<"$QUALITY"
   : >"$out/quality.log"
   for kind in DENSE SPARSE; do
     run_dir="/tmp/quality_${kind,,}"
-    common=(--set data.source=PASSKEY --set "train.sequence_length=$tokens"
+    common=(--set "train.sequence_length=$tokens"
             --set "model.max_context=$tokens" --set attention.kind="$kind")
     echo "== quality $kind $tokens tokens, $steps steps" | tee -a "$out/quality.log"
-    if "$root/launch/train.sh" "$root/configs/quality_passkey.pbtxt" "${common[@]}" \
+    if "$root/launch/train.sh" "$root/configs/quality_copy.pbtxt" "${common[@]}" \
          --set "train.steps=$steps" --set "checkpoint.every_steps=$steps" \
          --run-dir "$run_dir" >>"$out/quality.log" 2>&1 &&
-       "$build/sparsering" eval --config "$root/configs/quality_passkey.pbtxt" "${common[@]}" \
+       "$build/sparsering" eval --config "$root/configs/quality_copy.pbtxt" "${common[@]}" \
          --run-dir "$run_dir" --checkpoint auto --attention "${kind,,}" --eval-sequences 4 \
          >>"$out/quality.log" 2>&1; then
-      cp "$run_dir/eval.json" "$out/quality_${kind,,}_eval.json"
-      status+=("quality_${kind,,}|ok|$(grep '^step' "$out/quality.log" | tail -1 | cut -d'|' -f2)")
+      cat "$run_dir/eval.json" >>"$out/quality.log"
+      status+=("quality_${kind,,}|ok|$(grep -E '^step +[0-9]+/' "$out/quality.log" | tail -1 |
+                                      cut -d'|' -f2)")
     else
       status+=("quality_${kind,,}|FAILED|see quality.log")
       tail -5 "$out/quality.log"

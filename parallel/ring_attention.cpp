@@ -310,14 +310,16 @@ kernels::VerticalSlashPattern RingAttention::estimate_pattern(const at::Tensor& 
   const auto long_options = q.options().dtype(at::kLong);
   const auto q_positions = at::arange(length - samples, length, long_options);
   const auto k_positions = layout_.positions_of(cp.rank()).to(q.device());
-  const auto logits = kernels::sample_logits(sample, q_positions, k, k_positions, scale);
-  // Softmax over the whole sequence: combine every shard's row max and row sum.
-  auto row_max = logits.amax(-1, /*keepdim=*/true).contiguous();
+  auto probabilities = kernels::sample_logits(sample, q_positions, k, k_positions, scale);
+  // Softmax over the whole sequence: combine every shard's row max and row sum. In place: the
+  // logits of 64 queries against a 128K-token shard take 1 GB at 32 heads.
+  auto row_max = probabilities.amax(-1, /*keepdim=*/true).contiguous();
   cp.all_reduce(row_max, ReduceOp::kMax);
-  auto exp_logits = at::exp(logits - row_max);
-  auto row_sum = exp_logits.sum(-1, /*keepdim=*/true).contiguous();
+  probabilities.sub_(row_max).exp_();
+  auto row_sum = probabilities.sum(-1, /*keepdim=*/true).contiguous();
   cp.all_reduce(row_sum, ReduceOp::kSum);
-  const auto mass = kernels::attention_mass(exp_logits / row_sum, q_positions, k_positions, length);
+  probabilities.div_(row_sum);
+  const auto mass = kernels::attention_mass(probabilities, q_positions, k_positions, length);
   auto combined = at::stack({mass.vertical, mass.slash}).contiguous();
   cp.all_reduce(combined, ReduceOp::kSum);
   // Identical inputs on every rank make the selection identical; reduction order may not.
@@ -363,9 +365,13 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
                                q.size(2) * layout_.block_size() * layout_.block_size();
       continue;
     }
-    // On the GPU the transposed index selects the fast kv-block-outer backward.
-    plan->indices.push_back(kernels::build_sparse_index(
-        pattern, blocks, q.size(0), k.size(2), config_.deterministic_backward || q.is_cuda()));
+    // On the GPU the transposed blocks select the fast kv-block-outer backward; the
+    // deterministic backward also walks the transposed columns.
+    const auto transpose = config_.deterministic_backward ? kernels::Transpose::kBlocksAndColumns
+                           : q.is_cuda()                  ? kernels::Transpose::kBlocks
+                                                          : kernels::Transpose::kNone;
+    plan->indices.push_back(
+        kernels::build_sparse_index(pattern, blocks, q.size(0), k.size(2), transpose));
     stats_.attended_pairs += kernels::attended_pairs(plan->indices.back());
   }
   stats_.dense_pairs =

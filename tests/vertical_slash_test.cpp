@@ -55,7 +55,8 @@ TEST_P(IndexUnderLayout, PairIndicesTileTheGlobalMask) {
   for (int qr = 0; qr < world; ++qr) {
     for (int kr = 0; kr < world; ++kr) {
       const kernels::ShardBlocks shard{layout.blocks_of(qr), layout.blocks_of(kr)};
-      const auto index = kernels::build_sparse_index(pattern, shard, /*batch=*/2, kv_heads, true);
+      const auto index = kernels::build_sparse_index(pattern, shard, /*batch=*/2, kv_heads,
+                                                     kernels::Transpose::kBlocksAndColumns);
       const int64_t local = layout.blocks_per_rank() * block;
       const auto mask = kernels::cpu::attention_mask(shard, index, 2, heads, local, local);
       const auto expected =
@@ -91,7 +92,8 @@ TEST(DensePattern, IndexesEveryCausalBlock) {
   const int block = 4;
   const auto pattern = kernels::dense_pattern(2, 32, block, at::kCPU);
   const auto ids = at::arange(8, at::kInt);
-  const auto index = kernels::build_sparse_index(pattern, {ids, ids}, 1, 1, false);
+  const auto index =
+      kernels::build_sparse_index(pattern, {ids, ids}, 1, 1, kernels::Transpose::kNone);
   EXPECT_EQ(index.num_blocks(), 2 * 8 * 9 / 2);
   EXPECT_EQ(index.num_columns(), 0);
 }

@@ -123,6 +123,13 @@ void score_held_out(const EvalRun& run, LengthModel& model, data::SequenceSource
     std::vector<data::SequenceExample> batch;
     for (size_t i = start; i < std::min(mine.size(), start + batch_size); ++i) {
       batch.push_back(source.example(kHeldOutFirstIndex + mine[i]));
+      if (run.e.data.source == config::DataSource::kSyntheticCopy) {
+        // The copy task's answers: every token after the first period (the first is noise).
+        auto& answers = batch.back().answer_positions;
+        for (int64_t p = run.e.data.copy_period; p < run.e.train.sequence_length; ++p) {
+          answers.push_back(p);
+        }
+      }
     }
     for (size_t m = 0; m < run.modes.size(); ++m) {
       run.watchdog.beat("held-out forward");
@@ -201,6 +208,9 @@ AttentionResult result_of(const EvalRun& run, const std::string& mode, const Mod
   result.attention_density = t.dense_pairs > 0 ? t.attended_pairs / t.dense_pairs : 0.0;
   if (run.e.data.source == config::DataSource::kAssociativeRecall) {
     result.recall_accuracy = t.answers_right / t.answers;
+  }
+  if (run.e.data.source == config::DataSource::kSyntheticCopy) {
+    result.copy_accuracy = t.answers_right / t.answers;
   }
   if (lengths.empty()) return result;
   NeedleGrid grid;
@@ -308,9 +318,10 @@ EvalReport evaluate(const config::Experiment& e, parallel::ProcessGroups& groups
   report.sequences = options.sequences;
   report.first_sequence_index = kHeldOutFirstIndex;
   report.held_out = source->sequences_per_epoch() == 0;
-  report.loss_targets = passkey || e.data.source == config::DataSource::kAssociativeRecall
-                            ? "answers"
-                            : "next tokens";
+  report.loss_targets =
+      e.data.source == config::DataSource::kSyntheticCopy ? "tokens after the first copy period"
+      : passkey || e.data.source == config::DataSource::kAssociativeRecall ? "answers"
+                                                                           : "next tokens";
   for (size_t m = 0; m < modes.size(); ++m) {
     report.results.push_back(result_of(run, modes[m], totals[m], lengths));
   }

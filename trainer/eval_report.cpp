@@ -86,6 +86,9 @@ std::string format_eval_table(const EvalReport& report) {
   if (!report.results.empty() && report.results[0].recall_accuracy) {
     row("recall accuracy", [](const AttentionResult& r) { return fixed(*r.recall_accuracy, 3); });
   }
+  if (!report.results.empty() && report.results[0].copy_accuracy) {
+    row("copy accuracy", [](const AttentionResult& r) { return fixed(*r.copy_accuracy, 4); });
+  }
   if (report.results.empty() || !report.results[0].needle) return out.str();
   row("needle accuracy",
       [](const AttentionResult& r) { return fixed(r.needle->mean_accuracy(), 3); });
@@ -134,6 +137,7 @@ std::string eval_json(const EvalReport& report) {
          << ", \"perplexity\": " << json_number(r.perplexity)
          << ", \"attention_density\": " << json_number(r.attention_density);
     if (r.recall_accuracy) json << ", \"recall_accuracy\": " << json_number(*r.recall_accuracy);
+    if (r.copy_accuracy) json << ", \"copy_accuracy\": " << json_number(*r.copy_accuracy);
     if (r.needle) json << ", \"needle\": " << needle_json(*r.needle);
     json << "}";
   }

@@ -26,6 +26,9 @@ struct AttentionResult {
   double attention_density = 0;  // (query, key) pairs computed / causal pairs
   std::optional<NeedleGrid> needle;       // data.source = PASSKEY
   std::optional<double> recall_accuracy;  // ASSOCIATIVE_RECALL: queries answered right
+  // SYNTHETIC_COPY: tokens after the first period predicted right (each repeats the token one
+  // period back, so this measures retrieval over that distance).
+  std::optional<double> copy_accuracy;
 };
 
 struct EvalReport {

@@ -60,6 +60,15 @@ with temporary_directory() as tmp:
         dense = json.load(f)["attention"]["dense"]
     check(in_unit_range(dense.get("recall_accuracy")), f"bad recall accuracy: {dense}")
 
+    # And on the copy task: accuracy over the tokens after the first period.
+    process = evaluate(run_dir, "--checkpoint", "auto", "--eval-sequences", "2",
+                       "--set", "data.source=SYNTHETIC_COPY", "--set", "data.copy_period=64")
+    check(process.returncode == 0, "copy eval failed", process)
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        report = json.load(f)
+    check(in_unit_range(report["attention"]["dense"].get("copy_accuracy")) and
+          "copy period" in report["loss_targets"], f"bad copy eval: {report}")
+
     # No checkpoint: one line naming it, status 2, before any rank starts talking.
     for options in (["--checkpoint", os.path.join(tmp, "none")],
                     ["--checkpoint", "auto", "--run-dir", os.path.join(tmp, "empty")]):

@@ -56,8 +56,8 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   std::vector<std::tuple<kernels::ShardBlocks, kernels::SparseIndex, at::Tensor, at::Tensor>> pairs;
   for (int source = 0; source < world; ++source) {
     kernels::ShardBlocks blocks_cpu{layout.blocks_of(rank), layout.blocks_of(source)};
-    const auto index_cpu =
-        kernels::build_sparse_index(pattern, blocks_cpu, batch, c.kv_heads, true);
+    const auto index_cpu = kernels::build_sparse_index(pattern, blocks_cpu, batch, c.kv_heads,
+                                                       kernels::Transpose::kBlocksAndColumns);
     kernels::ShardBlocks blocks_gpu{blocks_cpu.q_block_ids.to(cuda),
                                     blocks_cpu.k_block_ids.to(cuda)};
     kernels::SparseIndex index_gpu = index_cpu;
