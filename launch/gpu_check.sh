@@ -2,6 +2,8 @@
 # On a GPU machine: build once, run the GPU tests and the benchmarks, print a short table last.
 # Logs and JSON go to $OUT (the device tool's output folder) or gpu-check/ here.
 #   launch/gpu_check.sh [bench lengths, default 16384,32768,131072]
+# Environment: TRAIN_RUNS (1B training runs, below; "" for none), QUALITY=TOKENS:STEPS (dense vs
+# sparse quality check), BENCH=0 (skip the attention benchmarks), FLEX=0 (skip FlexAttention).
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,8 +52,9 @@ if [ "$gpus" -ge 2 ]; then
   fi
 fi
 
-echo "== attention benchmark ($lengths)"
 patterns=$(mktemp -d)
+if [ "${BENCH:-1}" = 1 ]; then
+echo "== attention benchmark ($lengths)"
 if "$build/bench/attention_bench" --lengths "$lengths" --json "$out/attention_bench.json" \
      --pattern-dir "$patterns" >"$out/attention_bench.txt" 2>&1; then
   status+=("attention_bench|ok|attention_bench.json")
@@ -72,12 +75,13 @@ if [ "${FLEX:-1}" = 1 ]; then
   fi
   tee -a "$out/attention_bench.txt" <"$patterns/flex.txt" | grep -v "^ *$" | tail -8
 fi
+fi
 
 # Training runs of the ~1B model on this GPU: "KIND:TOKENS:STEPS[:FLAGS]" items, FLAGS a
 # comma-separated list of: profile (--profile over the steps after the first), full (profile plus
 # N:M 2:4 MDGF masks on the MLP, checkpoints every 2 steps and TensorBoard), ours (dense steps on
 # our kernel instead of cuDNN).
-train_runs=${TRAIN_RUNS:-"DENSE:32768:5 SPARSE:32768:5:profile"}
+train_runs=${TRAIN_RUNS-"DENSE:32768:5 SPARSE:32768:5:profile"}  # TRAIN_RUNS="" runs none
 export SPARSERING_BIN="$build/sparsering"
 : >"$out/train.log"
 for spec in $train_runs; do
