@@ -40,12 +40,19 @@ at::Tensor sample_logits(const at::Tensor& q_sample, const at::Tensor& q_positio
                              .permute({0, 2, 3, 1, 4})
                              .reshape({batch * kv_heads, group * n, dim});
   const auto k_columns = k.permute({0, 2, 3, 1}).reshape({batch * kv_heads, dim, k_tokens});
-  // bf16/fp16 inputs multiply on tensor cores into fp32 on GPUs; CPUs compute in fp32.
+  // bf16/fp16 inputs multiply on tensor cores into fp32 on GPUs, the scale applied in the same
+  // GEMM (beta = 0: the output is only written); CPUs compute in fp32.
   const bool reduced = k.scalar_type() == at::kBFloat16 || k.scalar_type() == at::kHalf;
-  auto logits = reduced && k.is_cuda()
-                    ? at::bmm(q_grouped, k_columns, at::kFloat)
-                    : at::bmm(q_grouped.to(at::kFloat), k_columns.to(at::kFloat));
-  logits = logits.view({batch, heads, n, k_tokens}).mul_(softmax_scale);
+  at::Tensor logits;
+  if (reduced && k.is_cuda()) {
+    const auto output =
+        at::empty({batch * kv_heads, group * n, k_tokens}, q_sample.options().dtype(at::kFloat));
+    logits = at::baddbmm(output, q_grouped, k_columns, at::kFloat, /*beta=*/0,
+                         /*alpha=*/softmax_scale);
+  } else {
+    logits = at::bmm(q_grouped.to(at::kFloat), k_columns.to(at::kFloat)).mul_(softmax_scale);
+  }
+  logits = logits.view({batch, heads, n, k_tokens});
   // Only keys after the earliest sampled query can follow a query: mask just those columns.
   const auto late = at::nonzero(k_positions > q_positions.min()).squeeze(1);
   if (late.numel() > 0) {
