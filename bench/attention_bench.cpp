@@ -53,7 +53,7 @@ Row run_ours(const std::string& name, const at::Tensor& q, const at::Tensor& k, 
              const at::Tensor& dout, const kernels::VerticalSlashPattern& p, bool deterministic) {
   const int64_t length = q.size(1), heads = q.size(2), dim = q.size(3);
   const auto ids = at::arange(length / p.block_size, q.options().dtype(at::kInt));
-  const kernels::ShardBlocks blocks{ids, ids};
+  const kernels::ShardBlocks blocks{ids, ids, /*q_key_starts=*/{}};
   // The transposed index selects the fast backward schedule, as the ring builds it on GPUs.
   const auto index = kernels::build_sparse_index(p, blocks, 1, k.size(2), /*with_transpose=*/true);
   const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
           kernels::attention_mass(at::softmax(logits, -1), sample_positions, positions, length);
       const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
       const auto ids = at::arange(length / block, q.options().dtype(at::kInt));
-      kernels::build_sparse_index(p, {ids, ids}, 1, heads, false);
+      kernels::build_sparse_index(p, {ids, ids, {}}, 1, heads, false);
     });
     estimation_ms.emplace_back(length, estimate);
   }

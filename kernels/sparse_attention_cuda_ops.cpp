@@ -52,6 +52,9 @@ SparseAttentionParams make_params(const at::Tensor& q, const at::Tensor& k, cons
   p.block_cols = int32_data(index.block_cols, "block_cols");
   p.column_row_offsets = int32_data(index.column_row_offsets, "column_row_offsets");
   p.column_indices = int32_data(index.column_indices, "column_indices");
+  TORCH_CHECK(!blocks.q_key_starts.defined(),
+              "CUDA sparse attention: document masking (q_key_starts) is not in the CUDA kernels "
+              "yet; run on the CPU");
   return p;
 }
 

@@ -21,6 +21,31 @@ at::Tensor csr_columns(const at::Tensor& mask2d) {
   return at::nonzero(mask2d).select(1, 1).to(at::kInt).contiguous();
 }
 
+// Document masking: the smallest key start over the tokens of each local query block,
+// int64 [batch, q_blocks]. A key before it is invisible to the whole block.
+at::Tensor block_key_starts(const at::Tensor& q_key_starts, int64_t q_blocks, int64_t bs) {
+  return q_key_starts.to(at::kLong).reshape({q_key_starts.size(0), q_blocks, bs}).amin(-1);
+}
+
+// Transposed block index (kv block -> query blocks of the GQA group) of `block_mask`
+// [mask_batch, heads, q_blocks, k_blocks], replicated to `batch` when mask_batch is 1.
+void fill_transposed_blocks(SparseIndex& index, const at::Tensor& block_mask, int64_t batch,
+                            int64_t kv_heads) {
+  const int64_t mask_batch = block_mask.size(0), heads = block_mask.size(1);
+  const int64_t q_blocks = block_mask.size(2), k_blocks = block_mask.size(3);
+  const int64_t group = heads / kv_heads;
+  // Rows (b, kv head, kv block), entries q_head * q_blocks + qb over the GQA group.
+  const auto t_mask = block_mask.view({mask_batch, kv_heads, group, q_blocks, k_blocks})
+                          .permute({0, 1, 4, 2, 3})
+                          .reshape({mask_batch * kv_heads * k_blocks, group * q_blocks});
+  const auto t_nonzero = at::nonzero(t_mask);
+  const auto kv_head_of_entry = divide(t_nonzero.select(1, 0), k_blocks) % kv_heads;
+  const auto entries = (kv_head_of_entry * group * q_blocks + t_nonzero.select(1, 1)).to(at::kInt);
+  const auto t_counts = t_mask.sum(-1).view({mask_batch, -1});
+  index.t_block_row_offsets = int32_offsets(t_counts.expand({batch, -1}));
+  index.t_block_entries = (mask_batch == batch ? entries : entries.repeat({batch})).contiguous();
+}
+
 }  // namespace
 
 VerticalSlashPattern dense_pattern(int64_t heads, int64_t sequence_length, int block_size,
@@ -142,15 +167,31 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
                                .logical_and(columns[h].unsqueeze(0) <= q_last.unsqueeze(1))
                                .logical_and(covered.logical_not()));
   }
-  const auto column_mask = at::stack(column_masks);  // [heads, q_blocks, C]
+  // [mask_batch, heads, q_blocks, k_blocks] and [mask_batch, heads, q_blocks, C]: one batch
+  // entry serves all unless document masking makes the rows differ per sequence.
+  auto batch_blocks = block_mask.unsqueeze(0);
+  auto batch_columns = at::stack(column_masks).unsqueeze(0);
+  if (blocks.q_key_starts.defined()) {
+    TORCH_CHECK(blocks.q_key_starts.dim() == 2 && blocks.q_key_starts.size(0) == batch &&
+                    blocks.q_key_starts.size(1) == q_blocks * bs,
+                "build_sparse_index: q_key_starts must be [batch, q_tokens] = [", batch, ", ",
+                q_blocks * bs, "], got ", blocks.q_key_starts.sizes());
+    // Pure work saving (the kernels mask elementwise): drop kv blocks and columns that lie
+    // entirely before every query of the block's documents.
+    const auto first_key = block_key_starts(blocks.q_key_starts, q_blocks, bs)
+                               .view({batch, 1, q_blocks, 1});  // [batch, 1, q_blocks, 1]
+    const auto k_last = (k_ids * bs + (bs - 1)).view({1, 1, 1, k_blocks});
+    batch_blocks = batch_blocks.logical_and(k_last >= first_key);
+    batch_columns = batch_columns.logical_and(columns.view({1, heads, 1, -1}) >= first_key);
+  }
 
   SparseIndex index;
   index.block_size = static_cast<int>(bs);
-  const auto rows_blocks = block_mask.unsqueeze(0).expand({batch, heads, q_blocks, k_blocks});
+  const auto rows_blocks = batch_blocks.expand({batch, heads, q_blocks, k_blocks});
   index.block_row_offsets = int32_offsets(rows_blocks.sum(-1));
   index.block_cols = csr_columns(rows_blocks.reshape({-1, k_blocks}));
   const int64_t num_columns = columns.size(1);
-  const auto rows_columns = column_mask.unsqueeze(0).expand({batch, heads, q_blocks, num_columns});
+  const auto rows_columns = batch_columns.expand({batch, heads, q_blocks, num_columns});
   index.column_row_offsets = int32_offsets(rows_columns.sum(-1));
   const auto column_entries =
       at::nonzero(rows_columns.reshape({batch * heads * q_blocks, num_columns}));
@@ -161,17 +202,7 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
   index.column_indices = local_token.index({entry_heads, entry_columns}).to(at::kInt).contiguous();
 
   if (with_transpose) {
-    // Blocks: rows (b, kv head, kv block), entries q_head * q_blocks + qb over the GQA group.
-    const auto t_mask = block_mask.view({kv_heads, group, q_blocks, k_blocks})
-                            .permute({0, 3, 1, 2})
-                            .reshape({kv_heads * k_blocks, group * q_blocks});
-    const auto t_nonzero = at::nonzero(t_mask);
-    const auto kv_head_of_entry = divide(t_nonzero.select(1, 0), k_blocks);
-    const auto one_batch_entries =
-        (kv_head_of_entry * group * q_blocks + t_nonzero.select(1, 1)).to(at::kInt);
-    const auto t_counts = t_mask.sum(-1);
-    index.t_block_row_offsets = int32_offsets(t_counts.unsqueeze(0).expand({batch, -1}));
-    index.t_block_entries = one_batch_entries.repeat({batch}).contiguous();
+    fill_transposed_blocks(index, batch_blocks, batch, kv_heads);
     // Columns: rows (b, kv head, key token), entries q_head * q_blocks + qb.
     const auto batch_of_entry = divide(entry_rows, heads * q_blocks);
     const auto qb_of_entry = entry_rows % q_blocks;

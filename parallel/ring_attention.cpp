@@ -313,7 +313,7 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
   const auto q_blocks = layout_.blocks_of(cp_rank).to(q.device());
   stats_ = {};
   for (int source = 0; source < layout_.world(); ++source) {
-    ShardBlocks blocks{q_blocks, layout_.blocks_of(source).to(q.device())};
+    ShardBlocks blocks{q_blocks, layout_.blocks_of(source).to(q.device()), {}};
     // On the GPU the transposed index selects the fast kv-block-outer backward.
     plan->indices.push_back(kernels::build_sparse_index(
         pattern, blocks, q.size(0), k.size(2), config_.deterministic_backward || q.is_cuda()));
