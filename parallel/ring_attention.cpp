@@ -291,7 +291,7 @@ kernels::VerticalSlashPattern RingAttention::estimate_pattern(const at::Tensor& 
 }
 
 at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  bool estimate, bool dense) {
+                                  bool estimate, bool dense, const at::Tensor& q_key_starts) {
   const int cp_rank = groups_.cp->rank();
   kernels::VerticalSlashPattern pattern;
   if (dense || !config_.sparse) {
@@ -313,7 +313,8 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
   const auto q_blocks = layout_.blocks_of(cp_rank).to(q.device());
   stats_ = {};
   for (int source = 0; source < layout_.world(); ++source) {
-    ShardBlocks blocks{q_blocks, layout_.blocks_of(source).to(q.device()), {}};
+    // Keys need no document data of their own: their positions follow from the kv block ids.
+    ShardBlocks blocks{q_blocks, layout_.blocks_of(source).to(q.device()), q_key_starts};
     // On the GPU the transposed index selects the fast kv-block-outer backward.
     plan->indices.push_back(kernels::build_sparse_index(
         pattern, blocks, q.size(0), k.size(2), config_.deterministic_backward || q.is_cuda()));
