@@ -1,13 +1,14 @@
 // Single-GPU attention benchmark: our block-sparse kernels (dense causal pattern and a
 // vertical-slash pattern) against torch SDPA (cuDNN and FlashAttention-2 backends) measured in the
-// same run, plus the cost of pattern estimation and index building. Prints a table and writes
-// JSON.
+// same run, plus the cost of pattern estimation and index building. Document masking: the dense
+// pattern with one document (the masked kernels on the causal pairs: their overhead) and with
+// documents of --document-tokens (the pruned index). Prints a table and writes JSON.
 //
 //   attention_bench [--lengths 16384,32768,131072] [--heads 32] [--head-dim 128] [--json PATH]
-//                   [--pattern-dir DIR]
-// --pattern-dir saves each length's vertical-slash pattern (DIR/vertical_slash_<tokens>.pt, a
-// (columns, block_diagonals) tuple that Python's torch.load reads) so bench/flex_attention_bench.py
-// can time FlexAttention on exactly the same mask.
+//                   [--document-tokens 8192] [--pattern-dir DIR]
+// --pattern-dir saves each length's vertical-slash patterns (DIR/vertical_slash_<name>_<tokens>.pt,
+// a (columns, block_diagonals) tuple that Python's torch.load reads) so
+// bench/flex_attention_bench.py can time FlexAttention on exactly the same mask.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <torch/autograd.h>
@@ -54,11 +55,13 @@ struct Row {
 // (QK^T and PV); backward = 2.5 x forward (notes/toolchain.md).
 double forward_flops(double pairs, int64_t head_dim) { return 4.0 * pairs * head_dim; }
 
+// `key_starts` (document masking, int32 [1, length]) may be undefined.
 Row run_ours(const std::string& name, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-             const at::Tensor& dout, const kernels::VerticalSlashPattern& p, bool deterministic) {
+             const at::Tensor& dout, const kernels::VerticalSlashPattern& p, bool deterministic,
+             const at::Tensor& key_starts = {}) {
   const int64_t length = q.size(1), heads = q.size(2), dim = q.size(3);
   const auto ids = at::arange(length / p.block_size, q.options().dtype(at::kInt));
-  const kernels::ShardBlocks blocks{ids, ids};
+  const kernels::ShardBlocks blocks{ids, ids, key_starts};
   // The transposed index selects the fast backward schedule, as the ring builds it on GPUs.
   const auto index =
       kernels::build_sparse_index(p, blocks, 1, k.size(2), kernels::Transpose::kBlocksAndColumns);
@@ -74,7 +77,8 @@ Row run_ours(const std::string& name, const at::Tensor& q, const at::Tensor& k, 
     kernels::sparse_attention_backward(dout, q, k, v, result.out, result.lse, delta, blocks, index,
                                        scale, deterministic, dq, dk, dv);
   };
-  // Executed pairs: active blocks count whole except the causal diagonal ones (half).
+  // Executed pairs: active blocks count whole except the causal diagonal ones (half); blocks
+  // that straddle a document start count whole too.
   const double dense_pairs = heads * (length / p.block_size) * (length / p.block_size + 1) / 2.0 *
                              p.block_size * p.block_size;
   const double pairs = static_cast<double>(kernels::attended_pairs(index));
@@ -133,7 +137,7 @@ void select_sdpa_backend(bool cudnn) {
 
 int main(int argc, char** argv) {
   std::vector<int64_t> lengths = {16384, 32768, 131072};
-  int64_t heads = 32, dim = 128;
+  int64_t heads = 32, dim = 128, document_tokens = 8192;
   std::string json_path = "attention_bench.json";
   std::string pattern_dir;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -144,6 +148,8 @@ int main(int argc, char** argv) {
       heads = std::stoll(value);
     else if (flag == "--head-dim")
       dim = std::stoll(value);
+    else if (flag == "--document-tokens")
+      document_tokens = std::stoll(value);
     else if (flag == "--json")
       json_path = value;
     else if (flag == "--pattern-dir")
@@ -173,6 +179,11 @@ int main(int argc, char** argv) {
     rows.push_back(run_sdpa("sdpa_flash2", q, k, v, dout));
     const auto dense = kernels::dense_pattern(heads, length, block, q.device());
     rows.push_back(run_ours("ours_dense", q, k, v, dout, dense, false));
+    const auto positions = at::arange(length, q.options().dtype(at::kInt)).unsqueeze(0);
+    rows.push_back(
+        run_ours("ours_dense_doc1", q, k, v, dout, dense, false, at::zeros_like(positions)));
+    rows.push_back(run_ours("ours_dense_docs", q, k, v, dout, dense, false,
+                            at::div(positions, document_tokens, "floor") * document_tokens));
     // Vertical-slash like the FlexAttention anchor: 1024 sink columns, a 4096-token local
     // window, and 1024 more columns chosen from (random) estimated mass.
     const kernels::AttentionMass mass{at::rand({heads, length}, q.options().dtype(at::kFloat)),
@@ -210,7 +221,7 @@ int main(int argc, char** argv) {
       const auto m =
           kernels::attention_mass(at::softmax(logits, -1), sample_positions, positions, length);
       const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
-      return kernels::build_sparse_index(p, {ids, ids}, 1, heads, transpose);
+      return kernels::build_sparse_index(p, {ids, ids, {}}, 1, heads, transpose);
     };
     // As the ring builds it on GPUs: with the transposed blocks of the fast backward.
     const double estimate = time_ms([&] { estimate_once(kernels::Transpose::kBlocks); });
@@ -228,13 +239,13 @@ int main(int argc, char** argv) {
         }),
         time_ms([&] { kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block); }),
         time_ms([&] {
-          kernels::build_sparse_index(p, {ids, ids}, 1, heads, kernels::Transpose::kNone);
+          kernels::build_sparse_index(p, {ids, ids, {}}, 1, heads, kernels::Transpose::kNone);
         }),
         time_ms([&] {
-          kernels::build_sparse_index(p, {ids, ids}, 1, heads, kernels::Transpose::kBlocks);
+          kernels::build_sparse_index(p, {ids, ids, {}}, 1, heads, kernels::Transpose::kBlocks);
         }),
         time_ms([&] {
-          kernels::build_sparse_index(p, {ids, ids}, 1, heads,
+          kernels::build_sparse_index(p, {ids, ids, {}}, 1, heads,
                                       kernels::Transpose::kBlocksAndColumns);
         }));
     std::fflush(stdout);
@@ -254,7 +265,7 @@ int main(int argc, char** argv) {
   }
   std::ofstream json(json_path);
   json << "{\"heads\": " << heads << ", \"head_dim\": " << dim << ", \"block_size\": " << block
-       << ", \"dtype\": \"bf16\", \"rows\": [";
+       << ", \"document_tokens\": " << document_tokens << ", \"dtype\": \"bf16\", \"rows\": [";
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     json << (i ? ", " : "") << "{\"method\": \"" << r.method << "\", \"tokens\": " << r.length

@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
         for (int rank = 0; rank < world; ++rank) {
           double sparse_pairs = 0;
           for (int source = 0; source < world; ++source) {
-            const kernels::ShardBlocks blocks{layout.blocks_of(rank), layout.blocks_of(source)};
+            const kernels::ShardBlocks blocks{layout.blocks_of(rank), layout.blocks_of(source), {}};
             sparse_pairs += kernels::attended_pairs(
                 kernels::build_sparse_index(pattern, blocks, 1, heads, kernels::Transpose::kNone));
           }

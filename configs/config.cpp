@@ -97,13 +97,6 @@ class Validator {
     throw UserError(message.str());
   }
 
-  // Options whose feature this build does not have yet are refused rather than ignored.
-  void not_available(bool requested, const std::string& field, const std::string& what) const {
-    if (!requested) return;
-    throw UserError(source_ + ": " + field + ": " + what +
-                    " is not implemented in this build; remove the option");
-  }
-
  private:
   std::string source_;
 };
@@ -231,7 +224,6 @@ void validate(const proto::Experiment& e, const std::string& source) {
             schedule.min_lr_ratio(), "must be in [0, 1]");
 
   const auto& data = e.data();
-  v.not_available(data.document_mask(), "data.document_mask", "document masking");
   // The task sizes mirror data/synthetic.h (passkey_min_length, *_min_vocab_size); the data
   // tests check that both agree. Token 0, 16 filler tokens, 10 digits and 6 words come first.
   const int length = train.sequence_length(), vocab = model.vocab_size();

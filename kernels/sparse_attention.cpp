@@ -7,6 +7,19 @@
 namespace sparsering::kernels {
 namespace {
 
+// Document masking: one int32 key start per (batch, local query), on the queries' device.
+void check_key_starts(const at::Tensor& key_starts, const at::Tensor& q) {
+  if (!key_starts.defined()) return;
+  TORCH_CHECK(key_starts.scalar_type() == at::kInt,
+              "sparse attention: q_key_starts must be int32, got ", key_starts.scalar_type());
+  TORCH_CHECK(
+      key_starts.dim() == 2 && key_starts.size(0) == q.size(0) && key_starts.size(1) == q.size(1),
+      "sparse attention: q_key_starts must be [batch, q_tokens] = [", q.size(0), ", ", q.size(1),
+      "], got ", key_starts.sizes());
+  TORCH_CHECK(key_starts.device() == q.device(), "sparse attention: q_key_starts is on ",
+              key_starts.device(), " but q is on ", q.device());
+}
+
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const ShardBlocks& blocks, const SparseIndex& index) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
@@ -27,6 +40,7 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       index.block_row_offsets.numel() == q.size(0) * q.size(2) * (q.size(1) / index.block_size) + 1,
       "sparse attention: the index has ", index.block_row_offsets.numel() - 1,
       " rows, expected batch x heads x query blocks");
+  check_key_starts(blocks.q_key_starts, q);
 }
 
 }  // namespace

@@ -23,10 +23,14 @@ struct SparseIndex {
   bool empty() const { return num_blocks() == 0 && num_columns() == 0; }
 };
 
-// Where a shard's blocks sit in the global sequence: global block id of each local block.
+// Where a shard's blocks sit in the global sequence: global block id of each local block, and
+// with document masking the first key position each local query may attend.
 struct ShardBlocks {
   at::Tensor q_block_ids;  // int32 [q_tokens / block_size]
   at::Tensor k_block_ids;  // int32 [k_tokens / block_size]
+  // Optional int32 [batch, q_tokens]: global position of the first token of each query's
+  // document (sparse_attention_params.h, q_key_start). Undefined = no document masking.
+  at::Tensor q_key_starts;
 };
 
 struct AttentionPartial {

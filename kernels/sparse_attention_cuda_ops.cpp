@@ -52,6 +52,10 @@ SparseAttentionParams make_params(const at::Tensor& q, const at::Tensor& k, cons
   p.block_cols = int32_data(index.block_cols, "block_cols");
   p.column_row_offsets = int32_data(index.column_row_offsets, "column_row_offsets");
   p.column_indices = int32_data(index.column_indices, "column_indices");
+  p.q_key_start = int32_data(blocks.q_key_starts, "q_key_starts");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(p.q_key_start) % 16 == 0,
+              "CUDA sparse attention: q_key_starts must be 16-byte aligned (the backward copies "
+              "it in 16-byte chunks); pass a tensor of its own, e.g. .clone()");
   return p;
 }
 

@@ -11,6 +11,11 @@
 //   active kv blocks:  block_cols[block_row_offsets[r] .. block_row_offsets[r + 1])   (local ids)
 //   vertical columns:  column_indices[column_row_offsets[r] .. column_row_offsets[r + 1])
 //                      (local key token indices, never inside an active block of the same row)
+// With document masking (q_key_start set) a query also attends only keys at or after the first
+// key of its document: q_key_start[b * q_tokens + i] <= key_position, for local query token i of
+// batch b. Documents are contiguous ranges of the sequence, so this one lower bound per query
+// (with the causal upper bound) is exactly "same document"; keys need nothing extra because their
+// positions follow from k_block_ids.
 // A query that attends nothing gets out = 0 and lse = -inf, so LSE merging ignores it.
 #pragma once
 
@@ -43,6 +48,9 @@ struct SparseAttentionParams {
   const int32_t* block_cols = nullptr;          // [nnz_blocks]
   const int32_t* column_row_offsets = nullptr;  // [batch * num_heads * num_q_blocks + 1]
   const int32_t* column_indices = nullptr;      // [nnz_columns]
+  // [batch, q_tokens] global position of the first key each query may attend (its document's
+  // start); nullptr = no document masking, and the kernels run their unmasked instantiation.
+  const int32_t* q_key_start = nullptr;
 
   int num_q_blocks() const { return q_tokens / block_size; }
   int num_k_blocks() const { return k_tokens / block_size; }

@@ -16,6 +16,12 @@ at::Tensor int32_offsets(const at::Tensor& counts) {
 // Integer division of an int64 tensor (operator/ on integer tensors is true division).
 at::Tensor divide(const at::Tensor& t, int64_t divisor) { return at::div(t, divisor, "floor"); }
 
+// Document masking: the smallest key start over the tokens of each local query block,
+// int64 [batch, q_blocks]. A key before it is invisible to the whole block.
+at::Tensor block_key_starts(const at::Tensor& q_key_starts, int64_t q_blocks, int64_t bs) {
+  return q_key_starts.to(at::kLong).reshape({q_key_starts.size(0), q_blocks, bs}).amin(-1);
+}
+
 }  // namespace
 
 VerticalSlashPattern dense_pattern(int64_t heads, int64_t sequence_length, int block_size,
@@ -154,44 +160,64 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
                 at::full({}, -1, long_options));
   const auto local_token = column_slot.clamp_min(0) * bs + columns.clamp_min(0) % bs;
   const auto q_last = q_ids * bs + (bs - 1);  // [q_blocks]
-  const auto rows_shape = std::vector<int64_t>{heads, q_blocks, num_columns};
-  const auto covered =
-      block_mask.gather(2, column_slot.clamp_min(0).unsqueeze(1).expand(rows_shape));
+  const auto covered = block_mask.gather(
+      2, column_slot.clamp_min(0).unsqueeze(1).expand({heads, q_blocks, num_columns}));
   const auto column_mask = (column_slot >= 0)
                                .unsqueeze(1)
                                .logical_and(columns.unsqueeze(1) <= q_last.view({1, q_blocks, 1}))
                                .logical_and(covered.logical_not());  // [heads, q_blocks, C]
 
-  // CSR of one sequence, rows (head, query block) in order; entries by masked_select, which keeps
-  // row-major order. Every sequence of the batch has the same rows.
+  // [mask_batch, heads, q_blocks, k_blocks] and [mask_batch, heads, q_blocks, C]: one batch
+  // entry serves all unless document masking makes the rows differ per sequence.
+  auto batch_blocks = block_mask.unsqueeze(0);
+  auto batch_columns = column_mask.unsqueeze(0);
+  if (blocks.q_key_starts.defined()) {
+    TORCH_CHECK(blocks.q_key_starts.dim() == 2 && blocks.q_key_starts.size(0) == batch &&
+                    blocks.q_key_starts.size(1) == q_blocks * bs,
+                "build_sparse_index: q_key_starts must be [batch, q_tokens] = [", batch, ", ",
+                q_blocks * bs, "], got ", blocks.q_key_starts.sizes());
+    // Pure work saving (the kernels mask elementwise): drop kv blocks and columns that lie
+    // entirely before every query of the block's documents.
+    const auto first_key = block_key_starts(blocks.q_key_starts, q_blocks, bs)
+                               .view({batch, 1, q_blocks, 1});  // [batch, 1, q_blocks, 1]
+    const auto k_last = (k_ids * bs + (bs - 1)).view({1, 1, 1, k_blocks});
+    batch_blocks = batch_blocks.logical_and(k_last >= first_key);
+    batch_columns = batch_columns.logical_and(columns.view({1, heads, 1, -1}) >= first_key);
+  }
+  const int64_t mask_batch = batch_blocks.size(0);
+  auto every_sequence = [&](const at::Tensor& entries) {
+    return mask_batch == batch ? entries : entries.repeat({batch});
+  };
+
+  // CSR rows (sequence, head, query block) in order; entries by masked_select, which keeps
+  // row-major order.
   SparseIndex index;
   index.block_size = static_cast<int>(bs);
-  const auto block_cols =
-      at::arange(k_blocks, int_options).view({1, 1, k_blocks}).expand_as(block_mask);
-  index.block_row_offsets =
-      int32_offsets(block_mask.sum(-1).unsqueeze(0).expand({batch, heads, q_blocks}));
-  index.block_cols = block_cols.masked_select(block_mask).repeat({batch});
-  index.column_row_offsets =
-      int32_offsets(column_mask.sum(-1).unsqueeze(0).expand({batch, heads, q_blocks}));
-  index.column_indices = local_token.to(at::kInt)
-                             .unsqueeze(1)
-                             .expand(rows_shape)
-                             .masked_select(column_mask)
-                             .repeat({batch});
-
+  index.block_row_offsets = int32_offsets(batch_blocks.sum(-1).expand({batch, heads, q_blocks}));
+  index.block_cols = every_sequence(at::arange(k_blocks, int_options)
+                                        .view({1, 1, 1, k_blocks})
+                                        .expand_as(batch_blocks)
+                                        .masked_select(batch_blocks));
+  index.column_row_offsets = int32_offsets(batch_columns.sum(-1).expand({batch, heads, q_blocks}));
+  index.column_indices = every_sequence(local_token.to(at::kInt)
+                                            .view({1, heads, 1, num_columns})
+                                            .expand_as(batch_columns)
+                                            .masked_select(batch_columns));
   if (transpose == Transpose::kNone) return index;
-  // Blocks: rows (b, kv head, kv block), entries q_head * q_blocks + qb over the GQA group.
-  const auto t_mask = block_mask.view({kv_heads, group, q_blocks, k_blocks}).permute({0, 3, 1, 2});
-  const auto t_entries = at::arange(heads * q_blocks, int_options)
-                             .view({kv_heads, 1, group, q_blocks})
-                             .expand({kv_heads, k_blocks, group, q_blocks});
-  index.t_block_row_offsets =
-      int32_offsets(t_mask.sum({2, 3}).unsqueeze(0).expand({batch, kv_heads, k_blocks}));
-  index.t_block_entries = t_entries.masked_select(t_mask).repeat({batch});
+
+  // Blocks: rows (sequence, kv head, kv block), entries q_head * q_blocks + qb over the GQA
+  // group.
+  const auto t_mask = batch_blocks.view({mask_batch, kv_heads, group, q_blocks, k_blocks})
+                          .permute({0, 1, 4, 2, 3});  // [mask_batch, kv_heads, kb, group, qb]
+  index.t_block_row_offsets = int32_offsets(t_mask.sum({3, 4}).expand({batch, kv_heads, k_blocks}));
+  index.t_block_entries = every_sequence(at::arange(heads * q_blocks, int_options)
+                                             .view({1, kv_heads, 1, group, q_blocks})
+                                             .expand_as(t_mask)
+                                             .masked_select(t_mask));
   if (transpose == Transpose::kBlocks) return index;
 
-  // Columns: rows (b, kv head, key token), entries q_head * q_blocks + qb, in row order.
-  const auto rows_columns = column_mask.unsqueeze(0).expand({batch, heads, q_blocks, num_columns});
+  // Columns: rows (sequence, kv head, key token), entries q_head * q_blocks + qb, in row order.
+  const auto rows_columns = batch_columns.expand({batch, heads, q_blocks, num_columns});
   const auto column_entries =
       at::nonzero(rows_columns.reshape({batch * heads * q_blocks, num_columns}));
   const auto entry_rows = column_entries.select(1, 0);

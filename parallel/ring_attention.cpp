@@ -330,7 +330,7 @@ kernels::VerticalSlashPattern RingAttention::estimate_pattern(const at::Tensor& 
 }
 
 at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  bool estimate, bool dense) {
+                                  bool estimate, bool dense, const at::Tensor& q_key_starts) {
   const int cp_rank = groups_.cp->rank();
   const bool dense_pattern = dense || !config_.sparse;
   kernels::VerticalSlashPattern pattern;
@@ -345,7 +345,9 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
     }
     pattern = pattern_;
   }
-  const bool use_cudnn = dense_pattern && config_.cudnn_dense && q.is_cuda();
+  // cuDNN has no document mask: with documents every step runs our kernels.
+  const bool use_cudnn =
+      dense_pattern && config_.cudnn_dense && q.is_cuda() && !q_key_starts.defined();
   auto plan = c10::make_intrusive<RingPlan>();
   plan->groups = groups_;
   plan->softmax_scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
@@ -356,7 +358,8 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
   const auto q_block_ids = layout_.blocks_of(cp_rank);
   for (int source = 0; source < layout_.world(); ++source) {
     const auto k_block_ids = layout_.blocks_of(source);
-    ShardBlocks blocks{q_blocks, k_block_ids.to(q.device())};
+    // Keys need no document data of their own: their positions follow from the kv block ids.
+    ShardBlocks blocks{q_blocks, k_block_ids.to(q.device()), q_key_starts};
     plan->blocks.push_back(blocks);
     plan->plain_masks.push_back(use_cudnn ? plain_mask(q_block_ids, k_block_ids) : std::nullopt);
     if (plan->plain_masks.back()) {

@@ -60,9 +60,13 @@ class RingAttention {
   // q [batch, local_tokens, heads, dim] (after RoPE at global positions), k and v
   // [batch, local_tokens, kv_heads, dim]. Differentiable in q, k and v. `estimate` re-estimates
   // the sparse pattern from these q and k (the last pattern is reused otherwise); `dense` runs
-  // every causal block whatever the config says (dense warm-up).
+  // every causal block whatever the config says (dense warm-up). `q_key_starts` (document
+  // masking) is int32 [batch, local_tokens] on q's device, in this rank's layout order like its
+  // positions: the global position of the first token of each query's document; the query then
+  // attends only keys from there up to itself, on every kv shard, in forward and backward.
+  // Undefined = plain causal attention. The pattern estimate ignores documents.
   at::Tensor forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool estimate,
-                     bool dense);
+                     bool dense, const at::Tensor& q_key_starts = {});
 
   // The pattern estimated from q and k, identical on every rank of the ring.
   kernels::VerticalSlashPattern estimate_pattern(const at::Tensor& q, const at::Tensor& k);

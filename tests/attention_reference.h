@@ -1,12 +1,13 @@
 // Test references independent of the code under test: dense attention in fp64 with an explicit
-// boolean mask, differentiated by autograd, and the global vertical-slash mask written out token
-// by token from a pattern's definition.
+// boolean mask, differentiated by autograd, the global vertical-slash mask written out token
+// by token from a pattern's definition, and document masks from document boundaries.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
 #include <limits>
+#include <vector>
 
 #include "kernels/vertical_slash.h"
 
@@ -54,6 +55,34 @@ inline at::Tensor global_pattern_mask(const kernels::VerticalSlashPattern& patte
     mask[h] = blocks.logical_or(columns.unsqueeze(0)).logical_and(causal);
   }
   return mask;
+}
+
+// Document masking, written from its definition: documents are the ranges between consecutive
+// entries of `starts` (ascending, starting with 0) over a sequence of `length` tokens.
+// The document number of every position, int64 [length].
+inline at::Tensor document_ids(const std::vector<int64_t>& starts, int64_t length) {
+  auto boundaries = at::zeros({length}, at::kLong);
+  for (const int64_t start : starts) {
+    if (start > 0 && start < length) boundaries[start] = 1;
+  }
+  return boundaries.cumsum(0);
+}
+
+// [length, length] bool: query i and key j lie in the same document.
+inline at::Tensor same_document_mask(const std::vector<int64_t>& starts, int64_t length) {
+  const auto ids = document_ids(starts, length);
+  return ids.unsqueeze(1) == ids.unsqueeze(0);
+}
+
+// The first position of each position's document, int32 [length]: what the kernels take
+// (as q_key_starts, gathered at the local queries' positions).
+inline at::Tensor document_key_starts(const std::vector<int64_t>& starts, int64_t length) {
+  auto first = at::zeros({length}, at::kInt);
+  for (size_t d = 0; d < starts.size(); ++d) {
+    const int64_t end = d + 1 < starts.size() ? starts[d + 1] : length;
+    first.slice(0, starts[d], end).fill_(static_cast<int>(starts[d]));
+  }
+  return first;
 }
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {

@@ -112,8 +112,12 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
   }
 }
 
-TEST(Config, FeaturesNotInThisBuildAreRefused) {
-  EXPECT_NE(error_of({"data.document_mask=true"}).find("not implemented"), std::string::npos);
+TEST(Config, DocumentMaskIsAccepted) {
+  EXPECT_FALSE(tiny().data.document_mask);
+  // Token shards carry document ids; the synthetic sources are one document per sequence.
+  EXPECT_TRUE(tiny({"data.document_mask=true"}).data.document_mask);
+  EXPECT_TRUE(tiny({"data.document_mask=true", "data.source=PASSKEY"}).data.document_mask);
+  EXPECT_EQ(error_of({"data.document_mask=true"}), "");
 }
 
 TEST(Config, WorldSizeMustMatchTheMesh) {

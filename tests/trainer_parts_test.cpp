@@ -1,5 +1,5 @@
 // Trainer pieces with a closed-form or plain-ATen reference: schedule, chunked loss, activation
-// checkpointing, RoPE tables and the synthetic copy task.
+// checkpointing, RoPE tables, document starts of a micro batch and the synthetic copy task.
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
@@ -8,6 +8,7 @@
 #include "data/synthetic.h"
 #include "trainer/activation_checkpoint.h"
 #include "trainer/chunked_loss.h"
+#include "trainer/micro_batch.h"
 #include "trainer/model.h"
 #include "trainer/schedule.h"
 
@@ -67,6 +68,18 @@ TEST(Rope, TablesAreAnglesOfScaledPositions) {
   EXPECT_NEAR(cos[1][0].item<float>(), std::cos(1.5), 1e-6);
   EXPECT_NEAR(sin[2][1].item<float>(), std::sin(5.0 / 10.0), 1e-6);
   EXPECT_NEAR(cos[0][1].item<float>(), 1.0, 1e-6);
+}
+
+TEST(MicroBatch, DocumentStartsFollowTheDocumentIds) {
+  // Sequence 0: documents [0, 3), [3, 4) (one token), [4, 6); sequence 1 has no document ids
+  // (a synthetic task): one document.
+  const std::vector<data::SequenceExample> examples = {
+      {{5, 6, 7, 8, 9, 10}, {0, 0, 0, 1, 2, 2}, {}}, {{1, 2, 3, 4, 5, 6}, {}, {}}};
+  const auto batch = trainer::labelled_batch(examples, 6);
+  EXPECT_EQ(batch.document_starts.scalar_type(), at::kInt);
+  EXPECT_TRUE(batch.document_starts.equal(
+      at::tensor({0, 0, 0, 3, 4, 4, 0, 0, 0, 0, 0, 0}, at::kInt).view({2, 6})));
+  EXPECT_THROW(trainer::labelled_batch({{{1, 2, 3}, {0, 1}, {}}}, 3), std::logic_error);
 }
 
 TEST(CopyTask, RepeatsItsSegmentAndIsDeterministic) {

@@ -1,8 +1,12 @@
 // Vertical-slash patterns: selection, and the index of every (query shard, kv shard) pair under
-// every layout against the pattern's global token mask written out from its definition.
+// every layout against the pattern's global token mask written out from its definition, with and
+// without the pruning that document masking allows.
 #include "kernels/vertical_slash.h"
 
 #include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
 
 #include "kernels/cpu/sparse_attention_cpu.h"
 #include "parallel/layout.h"
@@ -42,6 +46,34 @@ TEST(AttentionMass, EveryQueryContributesOneUnitOfMass) {
   EXPECT_TRUE(at::allclose(mass.slash.sum(1), at::full({4}, 16.0), 1e-4));
 }
 
+// The (batch, head, query block, kv block) incidences of an index's CSR, and of its transposed
+// CSR (rows (b, kv head, kv block), entries q_head * q_blocks + qb), as [B, H, QB, KB] bool.
+at::Tensor block_incidence(const kernels::SparseIndex& index, int64_t batch, int64_t heads,
+                           int64_t q_blocks, int64_t k_blocks) {
+  auto incidence = at::zeros({batch * heads * q_blocks, k_blocks}, at::kBool);
+  for (int64_t row = 0; row < batch * heads * q_blocks; ++row) {
+    for (int e = index.block_row_offsets[row].item<int>();
+         e < index.block_row_offsets[row + 1].item<int>(); ++e) {
+      incidence[row][index.block_cols[e].item<int>()] = true;
+    }
+  }
+  return incidence.view({batch, heads, q_blocks, k_blocks});
+}
+
+at::Tensor transposed_block_incidence(const kernels::SparseIndex& index, int64_t batch,
+                                      int64_t heads, int64_t kv_heads, int64_t q_blocks,
+                                      int64_t k_blocks) {
+  auto incidence = at::zeros({batch, heads * q_blocks, k_blocks}, at::kBool);
+  for (int64_t row = 0; row < batch * kv_heads * k_blocks; ++row) {
+    const int64_t b = row / (kv_heads * k_blocks), kb = row % k_blocks;
+    for (int e = index.t_block_row_offsets[row].item<int>();
+         e < index.t_block_row_offsets[row + 1].item<int>(); ++e) {
+      incidence[b][index.t_block_entries[e].item<int>()][kb] = true;
+    }
+  }
+  return incidence.view({batch, heads, q_blocks, k_blocks});
+}
+
 class IndexUnderLayout : public ::testing::TestWithParam<config::LayoutKind> {};
 
 TEST_P(IndexUnderLayout, PairIndicesTileTheGlobalMask) {
@@ -54,7 +86,7 @@ TEST_P(IndexUnderLayout, PairIndicesTileTheGlobalMask) {
   parallel::TokenLayout layout(GetParam(), blocks, block, world);
   for (int qr = 0; qr < world; ++qr) {
     for (int kr = 0; kr < world; ++kr) {
-      const kernels::ShardBlocks shard{layout.blocks_of(qr), layout.blocks_of(kr)};
+      const kernels::ShardBlocks shard{layout.blocks_of(qr), layout.blocks_of(kr), {}};
       const auto index = kernels::build_sparse_index(pattern, shard, /*batch=*/2, kv_heads,
                                                      kernels::Transpose::kBlocksAndColumns);
       const int64_t local = layout.blocks_per_rank() * block;
@@ -75,6 +107,10 @@ TEST_P(IndexUnderLayout, PairIndicesTileTheGlobalMask) {
         }
       }
       // The transposed index lists the same (query row, key) incidences.
+      EXPECT_TRUE(
+          block_incidence(index, 2, heads, layout.blocks_per_rank(), layout.blocks_per_rank())
+              .equal(transposed_block_incidence(index, 2, heads, kv_heads, layout.blocks_per_rank(),
+                                                layout.blocks_per_rank())));
       EXPECT_EQ(index.t_block_entries.numel(), index.block_cols.numel());
       EXPECT_EQ(index.t_column_entries.numel(), index.column_indices.numel());
       EXPECT_EQ(index.t_block_row_offsets[-1].item<int>(), index.block_cols.numel());
@@ -88,12 +124,74 @@ INSTANTIATE_TEST_SUITE_P(Layouts, IndexUnderLayout,
                                            config::LayoutKind::kZigzag,
                                            config::LayoutKind::kBalanced));
 
+// Document masking prunes the index: under the document mask the pruned index attends exactly
+// the pairs the unpruned one does (and the global pattern, restricted to one document, says), with
+// fewer blocks and columns; the transposed index follows the pruned rows of every sequence.
+TEST_P(IndexUnderLayout, DocumentKeyStartsPruneBlocksWithoutChangingVisiblePairs) {
+  const int world = 2, block = 8;
+  const int64_t blocks = 2 * world * 4, length = blocks * block, heads = 4, kv_heads = 2;
+  at::manual_seed(29);
+  kernels::AttentionMass mass{at::rand({heads, length}), at::rand({heads, length})};
+  const auto pattern = kernels::select_pattern(mass, 16, 24, 3, 9, block);
+  // Sequence 0: documents with boundaries inside blocks; sequence 1: a different cut.
+  const std::vector<std::vector<int64_t>> documents = {{0, 21, 60, 61, 130, 200}, {0, 40, 97, 150}};
+  const auto global = testing::global_pattern_mask(pattern);
+  parallel::TokenLayout layout(GetParam(), blocks, block, world);
+  const int64_t local = layout.blocks_per_rank() * block, local_blocks = layout.blocks_per_rank();
+  int64_t pruned_blocks = 0, all_blocks = 0, pruned_columns = 0, all_columns = 0;
+  for (int qr = 0; qr < world; ++qr) {
+    std::vector<at::Tensor> key_starts;
+    for (const auto& starts : documents) {
+      key_starts.push_back(
+          testing::document_key_starts(starts, length).index_select(0, layout.positions_of(qr)));
+    }
+    for (int kr = 0; kr < world; ++kr) {
+      SCOPED_TRACE("pair " + std::to_string(qr) + "," + std::to_string(kr));
+      const kernels::ShardBlocks plain{layout.blocks_of(qr), layout.blocks_of(kr), {}};
+      kernels::ShardBlocks masked = plain;
+      masked.q_key_starts = at::stack(key_starts);
+      const auto unpruned = kernels::build_sparse_index(pattern, plain, 2, kv_heads,
+                                                        kernels::Transpose::kBlocksAndColumns);
+      const auto pruned = kernels::build_sparse_index(pattern, masked, 2, kv_heads,
+                                                      kernels::Transpose::kBlocksAndColumns);
+      const auto visible = kernels::cpu::attention_mask(masked, pruned, 2, heads, local, local);
+      EXPECT_TRUE(
+          visible.equal(kernels::cpu::attention_mask(masked, unpruned, 2, heads, local, local)));
+      for (int64_t b = 0; b < 2; ++b) {
+        const auto expected =
+            global.logical_and(testing::same_document_mask(documents[b], length).unsqueeze(0))
+                .index_select(1, layout.positions_of(qr))
+                .index_select(2, layout.positions_of(kr));
+        EXPECT_TRUE(visible[b].equal(expected)) << "sequence " << b;
+      }
+      // Pruning only removes: every kept block was in the unpruned row.
+      const auto kept = block_incidence(pruned, 2, heads, local_blocks, local_blocks);
+      EXPECT_TRUE(
+          kept.logical_and(
+                  block_incidence(unpruned, 2, heads, local_blocks, local_blocks).logical_not())
+              .any()
+              .logical_not()
+              .item<bool>());
+      EXPECT_TRUE(kept.equal(
+          transposed_block_incidence(pruned, 2, heads, kv_heads, local_blocks, local_blocks)));
+      EXPECT_EQ(pruned.t_column_entries.numel(), pruned.column_indices.numel());
+      EXPECT_EQ(pruned.t_column_row_offsets[-1].item<int>(), pruned.column_indices.numel());
+      pruned_blocks += pruned.num_blocks();
+      all_blocks += unpruned.num_blocks();
+      pruned_columns += pruned.num_columns();
+      all_columns += unpruned.num_columns();
+    }
+  }
+  EXPECT_LT(pruned_blocks, all_blocks);
+  EXPECT_LT(pruned_columns, all_columns);
+}
+
 TEST(DensePattern, IndexesEveryCausalBlock) {
   const int block = 4;
   const auto pattern = kernels::dense_pattern(2, 32, block, at::kCPU);
   const auto ids = at::arange(8, at::kInt);
   const auto index =
-      kernels::build_sparse_index(pattern, {ids, ids}, 1, 1, kernels::Transpose::kNone);
+      kernels::build_sparse_index(pattern, {ids, ids, {}}, 1, 1, kernels::Transpose::kNone);
   EXPECT_EQ(index.num_blocks(), 2 * 8 * 9 / 2);
   EXPECT_EQ(index.num_columns(), 0);
 }

@@ -14,6 +14,9 @@ struct MicroBatch {
   // int64, same shape: the next token, or kIgnoreLabel. Task sources with answer positions
   // (passkey, associative recall) label only their answers; others label every next token.
   at::Tensor labels;
+  // int32, same shape: the position of the first token of each token's document, from the
+  // examples' document ids (data.document_mask); all 0 for sources of one document per sequence.
+  at::Tensor document_starts;
 };
 
 // Sequence ids step x micro_steps x global_batch + micro x global_batch + dp_rank x mb + i, so any
@@ -22,7 +25,7 @@ struct MicroBatch {
 MicroBatch micro_batch(const config::Experiment& experiment, data::SequenceSource& source,
                        int64_t step, int micro, int dp_rank);
 
-// `examples` (each `length` tokens) as one batch, labelled as above.
+// `examples` (each `length` tokens) as one batch, labelled as above, with document starts.
 MicroBatch labelled_batch(const std::vector<data::SequenceExample>& examples, int64_t length);
 
 }  // namespace sparsering::trainer

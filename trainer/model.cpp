@@ -76,8 +76,9 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const StepContext& contex
                      .view({batch, tokens, kv_heads_, head_dim_});
   q = apply_rope(q, context.rope_cos, context.rope_sin);
   k = apply_rope(k, context.rope_cos, context.rope_sin);
-  const auto out = ring_->forward(q.contiguous(), k.contiguous(), v.contiguous(),
-                                  context.estimate_pattern, context.dense_attention);
+  const auto out =
+      ring_->forward(q.contiguous(), k.contiguous(), v.contiguous(), context.estimate_pattern,
+                     context.dense_attention, context.key_starts);
   return project(o_proj_, nm_sparsity_, name_prefix_ + "o_proj.weight",
                  out.reshape({batch, tokens, heads_ * head_dim_}));
 }

@@ -25,6 +25,10 @@ struct StepContext {
   bool estimate_pattern = true;   // re-estimate the sparse pattern this step
   bool dense_attention = false;   // dense warm-up
   Profiler* profiler = nullptr;   // per-phase timing (profiling.enabled), else nullptr
+  // Document masking (data.document_mask): int32 [batch, local_tokens] on the model's device, the
+  // global position where each local token's document begins; attention then stays inside
+  // documents. Undefined = causal attention over the whole sequence.
+  at::Tensor key_starts;
 };
 
 // cos/sin of RoPE angles (position / scaling_factor) x theta^(-2i/d), fp32.

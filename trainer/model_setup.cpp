@@ -65,4 +65,11 @@ void set_rope_tables(StepContext& context, const parallel::TokenLayout& layout, 
   context.rope_sin = context.rope_sin.to(device);
 }
 
+void set_document_mask(StepContext& context, const config::Experiment& e, const MicroBatch& batch,
+                       const parallel::TokenLayout& layout, int cp_rank, const at::Device& device) {
+  context.key_starts = e.data.document_mask
+                           ? layout.shard(batch.document_starts, cp_rank).to(device).contiguous()
+                           : at::Tensor();
+}
+
 }  // namespace sparsering::trainer

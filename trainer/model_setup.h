@@ -9,6 +9,7 @@
 #include "configs/config.h"
 #include "parallel/layout.h"
 #include "parallel/ring_attention.h"
+#include "trainer/micro_batch.h"
 #include "trainer/model.h"
 
 namespace sparsering::trainer {
@@ -42,5 +43,11 @@ Decoder make_decoder(const config::Experiment& experiment,
 // Sets the RoPE tables of `context` to the global positions `layout` gives rank `cp_rank`.
 void set_rope_tables(StepContext& context, const parallel::TokenLayout& layout, int cp_rank,
                      const config::ModelConfig& model, const at::Device& device);
+
+// With data.document_mask, sets the key starts of `context` to the document starts of rank
+// `cp_rank`'s tokens of `batch`, in the layout's order (as its tokens); otherwise clears them.
+void set_document_mask(StepContext& context, const config::Experiment& experiment,
+                       const MicroBatch& batch, const parallel::TokenLayout& layout, int cp_rank,
+                       const at::Device& device);
 
 }  // namespace sparsering::trainer

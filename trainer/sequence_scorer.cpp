@@ -53,6 +53,7 @@ SequenceScores score_sequences(LengthModel& m, const std::vector<data::SequenceE
       m.layout.shard(at::tensor(expected, at::kLong).view({batch, m.sequence_length}), cp_rank)
           .to(device);
 
+  set_document_mask(m.context, e, labelled, m.layout, cp_rank, device);
   m.context.estimate_pattern = true;
   m.context.dense_attention = dense;
   const auto hidden = m.model->forward(tokens, m.context);

@@ -45,7 +45,8 @@ struct SequenceScores {
 // Runs `sequences` (each model.sequence_length tokens; the same sequences on every rank of this
 // rank's context-parallel group) through the model without gradients. Labels are the training
 // ones (trainer/micro_batch.h): the answers of task sources, else every next token. `dense`
-// runs every causal block; otherwise the configured sparse pattern budgets apply.
+// runs every causal block; otherwise the configured sparse pattern budgets apply. With
+// data.document_mask, attention stays inside the sequences' documents, as in training.
 SequenceScores score_sequences(LengthModel& model,
                                const std::vector<data::SequenceExample>& sequences, bool dense,
                                const config::Experiment& experiment,

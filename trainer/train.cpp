@@ -179,7 +179,8 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
               << "dp " << e.parallel.data_parallel_size << " x cp "
               << e.parallel.context_parallel_size << ", " << parallel::layout_name(layout.kind())
               << " layout), device " << device.str() << ", data: " << source->description()
-              << ", run dir " << result.run_dir << std::endl;
+              << (e.data.document_mask ? ", document masking" : "") << ", run dir "
+              << result.run_dir << std::endl;
   }
   const auto run_start = std::chrono::steady_clock::now();
   RunTotals run_totals;
@@ -205,6 +206,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
         const MicroBatch batch = micro_batch(e, *source, step, micro, dp_rank);
         local_tokens = layout.shard(batch.tokens, cp_rank).to(device);
         local_labels = layout.shard(batch.labels, cp_rank).to(device);
+        set_document_mask(context, e, batch, layout, cp_rank, device);
         // The loss is the mean over every label of the step: count them over the dp replicas
         // (the cp ranks of a replica hold the same sequences).
         auto count = (batch.labels != kIgnoreLabel).sum().to(at::kDouble).reshape({1});

@@ -67,7 +67,12 @@ at::Tensor attention_mask(const ShardBlocks& blocks, const SparseIndex& index, i
   const auto q_pos = token_positions(blocks.q_block_ids, bs);
   const auto k_pos = token_positions(blocks.k_block_ids, bs);
   const auto causal = k_pos.unsqueeze(0) <= q_pos.unsqueeze(1);
-  return tokens.logical_and(causal);
+  tokens = tokens.logical_and(causal);
+  if (!blocks.q_key_starts.defined()) return tokens;
+  // Document masking: keys before the query's document start, [batch, 1, q_tokens, k_tokens].
+  const auto in_document =
+      k_pos.view({1, 1, 1, k_tokens}) >= blocks.q_key_starts.to(at::kLong).view({batch, 1, -1, 1});
+  return tokens.logical_and(in_document);
 }
 
 AttentionPartial sparse_attention_forward(const at::Tensor& q, const at::Tensor& k,

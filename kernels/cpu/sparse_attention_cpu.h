@@ -7,7 +7,8 @@
 
 namespace sparsering::kernels::cpu {
 
-// The explicit [batch, heads, q_tokens, k_tokens] mask of keys each query attends.
+// The explicit [batch, heads, q_tokens, k_tokens] mask of keys each query attends: index, causal
+// rule and, when blocks.q_key_starts is defined, the document rule.
 at::Tensor attention_mask(const ShardBlocks& blocks, const SparseIndex& index, int64_t batch,
                           int64_t heads, int64_t q_tokens, int64_t k_tokens);
 

@@ -24,6 +24,10 @@
 //    sparse_attention_backward_dkdv_kernel).
 // Matrix products use mma.sync.m16n8k16 with ldmatrix operands; streamed tiles are
 // double-buffered with cp.async (single-buffered where that doubles the CTAs per SM).
+// Document masking (p.q_key_start) is a template flag of every kernel, so the unmasked
+// instantiations compile as before: keys before a query's first visible key get P = 0 in the same
+// test as the causal rule. The per-query-tile kernel keeps its rows' key starts in registers; the
+// per-kv-tile kernels stage each query tile's key starts in shared memory with its lse and delta.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -347,7 +351,9 @@ constexpr int dq_smem_bytes() {
 // kKvStages is 2 (the next kv tile streams in during the current one) or 1 (the next tile is
 // loaded after the current one; used where two buffers would leave room for only one CTA per SM,
 // so that two CTAs overlap each other instead). kColumnsOnly visits the column chunks alone.
-template <typename Element, int kHeadDim, bool kAccumulateKv, int kKvStages, bool kColumnsOnly>
+// kDocumentMask: p.q_key_start is set.
+template <typename Element, int kHeadDim, bool kAccumulateKv, int kKvStages, bool kColumnsOnly,
+          bool kDocumentMask>
 __global__ void __launch_bounds__(kThreads)
     sparse_attention_backward_dq_kernel(const SparseAttentionBackwardParams bp) {
   using G = TileGeometry<kHeadDim>;
@@ -427,6 +433,16 @@ __global__ void __launch_bounds__(kThreads)
   const float scale = p.softmax_scale;
   const float scale_log2 = scale * kLog2e;
   const int q_pos_g = tiles.q_pos0 + warp * 16 + g;
+  // Document masking: the first visible key of rows g and g + 8, and the largest over the warp.
+  int key_start[2] = {0, 0};
+  int warp_start_max = 0;
+  if constexpr (kDocumentMask) {
+    const int32_t* starts =
+        p.q_key_start + static_cast<int64_t>(b) * p.q_tokens + q_token0 + warp * 16 + g;
+    key_start[0] = starts[0];
+    key_start[1] = starts[8];
+    warp_start_max = __reduce_max_sync(kFullMask, max(key_start[0], key_start[1]));
+  }
 
   int stage = 0;
   while (it < tiles.num_tiles) {
@@ -481,13 +497,21 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
 
-    // P = exp(scale S - lse) with the causal mask; dS = P (dP - delta) (kept in dpv).
-    const bool mask = tiles.needs_mask(it);
+    // P = exp(scale S - lse) with the causal (and document) mask; dS = P (dP - delta) (kept in
+    // dpv). A block tile needs the document test only when it begins before some row's start.
+    bool mask = tiles.needs_mask(it);
+    if constexpr (kDocumentMask) mask = mask || tiles.block_pos0(it) < warp_start_max;
 #pragma unroll
     for (int n = 0; n < kKeyTiles; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const bool masked = mask && kpos[n * 8 + 2 * t + (e & 1)] > q_pos_g + (e >> 1) * 8;
+        bool masked;
+        if constexpr (kDocumentMask) {
+          const int key_pos = kpos[n * 8 + 2 * t + (e & 1)];
+          masked = mask && (key_pos > q_pos_g + (e >> 1) * 8 || key_pos < key_start[e >> 1]);
+        } else {
+          masked = mask && kpos[n * 8 + 2 * t + (e & 1)] > q_pos_g + (e >> 1) * 8;
+        }
         const float prob = masked ? 0.f : exp2f(s[n][e] * scale_log2 - lse2[e >> 1]);
         s[n][e] = prob;
         dpv[n][e] = prob * (dpv[n][e] - row_delta[e >> 1]);
@@ -625,13 +649,13 @@ struct QueryTiles {
   __device__ bool needs_mask(int it) const { return key_masks != nullptr || k_pos_last > pos0(it); }
 };
 
-// Copies query tile `it` (Q, dO, lse, delta) into shared memory with cp.async (not committed),
-// spread over kNumThreads threads.
-template <typename Element, int kHeadDim, int kNumThreads>
+// Copies query tile `it` (Q, dO, lse, delta and with kDocumentMask the key starts) into shared
+// memory with cp.async (not committed), spread over kNumThreads threads.
+template <typename Element, int kHeadDim, int kNumThreads, bool kDocumentMask>
 __device__ __forceinline__ void load_query_tile(const QueryTiles& tiles, int it,
                                                 const SparseAttentionBackwardParams& bp, int b,
                                                 Element* q_dst, Element* do_dst, float* lse_dst,
-                                                float* delta_dst) {
+                                                float* delta_dst, int32_t* key_start_dst) {
   using G = TileGeometry<kHeadDim>;
   const SparseAttentionParams& p = bp.forward;
   const int head = tiles.head(it);
@@ -658,6 +682,10 @@ __device__ __forceinline__ void load_query_tile(const QueryTiles& tiles, int it,
     cp_async_16(lse_dst + 4 * tid, p.lse + stat + 4 * tid, true);
   } else if (tid < 32) {
     cp_async_16(delta_dst + 4 * (tid - 16), bp.delta + stat + 4 * (tid - 16), true);
+  } else if (kDocumentMask && tid < 48) {
+    // 64 key starts, [batch, q_tokens]: 16 chunks of 16 bytes.
+    const int32_t* starts = p.q_key_start + static_cast<int64_t>(b) * p.q_tokens + token0;
+    cp_async_16(key_start_dst + 4 * (tid - 32), starts + 4 * (tid - 32), true);
   }
 }
 
@@ -671,6 +699,7 @@ struct DkdvSmem {
   Element* ds;          // dS^T of the current query tile, [key][query] (kPStride), with dQ only
   float* lse;           // kStages x kTile
   float* delta;         // kStages x kTile
+  int32_t* key_start;   // kStages x kTile first visible keys of the queries (document masking)
   uint64_t* key_masks;  // kMaskSlots: column key masks of one window of entries (deterministic)
   int32_t* entries;     // kMaskSlots: the entries of the non-empty masks, ascending
   int32_t* misc;        // [0]: number of column entries in the window, [1..2]: entry range
@@ -679,11 +708,19 @@ struct DkdvSmem {
 // Entries of the transposed column index are bucketed kMaskSlots at a time.
 constexpr int kMaskSlots = 512;
 
-template <typename Element, int kHeadDim>
+// kStages x kTile key starts of the staged query tiles, with document masking only.
+template <bool kDocumentMask>
+constexpr int key_start_smem_bytes() {
+  return kDocumentMask ? kStages * kTile * static_cast<int>(sizeof(int32_t)) : 0;
+}
+
+template <typename Element, int kHeadDim, bool kDocumentMask>
 constexpr int dkdv_smem_bytes() {
-  // K, V, kStages x (Q, dO), kStages x kTile lse and delta values, column masks and entries.
+  // K, V, kStages x (Q, dO), kStages x kTile lse and delta values [and key starts], column masks
+  // and entries.
   return (2 + 2 * kStages) * TileGeometry<kHeadDim>::kElems * static_cast<int>(sizeof(Element)) +
          2 * kStages * kTile * static_cast<int>(sizeof(float)) +
+         key_start_smem_bytes<kDocumentMask>() +
          kMaskSlots * static_cast<int>(sizeof(uint64_t) + sizeof(int32_t)) +
          4 * static_cast<int>(sizeof(int32_t));
 }
@@ -709,7 +746,7 @@ __device__ __forceinline__ void atomic_add_rows4(float* rows, int64_t token_stri
 // thread's copies complete; when it ran tiles, all warps are past their last read of the query
 // buffers, but `tiles` itself (entries, masks) may still be read by other warps: synchronize
 // before rewriting it.
-template <typename Element, int kHeadDim, int kKeys, bool kAccumulateDq>
+template <typename Element, int kHeadDim, int kKeys, bool kAccumulateDq, bool kDocumentMask>
 __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
                                                 const SparseAttentionBackwardParams& bp, int b,
                                                 const DkdvSmem<Element, kHeadDim>& sm,
@@ -733,17 +770,18 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
 
   int it = tiles.next(0);
   if (it >= tiles.num_tiles) return;  // CTA-uniform
-  load_query_tile<Element, kHeadDim, kNumThreads>(tiles, it, bp, b, sm.q, sm.dout, sm.lse,
-                                                  sm.delta);
+  load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(tiles, it, bp, b, sm.q, sm.dout,
+                                                                 sm.lse, sm.delta, sm.key_start);
   cp_async_commit();
 
   int stage = 0;
   while (it < tiles.num_tiles) {
     const int next = tiles.next(it + 1);
     if (next < tiles.num_tiles) {
-      load_query_tile<Element, kHeadDim, kNumThreads>(
+      load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(
           tiles, next, bp, b, sm.q + (stage ^ 1) * G::kElems, sm.dout + (stage ^ 1) * G::kElems,
-          sm.lse + (stage ^ 1) * kTile, sm.delta + (stage ^ 1) * kTile);
+          sm.lse + (stage ^ 1) * kTile, sm.delta + (stage ^ 1) * kTile,
+          kDocumentMask ? sm.key_start + (stage ^ 1) * kTile : nullptr);
     }
     cp_async_commit();  // possibly empty: keeps the group count uniform for wait<1>
     cp_async_wait<1>();
@@ -753,6 +791,8 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
     const Element* do_tile = sm.dout + stage * G::kElems;
     const float* lse_tile = sm.lse + stage * kTile;
     const float* delta_tile = sm.delta + stage * kTile;
+    const int32_t* key_start_tile = kDocumentMask ? sm.key_start + stage * kTile : nullptr;
+    // With documents every tile is masked (below): a key start may fall anywhere in the tile.
     const bool mask = tiles.needs_mask(it);
     const int q_pos0 = tiles.pos0(it);
     // Keys of this thread's accumulator rows g and g + 8 that the tile's entry does not attend
@@ -809,7 +849,13 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
           const int key = warp * 16 + g + (e >> 1) * 8;
           const float lse = lse_tile[query];
           const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
-          const bool masked = mask && (key_off[e >> 1] || tiles.k_pos0 + key > q_pos0 + query);
+          bool masked;
+          if constexpr (kDocumentMask) {
+            const int key_pos = tiles.k_pos0 + key;
+            masked = key_off[e >> 1] || key_pos > q_pos0 + query || key_pos < key_start_tile[query];
+          } else {
+            masked = mask && (key_off[e >> 1] || tiles.k_pos0 + key > q_pos0 + query);
+          }
           const float prob = masked ? 0.f : exp2f(st[n][e] * scale_log2 - lse2);
           st[n][e] = prob;
           dpt[n][e] = prob * (dpt[n][e] - delta_tile[query]);
@@ -917,7 +963,7 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
 // (kMaskSlots entry ids per window), so each query block meets the tile once, as one masked
 // tensor-core tile, however many of its keys it attends. Entries are processed in ascending
 // order and every sum has a fixed order: the result is bitwise reproducible.
-template <typename Element, int kHeadDim>
+template <typename Element, int kHeadDim, bool kDocumentMask>
 __global__ void __launch_bounds__(kThreads)
     sparse_attention_backward_dkdv_kernel(const SparseAttentionBackwardParams bp) {
   using G = TileGeometry<kHeadDim>;
@@ -933,7 +979,8 @@ __global__ void __launch_bounds__(kThreads)
   sm.ds = nullptr;
   sm.lse = reinterpret_cast<float*>(sm.dout + kStages * G::kElems);
   sm.delta = sm.lse + kStages * kTile;
-  sm.key_masks = reinterpret_cast<uint64_t*>(sm.delta + kStages * kTile);
+  sm.key_start = reinterpret_cast<int32_t*>(sm.delta + kStages * kTile);
+  sm.key_masks = reinterpret_cast<uint64_t*>(sm.key_start + (kDocumentMask ? kStages * kTile : 0));
   sm.entries = reinterpret_cast<int32_t*>(sm.key_masks + kMaskSlots);
   sm.misc = sm.entries + kMaskSlots;
 
@@ -1026,7 +1073,7 @@ __global__ void __launch_bounds__(kThreads)
   // site keeps the pipeline inlined once.)
   QueryTiles pass_tiles = tiles;
   for (int window = entry_lo;; window += kMaskSlots) {
-    accumulate_dkdv<Element, kHeadDim, kTile, false>(pass_tiles, bp, b, sm, dk, dv);
+    accumulate_dkdv<Element, kHeadDim, kTile, false, kDocumentMask>(pass_tiles, bp, b, sm, dk, dv);
     if (window > entry_hi) break;  // CTA-uniform
     __syncthreads();               // masks and entries of the previous window are consumed
     for (int i = static_cast<int>(threadIdx.x); i < kMaskSlots; i += kThreads) {
@@ -1092,13 +1139,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename Element, int kHeadDim, int kKeys>
+template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
 constexpr int kv_smem_bytes() {
-  // K, V (kKeys rows each), kStages x (Q, dO), dS^T, kStages x kTile lse and delta values.
+  // K, V (kKeys rows each), kStages x (Q, dO), dS^T, kStages x kTile lse and delta values [and
+  // key starts].
   using G = TileGeometry<kHeadDim>;
   return (2 * kKeys * G::kStride + 2 * kStages * G::kElems + kKeys * kPStride) *
              static_cast<int>(sizeof(Element)) +
-         2 * kStages * kTile * static_cast<int>(sizeof(float));
+         2 * kStages * kTile * static_cast<int>(sizeof(float)) +
+         key_start_smem_bytes<kDocumentMask>();
 }
 
 // Non-deterministic dK/dV/dQ of the active blocks, FlashAttention-2's schedule: one CTA per kKeys
@@ -1108,7 +1157,7 @@ constexpr int kv_smem_bytes() {
 // writes dK/dV once at the end. Vertical columns are not visited here. Keys ascend with blockIdx.x,
 // so under a causal pattern the largest kv tiles (most query tiles) are scheduled first and the
 // short ones fill the tail.
-template <typename Element, int kHeadDim, int kKeys>
+template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
 __global__ void __launch_bounds__(2 * kKeys, 1)
     sparse_attention_backward_kv_kernel(const SparseAttentionBackwardParams bp) {
   using G = TileGeometry<kHeadDim>;
@@ -1126,6 +1175,7 @@ __global__ void __launch_bounds__(2 * kKeys, 1)
   sm.ds = sm.dout + kStages * G::kElems;
   sm.lse = reinterpret_cast<float*>(sm.ds + kKeys * kPStride);
   sm.delta = sm.lse + kStages * kTile;
+  sm.key_start = kDocumentMask ? reinterpret_cast<int32_t*>(sm.delta + kStages * kTile) : nullptr;
   sm.key_masks = nullptr;
   sm.entries = nullptr;
   sm.misc = nullptr;
@@ -1182,7 +1232,7 @@ __global__ void __launch_bounds__(2 * kKeys, 1)
       dv[dn][e] = 0.f;
     }
   }
-  accumulate_dkdv<Element, kHeadDim, kKeys, true>(tiles, bp, b, sm, dk, dv);
+  accumulate_dkdv<Element, kHeadDim, kKeys, true, kDocumentMask>(tiles, bp, b, sm, dk, dv);
 
   // This CTA alone owns these dk/dv rows within this kernel (the column pass adds to them later,
   // in stream order), so plain read-modify-write.
@@ -1257,35 +1307,35 @@ cudaError_t launch(Kernel* kernel, dim3 grid, int smem_bytes, cudaStream_t strea
 }
 
 // Per-query-tile kernel with atomically added dK/dV, over everything or over the columns alone.
-template <typename Element, int kHeadDim, bool kColumnsOnly>
+template <typename Element, int kHeadDim, bool kColumnsOnly, bool kDocumentMask>
 cudaError_t launch_query_major(const SparseAttentionBackwardParams& bp, cudaStream_t stream) {
   const SparseAttentionParams& p = bp.forward;
   const dim3 q_grid(p.q_tokens / kTile, p.num_heads, p.batch);
   // With P/dS staging, double-buffered K/V at head_dim 128 would need 121 KB: one CTA per SM.
   // A single buffer (86.5 KB) lets two CTAs share an SM.
   constexpr int kKvStages = kHeadDim == 128 ? 1 : 2;
-  return launch(
-      sparse_attention_backward_dq_kernel<Element, kHeadDim, true, kKvStages, kColumnsOnly>, q_grid,
-      dq_smem_bytes<Element, kHeadDim, true, kKvStages>(), stream, bp);
+  return launch(sparse_attention_backward_dq_kernel<Element, kHeadDim, true, kKvStages,
+                                                    kColumnsOnly, kDocumentMask>,
+                q_grid, dq_smem_bytes<Element, kHeadDim, true, kKvStages>(), stream, bp);
 }
 
 // Non-deterministic backward on the transposed index: active blocks per kv tile of kKeys keys
 // (dQ by atomics), then the vertical columns per query tile (dK/dV by atomics). The two kernels
 // touch dk/dv and dq in stream order, so the plain read-modify-writes of each are safe.
-template <typename Element, int kHeadDim, int kKeys>
+template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
 cudaError_t launch_kv_major(const SparseAttentionBackwardParams& bp, cudaStream_t stream) {
   const SparseAttentionParams& p = bp.forward;
   if (p.k_tokens > 0) {
     const dim3 kv_grid(p.k_tokens / kKeys, p.num_kv_heads, p.batch);
-    const cudaError_t err =
-        launch(sparse_attention_backward_kv_kernel<Element, kHeadDim, kKeys>, kv_grid,
-               kv_smem_bytes<Element, kHeadDim, kKeys>(), stream, bp, 2 * kKeys);
+    const cudaError_t err = launch(
+        sparse_attention_backward_kv_kernel<Element, kHeadDim, kKeys, kDocumentMask>, kv_grid,
+        kv_smem_bytes<Element, kHeadDim, kKeys, kDocumentMask>(), stream, bp, 2 * kKeys);
     if (err != cudaSuccess) return err;
   }
-  return launch_query_major<Element, kHeadDim, true>(bp, stream);
+  return launch_query_major<Element, kHeadDim, true, kDocumentMask>(bp, stream);
 }
 
-template <typename Element, int kHeadDim>
+template <typename Element, int kHeadDim, bool kDocumentMask>
 cudaError_t launch_backward(const SparseAttentionBackwardParams& bp, cudaStream_t stream) {
   const SparseAttentionParams& p = bp.forward;
   const dim3 q_grid(p.q_tokens / kTile, p.num_heads, p.batch);
@@ -1294,19 +1344,25 @@ cudaError_t launch_backward(const SparseAttentionBackwardParams& bp, cudaStream_
     // (cp.async) and dq (vector atomics); without them, the query-major schedule does everything.
     if (bp.t_block_row_offsets == nullptr || !aligned(p.lse, 16) || !aligned(bp.delta, 16) ||
         !aligned(bp.dq, 16)) {
-      return launch_query_major<Element, kHeadDim, false>(bp, stream);
+      return launch_query_major<Element, kHeadDim, false, kDocumentMask>(bp, stream);
     }
     // 128-key tiles (8 warps) halve the dQ atomics and the Q/dO reloads per key against 64.
-    return p.block_size == 128 ? launch_kv_major<Element, kHeadDim, 128>(bp, stream)
-                               : launch_kv_major<Element, kHeadDim, 64>(bp, stream);
+    return p.block_size == 128 ? launch_kv_major<Element, kHeadDim, 128, kDocumentMask>(bp, stream)
+                               : launch_kv_major<Element, kHeadDim, 64, kDocumentMask>(bp, stream);
   }
   const cudaError_t err =
-      launch(sparse_attention_backward_dq_kernel<Element, kHeadDim, false, 2, false>, q_grid,
-             dq_smem_bytes<Element, kHeadDim, false, 2>(), stream, bp);
+      launch(sparse_attention_backward_dq_kernel<Element, kHeadDim, false, 2, false, kDocumentMask>,
+             q_grid, dq_smem_bytes<Element, kHeadDim, false, 2>(), stream, bp);
   if (err != cudaSuccess || p.k_tokens == 0) return err;
   const dim3 kv_grid(p.k_tokens / kTile, p.num_kv_heads, p.batch);
-  return launch(sparse_attention_backward_dkdv_kernel<Element, kHeadDim>, kv_grid,
-                dkdv_smem_bytes<Element, kHeadDim>(), stream, bp);
+  return launch(sparse_attention_backward_dkdv_kernel<Element, kHeadDim, kDocumentMask>, kv_grid,
+                dkdv_smem_bytes<Element, kHeadDim, kDocumentMask>(), stream, bp);
+}
+
+template <typename Element, int kHeadDim>
+cudaError_t launch_backward_for_mask(const SparseAttentionBackwardParams& bp, cudaStream_t stream) {
+  return bp.forward.q_key_start != nullptr ? launch_backward<Element, kHeadDim, true>(bp, stream)
+                                           : launch_backward<Element, kHeadDim, false>(bp, stream);
 }
 
 template <typename Element, int kHeadDim>
@@ -1346,11 +1402,11 @@ cudaError_t sparse_attention_backward(const SparseAttentionBackwardParams& bp,
   }
   const bool bf16 = p.element_type == ElementType::kBFloat16;
   if (p.head_dim == 64) {
-    return bf16 ? launch_backward<__nv_bfloat16, 64>(bp, stream)
-                : launch_backward<__half, 64>(bp, stream);
+    return bf16 ? launch_backward_for_mask<__nv_bfloat16, 64>(bp, stream)
+                : launch_backward_for_mask<__half, 64>(bp, stream);
   }
-  return bf16 ? launch_backward<__nv_bfloat16, 128>(bp, stream)
-              : launch_backward<__half, 128>(bp, stream);
+  return bf16 ? launch_backward_for_mask<__nv_bfloat16, 128>(bp, stream)
+              : launch_backward_for_mask<__half, 128>(bp, stream);
 }
 
 cudaError_t attention_backward_delta(float* delta, const void* dout, const void* out,

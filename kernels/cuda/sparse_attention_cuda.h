@@ -15,13 +15,16 @@ namespace sparsering::kernels {
 // {64, 128}, token counts that are multiples of block_size, num_kv_heads dividing num_heads, grid
 // limits (num_heads and batch at most 65535), non-null q/k/v/index pointers (k, v and k_block_ids
 // only when k_tokens > 0; block_cols and column_indices may be null when they are empty),
-// 16-byte aligned q/k/v and a finite softmax_scale. Index contents (ranges, ids) are trusted, not
-// checked. Returns cudaSuccess or cudaErrorInvalidValue.
+// 16-byte aligned q/k/v (and q_key_start when set) and a finite softmax_scale. Index contents
+// (ranges, ids, key starts) are trusted, not checked. Returns cudaSuccess or
+// cudaErrorInvalidValue.
 cudaError_t validate_sparse_attention_params(const SparseAttentionParams& p);
 
 // Forward of one (query shard, kv shard) call: writes p.out (element type) and p.lse
-// ([batch, num_heads, q_tokens], fp32, natural log). Rows that attend no key get out = 0 and
-// lse = -inf. Also requires out (16-byte aligned) and lse to be non-null.
+// ([batch, num_heads, q_tokens], fp32, natural log). Rows that attend no key (document masking
+// included) get out = 0 and lse = -inf. Also requires out (16-byte aligned) and lse to be
+// non-null. Forward and backward run a document-masking instantiation when p.q_key_start is set
+// and the unmasked one otherwise.
 cudaError_t sparse_attention_forward(const SparseAttentionParams& p, cudaStream_t stream);
 
 // delta[b, h, t] = sum_d dout[b, t, h, d] * out[b, t, h, d] in fp32, the row term of the softmax

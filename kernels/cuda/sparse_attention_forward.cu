@@ -18,6 +18,11 @@
 // K/V tiles stream through kStages shared-memory buffers with cp.async; one barrier per tile both
 // publishes the landed tile and frees the buffer that the next copy overwrites. Only warps whose
 // rows straddle the causal diagonal of a tile mask it, and warps entirely above it skip the tile.
+//
+// Document masking (p.q_key_start) is a separate instantiation, so the unmasked kernel compiles
+// exactly as before: the first visible key of every query row is staged in shared memory and keys
+// before it are masked right after the causal rule; a warp skips tiles that end before all its
+// rows' documents start and masks tiles that begin before some row's document does.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -250,8 +255,8 @@ __device__ __forceinline__ void load_key_tile(const SparseAttentionParams& p,
 
 // Grid (q_tokens / C::kRows, num_heads, batch), C::kThreads threads. Fragment notation of
 // mma.m16n8k16: lane = 4 * g + t; an accumulator c[4] holds rows g (c0, c1) and g + 8 (c2, c3),
-// columns 2t and 2t + 1 of its 8-column n-tile.
-template <typename Element, int kHeadDim, class C>
+// columns 2t and 2t + 1 of its 8-column n-tile. kDocumentMask: p.q_key_start is set.
+template <typename Element, int kHeadDim, class C, bool kDocumentMask>
 __global__ void __launch_bounds__(C::kThreads)
     sparse_attention_forward_kernel(const __grid_constant__ SparseAttentionParams p) {
   using S = ForwardSmem<Element, kHeadDim, C>;
@@ -272,6 +277,7 @@ __global__ void __launch_bounds__(C::kThreads)
   Element* v_s = k_s + kStages * S::kKvElems;
   int* kpos_s = reinterpret_cast<int*>(v_s + kStages * S::kKvElems);
   int* meta_s = kpos_s + kStages * kKeys;
+  int* key_start_s = meta_s + kStages;  // kWarps x (kWarpRows + 2), with kDocumentMask only
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
@@ -386,6 +392,23 @@ __global__ void __launch_bounds__(C::kThreads)
   const float scale_log2 = fmaxf(fabsf(p.softmax_scale) * kLog2e, FLT_MIN);
   const int warp_q0 = q_pos0 + warp * C::kWarpRows;  // global position of the warp's first row
   const int warp_q_last = warp_q0 + C::kWarpRows - 1;
+  // Document masking: the first visible key of each of the warp's rows and the smallest and
+  // largest of them, staged in the warp's own slice of shared memory (in registers they would
+  // live through the whole loop next to the accumulators and spill).
+  int* warp_key_start = key_start_s + warp * (C::kWarpRows + 2);  // rows, then min and max
+  if constexpr (kDocumentMask) {
+    const int row = lane % C::kWarpRows;
+    const int start =
+        p.q_key_start[static_cast<int64_t>(b) * p.q_tokens + q_token0 + warp * C::kWarpRows + row];
+    const int lowest = __reduce_min_sync(kFullMask, start);
+    const int highest = __reduce_max_sync(kFullMask, start);
+    if (lane < C::kWarpRows) warp_key_start[row] = start;
+    if (lane == 0) {
+      warp_key_start[C::kWarpRows] = lowest;
+      warp_key_start[C::kWarpRows + 1] = highest;
+    }
+    __syncwarp();
+  }
 
   int stage = 0;
   for (int i = 0; i < issued; ++i) {
@@ -405,10 +428,16 @@ __global__ void __launch_bounds__(C::kThreads)
     const int pos0 = meta_s[stage];
     const bool is_column = pos0 < 0;
     // Block tile: keys pos0 .. pos0 + kKeys - 1. The warp skips it when all of them lie after its
-    // last row and masks only when some lie after its first row. Column chunks have arbitrary
+    // last row (or before the document start of all its rows) and masks only when some lie after
+    // its first row (or before some row's document start). Column chunks have arbitrary
     // positions and padding, so they are always masked.
-    const bool active = is_column || pos0 <= warp_q_last;
+    bool active = is_column || pos0 <= warp_q_last;
     const bool mask = is_column || pos0 + kKeys - 1 > warp_q0;
+    bool document_mask = false;
+    if constexpr (kDocumentMask) {
+      active = active && (is_column || pos0 + kKeys > warp_key_start[C::kWarpRows]);
+      document_mask = is_column || pos0 < warp_key_start[C::kWarpRows + 1];
+    }
     if (active) {
       const uint32_t k_tile = k_lane + stage * kStageBytes;
       const uint32_t v_tile = v_lane + stage * kStageBytes;
@@ -466,6 +495,26 @@ __global__ void __launch_bounds__(C::kThreads)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
               if (key[e & 1] > warp_q0 + mb * 16 + g + (e >> 1) * 8) s[mb][n][e] = -INFINITY;
+            }
+          }
+        }
+      }
+      // Document mask kpos < the row's first visible key, one row at a time so that a single key
+      // start is live next to the scores.
+      if (document_mask) {
+        const int* kpos = kpos_s + stage * kKeys;
+#pragma unroll
+        for (int mb = 0; mb < kMB; ++mb) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int start = warp_key_start[mb * 16 + g + r * 8];
+#pragma unroll
+            for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const int key = is_column ? kpos[n * 8 + 2 * t + j] : pos0 + n * 8 + 2 * t + j;
+                if (key < start) s[mb][n][2 * r + j] = -INFINITY;
+              }
             }
           }
         }
@@ -604,10 +653,14 @@ __global__ void __launch_bounds__(C::kThreads)
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // Requires C::kRows and C::kKeys to divide p.block_size.
-template <typename Element, int kHeadDim, class C>
+template <typename Element, int kHeadDim, class C, bool kDocumentMask>
 cudaError_t launch_forward(const SparseAttentionParams& p, cudaStream_t stream) {
-  constexpr int kSmem = ForwardSmem<Element, kHeadDim, C>::kBytes;
-  auto* kernel = sparse_attention_forward_kernel<Element, kHeadDim, C>;
+  // With document masking the first visible key of each query row and each warp's smallest and
+  // largest follow the tile metadata.
+  constexpr int kSmem =
+      ForwardSmem<Element, kHeadDim, C>::kBytes +
+      (kDocumentMask ? C::kWarps * (C::kWarpRows + 2) * static_cast<int>(sizeof(int)) : 0);
+  auto* kernel = sparse_attention_forward_kernel<Element, kHeadDim, C, kDocumentMask>;
   // Above 48 KB the dynamic shared-memory limit must be raised explicitly.
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -617,10 +670,17 @@ cudaError_t launch_forward(const SparseAttentionParams& p, cudaStream_t stream) 
   return cudaGetLastError();
 }
 
-template <typename Element, int kHeadDim>
+template <typename Element, int kHeadDim, bool kDocumentMask>
 cudaError_t launch_forward_for_block(const SparseAttentionParams& p, cudaStream_t stream) {
-  return p.block_size == 128 ? launch_forward<Element, kHeadDim, Config128>(p, stream)
-                             : launch_forward<Element, kHeadDim, Config64>(p, stream);
+  return p.block_size == 128
+             ? launch_forward<Element, kHeadDim, Config128, kDocumentMask>(p, stream)
+             : launch_forward<Element, kHeadDim, Config64, kDocumentMask>(p, stream);
+}
+
+template <typename Element, int kHeadDim>
+cudaError_t launch_forward_for_mask(const SparseAttentionParams& p, cudaStream_t stream) {
+  return p.q_key_start != nullptr ? launch_forward_for_block<Element, kHeadDim, true>(p, stream)
+                                  : launch_forward_for_block<Element, kHeadDim, false>(p, stream);
 }
 
 }  // namespace
@@ -648,6 +708,8 @@ cudaError_t validate_sparse_attention_params(const SparseAttentionParams& p) {
                          !aligned16(p.k) || !aligned16(p.v))) {
     return cudaErrorInvalidValue;
   }
+  // The backward kernels stage key starts with 16-byte copies.
+  if (p.q_key_start != nullptr && !aligned16(p.q_key_start)) return cudaErrorInvalidValue;
   return cudaSuccess;
 }
 
@@ -658,11 +720,11 @@ cudaError_t sparse_attention_forward(const SparseAttentionParams& p, cudaStream_
   if (p.out == nullptr || p.lse == nullptr || !aligned16(p.out)) return cudaErrorInvalidValue;
   const bool bf16 = p.element_type == ElementType::kBFloat16;
   if (p.head_dim == 64) {
-    return bf16 ? launch_forward_for_block<__nv_bfloat16, 64>(p, stream)
-                : launch_forward_for_block<__half, 64>(p, stream);
+    return bf16 ? launch_forward_for_mask<__nv_bfloat16, 64>(p, stream)
+                : launch_forward_for_mask<__half, 64>(p, stream);
   }
-  return bf16 ? launch_forward_for_block<__nv_bfloat16, 128>(p, stream)
-              : launch_forward_for_block<__half, 128>(p, stream);
+  return bf16 ? launch_forward_for_mask<__nv_bfloat16, 128>(p, stream)
+              : launch_forward_for_mask<__half, 128>(p, stream);
 }
 
 }  // namespace sparsering::kernels

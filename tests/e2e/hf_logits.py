@@ -1,7 +1,9 @@
 """Logits-level agreement with Hugging Face transformers: a random LlamaForCausalLM of the tiny
 config's shape, imported with import-hf, gives on one 256-token sequence of a token shard the same
 dense `sparsering eval` loss as transformers' own forward (within 1e-4 relative); the sparse
-attention eval of the same checkpoint is only checked to be finite. Needs transformers in the
+attention eval of the same checkpoint is only checked to be finite. The sequence is packed from
+several documents: with data.document_mask the dense eval loss equals transformers run on each
+document alone at its global positions (RoPE positions stay global). Needs transformers in the
 running python or in the source tree's .venv; without it, a note and exit 0."""
 import json
 import math
@@ -28,6 +30,9 @@ sys.path.insert(0, os.path.join(source, "launch"))
 from prepare_data import write_shard  # noqa: E402
 
 SEQUENCE_LENGTH, VOCAB = 256, 64
+# Documents of the packed sequence: boundaries inside and on 64-token blocks, a one-token document.
+DOCUMENT_LENGTHS = [37, 1, 90, 64, 64]
+assert sum(DOCUMENT_LENGTHS) == SEQUENCE_LENGTH
 
 
 def sparsering(command, *options):
@@ -52,20 +57,27 @@ with temporary_directory() as tmp:
     tokens = torch.randint(1, VOCAB, (SEQUENCE_LENGTH,), generator=torch.Generator().manual_seed(1))
     shards = os.path.join(tmp, "shards")
     os.makedirs(shards)
-    write_shard(os.path.join(shards, "shard_00000.srtok"), [tokens.tolist()], VOCAB)
+    documents = list(torch.split(tokens, DOCUMENT_LENGTHS))
+    write_shard(os.path.join(shards, "shard_00000.srtok"), [d.tolist() for d in documents], VOCAB)
 
     with torch.no_grad():
         theirs = model(tokens[None], labels=tokens[None]).loss.item()
+        # Document masking: each document alone, at its positions in the packed sequence.
+        starts = [sum(DOCUMENT_LENGTHS[:i]) for i in range(len(DOCUMENT_LENGTHS))]
+        logits = torch.cat([model(d[None], position_ids=torch.arange(a, a + len(d))[None])
+                            .logits[0] for a, d in zip(starts, documents)])
+        theirs_documents = torch.nn.functional.cross_entropy(logits[:-1], tokens[1:]).item()
 
     run_dir = os.path.join(tmp, "run")
     process = sparsering("import-hf", "--hf-dir", hf_dir, "--run-dir", run_dir)
     check(process.returncode == 0, "import-hf failed", process)
 
-    def evaluate(attention):
+    def evaluate(attention, document_mask=False):
         process = sparsering("eval", "--checkpoint", "auto", "--run-dir", run_dir,
                              "--attention", attention, "--eval-sequences", "1",
                              "--set", "data.source=TOKEN_SHARDS", "--set", f"data.path={shards}",
-                             "--set", "data.shuffle=false")
+                             "--set", "data.shuffle=false",
+                             "--set", f"data.document_mask={str(document_mask).lower()}")
         check(process.returncode == 0, f"eval --attention {attention} failed", process)
         with open(os.path.join(run_dir, "eval.json")) as f:
             report = json.load(f)
@@ -83,4 +95,17 @@ with temporary_directory() as tmp:
     sparse = evaluate("sparse")
     print(f"sparse loss (smoke only): {sparse!r}")
     check(sparse is not None and math.isfinite(sparse), f"sparse loss is not finite: {sparse}")
+
+    ours_documents = evaluate("dense", document_mask=True)
+    print(f"dense loss with document masking: sparsering {ours_documents!r}, transformers per "
+          f"document {theirs_documents!r}, difference {abs(ours_documents - theirs_documents):.3g}")
+    check(abs(theirs_documents - theirs) > 1e-3,
+          f"the documents do not change transformers' loss ({theirs_documents} vs {theirs})")
+    check(ours_documents is not None and
+          abs(ours_documents - theirs_documents) <= 1e-4 * max(1.0, theirs_documents),
+          f"document-masked loss {ours_documents} differs from transformers' per-document "
+          f"{theirs_documents}")
+    sparse_documents = evaluate("sparse", document_mask=True)
+    check(sparse_documents is not None and math.isfinite(sparse_documents),
+          f"sparse document-masked loss is not finite: {sparse_documents}")
 print("PASSED")

@@ -1,7 +1,12 @@
-// GPU kernels against their CPU twin and dense fp64 attention (skipped without a GPU). Outputs
-// are poisoned with NaN before each launch, so any element a kernel forgets to write fails.
+// GPU kernels against their CPU twin and dense fp64 attention (skipped without a GPU), with and
+// without document masking. Outputs are poisoned with NaN before each launch, so any element a
+// kernel forgets to write fails.
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "kernels/cpu/sparse_attention_cpu.h"
 #include "kernels/sparse_attention.h"
@@ -18,7 +23,29 @@ struct GpuCase {
   config::LayoutKind layout;
   bool sparse;
   at::ScalarType type;
+  bool documents = false;  // document masking: two sequences with their own random documents
 };
+
+// Document starts of a sequence of `length` tokens: boundaries inside blocks and on block edges,
+// a one-token document, and random cuts.
+std::vector<int64_t> random_document_starts(int64_t length, int block, uint64_t seed) {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  std::vector<int64_t> starts = {0, block / 2, block, length / 2 + 3, length / 2 + 4};
+  for (int i = 0; i < 6; ++i) {
+    starts.push_back(at::randint(1, length, {1}, generator).item<int64_t>());
+  }
+  std::sort(starts.begin(), starts.end());
+  starts.erase(std::unique(starts.begin(), starts.end()), starts.end());
+  return starts;
+}
+
+// Leaves NaN-filled blocks of exactly the sizes of a forward's outputs in the caching allocator,
+// which hands them to the op's next allocations of those sizes (out, then lse): an element the
+// kernel does not write stays NaN.
+void poison_forward_outputs(const at::Tensor& q) {
+  at::full(q.sizes(), NAN, q.options());
+  at::full({q.size(0), q.size(2), q.size(1)}, NAN, q.options().dtype(at::kFloat));
+}
 
 class SparseAttentionGpu : public ::testing::TestWithParam<GpuCase> {
  protected:
@@ -32,7 +59,7 @@ class SparseAttentionGpu : public ::testing::TestWithParam<GpuCase> {
 TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   const GpuCase c = GetParam();
   const int world = 2, rank = 1;  // the second shard of a 2-rank ring: all pair kinds
-  const int64_t blocks = 8 * world, length = blocks * c.block, batch = 1;
+  const int64_t blocks = 8 * world, length = blocks * c.block, batch = c.documents ? 2 : 1;
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.dim));
   at::manual_seed(21);
   const auto q = at::randn({batch, length, c.heads, c.dim});
@@ -48,6 +75,19 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   }
   const auto cuda = at::Device(at::kCUDA);
   const auto q_local = layout.shard(q, rank).contiguous();
+  const auto positions = layout.positions_of(rank);
+  // Document masking: each sequence's documents, and its queries' key starts.
+  std::vector<std::vector<int64_t>> documents;
+  at::Tensor key_starts;
+  if (c.documents) {
+    std::vector<at::Tensor> starts_of_batch;
+    for (int64_t b = 0; b < batch; ++b) {
+      documents.push_back(random_document_starts(length, c.block, 100 + b));
+      starts_of_batch.push_back(
+          testing::document_key_starts(documents.back(), length).index_select(0, positions));
+    }
+    key_starts = at::stack(starts_of_batch).contiguous();
+  }
   auto out_acc_gpu = at::zeros(q_local.sizes(), at::TensorOptions().device(cuda));
   auto lse_acc_gpu =
       at::full({batch, c.heads, q_local.size(1)}, -INFINITY, at::TensorOptions().device(cuda));
@@ -55,11 +95,16 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   auto lse_acc_cpu = at::full({batch, c.heads, q_local.size(1)}, -INFINITY);
   std::vector<std::tuple<kernels::ShardBlocks, kernels::SparseIndex, at::Tensor, at::Tensor>> pairs;
   for (int source = 0; source < world; ++source) {
-    kernels::ShardBlocks blocks_cpu{layout.blocks_of(rank), layout.blocks_of(source)};
-    const auto index_cpu = kernels::build_sparse_index(pattern, blocks_cpu, batch, c.kv_heads,
+    kernels::ShardBlocks blocks_cpu{layout.blocks_of(rank), layout.blocks_of(source), key_starts};
+    // With documents, source 0 keeps the unpruned index: its kv blocks before a query block's
+    // documents reach the kernels, whose tile skipping and elementwise mask must drop them.
+    kernels::ShardBlocks index_blocks = blocks_cpu;
+    if (source == 0) index_blocks.q_key_starts = at::Tensor();
+    const auto index_cpu = kernels::build_sparse_index(pattern, index_blocks, batch, c.kv_heads,
                                                        kernels::Transpose::kBlocksAndColumns);
     kernels::ShardBlocks blocks_gpu{blocks_cpu.q_block_ids.to(cuda),
-                                    blocks_cpu.k_block_ids.to(cuda)};
+                                    blocks_cpu.k_block_ids.to(cuda),
+                                    key_starts.defined() ? key_starts.to(cuda) : at::Tensor()};
     kernels::SparseIndex index_gpu = index_cpu;
     for (at::Tensor* t :
          {&index_gpu.block_row_offsets, &index_gpu.block_cols, &index_gpu.column_row_offsets,
@@ -74,18 +119,28 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
         q_local.to(c.type).to(at::kFloat), k_shard.to(c.type).to(at::kFloat),
         v_shard.to(c.type).to(at::kFloat), blocks_cpu, index_cpu, scale);
     kernels::cpu::lse_merge(out_acc_cpu, lse_acc_cpu, part_cpu.out, part_cpu.lse);
-    const auto part_gpu = kernels::sparse_attention_forward(
-        q_local.to(c.type).to(cuda), k_shard.to(c.type).to(cuda), v_shard.to(c.type).to(cuda),
-        blocks_gpu, index_gpu, scale);
+    const auto q_gpu = q_local.to(c.type).to(cuda);
+    const auto k_gpu = k_shard.to(c.type).to(cuda), v_gpu = v_shard.to(c.type).to(cuda);
+    poison_forward_outputs(q_gpu);
+    const auto part_gpu =
+        kernels::sparse_attention_forward(q_gpu, k_gpu, v_gpu, blocks_gpu, index_gpu, scale);
     EXPECT_FALSE(at::isnan(part_gpu.out).any().item<bool>());
     EXPECT_FALSE(at::isnan(part_gpu.lse).any().item<bool>());
     kernels::lse_merge(out_acc_gpu, lse_acc_gpu, part_gpu.out, part_gpu.lse);
     pairs.emplace_back(blocks_gpu, index_gpu, k_shard, v_shard);
   }
   // Dense fp64 truth for this rank's queries against the whole sequence, with the pattern's
-  // global mask; its k/v gradients are exactly this rank's contributions.
-  const auto positions = layout.positions_of(rank);
-  const auto mask = testing::global_pattern_mask(pattern).index_select(1, positions).unsqueeze(0);
+  // global mask (and each sequence's documents); its k/v gradients are exactly this rank's
+  // contributions.
+  auto mask = testing::global_pattern_mask(pattern).index_select(1, positions).unsqueeze(0);
+  if (c.documents) {
+    std::vector<at::Tensor> per_sequence;
+    for (const auto& starts : documents) {
+      per_sequence.push_back(mask[0].logical_and(
+          testing::same_document_mask(starts, length).index_select(0, positions).unsqueeze(0)));
+    }
+    mask = at::stack(per_sequence);
+  }
   auto q64 = q_local.to(c.type).to(at::kDouble).requires_grad_(true);
   auto k64 = k.to(c.type).to(at::kDouble).requires_grad_(true);
   auto v64 = v.to(c.type).to(at::kDouble).requires_grad_(true);
@@ -113,16 +168,26 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
     auto dq = at::full(q_local.sizes(), NAN, at::TensorOptions().device(cuda)).zero_();
     for (int source = 0; source < world; ++source) {
       auto& [blocks_gpu, index_gpu, k_shard, v_shard] = pairs[source];
-      auto dk = at::zeros(k_shard.sizes(), at::TensorOptions().device(cuda));
-      auto dv = at::zeros(v_shard.sizes(), at::TensorOptions().device(cuda));
+      // dk and dv start at 1: the kernels add into them.
+      auto dk = at::ones(k_shard.sizes(), at::TensorOptions().device(cuda));
+      auto dv = at::ones(v_shard.sizes(), at::TensorOptions().device(cuda));
       kernels::sparse_attention_backward(dout_local, q_local.to(c.type).to(cuda),
                                          k_shard.to(c.type).to(cuda), v_shard.to(c.type).to(cuda),
                                          out_final, lse_acc_gpu, delta, blocks_gpu, index_gpu,
                                          scale, deterministic, dq, dk, dv);
-      EXPECT_LT(relative_error(dk, layout.shard(k64.grad(), source)), 0.03) << "dk " << source;
-      EXPECT_LT(relative_error(dv, layout.shard(v64.grad(), source)), 0.03) << "dv " << source;
+      EXPECT_LT(relative_error(dk - 1, layout.shard(k64.grad(), source)), 0.03) << "dk " << source;
+      EXPECT_LT(relative_error(dv - 1, layout.shard(v64.grad(), source)), 0.03) << "dv " << source;
     }
     EXPECT_LT(relative_error(dq, q64.grad()), 0.03) << "dq";
+  }
+  if (c.documents) {
+    // Rows whose documents hide every key: exactly out 0 and lse -inf, as the twin gives.
+    EXPECT_TRUE(at::isneginf(lse_acc_gpu).cpu().equal(attended.logical_not()));
+    EXPECT_TRUE(out_acc_gpu.cpu()
+                    .masked_select(attended.logical_not().permute({0, 2, 1}).unsqueeze(-1))
+                    .eq(0)
+                    .all()
+                    .item<bool>());
   }
 }
 
@@ -132,6 +197,17 @@ INSTANTIATE_TEST_SUITE_P(
                       GpuCase{8, 2, 128, 64, config::LayoutKind::kBalanced, true, at::kBFloat16},
                       GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf},
                       GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16}));
+
+// Document masking through every kernel path: both block sizes and head dims, dense and sparse
+// (vertical columns), fp16 and bf16.
+INSTANTIATE_TEST_SUITE_P(
+    Documents, SparseAttentionGpu,
+    ::testing::Values(
+        GpuCase{4, 4, 64, 64, config::LayoutKind::kContiguous, false, at::kBFloat16, true},
+        GpuCase{8, 2, 128, 64, config::LayoutKind::kBalanced, true, at::kBFloat16, true},
+        GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf, true},
+        GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16, true},
+        GpuCase{4, 2, 128, 128, config::LayoutKind::kContiguous, true, at::kBFloat16, true}));
 
 }  // namespace
 }  // namespace sparsering

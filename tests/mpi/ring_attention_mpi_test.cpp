@@ -1,15 +1,19 @@
 // Ring attention on 2, 4 and 8 MPI ranks equals single-process attention with the same global
 // mask: outputs and the gradients of q, k and v, for every layout, dense and sparse, flat and
-// hierarchical rings. Every rank builds the same global inputs from one seed and checks its own
-// shard; comparisons are non-fatal so no rank leaves a collective early.
+// hierarchical rings, with and without document masking (random document boundaries per
+// sequence). Every rank builds the same global inputs from one seed and checks its own shard;
+// comparisons are non-fatal so no rank leaves a collective early.
 //
 // With SPARSERING_TEST_DEVICE=cuda (launch/gpu_check.sh on the GPU machine) the same cases run on
 // one GPU per rank: bf16 CUDA kernels, K/V travelling over NCCL, tolerances of bf16.
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <vector>
 #ifdef SPARSERING_WITH_CUDA
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/cuda.h>
@@ -26,12 +30,31 @@ using config::LayoutKind;
 struct RingCase {
   LayoutKind layout;
   bool sparse;
-  int inner;  // 0 = flat ring
+  int inner;       // 0 = flat ring
+  bool documents;  // document masking
 };
 
 std::string case_name(const RingCase& c) {
   return std::string(parallel::layout_name(c.layout)) + (c.sparse ? "/sparse" : "/dense") +
-         (c.inner ? "/hierarchical-inner" + std::to_string(c.inner) : "/flat");
+         (c.inner ? "/hierarchical-inner" + std::to_string(c.inner) : "/flat") +
+         (c.documents ? "/documents" : "");
+}
+
+// Random document starts of each sequence (the same on every rank): a few cuts anywhere, one
+// inside the first block, and a one-token document.
+std::vector<std::vector<int64_t>> random_documents(int64_t batch, int64_t length, int block) {
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(77);
+  std::vector<std::vector<int64_t>> documents;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t single = at::randint(1, length - 1, {1}, generator).item<int64_t>();
+    std::vector<int64_t> starts = {0, block / 2, single, single + 1};
+    const auto cuts = at::randint(1, length, {static_cast<int64_t>(3 + 2 * b)}, generator);
+    for (int64_t i = 0; i < cuts.numel(); ++i) starts.push_back(cuts[i].item<int64_t>());
+    std::sort(starts.begin(), starts.end());
+    starts.erase(std::unique(starts.begin(), starts.end()), starts.end());
+    documents.push_back(starts);
+  }
+  return documents;
 }
 
 // CPU (fp32, CPU twins, MPI) or one GPU per rank (bf16, CUDA kernels, NCCL).
@@ -127,7 +150,19 @@ void run_case(const RingCase& c) {
     return layout.shard(t, rank).to(device.device, device.type).contiguous().requires_grad_(true);
   };
   auto q_local = local(q), k_local = local(k), v_local = local(v);
-  auto out = ring.forward(q_local, k_local, v_local, /*estimate=*/true, /*dense=*/false);
+  // Document masking: this rank's queries' key starts, in its layout order.
+  const auto documents = random_documents(batch, length, block);
+  at::Tensor key_starts;
+  if (c.documents) {
+    std::vector<at::Tensor> per_sequence;
+    for (const auto& starts : documents) {
+      per_sequence.push_back(
+          testing::document_key_starts(starts, length).index_select(0, layout.positions_of(rank)));
+    }
+    key_starts = at::stack(per_sequence).to(device.device);
+  }
+  auto out =
+      ring.forward(q_local, k_local, v_local, /*estimate=*/true, /*dense=*/false, key_starts);
   (out * local(dout).detach()).sum().backward();
 
   // The reference uses the same pattern over the whole sequence, on one process.
@@ -135,7 +170,15 @@ void run_case(const RingCase& c) {
                           : kernels::dense_pattern(heads, length, block, at::kCPU);
   pattern.columns = pattern.columns.cpu();
   pattern.block_diagonals = pattern.block_diagonals.cpu();
-  const auto mask = testing::global_pattern_mask(pattern).unsqueeze(0);
+  auto mask = testing::global_pattern_mask(pattern).unsqueeze(0);
+  if (c.documents) {
+    std::vector<at::Tensor> per_sequence;
+    for (const auto& starts : documents) {
+      per_sequence.push_back(
+          mask[0].logical_and(testing::same_document_mask(starts, length).unsqueeze(0)));
+    }
+    mask = at::stack(per_sequence);
+  }
   auto q64 = q.to(at::kDouble).requires_grad_(true);
   auto k64 = k.to(at::kDouble).requires_grad_(true);
   auto v64 = v.to(at::kDouble).requires_grad_(true);
@@ -184,7 +227,9 @@ TEST(RingAttention, EqualsSingleProcessAttentionForEveryLayoutAndRing) {
   for (int inner = 2; inner < world; inner *= 2) inner_sizes.push_back(inner);
   for (LayoutKind layout : {LayoutKind::kContiguous, LayoutKind::kZigzag, LayoutKind::kBalanced}) {
     for (bool sparse : {false, true}) {
-      for (int inner : inner_sizes) run_case({layout, sparse, inner});
+      for (int inner : inner_sizes) {
+        for (bool documents : {false, true}) run_case({layout, sparse, inner, documents});
+      }
     }
   }
 }

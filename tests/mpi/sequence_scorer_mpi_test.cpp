@@ -2,7 +2,8 @@
 // hidden states of every rank are gathered and unsharded, their argmax predictions counted with
 // data::count_correct_answers and their cross-entropy summed, for every layout. Answers are made
 // right or wrong on purpose (from the reference's own predictions), so the expected counts are
-// known and an off-by-one position or a wrong shard mapping cannot pass.
+// known and an off-by-one position or a wrong shard mapping cannot pass. With document masking,
+// the model's outputs in a document do not depend on the documents before it.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -11,8 +12,10 @@
 #include "configs/config.h"
 #include "data/synthetic.h"
 #include "parallel/layout.h"
+#include "tests/attention_reference.h"
 #include "trainer/chunked_loss.h"
 #include "trainer/micro_batch.h"
+#include "trainer/model_setup.h"
 #include "trainer/sequence_scorer.h"
 
 namespace sparsering {
@@ -120,6 +123,68 @@ TEST_P(SequenceScorer, MatchesTheWholeSequenceReference) {
   groups.world().all_reduce(sums);
   EXPECT_NEAR(sums[0].item<double>(), reference, 1e-4 * std::abs(reference));
   EXPECT_EQ(sums[1].item<double>(), 2.0 * positions.size());
+}
+
+// The whole sequence's final hidden states of `example`, its document starts set in the model's
+// context the way training sets them (no-op unless experiment.data.document_mask).
+at::Tensor hidden_of(LengthModel& m, parallel::ProcessGroups& groups, const config::Experiment& e,
+                     const data::SequenceExample& example) {
+  const auto batch = trainer::labelled_batch({example}, m.sequence_length);
+  trainer::set_document_mask(m.context, e, batch, m.layout, groups.cp_rank(), at::Device(at::kCPU));
+  return gathered_hidden(m, groups, batch.tokens)[0];
+}
+
+// The eval loss of `example`'s answers, summed over the ring.
+double answer_loss(LengthModel& m, parallel::ProcessGroups& groups, const config::Experiment& e,
+                   const data::SequenceExample& example) {
+  const auto scores =
+      trainer::score_sequences(m, {example}, /*dense=*/true, e, groups, at::Device(at::kCPU));
+  auto sum = at::tensor({scores.loss_sum}, at::kDouble);
+  groups.world().all_reduce(sum);
+  return sum.item<double>();
+}
+
+// Documents [0, 70), [70, length / 2 + 5), [length / 2 + 5, length), boundaries inside blocks and
+// crossing ranks. Replacing the tokens of document 0 leaves the hidden states of documents 1 and 2
+// and the eval loss of answers predicted there unchanged with data.document_mask, and changes
+// both without it (so the check can fail).
+TEST_P(SequenceScorer, DocumentMaskHidesEarlierDocuments) {
+  config::Experiment e = small_experiment(GetParam());
+  parallel::ProcessGroups groups({1, world_size(), 0}, /*use_nccl=*/false);
+  LengthModel m =
+      trainer::make_length_model(e, groups, e.train.sequence_length, nullptr, at::Device(at::kCPU));
+  const int64_t length = m.sequence_length, second = 70, third = length / 2 + 5;
+  std::mt19937 random(11);
+  data::SequenceExample original;
+  for (int64_t t = 0; t < length; ++t) {
+    original.tokens.push_back(1 + static_cast<int32_t>(random() % (e.model.vocab_size - 1)));
+    original.document_ids.push_back(t < second ? 0 : t < third ? 1 : 2);
+  }
+  // Answers predicted from positions of documents 1 and 2 (an answer at p is predicted at p - 1).
+  original.answer_positions = {second + 1, second + 30, third, third + 1, length - 1};
+  data::SequenceExample changed = original;
+  for (int64_t t = 0; t < second; ++t) {
+    changed.tokens[t] = 1 + (changed.tokens[t] % (e.model.vocab_size - 1));
+  }
+
+  for (const bool mask : {true, false}) {
+    SCOPED_TRACE(mask ? "document mask" : "no document mask");
+    e.data.document_mask = mask;
+    const auto before = hidden_of(m, groups, e, original);
+    const auto after = hidden_of(m, groups, e, changed);
+    const double later_documents =
+        testing::max_abs_diff(before.slice(0, second), after.slice(0, second));
+    EXPECT_GT(testing::max_abs_diff(before.slice(0, 0, second), after.slice(0, 0, second)), 1e-2);
+    const double loss_before = answer_loss(m, groups, e, original);
+    const double loss_after = answer_loss(m, groups, e, changed);
+    if (mask) {
+      EXPECT_LT(later_documents, 1e-5);
+      EXPECT_NEAR(loss_after, loss_before, 1e-6 * std::abs(loss_before));
+    } else {
+      EXPECT_GT(later_documents, 1e-3);
+      EXPECT_GT(std::abs(loss_after - loss_before), 1e-4 * std::abs(loss_before));
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, SequenceScorer,
