@@ -179,11 +179,12 @@ int main(int argc, char** argv) {
     rows.push_back(run_sdpa("sdpa_flash2", q, k, v, dout));
     const auto dense = kernels::dense_pattern(heads, length, block, q.device());
     rows.push_back(run_ours("ours_dense", q, k, v, dout, dense, false));
-    const auto positions = at::arange(length, q.options().dtype(at::kInt)).unsqueeze(0);
+    // Document masking: key starts of one document, then of documents of document_tokens.
+    const auto token_ids = at::arange(length, q.options().dtype(at::kInt)).unsqueeze(0);
     rows.push_back(
-        run_ours("ours_dense_doc1", q, k, v, dout, dense, false, at::zeros_like(positions)));
+        run_ours("ours_dense_doc1", q, k, v, dout, dense, false, at::zeros_like(token_ids)));
     rows.push_back(run_ours("ours_dense_docs", q, k, v, dout, dense, false,
-                            at::div(positions, document_tokens, "floor") * document_tokens));
+                            at::div(token_ids, document_tokens, "floor") * document_tokens));
     // Vertical-slash like the FlexAttention anchor: 1024 sink columns, a 4096-token local
     // window, and 1024 more columns chosen from (random) estimated mass.
     const kernels::AttentionMass mass{at::rand({heads, length}, q.options().dtype(at::kFloat)),
