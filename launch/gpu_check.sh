@@ -80,7 +80,8 @@ fi
 # Training runs of the ~1B model on this GPU: "KIND:TOKENS:STEPS[:FLAGS]" items, FLAGS a
 # comma-separated list of: profile (--profile over the steps after the first), full (profile plus
 # N:M 2:4 MDGF masks on the MLP, checkpoints every 2 steps and TensorBoard), ours (dense steps on
-# our kernel instead of cuDNN).
+# our kernel instead of cuDNN), abs (absolute pattern budgets, 2048 columns and 64 diagonals per
+# head, instead of the config's fractions of the context).
 train_runs=${TRAIN_RUNS-"DENSE:32768:5 SPARSE:32768:5:profile"}  # TRAIN_RUNS="" runs none
 export SPARSERING_BIN="$build/sparsering"
 : >"$out/train.log"
@@ -101,6 +102,8 @@ for spec in $train_runs; do
                 --set checkpoint.every_steps=2 --set checkpoint.keep_last=2
                 --set logging.tensorboard=true) ;;
       ours) extra+=(--set attention.dense_kernel=SPARSERING) ;;
+      abs) extra+=(--set attention.vertical_fraction=0 --set attention.vertical_budget=2048
+                   --set attention.slash_fraction=0 --set attention.slash_budget=64) ;;
       profile) ;;
       *) echo "gpu_check: unknown TRAIN_RUNS flag '$flag' in $spec"; exit 2 ;;
     esac
