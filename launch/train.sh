@@ -10,6 +10,7 @@
 #   HOSTFILE            Open MPI hostfile for multi-node runs
 #   NETWORK_INTERFACE   network interface for NCCL and MPI traffic (e.g. ib0, eth0)
 #   MPIRUN_ARGS         extra mpirun arguments
+#   PYTORCH_CUDA_ALLOC_CONF  CUDA allocator settings (default expandable_segments:True)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,7 +51,11 @@ if [ -n "${NETWORK_INTERFACE:-}" ]; then
   export NCCL_SOCKET_IFNAME=$NETWORK_INTERFACE
   mpirun_args+=(--mca btl_tcp_if_include "$NETWORK_INTERFACE" --mca oob_tcp_if_include "$NETWORK_INTERFACE")
 fi
-for var in OMP_NUM_THREADS NCCL_SOCKET_IFNAME NCCL_DEBUG CUDA_VISIBLE_DEVICES; do
+# Long contexts allocate buffers of many sizes: growable segments keep the caching allocator from
+# fragmenting (a 1B model at 256K tokens ran out of memory with 8.5 GB reserved but unused).
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+for var in OMP_NUM_THREADS NCCL_SOCKET_IFNAME NCCL_DEBUG CUDA_VISIBLE_DEVICES \
+           PYTORCH_CUDA_ALLOC_CONF; do
   [ -n "${!var:-}" ] && mpirun_args+=(-x "$var")
 done
 # shellcheck disable=SC2086
