@@ -8,6 +8,7 @@
 
 #include "kernels/cudnn_attention.h"
 #include "kernels/sparse_attention.h"
+#include "parallel/plain_steps.h"
 
 namespace sparsering::parallel {
 namespace {
@@ -244,30 +245,6 @@ class RingAttentionFunction : public torch::autograd::Function<RingAttentionFunc
     return gradients;
   }
 };
-
-// (query block, key block) pairs with the key block at or before the query block: the work of
-// the dense pattern between two shards, in blocks.
-int64_t causal_block_pairs(const at::Tensor& q_block_ids, const at::Tensor& k_block_ids) {
-  const auto k_sorted = std::get<0>(k_block_ids.to(at::kLong).sort());
-  const auto keys_before = at::searchsorted(k_sorted, q_block_ids.to(at::kLong), false,
-                                            /*right=*/true);
-  return keys_before.sum().item<int64_t>();
-}
-
-// The plain mask of a dense-pattern step between two shards (nullopt when it is not plain): a
-// shard against itself is causal over local tokens when its blocks ascend; keys wholly before
-// every query are all visible.
-std::optional<PlainMask> plain_mask(const at::Tensor& q_block_ids, const at::Tensor& k_block_ids) {
-  const auto q_ids = q_block_ids.to(at::kLong), k_ids = k_block_ids.to(at::kLong);
-  if (q_ids.equal(k_ids)) {
-    const bool ascending =
-        q_ids.numel() < 2 || (q_ids.slice(0, 1) > q_ids.slice(0, 0, -1)).all().item<bool>();
-    if (ascending) return PlainMask::kCausal;
-    return std::nullopt;
-  }
-  if (k_ids.max().item<int64_t>() < q_ids.min().item<int64_t>()) return PlainMask::kFull;
-  return std::nullopt;
-}
 
 // Dense causal work of this rank's queries, counting blocks whole: query block g sees g+1 blocks.
 int64_t dense_pairs(const at::Tensor& q_block_ids, int64_t heads_x_batch, int block_size) {

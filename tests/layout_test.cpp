@@ -1,8 +1,11 @@
 // Token layouts: every layout is a permutation of the blocks, shard/unshard round-trip, and the
-// balanced layout evens out causal work where contiguous does not.
+// balanced layout evens out causal work where contiguous does not. Plain ring steps (the ones the
+// dense ring may hand to cuDNN) are exactly those whose token mask is causal or all visible.
 #include "parallel/layout.h"
 
 #include <gtest/gtest.h>
+
+#include "parallel/plain_steps.h"
 
 namespace sparsering {
 namespace {
@@ -66,6 +69,40 @@ TEST(Layout, DenseCausalWorkPerRank) {
   EXPECT_GT(imbalance(LayoutKind::kContiguous), 1.8);
   EXPECT_DOUBLE_EQ(imbalance(LayoutKind::kZigzag), 1.0);
   EXPECT_LT(imbalance(LayoutKind::kBalanced), 1.02);
+}
+
+TEST_P(LayoutTest, PlainStepsAreExactlyTheCausalAndFullTokenMasks) {
+  const int world = 4, block = 2;
+  parallel::TokenLayout layout(GetParam(), 16, block, world);
+  int causal = 0, full = 0;
+  for (int rank = 0; rank < world; ++rank) {
+    for (int source = 0; source < world; ++source) {
+      SCOPED_TRACE("queries of rank " + std::to_string(rank) + ", keys of " +
+                   std::to_string(source));
+      // The token mask of the step, local query token x local key token.
+      const auto mask =
+          layout.positions_of(source).unsqueeze(0) <= layout.positions_of(rank).unsqueeze(1);
+      const auto tril = at::ones_like(mask).tril();
+      const auto plain = parallel::plain_mask(layout.blocks_of(rank), layout.blocks_of(source));
+      if (plain == kernels::PlainMask::kCausal) {
+        ++causal;
+        EXPECT_TRUE(at::equal(mask, tril));
+      } else if (plain == kernels::PlainMask::kFull) {
+        ++full;
+        EXPECT_TRUE(mask.all().item<bool>());
+      } else {
+        EXPECT_FALSE(at::equal(mask, tril));
+        EXPECT_FALSE(mask.all().item<bool>());
+      }
+      // Block pairs of the dense pattern: key block at or before the query block.
+      const auto q_ids = layout.blocks_of(rank).unsqueeze(1), k_ids = layout.blocks_of(source);
+      EXPECT_EQ(parallel::causal_block_pairs(layout.blocks_of(rank), layout.blocks_of(source)),
+                (k_ids.unsqueeze(0) <= q_ids).sum().item<int64_t>());
+    }
+  }
+  EXPECT_EQ(causal, world) << "every shard against itself is causal";
+  // Only contiguous sharding puts whole shards before others: 0+1+2+3 such pairs.
+  EXPECT_EQ(full, GetParam() == LayoutKind::kContiguous ? world * (world - 1) / 2 : 0);
 }
 
 }  // namespace
