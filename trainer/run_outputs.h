@@ -3,10 +3,12 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "configs/config.h"
 #include "parallel/communicator.h"
 #include "trainer/metrics.h"
+#include "trainer/optimizer.h"
 #include "trainer/profiler.h"
 #include "trainer/train.h"
 
@@ -27,6 +29,10 @@ struct ModelStateBytes {
 };
 void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir,
                     const ModelStateBytes& model_state);
+
+// What the model's parameters, their gradients and the optimizer hold now.
+ModelStateBytes model_state_bytes(const std::vector<at::Tensor>& parameters,
+                                  MasterWeightOptimizer& optimizer);
 
 // Means over the steps this call ran, for <run dir>/summary.json.
 struct RunTotals {

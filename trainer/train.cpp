@@ -329,14 +329,8 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   }
   if (profiler) {
     profiler->finish();
-    ModelStateBytes model_state;
-    for (const auto& parameter : parameters) {
-      model_state.weights += parameter.nbytes();
-      if (parameter.grad().defined()) model_state.gradients += parameter.grad().nbytes();
-    }
-    model_state.gradients += optimizer.master_gradient_bytes();
-    model_state.optimizer = optimizer.state_bytes();
-    report_profile(*profiler, groups.world(), result.run_dir, model_state);
+    report_profile(*profiler, groups.world(), result.run_dir,
+                   model_state_bytes(parameters, optimizer));
   }
   if (rank == 0) {
     write_summary(
