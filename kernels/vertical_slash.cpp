@@ -141,17 +141,27 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
   const auto int_options = long_options.dtype(at::kInt);
 
   // Slash part: block (qb, kb) is active when it is causal and its diagonal offset is chosen.
+  // Column blocks too: a kv block whose every key is a chosen column of the head (the sink,
+  // block-aligned column groups) is attended whole by every row that sees it, so it runs as an
+  // active block (same pairs), whose backward keeps dK/dV in registers, instead of as gathered
+  // columns, whose backward adds dK/dV with atomics.
   const auto offset = q_ids.unsqueeze(1) - k_ids.unsqueeze(0);  // [q_blocks, k_blocks]
   const auto causal = offset >= 0;
+  const auto& columns = pattern.columns;  // [heads, C], -1 padded
+  auto columns_per_block = at::zeros({heads, global_blocks + 1}, long_options);
+  columns_per_block.scatter_add_(
+      1, at::where(columns >= 0, divide(columns, bs), at::full({}, global_blocks, long_options)),
+      at::ones_like(columns));
+  const auto column_block = columns_per_block.slice(1, 0, global_blocks) == bs;
   const auto block_mask = pattern.block_diagonals.index_select(1, offset.clamp_min(0).reshape(-1))
                               .view({heads, q_blocks, k_blocks})
+                              .logical_or(column_block.index_select(1, k_ids).unsqueeze(1))
                               .logical_and(causal.unsqueeze(0));
 
   // Vertical part: chosen columns that live in this kv shard, precede the row's last query and
   // are not already inside one of the row's active blocks.
   auto slot_of_block = at::full({global_blocks}, -1, long_options);
   slot_of_block.index_copy_(0, k_ids, at::arange(k_blocks, long_options));
-  const auto& columns = pattern.columns;  // [heads, C]
   const int64_t num_columns = columns.size(1);
   const auto column_slot =
       at::where(columns >= 0,

@@ -53,10 +53,11 @@ VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_colum
 enum class Transpose { kNone, kBlocks, kBlocksAndColumns };
 
 // The index of one (query shard, kv shard) pair, replicated over `batch`. Columns inside an
-// active block of their row are left to the block part. When blocks.q_key_starts is defined
-// (document masking), each (sequence, query block) row drops the kv blocks and columns that lie
-// entirely before the smallest key start of its queries: they would be masked anyway, so this only
-// saves work and the rows then differ per sequence.
+// active block of their row are left to the block part, and a kv block made wholly of a head's
+// columns (the sink, for one) becomes an active block of every causal row: the same pairs. When
+// blocks.q_key_starts is defined (document masking), each (sequence, query block) row drops the kv
+// blocks and columns that lie entirely before the smallest key start of its queries: they would be
+// masked anyway, so this only saves work and the rows then differ per sequence.
 SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardBlocks& blocks,
                                int64_t batch, int64_t kv_heads, Transpose transpose);
 

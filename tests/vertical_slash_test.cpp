@@ -74,21 +74,48 @@ at::Tensor transposed_block_incidence(const kernels::SparseIndex& index, int64_t
   return incidence.view({batch, heads, q_blocks, k_blocks});
 }
 
-class IndexUnderLayout : public ::testing::TestWithParam<config::LayoutKind> {};
+// A sink of 3 tokens stays columns; a sink of 2 whole blocks (and a head whose top columns fill
+// a block) turns into active blocks. Either way the index attends exactly the pattern's pairs.
+class IndexUnderLayout : public ::testing::TestWithParam<std::tuple<config::LayoutKind, int64_t>> {
+};
 
 TEST_P(IndexUnderLayout, PairIndicesTileTheGlobalMask) {
   const int world = 3, block = 8;
   const int64_t blocks = 2 * world * 3, length = blocks * block, heads = 4, kv_heads = 2;
+  const auto [layout_kind, sink] = GetParam();
   at::manual_seed(11);
   kernels::AttentionMass mass{at::rand({heads, length}), at::rand({heads, length})};
-  const auto pattern = kernels::select_pattern(mass, 10, 12, 3, 5, block);
+  mass.vertical[1].slice(0, 5 * block, 6 * block).add_(2.0);  // head 1: block 5 is all columns
+  const auto pattern = kernels::select_pattern(mass, 10, 12, sink, 5, block);
   const auto global = testing::global_pattern_mask(pattern);
-  parallel::TokenLayout layout(GetParam(), blocks, block, world);
+  // Global kv blocks made wholly of a head's columns: never left as columns.
+  const auto columns_in_block = at::zeros({heads, blocks}, at::kLong);
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t c = 0; c < pattern.columns.size(1); ++c) {
+      const int64_t position = pattern.columns[h][c].item<int64_t>();
+      if (position >= 0) columns_in_block[h][position / block] += 1;
+    }
+  }
+  const auto column_block = columns_in_block == block;
+  EXPECT_TRUE(column_block[1][5].item<bool>());
+  EXPECT_EQ(column_block[0][0].item<bool>(), sink >= block);
+  parallel::TokenLayout layout(layout_kind, blocks, block, world);
   for (int qr = 0; qr < world; ++qr) {
     for (int kr = 0; kr < world; ++kr) {
       const kernels::ShardBlocks shard{layout.blocks_of(qr), layout.blocks_of(kr), {}};
       const auto index = kernels::build_sparse_index(pattern, shard, /*batch=*/2, kv_heads,
                                                      kernels::Transpose::kBlocksAndColumns);
+      const auto k_ids = layout.blocks_of(kr).to(at::kLong);
+      const int64_t q_blocks = layout.blocks_per_rank();
+      for (int64_t row = 0; row + 1 < index.column_row_offsets.numel(); ++row) {
+        const int64_t h = (row / q_blocks) % heads;
+        for (int c = index.column_row_offsets[row].item<int>();
+             c < index.column_row_offsets[row + 1].item<int>(); ++c) {
+          const int64_t global_block =
+              k_ids[index.column_indices[c].item<int>() / block].item<int64_t>();
+          EXPECT_FALSE(column_block[h][global_block].item<bool>()) << "head " << h;
+        }
+      }
       const int64_t local = layout.blocks_per_rank() * block;
       const auto mask = kernels::cpu::attention_mask(shard, index, 2, heads, local, local);
       const auto expected =
@@ -120,9 +147,10 @@ TEST_P(IndexUnderLayout, PairIndicesTileTheGlobalMask) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, IndexUnderLayout,
-                         ::testing::Values(config::LayoutKind::kContiguous,
-                                           config::LayoutKind::kZigzag,
-                                           config::LayoutKind::kBalanced));
+                         ::testing::Combine(::testing::Values(config::LayoutKind::kContiguous,
+                                                              config::LayoutKind::kZigzag,
+                                                              config::LayoutKind::kBalanced),
+                                            ::testing::Values(int64_t{3}, int64_t{16})));
 
 // Document masking prunes the index: under the document mask the pruned index attends exactly
 // the pairs the unpruned one does (and the global pattern, restricted to one document, says), with
@@ -132,11 +160,12 @@ TEST_P(IndexUnderLayout, DocumentKeyStartsPruneBlocksWithoutChangingVisiblePairs
   const int64_t blocks = 2 * world * 4, length = blocks * block, heads = 4, kv_heads = 2;
   at::manual_seed(29);
   kernels::AttentionMass mass{at::rand({heads, length}), at::rand({heads, length})};
-  const auto pattern = kernels::select_pattern(mass, 16, 24, 3, 9, block);
+  const auto [layout_kind, sink] = GetParam();
+  const auto pattern = kernels::select_pattern(mass, 16, 24, sink, 9, block);
   // Sequence 0: documents with boundaries inside blocks; sequence 1: a different cut.
   const std::vector<std::vector<int64_t>> documents = {{0, 21, 60, 61, 130, 200}, {0, 40, 97, 150}};
   const auto global = testing::global_pattern_mask(pattern);
-  parallel::TokenLayout layout(GetParam(), blocks, block, world);
+  parallel::TokenLayout layout(layout_kind, blocks, block, world);
   const int64_t local = layout.blocks_per_rank() * block, local_blocks = layout.blocks_per_rank();
   int64_t pruned_blocks = 0, all_blocks = 0, pruned_columns = 0, all_columns = 0;
   for (int qr = 0; qr < world; ++qr) {

@@ -9,7 +9,9 @@
 //    heads of the GQA group), keeps dK/dV in registers and writes them once without atomics; the
 //    dQ partial of each (query tile, kv block) pair goes through shared memory (dS) and is added
 //    into dq with fp32 vector atomics. That is one atomic tile per pair instead of two (dK and dV)
-//    and, with 128-key blocks, half as many pairs. Vertical columns are scattered single keys, so
+//    and, with 128-key blocks, half as many pairs. FlashAttention-2's warp layout (32-row warp
+//    tiles, P and dS staged in shared memory; see accumulate_block_gradients) reads 30% fewer
+//    shared-memory bytes than 16-key warps would. Vertical columns are scattered single keys, so
 //    they keep the per-query-tile schedule below (gathered 64-key chunks) in a second pass.
 //  - per query tile: one CTA of 4 warps per 64-row query tile walks the same kv tiles as the
 //    forward (active-block sub-tiles, then gathered column chunks) and keeps dQ in registers.
@@ -697,6 +699,7 @@ struct DkdvSmem {
   Element* q;           // kStages query tiles
   Element* dout;        // kStages dO tiles
   Element* ds;          // dS^T of the current query tile, [key][query] (kPStride), with dQ only
+  Element* p;           // P of the current query tile, [query][key] (per-kv-block kernel)
   float* lse;           // kStages x kTile
   float* delta;         // kStages x kTile
   int32_t* key_start;   // kStages x kTile first visible keys of the queries (document masking)
@@ -737,25 +740,20 @@ __device__ __forceinline__ void atomic_add_rows4(float* rows, int64_t token_stri
   for (int dn = 0; dn < kDqTiles; ++dn) atomic_add4(dst + dn * 8, pair_rows4(acc[dn], odd, scale));
 }
 
-// dK, dV += contributions of the query tiles of `tiles` (see the kernels below for the products)
-// for a kv tile of kKeys keys (warp w owns keys 16w..16w+15; kKeys / 16 warps). With
-// kAccumulateDq each query tile's dQ partial, scale dS K over the kKeys keys, is also added into
-// bp.dq with atomics: dS^T goes through sm.ds, then warp w forms 16 query rows x (kHeadDim /
-// (kKeys / 64)) columns of it. Streams the query tiles through the kStages buffers; K and V must be
-// in shared memory (or in flight in an older cp.async group) before the call. Returns with this
+// dK, dV += contributions of the query tiles of `tiles` (see the deterministic kernel below for the
+// products) for a kv tile of kTile keys (warp w owns keys 16w..16w+15), honouring the tiles' column
+// key masks. Streams the query tiles through the kStages buffers; K and V must be in shared memory
+// (or in flight in an older cp.async group) before the call. Returns with this
 // thread's copies complete; when it ran tiles, all warps are past their last read of the query
 // buffers, but `tiles` itself (entries, masks) may still be read by other warps: synchronize
 // before rewriting it.
-template <typename Element, int kHeadDim, int kKeys, bool kAccumulateDq, bool kDocumentMask>
+template <typename Element, int kHeadDim, bool kDocumentMask>
 __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
                                                 const SparseAttentionBackwardParams& bp, int b,
                                                 const DkdvSmem<Element, kHeadDim>& sm,
                                                 float (&dk)[kHeadDim / 8][4],
                                                 float (&dv)[kHeadDim / 8][4]) {
   using G = TileGeometry<kHeadDim>;
-  constexpr int kNumWarps = kKeys / 16;
-  constexpr int kNumThreads = kNumWarps * 32;
-  static_assert(kKeys == 64 || kKeys == 128, "kv tiles of 64 or 128 keys");
   constexpr int kDSteps = kHeadDim / 16;
   // Query columns of S^T processed at once: bounds the live S^T / dP^T registers next to the
   // kHeadDim dK/dV accumulator registers per thread.
@@ -770,15 +768,15 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
 
   int it = tiles.next(0);
   if (it >= tiles.num_tiles) return;  // CTA-uniform
-  load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(tiles, it, bp, b, sm.q, sm.dout,
-                                                                 sm.lse, sm.delta, sm.key_start);
+  load_query_tile<Element, kHeadDim, kThreads, kDocumentMask>(tiles, it, bp, b, sm.q, sm.dout,
+                                                              sm.lse, sm.delta, sm.key_start);
   cp_async_commit();
 
   int stage = 0;
   while (it < tiles.num_tiles) {
     const int next = tiles.next(it + 1);
     if (next < tiles.num_tiles) {
-      load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(
+      load_query_tile<Element, kHeadDim, kThreads, kDocumentMask>(
           tiles, next, bp, b, sm.q + (stage ^ 1) * G::kElems, sm.dout + (stage ^ 1) * G::kElems,
           sm.lse + (stage ^ 1) * kTile, sm.delta + (stage ^ 1) * kTile,
           kDocumentMask ? sm.key_start + (stage ^ 1) * kTile : nullptr);
@@ -795,14 +793,10 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
     // With documents every tile is masked (below): a key start may fall anywhere in the tile.
     const bool mask = tiles.needs_mask(it);
     const int q_pos0 = tiles.pos0(it);
-    // Keys of this thread's accumulator rows g and g + 8 that the tile's entry does not attend
-    // (column masks exist only for 64-key tiles).
-    bool key_off[2] = {false, false};
-    if constexpr (kKeys == kTile) {
-      const uint64_t key_mask = tiles.key_mask(it);
-      key_off[0] = ((key_mask >> (warp * 16 + g)) & 1) == 0;
-      key_off[1] = ((key_mask >> (warp * 16 + g + 8)) & 1) == 0;
-    }
+    // Keys of this thread's accumulator rows g and g + 8 that the tile's entry does not attend.
+    const uint64_t key_mask = tiles.key_mask(it);
+    const bool key_off[2] = {((key_mask >> (warp * 16 + g)) & 1) == 0,
+                             ((key_mask >> (warp * 16 + g + 8)) & 1) == 0};
 
 #pragma unroll
     for (int qc = 0; qc < kTile / kQueryChunk; ++qc) {
@@ -862,18 +856,6 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
         }
       }
 
-      if constexpr (kAccumulateDq) {
-        // dS^T rows 16w + g (+8) of this query chunk; the 4-byte stores of a warp hit 32
-        // distinct banks (rows are kPStride = 36 words apart).
-        Element* ds_rows = sm.ds + (warp * 16 + g) * kPStride + qc * kQueryChunk + 2 * t;
-#pragma unroll
-        for (int n = 0; n < kQueryTiles; ++n) {
-          *reinterpret_cast<uint32_t*>(ds_rows + n * 8) = pack2<Element>(dpt[n][0], dpt[n][1]);
-          *reinterpret_cast<uint32_t*>(ds_rows + 8 * kPStride + n * 8) =
-              pack2<Element>(dpt[n][2], dpt[n][3]);
-        }
-      }
-
       // dV += P^T dO, dK += dS^T Q: A from registers (n-tiles 2j, 2j + 1 = k-step j over the
       // queries); B = dO / Q [query][d] = [k][n] by transposed ldmatrix.
 #pragma unroll
@@ -903,49 +885,7 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
       }
     }
 
-    if constexpr (kAccumulateDq) {
-      __syncthreads();  // dS^T of all kKeys keys is in shared memory
-      // dQ = dS K over this tile's keys. Warp w: query rows 16 (w % 4) .. +15 and kDqSpan columns
-      // from (w / 4) kDqSpan, in passes of kDqCols columns that bound the accumulator registers
-      // next to dK/dV. A = dS [query][key] from dS^T [key][query] and B = K [key][d] = [k][n],
-      // both by transposed ldmatrix (as P^T and dO in the per-query-tile kernel).
-      constexpr int kDqSpan = kHeadDim / (kNumWarps / 4);
-      constexpr int kDqCols = kDqSpan < 64 ? kDqSpan : 64;
-      constexpr int kDqTiles = kDqCols / 8;
-      const int m0 = (warp % 4) * 16;
-      const int d_begin = (warp / 4) * kDqSpan;
-      const SparseAttentionParams& p = bp.forward;
-      const int64_t q_token_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
-      float* dq_rows =
-          bp.dq + (static_cast<int64_t>(b) * p.q_tokens + tiles.token0(it) + m0) * q_token_stride +
-          tiles.head(it) * kHeadDim;
-#pragma unroll
-      for (int d0 = d_begin; d0 < d_begin + kDqSpan; d0 += kDqCols) {
-        float acc[kDqTiles][4];
-#pragma unroll
-        for (int dn = 0; dn < kDqTiles; ++dn) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[dn][e] = 0.f;
-        }
-#pragma unroll
-        for (int j = 0; j < kKeys / 16; ++j) {
-          uint32_t a[4];
-          ldmatrix_x4_trans(a, sm.ds + (j * 16 + lane % 8 + (lane / 16) * 8) * kPStride + m0 +
-                                   ((lane / 8) % 2) * 8);
-#pragma unroll
-          for (int dp = 0; dp < kDqTiles / 2; ++dp) {
-            uint32_t kb[4];
-            ldmatrix_x4_trans(kb, sm.k + (j * 16 + lane % 8 + ((lane / 8) % 2) * 8) * G::kStride +
-                                      d0 + dp * 16 + (lane / 16) * 8);
-            mma_16816<Element>(acc[2 * dp], a, kb[0], kb[1]);
-            mma_16816<Element>(acc[2 * dp + 1], a, kb[2], kb[3]);
-          }
-        }
-        atomic_add_rows4<kDqTiles>(dq_rows + d0, q_token_stride, acc, p.softmax_scale, g, t);
-      }
-    }
-
-    // Every warp is done with this stage (and dS^T) before they are refilled.
+    // Every warp is done with this stage before it is refilled.
     __syncthreads();
     stage ^= 1;
     it = next;
@@ -977,6 +917,7 @@ __global__ void __launch_bounds__(kThreads)
   sm.q = sm.v + G::kElems;
   sm.dout = sm.q + kStages * G::kElems;
   sm.ds = nullptr;
+  sm.p = nullptr;
   sm.lse = reinterpret_cast<float*>(sm.dout + kStages * G::kElems);
   sm.delta = sm.lse + kStages * kTile;
   sm.key_start = reinterpret_cast<int32_t*>(sm.delta + kStages * kTile);
@@ -1073,7 +1014,7 @@ __global__ void __launch_bounds__(kThreads)
   // site keeps the pipeline inlined once.)
   QueryTiles pass_tiles = tiles;
   for (int window = entry_lo;; window += kMaskSlots) {
-    accumulate_dkdv<Element, kHeadDim, kTile, false, kDocumentMask>(pass_tiles, bp, b, sm, dk, dv);
+    accumulate_dkdv<Element, kHeadDim, kDocumentMask>(pass_tiles, bp, b, sm, dk, dv);
     if (window > entry_hi) break;  // CTA-uniform
     __syncthreads();               // masks and entries of the previous window are consumed
     for (int i = static_cast<int>(threadIdx.x); i < kMaskSlots; i += kThreads) {
@@ -1139,12 +1080,268 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Row stride (elements) of the per-kv-block kernel's P and dS tiles, [query][key]: 16 bytes of
+// padding per row put the 8 rows of a warp's packed stores and of an ldmatrix into distinct banks.
+template <int kKeys>
+constexpr int score_stride() {
+  return kKeys + 8;
+}
+
+// dK, dV += the contributions of the query tiles of `tiles` to a kv tile of kKeys keys (active
+// blocks only: no column masks), and each tile's dQ partial, scale dS K, added into bp.dq with
+// atomics. FlashAttention-2's warp layout: kKeys / 16 warps as 2 x (kKeys / 32); warp (wm, wn)
+//   - forms S = Q K^T and dP = dO V^T for queries 32 wm .. +31 and keys 32 wn .. +31, then P and
+//     dS, staged in shared memory [query][key];
+//   - accumulates dV = P^T dO and dK = dS^T Q for keys 32 wn .. +31 and head-dim half wm;
+//   - forms dQ = dS K for queries 32 wm .. +31 and head-dim span wn.
+// Every operand tile a warp reads is 32 rows deep, so each shared-memory fragment feeds two mma
+// rows of tiles: this reads ~30% fewer shared-memory bytes per pair than 16-key warps that keep
+// P^T in registers (the backward is bound by shared-memory bandwidth). K and V must be in shared
+// memory (or in flight in an older cp.async group) before the call; returns with this thread's
+// copies complete and all warps past their last read of the query buffers.
+template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
+__device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& tiles,
+                                                           const SparseAttentionBackwardParams& bp,
+                                                           int b,
+                                                           const DkdvSmem<Element, kHeadDim>& sm,
+                                                           float (&dk)[2][kHeadDim / 16][4],
+                                                           float (&dv)[2][kHeadDim / 16][4]) {
+  using G = TileGeometry<kHeadDim>;
+  constexpr int kNumWarps = kKeys / 16;
+  constexpr int kNumThreads = kNumWarps * 32;
+  static_assert(kKeys == 64 || kKeys == 128, "kv tiles of 64 or 128 keys");
+  constexpr int kSStride = score_stride<kKeys>();
+  constexpr int kDSteps = kHeadDim / 16;
+  constexpr int kHalfDim = kHeadDim / 2;                // dK/dV columns per warp
+  constexpr int kDqSpan = kHeadDim / (kNumWarps / 2);   // dQ columns per warp
+  constexpr int kDqCols = kDqSpan < 32 ? kDqSpan : 32;  // per pass: bounds the accumulators
+  constexpr int kDqTiles = kDqCols / 8;
+  static_assert(kDqTiles % 2 == 0, "dQ passes of whole 16-column ldmatrix loads");
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int wm = warp % 2;
+  const int wn = warp / 2;
+  const float scale_log2 = bp.forward.softmax_scale * kLog2e;
+  const SparseAttentionParams& p = bp.forward;
+  const int64_t q_token_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
+  // Fragment addresses that do not depend on the tile: A rows (non-transposed ldmatrix) and the
+  // rows of a transposed ldmatrix over a [k][n] tile.
+  const int a_row = lane % 16;
+  const int a_col = (lane / 16) * 8;
+  const int bt_row = lane % 8 + ((lane / 8) % 2) * 8;
+  const int bt_col = (lane / 16) * 8;
+  const int b_row = (lane / 16) * 8 + lane % 8;
+  const int b_col = ((lane / 8) % 2) * 8;
+
+  int it = tiles.next(0);
+  if (it >= tiles.num_tiles) return;  // CTA-uniform
+  load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(tiles, it, bp, b, sm.q, sm.dout,
+                                                                 sm.lse, sm.delta, sm.key_start);
+  cp_async_commit();
+
+  int stage = 0;
+  while (it < tiles.num_tiles) {
+    const int next = tiles.next(it + 1);
+    if (next < tiles.num_tiles) {
+      load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(
+          tiles, next, bp, b, sm.q + (stage ^ 1) * G::kElems, sm.dout + (stage ^ 1) * G::kElems,
+          sm.lse + (stage ^ 1) * kTile, sm.delta + (stage ^ 1) * kTile,
+          kDocumentMask ? sm.key_start + (stage ^ 1) * kTile : nullptr);
+    }
+    cp_async_commit();  // possibly empty: keeps the group count uniform for wait<1>
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const Element* q_tile = sm.q + stage * G::kElems;
+    const Element* do_tile = sm.dout + stage * G::kElems;
+    const bool mask = tiles.needs_mask(it);
+    const int q_pos0 = tiles.pos0(it);
+
+    // S = Q K^T and dP = dO V^T: A = Q / dO rows, B = K / V [key][d], the "col" operand.
+    float s[2][4][4];
+    float dp[2][4][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[mi][ni][e] = 0.f;
+          dp[mi][ni][e] = 0.f;
+        }
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < kDSteps; ++kk) {
+      uint32_t qa[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        ldmatrix_x4(qa[mi], q_tile + (32 * wm + 16 * mi + a_row) * G::kStride + kk * 16 + a_col);
+      }
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, sm.k + (32 * wn + 16 * np + b_row) * G::kStride + kk * 16 + b_col);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          mma_16816<Element>(s[mi][2 * np], qa[mi], kb[0], kb[1]);
+          mma_16816<Element>(s[mi][2 * np + 1], qa[mi], kb[2], kb[3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < kDSteps; ++kk) {
+      uint32_t da[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        ldmatrix_x4(da[mi], do_tile + (32 * wm + 16 * mi + a_row) * G::kStride + kk * 16 + a_col);
+      }
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        uint32_t vb[4];
+        ldmatrix_x4(vb, sm.v + (32 * wn + 16 * np + b_row) * G::kStride + kk * 16 + b_col);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          mma_16816<Element>(dp[mi][2 * np], da[mi], vb[0], vb[1]);
+          mma_16816<Element>(dp[mi][2 * np + 1], da[mi], vb[2], vb[3]);
+        }
+      }
+    }
+
+    // P = exp(scale S - lse) (0 where masked or lse = -inf), dS = P (dP - delta), staged
+    // [query][key] with packed stores. Accumulator rows: query 32 wm + 16 mi + g (+8 for e >= 2),
+    // columns: key 32 wn + 8 ni + 2t (+1 for odd e).
+    const float* lse_tile = sm.lse + stage * kTile;
+    const float* delta_tile = sm.delta + stage * kTile;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int query = 32 * wm + 16 * mi + g + 8 * h;
+        const float lse = lse_tile[query];
+        const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+        const float delta = delta_tile[query];
+        const int q_pos = q_pos0 + query;
+        int key_start = 0;
+        if constexpr (kDocumentMask) key_start = sm.key_start[stage * kTile + query];
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int e = 2 * h + c;
+            const int key_pos = tiles.k_pos0 + 32 * wn + 8 * ni + 2 * t + c;
+            bool masked;
+            if constexpr (kDocumentMask) {
+              masked = key_pos > q_pos || key_pos < key_start;
+            } else {
+              masked = mask && key_pos > q_pos;
+            }
+            const float prob = masked ? 0.f : exp2f(s[mi][ni][e] * scale_log2 - lse2);
+            s[mi][ni][e] = prob;
+            dp[mi][ni][e] = prob * (dp[mi][ni][e] - delta);
+          }
+        }
+      }
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+        const int offset = (32 * wm + 16 * mi + g) * kSStride + 32 * wn + 8 * ni + 2 * t;
+        *reinterpret_cast<uint32_t*>(sm.p + offset) = pack2<Element>(s[mi][ni][0], s[mi][ni][1]);
+        *reinterpret_cast<uint32_t*>(sm.p + offset + 8 * kSStride) =
+            pack2<Element>(s[mi][ni][2], s[mi][ni][3]);
+        *reinterpret_cast<uint32_t*>(sm.ds + offset) = pack2<Element>(dp[mi][ni][0], dp[mi][ni][1]);
+        *reinterpret_cast<uint32_t*>(sm.ds + offset + 8 * kSStride) =
+            pack2<Element>(dp[mi][ni][2], dp[mi][ni][3]);
+      }
+    }
+    __syncthreads();  // P and dS of all warps are in shared memory
+
+    // dV += P^T dO, dK += dS^T Q over the tile's 64 queries. A = P^T / dS^T [key][query] from the
+    // [query][key] tiles, B = dO / Q [query][d] = [k][n]: both by transposed ldmatrix.
+#pragma unroll
+    for (int j = 0; j < kTile / 16; ++j) {
+      uint32_t pa[2][4];
+      uint32_t sa[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const int offset = (16 * j + b_row) * kSStride + 32 * wn + 16 * mi + b_col;
+        ldmatrix_x4_trans(pa[mi], sm.p + offset);
+        ldmatrix_x4_trans(sa[mi], sm.ds + offset);
+      }
+#pragma unroll
+      for (int dp2 = 0; dp2 < kHalfDim / 16; ++dp2) {
+        const int offset = (16 * j + bt_row) * G::kStride + wm * kHalfDim + 16 * dp2 + bt_col;
+        uint32_t db[4];
+        uint32_t qb[4];
+        ldmatrix_x4_trans(db, do_tile + offset);
+        ldmatrix_x4_trans(qb, q_tile + offset);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          mma_16816<Element>(dv[mi][2 * dp2], pa[mi], db[0], db[1]);
+          mma_16816<Element>(dv[mi][2 * dp2 + 1], pa[mi], db[2], db[3]);
+          mma_16816<Element>(dk[mi][2 * dp2], sa[mi], qb[0], qb[1]);
+          mma_16816<Element>(dk[mi][2 * dp2 + 1], sa[mi], qb[2], qb[3]);
+        }
+      }
+    }
+
+    // dQ = dS K over the kv tile's keys, kDqCols columns per pass: A = dS [query][key] directly,
+    // B = K [key][d] = [k][n] by transposed ldmatrix.
+    float* dq_rows =
+        bp.dq +
+        (static_cast<int64_t>(b) * p.q_tokens + tiles.token0(it) + 32 * wm) * q_token_stride +
+        tiles.head(it) * kHeadDim;
+#pragma unroll
+    for (int d0 = wn * kDqSpan; d0 < (wn + 1) * kDqSpan; d0 += kDqCols) {
+      float acc[2][kDqTiles][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+        for (int dn = 0; dn < kDqTiles; ++dn) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mi][dn][e] = 0.f;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kKeys / 16; ++j) {
+        uint32_t a[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          ldmatrix_x4(a[mi], sm.ds + (32 * wm + 16 * mi + a_row) * kSStride + 16 * j + a_col);
+        }
+#pragma unroll
+        for (int dp2 = 0; dp2 < kDqTiles / 2; ++dp2) {
+          uint32_t kb[4];
+          ldmatrix_x4_trans(kb, sm.k + (16 * j + bt_row) * G::kStride + d0 + 16 * dp2 + bt_col);
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) {
+            mma_16816<Element>(acc[mi][2 * dp2], a[mi], kb[0], kb[1]);
+            mma_16816<Element>(acc[mi][2 * dp2 + 1], a[mi], kb[2], kb[3]);
+          }
+        }
+      }
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        atomic_add_rows4<kDqTiles>(dq_rows + 16 * mi * q_token_stride + d0, q_token_stride, acc[mi],
+                                   p.softmax_scale, g, t);
+      }
+    }
+
+    // Every warp is done with this stage and with P / dS before they are refilled.
+    __syncthreads();
+    stage ^= 1;
+    it = next;
+  }
+  cp_async_wait<0>();
+}
+
 template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
 constexpr int kv_smem_bytes() {
-  // K, V (kKeys rows each), kStages x (Q, dO), dS^T, kStages x kTile lse and delta values [and
+  // K, V (kKeys rows each), kStages x (Q, dO), P and dS, kStages x kTile lse and delta values [and
   // key starts].
   using G = TileGeometry<kHeadDim>;
-  return (2 * kKeys * G::kStride + 2 * kStages * G::kElems + kKeys * kPStride) *
+  return (2 * kKeys * G::kStride + 2 * kStages * G::kElems + 2 * kTile * score_stride<kKeys>()) *
              static_cast<int>(sizeof(Element)) +
          2 * kStages * kTile * static_cast<int>(sizeof(float)) +
          key_start_smem_bytes<kDocumentMask>();
@@ -1152,16 +1349,15 @@ constexpr int kv_smem_bytes() {
 
 // Non-deterministic dK/dV/dQ of the active blocks, FlashAttention-2's schedule: one CTA per kKeys
 // keys (kKeys divides block_size) and kv head, kKeys / 16 warps. Grid (k_tokens / kKeys,
-// num_kv_heads, batch). Walks the transposed block index like the deterministic kernel (see
-// there for the transposed products), adds each query tile's dQ partial into dq with atomics and
-// writes dK/dV once at the end. Vertical columns are not visited here. Keys ascend with blockIdx.x,
-// so under a causal pattern the largest kv tiles (most query tiles) are scheduled first and the
-// short ones fill the tail.
+// num_kv_heads, batch). Walks the transposed block index like the deterministic kernel, forms the
+// products of accumulate_block_gradients, adds each query tile's dQ partial into dq with atomics
+// and writes dK/dV once at the end. Vertical columns are not visited here. Keys ascend with
+// blockIdx.x, so under a causal pattern the largest kv tiles (most query tiles) are scheduled first
+// and the short ones fill the tail.
 template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
 __global__ void __launch_bounds__(2 * kKeys, 1)
     sparse_attention_backward_kv_kernel(const SparseAttentionBackwardParams bp) {
   using G = TileGeometry<kHeadDim>;
-  constexpr int kDTiles = kHeadDim / 8;
   constexpr int kNumThreads = 2 * kKeys;
   constexpr int kKvChunksPerThread = kKeys * G::kChunksPerRow / kNumThreads;
   const SparseAttentionParams& p = bp.forward;
@@ -1173,7 +1369,8 @@ __global__ void __launch_bounds__(2 * kKeys, 1)
   sm.q = sm.v + kKeys * G::kStride;
   sm.dout = sm.q + kStages * G::kElems;
   sm.ds = sm.dout + kStages * G::kElems;
-  sm.lse = reinterpret_cast<float*>(sm.ds + kKeys * kPStride);
+  sm.p = sm.ds + kTile * score_stride<kKeys>();
+  sm.lse = reinterpret_cast<float*>(sm.p + kTile * score_stride<kKeys>());
   sm.delta = sm.lse + kStages * kTile;
   sm.key_start = kDocumentMask ? reinterpret_cast<int32_t*>(sm.delta + kStages * kTile) : nullptr;
   sm.key_masks = nullptr;
@@ -1222,38 +1419,46 @@ __global__ void __launch_bounds__(2 * kKeys, 1)
   }
   cp_async_commit();
 
-  float dk[kDTiles][4];
-  float dv[kDTiles][4];
+  float dk[2][kHeadDim / 16][4];
+  float dv[2][kHeadDim / 16][4];
 #pragma unroll
-  for (int dn = 0; dn < kDTiles; ++dn) {
+  for (int mi = 0; mi < 2; ++mi) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      dk[dn][e] = 0.f;
-      dv[dn][e] = 0.f;
+    for (int dn = 0; dn < kHeadDim / 16; ++dn) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        dk[mi][dn][e] = 0.f;
+        dv[mi][dn][e] = 0.f;
+      }
     }
   }
-  accumulate_dkdv<Element, kHeadDim, kKeys, true, kDocumentMask>(tiles, bp, b, sm, dk, dv);
+  accumulate_block_gradients<Element, kHeadDim, kKeys, kDocumentMask>(tiles, bp, b, sm, dk, dv);
 
-  // This CTA alone owns these dk/dv rows within this kernel (the column pass adds to them later,
-  // in stream order), so plain read-modify-write.
+  // Warp (wm, wn) = (w % 2, w / 2) holds keys 32 wn + 16 mi + g (+8) and columns
+  // wm kHeadDim / 2 + 8 dn + 2t. This CTA alone owns these dk/dv rows within this kernel (the
+  // column pass adds to them later, in stream order), so plain read-modify-write.
   const float scale = p.softmax_scale;
   float* dk_g = bp.dk + kv_offset;
   float* dv_g = bp.dv + kv_offset;
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t row = (warp * 16 + g + 8 * i) * kv_token_stride;
+  for (int mi = 0; mi < 2; ++mi) {
 #pragma unroll
-    for (int dn = 0; dn < kDTiles; ++dn) {
-      float2* dk_ptr = reinterpret_cast<float2*>(dk_g + row + dn * 8 + 2 * t);
-      float2* dv_ptr = reinterpret_cast<float2*>(dv_g + row + dn * 8 + 2 * t);
-      float2 dk_value = *dk_ptr;
-      float2 dv_value = *dv_ptr;
-      dk_value.x += scale * dk[dn][2 * i];
-      dk_value.y += scale * dk[dn][2 * i + 1];
-      dv_value.x += dv[dn][2 * i];
-      dv_value.y += dv[dn][2 * i + 1];
-      *dk_ptr = dk_value;
-      *dv_ptr = dv_value;
+    for (int i = 0; i < 2; ++i) {
+      const int64_t row = (32 * (warp / 2) + 16 * mi + g + 8 * i) * kv_token_stride +
+                          (warp % 2) * (kHeadDim / 2) + 2 * t;
+#pragma unroll
+      for (int dn = 0; dn < kHeadDim / 16; ++dn) {
+        float2* dk_ptr = reinterpret_cast<float2*>(dk_g + row + dn * 8);
+        float2* dv_ptr = reinterpret_cast<float2*>(dv_g + row + dn * 8);
+        float2 dk_value = *dk_ptr;
+        float2 dv_value = *dv_ptr;
+        dk_value.x += scale * dk[mi][dn][2 * i];
+        dk_value.y += scale * dk[mi][dn][2 * i + 1];
+        dv_value.x += dv[mi][dn][2 * i];
+        dv_value.y += dv[mi][dn][2 * i + 1];
+        *dk_ptr = dk_value;
+        *dv_ptr = dv_value;
+      }
     }
   }
 }
