@@ -621,6 +621,13 @@ __global__ void __launch_bounds__(kThreads)
 // first key are causally empty and skipped by next(). For active blocks (key_masks == nullptr) an
 // entry attends every key of the kv tile; for vertical columns key_masks[i] has bit j set when
 // entry i attends key j of the tile.
+// Where one query tile lives: its query head, first local token and first global position.
+struct QueryTile {
+  int head;
+  int token0;
+  int pos0;
+};
+
 struct QueryTiles {
   const int32_t* entries;
   const uint64_t* key_masks;
@@ -644,6 +651,12 @@ struct QueryTiles {
     while (it < num_tiles && k_pos0 > pos0(it) + kTile - 1) ++it;
     return it;
   }
+  __device__ QueryTile tile(int it) const {
+    const int e = entry(it);
+    const int qb = e % num_q_blocks;
+    const int sub = (it % tiles_per_block) * kTile;
+    return {e / num_q_blocks, qb * block_size + sub, q_block_ids[qb] * block_size + sub};
+  }
   __device__ uint64_t key_mask(int it) const {
     return key_masks == nullptr ? ~0ull : key_masks[it / tiles_per_block];
   }
@@ -651,17 +664,17 @@ struct QueryTiles {
   __device__ bool needs_mask(int it) const { return key_masks != nullptr || k_pos_last > pos0(it); }
 };
 
-// Copies query tile `it` (Q, dO, lse, delta and with kDocumentMask the key starts) into shared
+// Copies a query tile (Q, dO, lse, delta and with kDocumentMask the key starts) into shared
 // memory with cp.async (not committed), spread over kNumThreads threads.
 template <typename Element, int kHeadDim, int kNumThreads, bool kDocumentMask>
-__device__ __forceinline__ void load_query_tile(const QueryTiles& tiles, int it,
+__device__ __forceinline__ void load_query_tile(const QueryTile& tile,
                                                 const SparseAttentionBackwardParams& bp, int b,
                                                 Element* q_dst, Element* do_dst, float* lse_dst,
                                                 float* delta_dst, int32_t* key_start_dst) {
   using G = TileGeometry<kHeadDim>;
   const SparseAttentionParams& p = bp.forward;
-  const int head = tiles.head(it);
-  const int token0 = tiles.token0(it);
+  const int head = tile.head;
+  const int token0 = tile.token0;
   const int64_t token_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
   const int64_t offset =
       (static_cast<int64_t>(b) * p.q_tokens + token0) * token_stride + head * kHeadDim;
@@ -696,16 +709,17 @@ template <typename Element, int kHeadDim>
 struct DkdvSmem {
   Element* k;
   Element* v;
-  Element* q;           // kStages query tiles
-  Element* dout;        // kStages dO tiles
-  Element* ds;          // dS^T of the current query tile, [key][query] (kPStride), with dQ only
-  Element* p;           // P of the current query tile, [query][key] (per-kv-block kernel)
-  float* lse;           // kStages x kTile
-  float* delta;         // kStages x kTile
-  int32_t* key_start;   // kStages x kTile first visible keys of the queries (document masking)
-  uint64_t* key_masks;  // kMaskSlots: column key masks of one window of entries (deterministic)
-  int32_t* entries;     // kMaskSlots: the entries of the non-empty masks, ascending
-  int32_t* misc;        // [0]: number of column entries in the window, [1..2]: entry range
+  Element* q;            // kStages query tiles
+  Element* dout;         // kStages dO tiles
+  Element* ds;           // dS^T of the current query tile, [key][query] (kPStride), with dQ only
+  Element* p;            // P of the current query tile, [query][key] (per-kv-block kernel)
+  float* lse;            // kStages x kTile
+  float* delta;          // kStages x kTile
+  int32_t* key_start;    // kStages x kTile first visible keys of the queries (document masking)
+  uint64_t* key_masks;   // kMaskSlots: column key masks of one window of entries (deterministic)
+  int32_t* entries;      // kMaskSlots: the entries of the non-empty masks, ascending
+  int32_t* misc;         // [0]: number of column entries in the window, [1..2]: entry range
+  QueryTile* tile_ring;  // 3 prefetched query tiles (per-kv-block kernel)
 };
 
 // Entries of the transposed column index are bucketed kMaskSlots at a time.
@@ -768,7 +782,7 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
 
   int it = tiles.next(0);
   if (it >= tiles.num_tiles) return;  // CTA-uniform
-  load_query_tile<Element, kHeadDim, kThreads, kDocumentMask>(tiles, it, bp, b, sm.q, sm.dout,
+  load_query_tile<Element, kHeadDim, kThreads, kDocumentMask>(tiles.tile(it), bp, b, sm.q, sm.dout,
                                                               sm.lse, sm.delta, sm.key_start);
   cp_async_commit();
 
@@ -777,8 +791,9 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
     const int next = tiles.next(it + 1);
     if (next < tiles.num_tiles) {
       load_query_tile<Element, kHeadDim, kThreads, kDocumentMask>(
-          tiles, next, bp, b, sm.q + (stage ^ 1) * G::kElems, sm.dout + (stage ^ 1) * G::kElems,
-          sm.lse + (stage ^ 1) * kTile, sm.delta + (stage ^ 1) * kTile,
+          tiles.tile(next), bp, b, sm.q + (stage ^ 1) * G::kElems,
+          sm.dout + (stage ^ 1) * G::kElems, sm.lse + (stage ^ 1) * kTile,
+          sm.delta + (stage ^ 1) * kTile,
           kDocumentMask ? sm.key_start + (stage ^ 1) * kTile : nullptr);
     }
     cp_async_commit();  // possibly empty: keeps the group count uniform for wait<1>
@@ -924,6 +939,7 @@ __global__ void __launch_bounds__(kThreads)
   sm.key_masks = reinterpret_cast<uint64_t*>(sm.key_start + (kDocumentMask ? kStages * kTile : 0));
   sm.entries = reinterpret_cast<int32_t*>(sm.key_masks + kMaskSlots);
   sm.misc = sm.entries + kMaskSlots;
+  sm.tile_ring = nullptr;
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
@@ -1135,29 +1151,43 @@ __device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& til
   const int b_row = (lane / 16) * 8 + lane % 8;
   const int b_col = ((lane / 8) % 2) * 8;
 
-  int it = tiles.next(0);
-  if (it >= tiles.num_tiles) return;  // CTA-uniform
-  load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(tiles, it, bp, b, sm.q, sm.dout,
-                                                                 sm.lse, sm.delta, sm.key_start);
+  // Every entry of the transposed block index is a causal (query block, kv block) pair and the kv
+  // tile is a whole block, so no query tile is causally empty (next() would skip none; an empty
+  // one would only be masked to zero): the tiles run in order, and the index lookups of tile
+  // it + 2 (two dependent global loads) are issued during tile it, off the critical path, and
+  // handed over in sm.tile_ring (tile j in slot j % 3: tiles it and it + 1 are read during
+  // tile it while slot (it + 2) % 3 is written, after its previous tile's last read).
+  if (tiles.num_tiles == 0) return;  // CTA-uniform
+  if (threadIdx.x == 0) {
+    sm.tile_ring[0] = tiles.tile(0);
+    if (tiles.num_tiles > 1) sm.tile_ring[1] = tiles.tile(1);
+  }
+  __syncthreads();
+  load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(
+      sm.tile_ring[0], bp, b, sm.q, sm.dout, sm.lse, sm.delta, sm.key_start);
   cp_async_commit();
 
   int stage = 0;
-  while (it < tiles.num_tiles) {
-    const int next = tiles.next(it + 1);
-    if (next < tiles.num_tiles) {
+  for (int it = 0; it < tiles.num_tiles; ++it) {
+    if (it + 1 < tiles.num_tiles) {
       load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(
-          tiles, next, bp, b, sm.q + (stage ^ 1) * G::kElems, sm.dout + (stage ^ 1) * G::kElems,
-          sm.lse + (stage ^ 1) * kTile, sm.delta + (stage ^ 1) * kTile,
+          sm.tile_ring[(it + 1) % 3], bp, b, sm.q + (stage ^ 1) * G::kElems,
+          sm.dout + (stage ^ 1) * G::kElems, sm.lse + (stage ^ 1) * kTile,
+          sm.delta + (stage ^ 1) * kTile,
           kDocumentMask ? sm.key_start + (stage ^ 1) * kTile : nullptr);
     }
     cp_async_commit();  // possibly empty: keeps the group count uniform for wait<1>
+    const bool prefetch = threadIdx.x == 0 && it + 2 < tiles.num_tiles;
+    QueryTile later{};
+    if (prefetch) later = tiles.tile(it + 2);
     cp_async_wait<1>();
     __syncthreads();
 
     const Element* q_tile = sm.q + stage * G::kElems;
     const Element* do_tile = sm.dout + stage * G::kElems;
-    const bool mask = tiles.needs_mask(it);
-    const int q_pos0 = tiles.pos0(it);
+    const QueryTile& current = sm.tile_ring[it % 3];
+    const bool mask = tiles.k_pos_last > current.pos0;  // the tile meets the causal diagonal
+    const int q_pos0 = current.pos0;
 
     // S = Q K^T and dP = dO V^T: A = Q / dO rows, B = K / V [key][d], the "col" operand.
     float s[2][4][4];
@@ -1289,9 +1319,8 @@ __device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& til
     // dQ = dS K over the kv tile's keys, kDqCols columns per pass: A = dS [query][key] directly,
     // B = K [key][d] = [k][n] by transposed ldmatrix.
     float* dq_rows =
-        bp.dq +
-        (static_cast<int64_t>(b) * p.q_tokens + tiles.token0(it) + 32 * wm) * q_token_stride +
-        tiles.head(it) * kHeadDim;
+        bp.dq + (static_cast<int64_t>(b) * p.q_tokens + current.token0 + 32 * wm) * q_token_stride +
+        current.head * kHeadDim;
 #pragma unroll
     for (int d0 = wn * kDqSpan; d0 < (wn + 1) * kDqSpan; d0 += kDqCols) {
       float acc[2][kDqTiles][4];
@@ -1328,10 +1357,10 @@ __device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& til
       }
     }
 
+    if (prefetch) sm.tile_ring[(it + 2) % 3] = later;
     // Every warp is done with this stage and with P / dS before they are refilled.
     __syncthreads();
     stage ^= 1;
-    it = next;
   }
   cp_async_wait<0>();
 }
@@ -1339,12 +1368,12 @@ __device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& til
 template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
 constexpr int kv_smem_bytes() {
   // K, V (kKeys rows each), kStages x (Q, dO), P and dS, kStages x kTile lse and delta values [and
-  // key starts].
+  // key starts], the prefetched query tiles.
   using G = TileGeometry<kHeadDim>;
   return (2 * kKeys * G::kStride + 2 * kStages * G::kElems + 2 * kTile * score_stride<kKeys>()) *
              static_cast<int>(sizeof(Element)) +
          2 * kStages * kTile * static_cast<int>(sizeof(float)) +
-         key_start_smem_bytes<kDocumentMask>();
+         key_start_smem_bytes<kDocumentMask>() + 3 * static_cast<int>(sizeof(QueryTile));
 }
 
 // Non-deterministic dK/dV/dQ of the active blocks, FlashAttention-2's schedule: one CTA per kKeys
@@ -1376,6 +1405,7 @@ __global__ void __launch_bounds__(2 * kKeys, 1)
   sm.key_masks = nullptr;
   sm.entries = nullptr;
   sm.misc = nullptr;
+  sm.tile_ring = reinterpret_cast<QueryTile*>(sm.delta + (kDocumentMask ? 2 : 1) * kStages * kTile);
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
