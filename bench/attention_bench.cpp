@@ -217,26 +217,33 @@ int main(int argc, char** argv) {
     const auto q_sample = q.slice(1, length - 64);
     const double scale = 1.0 / std::sqrt(double(dim));
     const auto ids = at::arange(length / block, q.options().dtype(at::kInt));
+    // One GPU holds every key, so its row statistics are already the sequence's (the ring
+    // all-reduces them across shards first).
+    auto mass_of = [&](const at::Tensor& logits) {
+      const auto stats = kernels::softmax_row_stats(logits);
+      return kernels::attention_mass_from_logits(logits, stats.max, stats.sum, sample_positions,
+                                                 positions, length);
+    };
     auto estimate_once = [&](kernels::Transpose transpose) {
       const auto logits = kernels::sample_logits(q_sample, sample_positions, k, positions, scale);
-      const auto m =
-          kernels::attention_mass(at::softmax(logits, -1), sample_positions, positions, length);
-      const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
+      const auto p = kernels::select_pattern(mass_of(logits), 1024, 4096 / 64, 1024, 4096, block);
       return kernels::build_sparse_index(p, {ids, ids, {}}, 1, heads, transpose);
     };
     // As the ring builds it on GPUs: with the transposed blocks of the fast backward.
     const double estimate = time_ms([&] { estimate_once(kernels::Transpose::kBlocks); });
     const auto logits = kernels::sample_logits(q_sample, sample_positions, k, positions, scale);
-    const auto probabilities = at::softmax(logits, -1);
-    const auto m = kernels::attention_mass(probabilities, sample_positions, positions, length);
+    const auto stats = kernels::softmax_row_stats(logits);
+    const auto m = kernels::attention_mass_from_logits(logits, stats.max, stats.sum,
+                                                       sample_positions, positions, length);
     const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
     std::printf(
-        "estimation stages at %lld tokens (ms): logits %.2f, softmax %.2f, mass %.2f, "
+        "estimation stages at %lld tokens (ms): logits %.2f, row stats %.2f, mass %.2f, "
         "select %.2f, index %.2f, index+transposed blocks %.2f, index+all transposed %.2f\n",
         static_cast<long long>(length),
         time_ms([&] { kernels::sample_logits(q_sample, sample_positions, k, positions, scale); }),
-        time_ms([&] { at::softmax(logits, -1); }), time_ms([&] {
-          kernels::attention_mass(probabilities, sample_positions, positions, length);
+        time_ms([&] { kernels::softmax_row_stats(logits); }), time_ms([&] {
+          kernels::attention_mass_from_logits(logits, stats.max, stats.sum, sample_positions,
+                                              positions, length);
         }),
         time_ms([&] { kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block); }),
         time_ms([&] {

@@ -1,9 +1,10 @@
-// Tensors -> SparseAttentionParams -> kernels/cuda launchers, on the current stream.
+// Tensors -> kernel parameters -> kernels/cuda launchers, on the current stream.
 #include "kernels/sparse_attention_cuda_ops.h"
 
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "kernels/cuda/attention_mass_cuda.h"
 #include "kernels/cuda/sparse_attention_cuda.h"
 
 namespace sparsering::kernels::cuda_ops {
@@ -145,6 +146,45 @@ void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_p
                          static_cast<int>(out_acc.size(2)), static_cast<int>(out_acc.size(3)),
                          current_stream()),
       "lse_merge");
+}
+
+SoftmaxRowStats softmax_row_stats(const at::Tensor& logits) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const auto rows = logits.sizes().slice(0, 3);
+  SoftmaxRowStats stats{at::empty(rows, logits.options()), at::empty(rows, logits.options())};
+  check_launch(kernels::softmax_row_stats(stats.max.data_ptr<float>(), stats.sum.data_ptr<float>(),
+                                          logits.data_ptr<float>(), stats.max.numel(),
+                                          logits.size(3), current_stream()),
+               "softmax_row_stats");
+  return stats;
+}
+
+AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Tensor& row_max,
+                                         const at::Tensor& row_sum, const at::Tensor& q_positions,
+                                         const at::Tensor& k_positions, int64_t sequence_length) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t heads = logits.size(1);
+  // The kernels write every element of both outputs.
+  AttentionMass mass{at::empty({heads, sequence_length}, logits.options()),
+                     at::empty({heads, sequence_length}, logits.options())};
+  auto key_slot_of_position = at::empty({sequence_length}, logits.options().dtype(at::kInt));
+  AttentionMassParams p;
+  p.logits = logits.data_ptr<float>();
+  p.row_max = row_max.data_ptr<float>();
+  p.row_sum = row_sum.data_ptr<float>();
+  p.q_positions = q_positions.data_ptr<int64_t>();
+  p.k_positions = k_positions.data_ptr<int64_t>();
+  p.batch = static_cast<int>(logits.size(0));
+  p.heads = static_cast<int>(heads);
+  p.queries = static_cast<int>(logits.size(2));
+  p.k_tokens = logits.size(3);
+  p.sequence_length = sequence_length;
+  p.vertical = mass.vertical.data_ptr<float>();
+  p.slash = mass.slash.data_ptr<float>();
+  p.key_slot_of_position = key_slot_of_position.data_ptr<int32_t>();
+  check_launch(kernels::attention_mass_from_logits(p, current_stream()),
+               "attention_mass_from_logits");
+  return mass;
 }
 
 }  // namespace sparsering::kernels::cuda_ops

@@ -1,8 +1,10 @@
-// CUDA side of the sparse attention ops: fills kernels/sparse_attention_params.h from tensors and
-// launches kernels/cuda/ on the current stream. In a build without nvcc these throw.
+// CUDA side of the sparse attention and pattern estimation ops: fills the kernels' parameters from
+// tensors and launches kernels/cuda/ on the current stream. In a build without nvcc these throw.
+// Callers (kernels/sparse_attention.cpp, kernels/vertical_slash.cpp) have checked shapes.
 #pragma once
 
 #include "kernels/sparse_attention.h"
+#include "kernels/vertical_slash.h"
 
 namespace sparsering::kernels::cuda_ops {
 
@@ -20,5 +22,11 @@ at::Tensor attention_delta(const at::Tensor& dout, const at::Tensor& out);
 
 void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
                const at::Tensor& lse_part);
+
+SoftmaxRowStats softmax_row_stats(const at::Tensor& logits);
+
+AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Tensor& row_max,
+                                         const at::Tensor& row_sum, const at::Tensor& q_positions,
+                                         const at::Tensor& k_positions, int64_t sequence_length);
 
 }  // namespace sparsering::kernels::cuda_ops

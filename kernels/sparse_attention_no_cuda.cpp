@@ -1,5 +1,5 @@
-// Built without nvcc: CUDA tensors reaching the sparse attention ops are an error, never a silent
-// detour through the CPU twins.
+// Built without nvcc: CUDA tensors reaching the sparse attention or pattern estimation ops are an
+// error, never a silent detour through the CPU twins.
 #include <c10/util/Exception.h>
 
 #include "kernels/sparse_attention_cuda_ops.h"
@@ -25,5 +25,10 @@ void sparse_attention_backward(const at::Tensor&, const at::Tensor&, const at::T
 }
 at::Tensor attention_delta(const at::Tensor&, const at::Tensor&) { no_cuda(); }
 void lse_merge(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
+SoftmaxRowStats softmax_row_stats(const at::Tensor&) { no_cuda(); }
+AttentionMass attention_mass_from_logits(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, const at::Tensor&, int64_t) {
+  no_cuda();
+}
 
 }  // namespace sparsering::kernels::cuda_ops

@@ -4,8 +4,12 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/sparse_attention_cuda_ops.h"
+
 namespace sparsering::kernels {
 namespace {
+
+constexpr float kNegativeInfinity = -std::numeric_limits<float>::infinity();
 
 at::Tensor int32_offsets(const at::Tensor& counts) {
   auto offsets = at::zeros({counts.numel() + 1}, counts.options().dtype(at::kInt));
@@ -20,6 +24,59 @@ at::Tensor divide(const at::Tensor& t, int64_t divisor) { return at::div(t, divi
 // int64 [batch, q_blocks]. A key before it is invisible to the whole block.
 at::Tensor block_key_starts(const at::Tensor& q_key_starts, int64_t q_blocks, int64_t bs) {
   return q_key_starts.to(at::kLong).reshape({q_key_starts.size(0), q_blocks, bs}).amin(-1);
+}
+
+void check_logits(const at::Tensor& logits, const char* op) {
+  TORCH_CHECK(logits.dim() == 4 && logits.scalar_type() == at::kFloat && logits.is_contiguous(), op,
+              ": logits must be contiguous fp32 [batch, heads, n, k_tokens] (sample_logits), got ",
+              logits.scalar_type(), " ", logits.sizes());
+  TORCH_CHECK(logits.size(3) > 0, op, ": logits have no keys (k_tokens = 0)");
+}
+
+void check_row_stats(const at::Tensor& logits, const at::Tensor& row_max,
+                     const at::Tensor& row_sum) {
+  const auto rows = logits.sizes().slice(0, 3);
+  for (const at::Tensor* stat : {&row_max, &row_sum}) {
+    TORCH_CHECK(stat->sizes() == rows && stat->scalar_type() == at::kFloat &&
+                    stat->is_contiguous() && stat->device() == logits.device(),
+                "attention_mass_from_logits: row_max and row_sum must be contiguous fp32 ", rows,
+                " on ", logits.device(), " (softmax_row_stats), got ", stat->scalar_type(), " ",
+                stat->sizes(), " on ", stat->device());
+  }
+}
+
+void check_positions(const at::Tensor& positions, int64_t count, const at::Tensor& logits,
+                     const char* name) {
+  TORCH_CHECK(positions.dim() == 1 && positions.size(0) == count &&
+                  positions.scalar_type() == at::kLong && positions.is_contiguous() &&
+                  positions.device() == logits.device(),
+              "attention_mass_from_logits: ", name, " must be contiguous int64 [", count, "] on ",
+              logits.device(), ", got ", positions.scalar_type(), " ", positions.sizes(), " on ",
+              positions.device());
+}
+
+// A row's softmax shift: its max, or 0 for a row without a finite logit, where subtracting the
+// max would give -inf - (-inf) = NaN.
+at::Tensor finite_shift(const at::Tensor& row_max) {
+  return row_max.masked_fill(row_max == kNegativeInfinity, 0);
+}
+
+// CPU twins of the CUDA kernels, on plain ATen ops.
+SoftmaxRowStats softmax_row_stats_cpu(const at::Tensor& logits) {
+  auto max = logits.amax(-1);
+  auto sum = at::exp(logits - finite_shift(max).unsqueeze(-1)).sum(-1);
+  return {max, sum};
+}
+
+AttentionMass attention_mass_from_logits_cpu(const at::Tensor& logits, const at::Tensor& row_max,
+                                             const at::Tensor& row_sum,
+                                             const at::Tensor& q_positions,
+                                             const at::Tensor& k_positions,
+                                             int64_t sequence_length) {
+  const auto probabilities = at::exp(logits - finite_shift(row_max).unsqueeze(-1))
+                                 .div_(row_sum.unsqueeze(-1))
+                                 .masked_fill_((row_sum == 0).unsqueeze(-1), 0);
+  return attention_mass(probabilities, q_positions, k_positions, sequence_length);
 }
 
 }  // namespace
@@ -83,6 +140,33 @@ AttentionMass attention_mass(const at::Tensor& probabilities, const at::Tensor& 
   mass.slash = at::zeros({heads, sequence_length}, probabilities.options());
   mass.slash.index_add_(1, diagonal.reshape(-1), per_head.reshape({heads, -1}));
   return mass;
+}
+
+SoftmaxRowStats softmax_row_stats(const at::Tensor& logits) {
+  check_logits(logits, "softmax_row_stats");
+  if (logits.is_cuda()) return cuda_ops::softmax_row_stats(logits);
+  return softmax_row_stats_cpu(logits);
+}
+
+at::Tensor rescale_row_sum(const SoftmaxRowStats& stats, const at::Tensor& max) {
+  return (stats.sum * at::exp(stats.max - max)).masked_fill_(stats.max == kNegativeInfinity, 0);
+}
+
+AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Tensor& row_max,
+                                         const at::Tensor& row_sum, const at::Tensor& q_positions,
+                                         const at::Tensor& k_positions, int64_t sequence_length) {
+  check_logits(logits, "attention_mass_from_logits");
+  check_row_stats(logits, row_max, row_sum);
+  check_positions(q_positions, logits.size(2), logits, "q_positions");
+  check_positions(k_positions, logits.size(3), logits, "k_positions");
+  TORCH_CHECK(sequence_length >= logits.size(3), "attention_mass_from_logits: sequence_length (",
+              sequence_length, ") is shorter than the shard's ", logits.size(3), " keys");
+  if (logits.is_cuda()) {
+    return cuda_ops::attention_mass_from_logits(logits, row_max, row_sum, q_positions, k_positions,
+                                                sequence_length);
+  }
+  return attention_mass_from_logits_cpu(logits, row_max, row_sum, q_positions, k_positions,
+                                        sequence_length);
 }
 
 VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_columns,

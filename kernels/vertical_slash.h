@@ -41,6 +41,29 @@ struct AttentionMass {
 AttentionMass attention_mass(const at::Tensor& probabilities, const at::Tensor& q_positions,
                              const at::Tensor& k_positions, int64_t sequence_length);
 
+// Softmax statistics of every row of logits [batch, heads, n, k_tokens] (fp32, contiguous; -inf
+// entries allowed), read once. A row without a finite entry (a shard whose keys all follow the
+// sampled queries) has max = -inf and sum = 0.
+struct SoftmaxRowStats {
+  at::Tensor max;  // fp32 [batch, heads, n]
+  at::Tensor sum;  // fp32 [batch, heads, n]: sum of exp(logit - max) over the row
+};
+SoftmaxRowStats softmax_row_stats(const at::Tensor& logits);
+
+// The row sums of `stats` taken relative to `max` instead (a max over more shards, at least
+// stats.max): sum * exp(stats.max - max), 0 where stats.max is -inf. Summed over the shards, this
+// gives the row sum of the whole sequence (online softmax, Milakov & Gimelshein 2018, eq. 4).
+at::Tensor rescale_row_sum(const SoftmaxRowStats& stats, const at::Tensor& max);
+
+// attention_mass(softmax(logits), ...) without the probabilities in memory: p = exp(logit -
+// row_max) / row_sum, 0 where the logit is -inf or row_sum is 0, with row_max and row_sum
+// (fp32 [batch, heads, n]) the statistics of the whole sequence's rows. Keys after their query
+// must have logit -inf (as sample_logits gives). q_positions: int64 [n]; k_positions: int64
+// [k_tokens], this shard's global positions, unique, in any order.
+AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Tensor& row_max,
+                                         const at::Tensor& row_sum, const at::Tensor& q_positions,
+                                         const at::Tensor& k_positions, int64_t sequence_length);
+
 // Top `num_columns` columns and `num_diagonals` diagonals per head, plus the always-kept sink
 // columns [0, sink_tokens) and local diagonals [0, local_tokens).
 VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_columns,

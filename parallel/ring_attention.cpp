@@ -287,16 +287,17 @@ kernels::VerticalSlashPattern RingAttention::estimate_pattern(const at::Tensor& 
   const auto long_options = q.options().dtype(at::kLong);
   const auto q_positions = at::arange(length - samples, length, long_options);
   const auto k_positions = layout_.positions_of(cp.rank()).to(q.device());
-  auto probabilities = kernels::sample_logits(sample, q_positions, k, k_positions, scale);
-  // Softmax over the whole sequence: combine every shard's row max and row sum. In place: the
-  // logits of 64 queries against a 128K-token shard take 1 GB at 32 heads.
-  auto row_max = probabilities.amax(-1, /*keepdim=*/true).contiguous();
+  const auto logits = kernels::sample_logits(sample, q_positions, k, k_positions, scale);
+  // Softmax over the whole sequence without materialising it (the logits of 64 queries against a
+  // 128K-token shard take 1 GB at 32 heads): every shard's row statistics, combined as in online
+  // softmax: the global max, and each local sum taken relative to it before summing.
+  const auto local = kernels::softmax_row_stats(logits);
+  auto row_max = local.max.clone();
   cp.all_reduce(row_max, ReduceOp::kMax);
-  probabilities.sub_(row_max).exp_();
-  auto row_sum = probabilities.sum(-1, /*keepdim=*/true).contiguous();
+  auto row_sum = kernels::rescale_row_sum(local, row_max).contiguous();
   cp.all_reduce(row_sum, ReduceOp::kSum);
-  probabilities.div_(row_sum);
-  const auto mass = kernels::attention_mass(probabilities, q_positions, k_positions, length);
+  const auto mass = kernels::attention_mass_from_logits(logits, row_max, row_sum, q_positions,
+                                                        k_positions, length);
   auto combined = at::stack({mass.vertical, mass.slash}).contiguous();
   cp.all_reduce(combined, ReduceOp::kSum);
   // Identical inputs on every rank make the selection identical; reduction order may not.

@@ -85,6 +85,31 @@ inline at::Tensor document_key_starts(const std::vector<int64_t>& starts, int64_
   return first;
 }
 
+// Logits of sampled queries (positions q_positions, int64 [n]) against every key of a sequence of
+// `length` tokens, fp32 [batch, heads, n, length], harder than sample_logits makes them: -inf
+// after each query (causal), a quarter of the other entries -inf too, and the last head's first
+// query of the last sequence -inf on every key (its softmax is undefined: probabilities 0).
+inline at::Tensor estimation_logits(int64_t batch, int64_t heads, const at::Tensor& q_positions,
+                                    int64_t length) {
+  const double inf = std::numeric_limits<double>::infinity();
+  auto logits = at::randn({batch, heads, q_positions.size(0), length}) * 3.0;
+  const auto after_query = at::arange(length, at::kLong).unsqueeze(0) > q_positions.unsqueeze(1);
+  logits.masked_fill_(after_query, -inf);
+  logits.masked_fill_(at::rand(logits.sizes()) < 0.25, -inf);
+  logits[batch - 1][heads - 1][0].fill_(-inf);
+  return logits;
+}
+
+// attention_mass of the whole sequence's softmax, in fp64, with probabilities 0 on rows that
+// have no finite logit (where softmax gives NaN).
+inline kernels::AttentionMass reference_attention_mass(const at::Tensor& logits,
+                                                       const at::Tensor& q_positions) {
+  const int64_t length = logits.size(3);
+  const auto no_key = at::isfinite(logits).any(-1, /*keepdim=*/true).logical_not();
+  const auto probabilities = at::softmax(logits.to(at::kDouble), -1).masked_fill(no_key, 0);
+  return kernels::attention_mass(probabilities, q_positions, at::arange(length, at::kLong), length);
+}
+
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble).cpu() - b.to(at::kDouble).cpu()).abs().max().item<double>();
 }

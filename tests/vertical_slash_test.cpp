@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,53 @@ TEST(AttentionMass, EveryQueryContributesOneUnitOfMass) {
   // 2 batches x 8 queries, each a distribution over keys, per head.
   EXPECT_TRUE(at::allclose(mass.vertical.sum(1), at::full({4}, 16.0), 1e-4));
   EXPECT_TRUE(at::allclose(mass.slash.sum(1), at::full({4}, 16.0), 1e-4));
+}
+
+// The ring's estimate on two shards of a permuted key order: each shard's row statistics, combined
+// as in online softmax (global max, local sums rescaled to it and added), then each shard's mass
+// from its own logits, added. Must equal the softmax over whole rows fed to attention_mass, also
+// for a row that is -inf on one shard only and a row that is -inf everywhere (mass 0, no NaN).
+TEST(AttentionMassFromLogits, ShardsCombinedLikeTheRingEqualTheWholeSequenceSoftmax) {
+  at::manual_seed(17);
+  const int64_t batch = 2, heads = 3, samples = 8, length = 96;
+  const auto q_positions = at::arange(length - samples, length, at::kLong);
+  auto logits = testing::estimation_logits(batch, heads, q_positions, length);
+  const auto order = at::randperm(length, at::kLong);
+  const std::vector<at::Tensor> shard_positions = {order.slice(0, 0, length / 2),
+                                                   order.slice(0, length / 2)};
+  // Row (0, 1, 2) has finite logits only on the second shard.
+  logits[0][1][2].index_fill_(0, shard_positions[0], -std::numeric_limits<float>::infinity());
+
+  std::vector<at::Tensor> shard_logits;
+  std::vector<kernels::SoftmaxRowStats> shard_stats;
+  for (const auto& positions : shard_positions) {
+    shard_logits.push_back(logits.index_select(3, positions).contiguous());
+    shard_stats.push_back(kernels::softmax_row_stats(shard_logits.back()));
+    EXPECT_FALSE(at::isnan(shard_stats.back().sum).any().item<bool>());
+  }
+  EXPECT_TRUE(at::isneginf(shard_stats[0].max[0][1][2]).item<bool>());
+  EXPECT_EQ(shard_stats[0].sum[0][1][2].item<float>(), 0.f);
+  const auto row_max = at::maximum(shard_stats[0].max, shard_stats[1].max);
+  const auto row_sum = kernels::rescale_row_sum(shard_stats[0], row_max) +
+                       kernels::rescale_row_sum(shard_stats[1], row_max);
+  EXPECT_TRUE(at::isneginf(row_max[batch - 1][heads - 1][0]).item<bool>());
+  EXPECT_EQ(row_sum[batch - 1][heads - 1][0].item<float>(), 0.f);
+
+  kernels::AttentionMass combined{at::zeros({heads, length}), at::zeros({heads, length})};
+  for (size_t s = 0; s < shard_positions.size(); ++s) {
+    const auto mass = kernels::attention_mass_from_logits(shard_logits[s], row_max, row_sum,
+                                                          q_positions, shard_positions[s], length);
+    combined.vertical += mass.vertical;
+    combined.slash += mass.slash;
+  }
+  const auto reference = testing::reference_attention_mass(logits, q_positions);
+  EXPECT_LT(testing::max_abs_diff(combined.vertical, reference.vertical), 1e-5);
+  EXPECT_LT(testing::max_abs_diff(combined.slash, reference.slash), 1e-5);
+  // Every row but the empty one is a distribution: batch x samples units of mass per head, one
+  // less on the last head.
+  auto units = at::full({heads}, static_cast<double>(batch * samples), at::kDouble);
+  units[heads - 1] -= 1;
+  EXPECT_TRUE(at::allclose(combined.vertical.sum(1).to(at::kDouble), units, 1e-5));
 }
 
 // The (batch, head, query block, kv block) incidences of an index's CSR, and of its transposed

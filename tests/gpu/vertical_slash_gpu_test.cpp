@@ -1,8 +1,11 @@
-// Pattern estimation on the GPU (bf16 logits into fp32 on tensor cores, scatter-added attention
-// mass) against the same ATen code on the CPU in fp32 on the same rounded inputs. Skipped
-// without a GPU.
+// Pattern estimation on the GPU against the same code on the CPU in fp32 on the same rounded
+// inputs: bf16 logits into fp32 on tensor cores with the scatter-added attention mass, and the
+// fused estimation kernels against their CPU twins. Skipped without a GPU.
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
+
+#include <algorithm>
+#include <cmath>
 
 #include "kernels/vertical_slash.h"
 #include "tests/attention_reference.h"
@@ -47,6 +50,83 @@ TEST(VerticalSlashGpu, EstimationMatchesCpu) {
   // Each sampled query's probabilities sum to one over the sequence.
   EXPECT_NEAR(gpu_mass.vertical.sum().item<double>(), heads * samples, 1e-2);
 }
+
+// The fused estimation kernels (softmax row statistics, attention mass from the logits) against
+// their CPU twins on one shard of a longer sequence, its keys in a shuffled order. The row
+// statistics of the whole sequence feed both; the shard holds a row that is -inf on all its keys
+// and one that is -inf on every key of the sequence.
+struct MassCase {
+  int64_t batch;
+  int64_t k_tokens;     // not a multiple of 4: the row statistics' scalar path
+  bool shuffle_tokens;  // keys shuffled token by token, not in whole 64-token blocks
+};
+
+class AttentionMassGpu : public ::testing::TestWithParam<MassCase> {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
+  }
+};
+
+// Leaves two NaN-filled blocks of the size of the op's two outputs in the caching allocator, which
+// hands them to the op's next allocations of that size: an element the kernels do not write stays
+// NaN. Both are alive at once, so that they are two blocks, not one reused.
+void poison_outputs(at::IntArrayRef sizes) {
+  const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const auto first = at::full(sizes, NAN, options);
+  const auto second = at::full(sizes, NAN, options);
+}
+
+// Within fp32 rounding: max |got - expected| <= 1e-5 x max |expected| (and no NaN).
+void expect_close(const at::Tensor& got, const at::Tensor& expected, const char* what) {
+  const double tolerance = 1e-5 * std::max(1.0, expected.abs().max().item<double>());
+  EXPECT_LT(testing::max_abs_diff(got, expected), tolerance) << what;
+}
+
+// k_tokens global positions of a shard of `length` tokens, in a shuffled order.
+at::Tensor shard_positions(int64_t length, int64_t k_tokens, bool shuffle_tokens) {
+  if (shuffle_tokens) return at::randperm(length, at::kLong).slice(0, 0, k_tokens);
+  const auto blocks = at::randperm(length / 64, at::kLong).mul(64);
+  return blocks.unsqueeze(1).add(at::arange(64, at::kLong)).reshape(-1).slice(0, 0, k_tokens);
+}
+
+TEST_P(AttentionMassGpu, MatchesCpuTwin) {
+  const MassCase c = GetParam();
+  const int64_t heads = 4, samples = 64, length = 8192;
+  at::manual_seed(31);
+  const auto q_positions = at::arange(length - samples, length, at::kLong);
+  auto sequence_logits = testing::estimation_logits(c.batch, heads, q_positions, length);
+  const auto k_positions = shard_positions(length, c.k_tokens, c.shuffle_tokens);
+  // Row (0, 1, 3) has finite logits only outside this shard.
+  sequence_logits[0][1][3].index_fill_(0, k_positions, -INFINITY);
+  const auto logits = sequence_logits.index_select(3, k_positions).contiguous();
+  const auto logits_gpu = logits.cuda();
+
+  const auto cpu_stats = kernels::softmax_row_stats(logits);
+  poison_outputs(cpu_stats.max.sizes());
+  const auto gpu_stats = kernels::softmax_row_stats(logits_gpu);
+  EXPECT_TRUE(at::equal(gpu_stats.max.cpu(), cpu_stats.max)) << "row max";
+  expect_close(gpu_stats.sum, cpu_stats.sum, "row sum");
+  EXPECT_TRUE(at::isneginf(gpu_stats.max[0][1][3]).item<bool>());
+  EXPECT_EQ(gpu_stats.sum[0][1][3].item<float>(), 0.f);
+
+  const auto global = kernels::softmax_row_stats(sequence_logits);
+  const auto cpu_mass = kernels::attention_mass_from_logits(logits, global.max, global.sum,
+                                                            q_positions, k_positions, length);
+  poison_outputs({heads, length});
+  const auto gpu_mass =
+      kernels::attention_mass_from_logits(logits_gpu, global.max.cuda(), global.sum.cuda(),
+                                          q_positions.cuda(), k_positions.cuda(), length);
+  expect_close(gpu_mass.vertical, cpu_mass.vertical, "vertical");
+  expect_close(gpu_mass.slash, cpu_mass.slash, "slash");
+  // Guards against a vacuous comparison: the shard carries mass in both parts.
+  EXPECT_GT(cpu_mass.vertical.sum().item<double>(), 1.0);
+  EXPECT_GT(cpu_mass.slash.sum().item<double>(), 1.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionMassGpu,
+                         ::testing::Values(MassCase{1, 3072, false}, MassCase{2, 3072, false},
+                                           MassCase{2, 3001, false}, MassCase{1, 3072, true}));
 
 }  // namespace
 }  // namespace sparsering
