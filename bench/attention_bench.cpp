@@ -210,6 +210,11 @@ int main(int argc, char** argv) {
     rows.push_back(run_ours("ours_sparse", q, k, v, dout, sparse, false));
     rows.push_back(run_ours("ours_sparse_blockcols", q, k, v, dout, block_columns, false));
     rows.push_back(run_ours("ours_sparse_det", q, k, v, dout, sparse, true));
+    // 64-token blocks (the 1B config's block size): the backward's 4-warp kv tiles.
+    rows.push_back(run_ours("ours_dense_block64", q, k, v, dout,
+                            kernels::dense_pattern(heads, length, 64, q.device()), false));
+    rows.push_back(run_ours("ours_sparse_block64", q, k, v, dout,
+                            kernels::select_pattern(mass, 1024, 0, 1024, 4096, 64), false));
     // Estimation (64 sampled queries against all keys) + selection + index build, whole and
     // stage by stage (each stage timed on the previous stage's output).
     const auto positions = at::arange(length, q.options().dtype(at::kLong));

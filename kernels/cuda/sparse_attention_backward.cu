@@ -640,10 +640,6 @@ struct QueryTiles {
   int k_pos_last;  // and of its last key (tiles of 64 or 128 keys)
 
   __device__ int entry(int it) const { return entries[it / tiles_per_block]; }
-  __device__ int head(int it) const { return entry(it) / num_q_blocks; }
-  __device__ int token0(int it) const {
-    return (entry(it) % num_q_blocks) * block_size + (it % tiles_per_block) * kTile;
-  }
   __device__ int pos0(int it) const {
     return q_block_ids[entry(it) % num_q_blocks] * block_size + (it % tiles_per_block) * kTile;
   }
@@ -702,6 +698,52 @@ __device__ __forceinline__ void load_query_tile(const QueryTile& tile,
     const int32_t* starts = p.q_key_start + static_cast<int64_t>(b) * p.q_tokens + token0;
     cp_async_16(key_start_dst + 4 * (tid - 32), starts + 4 * (tid - 32), true);
   }
+}
+
+// The query tiles that meet kv tile `k_tile` of kKeys keys (inside kv block k_tile / (block_size /
+// kKeys)) of kv head kvh in sequence b: the transposed block index row of its block.
+template <int kKeys>
+__device__ __forceinline__ QueryTiles
+transposed_block_tiles(const SparseAttentionBackwardParams& bp, int k_tile, int kvh, int b) {
+  const SparseAttentionParams& p = bp.forward;
+  const int bs = p.block_size;
+  const int k_tiles_per_block = bs / kKeys;
+  const int kb = k_tile / k_tiles_per_block;
+  const int64_t t_row = (static_cast<int64_t>(b) * p.num_kv_heads + kvh) * (p.k_tokens / bs) + kb;
+  const int entry_begin = bp.t_block_row_offsets[t_row];
+  QueryTiles tiles;
+  tiles.entries = bp.t_block_entries + entry_begin;
+  tiles.key_masks = nullptr;
+  tiles.q_block_ids = p.q_block_ids;
+  tiles.num_q_blocks = p.q_tokens / bs;
+  tiles.block_size = bs;
+  tiles.tiles_per_block = bs / kTile;
+  tiles.num_tiles = (bp.t_block_row_offsets[t_row + 1] - entry_begin) * tiles.tiles_per_block;
+  tiles.k_pos0 = p.k_block_ids[kb] * bs + (k_tile % k_tiles_per_block) * kKeys;
+  tiles.k_pos_last = tiles.k_pos0 + kKeys - 1;
+  return tiles;
+}
+
+// Starts copying the kKeys K and V rows of the kv tile at element offset kv_offset into shared
+// memory with cp.async over kNumThreads threads, as one committed group.
+template <typename Element, int kHeadDim, int kKeys, int kNumThreads>
+__device__ __forceinline__ void load_kv_tile(const SparseAttentionParams& p, int64_t kv_offset,
+                                             Element* k_dst, Element* v_dst) {
+  using G = TileGeometry<kHeadDim>;
+  constexpr int kChunks = kKeys * G::kChunksPerRow / kNumThreads;
+  static_assert(kKeys * G::kChunksPerRow % kNumThreads == 0, "tile copy must split evenly");
+  const int64_t token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
+  const Element* k_g = static_cast<const Element*>(p.k) + kv_offset;
+  const Element* v_g = static_cast<const Element*>(p.v) + kv_offset;
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * kNumThreads;
+    const int r = c / G::kChunksPerRow;
+    const int chunk = c % G::kChunksPerRow;
+    cp_async_16(k_dst + r * G::kStride + chunk * 8, k_g + r * token_stride + chunk * 8, true);
+    cp_async_16(v_dst + r * G::kStride + chunk * 8, v_g + r * token_stride + chunk * 8, true);
+  }
+  cp_async_commit();
 }
 
 // Shared-memory buffers of the per-kv-tile kernels (K and V of the tile stay resident).
@@ -948,22 +990,9 @@ __global__ void __launch_bounds__(kThreads)
   const int k_tile = blockIdx.x;
   const int kvh = blockIdx.y;
   const int b = blockIdx.z;
-  const int bs = p.block_size;
-  const int tiles_per_block = bs / kTile;
-  const int kb = k_tile / tiles_per_block;
+  const int tiles_per_block = p.block_size / kTile;
   const int k_token0 = k_tile * kTile;
-  const int64_t t_row = (static_cast<int64_t>(b) * p.num_kv_heads + kvh) * (p.k_tokens / bs) + kb;
-  const int entry_begin = bp.t_block_row_offsets[t_row];
-  QueryTiles tiles;
-  tiles.entries = bp.t_block_entries + entry_begin;
-  tiles.key_masks = nullptr;
-  tiles.q_block_ids = p.q_block_ids;
-  tiles.num_q_blocks = p.q_tokens / bs;
-  tiles.block_size = bs;
-  tiles.tiles_per_block = tiles_per_block;
-  tiles.num_tiles = (bp.t_block_row_offsets[t_row + 1] - entry_begin) * tiles_per_block;
-  tiles.k_pos0 = p.k_block_ids[kb] * bs + (k_tile % tiles_per_block) * kTile;
-  tiles.k_pos_last = tiles.k_pos0 + kTile - 1;
+  const QueryTiles tiles = transposed_block_tiles<kTile>(bp, k_tile, kvh, b);
 
   // The transposed column rows of the tile's 64 keys are consecutive: one range of entries.
   const int64_t c_row0 = (static_cast<int64_t>(b) * p.num_kv_heads + kvh) * p.k_tokens + k_token0;
@@ -974,19 +1003,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
   const int64_t kv_offset =
       (static_cast<int64_t>(b) * p.k_tokens + k_token0) * kv_token_stride + kvh * kHeadDim;
-  const Element* k_g = static_cast<const Element*>(p.k) + kv_offset;
-  const Element* v_g = static_cast<const Element*>(p.v) + kv_offset;
-
   // K and V stay resident; their copy group completes inside the first accumulate_dkdv wait.
-#pragma unroll
-  for (int i = 0; i < G::kChunksPerThread; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kThreads;
-    const int r = c / G::kChunksPerRow;
-    const int chunk = c % G::kChunksPerRow;
-    cp_async_16(sm.k + r * G::kStride + chunk * 8, k_g + r * kv_token_stride + chunk * 8, true);
-    cp_async_16(sm.v + r * G::kStride + chunk * 8, v_g + r * kv_token_stride + chunk * 8, true);
-  }
-  cp_async_commit();
+  load_kv_tile<Element, kHeadDim, kTile, kThreads>(p, kv_offset, sm.k, sm.v);
 
   float dk[kDTiles][4];
   float dv[kDTiles][4];
@@ -1388,7 +1406,6 @@ __global__ void __launch_bounds__(2 * kKeys, 1)
     sparse_attention_backward_kv_kernel(const SparseAttentionBackwardParams bp) {
   using G = TileGeometry<kHeadDim>;
   constexpr int kNumThreads = 2 * kKeys;
-  constexpr int kKvChunksPerThread = kKeys * G::kChunksPerRow / kNumThreads;
   const SparseAttentionParams& p = bp.forward;
 
   extern __shared__ __align__(16) unsigned char smem[];
@@ -1414,40 +1431,14 @@ __global__ void __launch_bounds__(2 * kKeys, 1)
   const int k_tile = blockIdx.x;
   const int kvh = blockIdx.y;
   const int b = blockIdx.z;
-  const int bs = p.block_size;
-  const int k_tiles_per_block = bs / kKeys;
-  const int kb = k_tile / k_tiles_per_block;
-  const int k_token0 = k_tile * kKeys;
-  const int64_t t_row = (static_cast<int64_t>(b) * p.num_kv_heads + kvh) * (p.k_tokens / bs) + kb;
-  const int entry_begin = bp.t_block_row_offsets[t_row];
-  QueryTiles tiles;
-  tiles.entries = bp.t_block_entries + entry_begin;
-  tiles.key_masks = nullptr;
-  tiles.q_block_ids = p.q_block_ids;
-  tiles.num_q_blocks = p.q_tokens / bs;
-  tiles.block_size = bs;
-  tiles.tiles_per_block = bs / kTile;
-  tiles.num_tiles = (bp.t_block_row_offsets[t_row + 1] - entry_begin) * tiles.tiles_per_block;
-  tiles.k_pos0 = p.k_block_ids[kb] * bs + (k_tile % k_tiles_per_block) * kKeys;
-  tiles.k_pos_last = tiles.k_pos0 + kKeys - 1;
-  if (tiles.next(0) >= tiles.num_tiles) return;  // no visible query tile (CTA-uniform)
+  const QueryTiles tiles = transposed_block_tiles<kKeys>(bp, k_tile, kvh, b);
+  if (tiles.num_tiles == 0) return;  // no query tile meets this kv tile (CTA-uniform)
 
   const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
   const int64_t kv_offset =
-      (static_cast<int64_t>(b) * p.k_tokens + k_token0) * kv_token_stride + kvh * kHeadDim;
-  const Element* k_g = static_cast<const Element*>(p.k) + kv_offset;
-  const Element* v_g = static_cast<const Element*>(p.v) + kv_offset;
-
-  // K and V stay resident; their copy group completes inside the first accumulate_dkdv wait.
-#pragma unroll
-  for (int i = 0; i < kKvChunksPerThread; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kNumThreads;
-    const int r = c / G::kChunksPerRow;
-    const int chunk = c % G::kChunksPerRow;
-    cp_async_16(sm.k + r * G::kStride + chunk * 8, k_g + r * kv_token_stride + chunk * 8, true);
-    cp_async_16(sm.v + r * G::kStride + chunk * 8, v_g + r * kv_token_stride + chunk * 8, true);
-  }
-  cp_async_commit();
+      (static_cast<int64_t>(b) * p.k_tokens + k_tile * kKeys) * kv_token_stride + kvh * kHeadDim;
+  // K and V stay resident; their copy group completes inside the first query-tile wait.
+  load_kv_tile<Element, kHeadDim, kKeys, kNumThreads>(p, kv_offset, sm.k, sm.v);
 
   float dk[2][kHeadDim / 16][4];
   float dv[2][kHeadDim / 16][4];
