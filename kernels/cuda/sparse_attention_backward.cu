@@ -1121,6 +1121,14 @@ constexpr int score_stride() {
   return kKeys + 8;
 }
 
+// Query-tile buffers of the per-kv-block kernel: two (the next tile streams in during the current
+// one), or one where two would leave room for only one CTA per SM (head dim 128 with 64-key
+// blocks: 123 KB of shared memory, 4 warps per SM), so that two CTAs overlap each other instead.
+template <int kHeadDim, int kKeys>
+constexpr int kv_query_stages() {
+  return kHeadDim == 128 && kKeys == 64 ? 1 : 2;
+}
+
 // dK, dV += the contributions of the query tiles of `tiles` to a kv tile of kKeys keys (active
 // blocks only: no column masks), and each tile's dQ partial, scale dS K, added into bp.dq with
 // atomics. FlashAttention-2's warp layout: kKeys / 16 warps as 2 x (kKeys / 32); warp (wm, wn)
@@ -1145,6 +1153,7 @@ __device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& til
   constexpr int kNumThreads = kNumWarps * 32;
   static_assert(kKeys == 64 || kKeys == 128, "kv tiles of 64 or 128 keys");
   constexpr int kSStride = score_stride<kKeys>();
+  constexpr int kQueryStages = kv_query_stages<kHeadDim, kKeys>();
   constexpr int kDSteps = kHeadDim / 16;
   constexpr int kHalfDim = kHeadDim / 2;                // dK/dV columns per warp
   constexpr int kDqSpan = kHeadDim / (kNumWarps / 2);   // dQ columns per warp
@@ -1181,24 +1190,30 @@ __device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& til
     if (tiles.num_tiles > 1) sm.tile_ring[1] = tiles.tile(1);
   }
   __syncthreads();
-  load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(
-      sm.tile_ring[0], bp, b, sm.q, sm.dout, sm.lse, sm.delta, sm.key_start);
-  cp_async_commit();
+  if constexpr (kQueryStages == 2) {
+    load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(
+        sm.tile_ring[0], bp, b, sm.q, sm.dout, sm.lse, sm.delta, sm.key_start);
+    cp_async_commit();
+  }
 
   int stage = 0;
   for (int it = 0; it < tiles.num_tiles; ++it) {
-    if (it + 1 < tiles.num_tiles) {
+    // Double-buffered: the next tile streams into the other buffer during this one. Single:
+    // this tile is loaded now (the previous one is consumed: end-of-iteration barrier).
+    const int fill = kQueryStages == 2 ? it + 1 : it;
+    const int fill_stage = kQueryStages == 2 ? stage ^ 1 : 0;
+    if (fill < tiles.num_tiles) {
       load_query_tile<Element, kHeadDim, kNumThreads, kDocumentMask>(
-          sm.tile_ring[(it + 1) % 3], bp, b, sm.q + (stage ^ 1) * G::kElems,
-          sm.dout + (stage ^ 1) * G::kElems, sm.lse + (stage ^ 1) * kTile,
-          sm.delta + (stage ^ 1) * kTile,
-          kDocumentMask ? sm.key_start + (stage ^ 1) * kTile : nullptr);
+          sm.tile_ring[fill % 3], bp, b, sm.q + fill_stage * G::kElems,
+          sm.dout + fill_stage * G::kElems, sm.lse + fill_stage * kTile,
+          sm.delta + fill_stage * kTile,
+          kDocumentMask ? sm.key_start + fill_stage * kTile : nullptr);
     }
-    cp_async_commit();  // possibly empty: keeps the group count uniform for wait<1>
+    cp_async_commit();  // possibly empty: keeps the group count uniform for the wait
     const bool prefetch = threadIdx.x == 0 && it + 2 < tiles.num_tiles;
     QueryTile later{};
     if (prefetch) later = tiles.tile(it + 2);
-    cp_async_wait<1>();
+    cp_async_wait<kQueryStages - 1>();
     __syncthreads();
 
     const Element* q_tile = sm.q + stage * G::kElems;
@@ -1378,20 +1393,22 @@ __device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& til
     if (prefetch) sm.tile_ring[(it + 2) % 3] = later;
     // Every warp is done with this stage and with P / dS before they are refilled.
     __syncthreads();
-    stage ^= 1;
+    stage = (stage + 1) % kQueryStages;
   }
   cp_async_wait<0>();
 }
 
 template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
 constexpr int kv_smem_bytes() {
-  // K, V (kKeys rows each), kStages x (Q, dO), P and dS, kStages x kTile lse and delta values [and
+  // K, V (kKeys rows each), stages x (Q, dO), P and dS, stages x kTile lse and delta values [and
   // key starts], the prefetched query tiles.
   using G = TileGeometry<kHeadDim>;
-  return (2 * kKeys * G::kStride + 2 * kStages * G::kElems + 2 * kTile * score_stride<kKeys>()) *
+  constexpr int kQueryStages = kv_query_stages<kHeadDim, kKeys>();
+  return (2 * kKeys * G::kStride + 2 * kQueryStages * G::kElems +
+          2 * kTile * score_stride<kKeys>()) *
              static_cast<int>(sizeof(Element)) +
-         2 * kStages * kTile * static_cast<int>(sizeof(float)) +
-         key_start_smem_bytes<kDocumentMask>() + 3 * static_cast<int>(sizeof(QueryTile));
+         (kDocumentMask ? 3 : 2) * kQueryStages * kTile * static_cast<int>(sizeof(float)) +
+         3 * static_cast<int>(sizeof(QueryTile));
 }
 
 // Non-deterministic dK/dV/dQ of the active blocks, FlashAttention-2's schedule: one CTA per kKeys
@@ -1413,16 +1430,19 @@ __global__ void __launch_bounds__(2 * kKeys, 1)
   sm.k = reinterpret_cast<Element*>(smem);
   sm.v = sm.k + kKeys * G::kStride;
   sm.q = sm.v + kKeys * G::kStride;
-  sm.dout = sm.q + kStages * G::kElems;
-  sm.ds = sm.dout + kStages * G::kElems;
+  constexpr int kQueryStages = kv_query_stages<kHeadDim, kKeys>();
+  sm.dout = sm.q + kQueryStages * G::kElems;
+  sm.ds = sm.dout + kQueryStages * G::kElems;
   sm.p = sm.ds + kTile * score_stride<kKeys>();
   sm.lse = reinterpret_cast<float*>(sm.p + kTile * score_stride<kKeys>());
-  sm.delta = sm.lse + kStages * kTile;
-  sm.key_start = kDocumentMask ? reinterpret_cast<int32_t*>(sm.delta + kStages * kTile) : nullptr;
+  sm.delta = sm.lse + kQueryStages * kTile;
+  sm.key_start =
+      kDocumentMask ? reinterpret_cast<int32_t*>(sm.delta + kQueryStages * kTile) : nullptr;
   sm.key_masks = nullptr;
   sm.entries = nullptr;
   sm.misc = nullptr;
-  sm.tile_ring = reinterpret_cast<QueryTile*>(sm.delta + (kDocumentMask ? 2 : 1) * kStages * kTile);
+  sm.tile_ring =
+      reinterpret_cast<QueryTile*>(sm.delta + (kDocumentMask ? 2 : 1) * kQueryStages * kTile);
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
