@@ -43,7 +43,8 @@ fi
 gpus=$(nvidia-smi -L | wc -l)
 if [ "$gpus" -ge 2 ]; then
   echo "== ring tests on 2 GPUs (NCCL)"
-  if SPARSERING_TEST_DEVICE=cuda mpirun -np 2 "$build/tests/ring_attention_mpi_test" \
+  if SPARSERING_TEST_DEVICE=cuda mpirun -np 2 ${NCCL_NVLS_ENABLE:+-x NCCL_NVLS_ENABLE} \
+       "$build/tests/ring_attention_mpi_test" \
        >"$out/ring_gpu_tests.log" 2>&1; then
     status+=("ring_tests_2gpu|ok|")
   else
@@ -81,7 +82,9 @@ fi
 # comma-separated list of: profile (--profile over the steps after the first), full (profile plus
 # N:M 2:4 MDGF masks on the MLP, checkpoints every 2 steps and TensorBoard), ours (dense steps on
 # our kernel instead of cuDNN), abs (absolute pattern budgets, 2048 columns and 64 diagonals per
-# head, instead of the config's fractions of the context).
+# head, instead of the config's fractions of the context), cpN (context parallelism over N GPUs of
+# this machine: N ranks, one GPU each; TOKENS is the whole sequence), zigzag (zigzag token layout
+# instead of the config's balanced one: every dense ring step then runs on cuDNN).
 train_runs=${TRAIN_RUNS-"DENSE:32768:5 SPARSE:32768:5:profile"}  # TRAIN_RUNS="" runs none
 export SPARSERING_BIN="$build/sparsering"
 : >"$out/train.log"
@@ -104,6 +107,8 @@ for spec in $train_runs; do
       ours) extra+=(--set attention.dense_kernel=SPARSERING) ;;
       abs) extra+=(--set attention.vertical_fraction=0 --set attention.vertical_budget=2048
                    --set attention.slash_fraction=0 --set attention.slash_budget=64) ;;
+      zigzag) extra+=(--set parallel.layout=ZIGZAG) ;;
+      cp[0-9]*) extra+=(--set "parallel.context_parallel_size=${flag#cp}") ;;
       profile) ;;
       *) echo "gpu_check: unknown TRAIN_RUNS flag '$flag' in $spec"; exit 2 ;;
     esac

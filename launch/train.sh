@@ -54,7 +54,7 @@ fi
 # Long contexts allocate buffers of many sizes: growable segments keep the caching allocator from
 # fragmenting (a 1B model at 256K tokens ran out of memory with 8.5 GB reserved but unused).
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
-for var in OMP_NUM_THREADS NCCL_SOCKET_IFNAME NCCL_DEBUG CUDA_VISIBLE_DEVICES \
+for var in OMP_NUM_THREADS NCCL_SOCKET_IFNAME NCCL_DEBUG NCCL_NVLS_ENABLE CUDA_VISIBLE_DEVICES \
            PYTORCH_CUDA_ALLOC_CONF; do
   [ -n "${!var:-}" ] && mpirun_args+=(-x "$var")
 done

@@ -13,7 +13,6 @@
 namespace sparsering::parallel {
 namespace {
 
-using kernels::PlainMask;
 using kernels::ShardBlocks;
 using kernels::SparseIndex;
 
@@ -22,9 +21,9 @@ struct RingPlan : torch::CustomClassHolder {
   RingGroups groups;
   std::vector<ShardBlocks> blocks;   // by source cp rank
   std::vector<SparseIndex> indices;  // by source cp rank
-  // By source cp rank: set where the step's mask is plain and runs through cuDNN (its index is
-  // then left empty).
-  std::vector<std::optional<PlainMask>> plain_masks;
+  // By source cp rank: set where the step's mask splits into plain parts that run through cuDNN
+  // (its index is then left empty).
+  std::vector<std::optional<std::vector<PlainPart>>> plain_parts;
   double softmax_scale = 1.0;
   bool deterministic = false;
   int64_t skipped_shards = 0;
@@ -58,6 +57,44 @@ int ring_prev(const Communicator& c, int hops = 1) {
 
 KeyValue empty_like(const KeyValue& kv) { return {at::empty_like(kv.k), at::empty_like(kv.v)}; }
 
+at::Tensor query_rows(const at::Tensor& t, const PlainPart& part) {
+  return t.slice(1, part.q_begin, part.q_end);
+}
+at::Tensor key_rows(const at::Tensor& t, const PlainPart& part) {
+  return t.slice(1, part.k_begin, part.k_end);
+}
+
+// cuDNN on each plain part of a step, merged into the part's rows of out/lse.
+void plain_step_forward(const RingPlan& plan, const std::vector<PlainPart>& parts,
+                        const at::Tensor& q, const KeyValue& kv, at::Tensor& out, at::Tensor& lse) {
+  for (const PlainPart& part : parts) {
+    auto result = kernels::cudnn_attention_forward(
+        query_rows(q, part).contiguous(), key_rows(kv.k, part).contiguous(),
+        key_rows(kv.v, part).contiguous(), part.mask, plan.softmax_scale);
+    auto rows_out = query_rows(out, part).contiguous();
+    auto rows_lse = lse.slice(2, part.q_begin, part.q_end).contiguous();
+    kernels::lse_merge(rows_out, rows_lse, result.out, result.lse);
+    // Rows that are not contiguous in the accumulators were merged in a copy: write them back.
+    if (!rows_out.is_alias_of(out)) query_rows(out, part).copy_(rows_out);
+    if (!rows_lse.is_alias_of(lse)) lse.slice(2, part.q_begin, part.q_end).copy_(rows_lse);
+  }
+}
+
+// Adds each plain part's gradients into its rows of the fp32 accumulators.
+void plain_step_backward(const RingPlan& plan, const std::vector<PlainPart>& parts,
+                         const at::Tensor& dout, const at::Tensor& q, const KeyValue& kv,
+                         const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq,
+                         at::Tensor& dk, at::Tensor& dv) {
+  for (const PlainPart& part : parts) {
+    auto dq_rows = query_rows(dq, part), dk_rows = key_rows(dk, part), dv_rows = key_rows(dv, part);
+    kernels::cudnn_attention_backward(
+        query_rows(dout, part).contiguous(), query_rows(q, part).contiguous(),
+        key_rows(kv.k, part).contiguous(), key_rows(kv.v, part).contiguous(),
+        query_rows(out, part).contiguous(), lse.slice(2, part.q_begin, part.q_end), part.mask,
+        plan.softmax_scale, dq_rows, dk_rows, dv_rows);
+  }
+}
+
 // One inner ring starting from `kv` (the shard here at inner step 0), merged into out/lse.
 void inner_ring_forward(RingPlan& plan, int outer_step, const at::Tensor& q, KeyValue kv,
                         at::Tensor& out, at::Tensor& lse) {
@@ -74,10 +111,10 @@ void inner_ring_forward(RingPlan& plan, int outer_step, const at::Tensor& q, Key
     }
     const int source = plan.shard_at(outer_step, i);
     const SparseIndex& index = plan.indices[source];
-    if (const auto& plain = plan.plain_masks[source]) {
-      auto part = kernels::cudnn_attention_forward(q, kv.k, kv.v, *plain, plan.softmax_scale);
-      kernels::lse_merge(out, lse, part.out, part.lse);
-    } else if (index.empty()) {
+    const auto& plain = plan.plain_parts[source];
+    if (plain && !plain->empty()) {
+      plain_step_forward(plan, *plain, q, kv, out, lse);
+    } else if (plain || index.empty()) {
       ++plan.skipped_shards;
     } else {
       auto part = kernels::sparse_attention_forward(q, kv.k, kv.v, plan.blocks[source], index,
@@ -151,9 +188,8 @@ Gradients inner_ring_backward(RingPlan& plan, int outer_step, const at::Tensor& 
     const SparseIndex& index = plan.indices[source];
     Gradients partial{at::zeros(kv.k.sizes(), kv.k.options().dtype(at::kFloat)),
                       at::zeros(kv.v.sizes(), kv.v.options().dtype(at::kFloat))};
-    if (const auto& plain = plan.plain_masks[source]) {
-      kernels::cudnn_attention_backward(dout, q, kv.k, kv.v, out, lse, *plain, plan.softmax_scale,
-                                        dq, partial.dk, partial.dv);
+    if (const auto& plain = plan.plain_parts[source]) {
+      plain_step_backward(plan, *plain, dout, q, kv, out, lse, dq, partial.dk, partial.dv);
     } else if (!index.empty()) {
       kernels::sparse_attention_backward(dout, q, kv.k, kv.v, out, lse, delta, plan.blocks[source],
                                          index, plan.softmax_scale, plan.deterministic, dq,
@@ -339,8 +375,9 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
     // Keys need no document data of their own: their positions follow from the kv block ids.
     ShardBlocks blocks{q_blocks, k_block_ids.to(q.device()), q_key_starts};
     plan->blocks.push_back(blocks);
-    plan->plain_masks.push_back(use_cudnn ? plain_mask(q_block_ids, k_block_ids) : std::nullopt);
-    if (plan->plain_masks.back()) {
+    plan->plain_parts.push_back(
+        use_cudnn ? plain_parts(q_block_ids, k_block_ids, layout_.block_size()) : std::nullopt);
+    if (plan->plain_parts.back()) {
       plan->indices.emplace_back();
       stats_.attended_pairs += causal_block_pairs(q_block_ids, k_block_ids) * q.size(0) *
                                q.size(2) * layout_.block_size() * layout_.block_size();

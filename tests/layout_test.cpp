@@ -1,9 +1,11 @@
 // Token layouts: every layout is a permutation of the blocks, shard/unshard round-trip, and the
-// balanced layout evens out causal work where contiguous does not. Plain ring steps (the ones the
-// dense ring may hand to cuDNN) are exactly those whose token mask is causal or all visible.
+// balanced layout evens out causal work where contiguous does not. The plain parts of ring steps
+// (what the dense ring hands to cuDNN) cover exactly the visible token pairs, each once.
 #include "parallel/layout.h"
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include "parallel/plain_steps.h"
 
@@ -71,10 +73,11 @@ TEST(Layout, DenseCausalWorkPerRank) {
   EXPECT_LT(imbalance(LayoutKind::kBalanced), 1.02);
 }
 
-TEST_P(LayoutTest, PlainStepsAreExactlyTheCausalAndFullTokenMasks) {
+TEST_P(LayoutTest, PlainPartsCoverEveryVisiblePairOnce) {
   const int world = 4, block = 2;
-  parallel::TokenLayout layout(GetParam(), 16, block, world);
-  int causal = 0, full = 0;
+  parallel::TokenLayout layout(GetParam(), 32, block, world);
+  int plain_steps = 0;
+  size_t most_parts = 0;
   for (int rank = 0; rank < world; ++rank) {
     for (int source = 0; source < world; ++source) {
       SCOPED_TRACE("queries of rank " + std::to_string(rank) + ", keys of " +
@@ -82,27 +85,36 @@ TEST_P(LayoutTest, PlainStepsAreExactlyTheCausalAndFullTokenMasks) {
       // The token mask of the step, local query token x local key token.
       const auto mask =
           layout.positions_of(source).unsqueeze(0) <= layout.positions_of(rank).unsqueeze(1);
-      const auto tril = at::ones_like(mask).tril();
-      const auto plain = parallel::plain_mask(layout.blocks_of(rank), layout.blocks_of(source));
-      if (plain == kernels::PlainMask::kCausal) {
-        ++causal;
-        EXPECT_TRUE(at::equal(mask, tril));
-      } else if (plain == kernels::PlainMask::kFull) {
-        ++full;
-        EXPECT_TRUE(mask.all().item<bool>());
-      } else {
-        EXPECT_FALSE(at::equal(mask, tril));
-        EXPECT_FALSE(mask.all().item<bool>());
+      const auto parts =
+          parallel::plain_parts(layout.blocks_of(rank), layout.blocks_of(source), block);
+      if (!parts) {
+        EXPECT_NE(GetParam(), LayoutKind::kZigzag) << "zigzag steps are all plain";
+        continue;
       }
+      ++plain_steps;
+      most_parts = std::max(most_parts, parts->size());
+      EXPECT_LE(parts->size(), parallel::kMaxPlainParts);
+      // How many parts cover each pair: exactly the visible ones, once.
+      auto covered = at::zeros(mask.sizes(), at::kInt);
+      for (const auto& part : *parts) {
+        auto rect = covered.slice(0, part.q_begin, part.q_end).slice(1, part.k_begin, part.k_end);
+        ASSERT_TRUE(part.mask == kernels::PlainMask::kFull || rect.size(0) == rect.size(1));
+        rect.add_(part.mask == kernels::PlainMask::kCausal ? at::ones_like(rect).tril()
+                                                           : at::ones_like(rect));
+      }
+      EXPECT_TRUE(at::equal(covered, mask.to(at::kInt)));
       // Block pairs of the dense pattern: key block at or before the query block.
       const auto q_ids = layout.blocks_of(rank).unsqueeze(1), k_ids = layout.blocks_of(source);
       EXPECT_EQ(parallel::causal_block_pairs(layout.blocks_of(rank), layout.blocks_of(source)),
                 (k_ids.unsqueeze(0) <= q_ids).sum().item<int64_t>());
     }
   }
-  EXPECT_EQ(causal, world) << "every shard against itself is causal";
-  // Only contiguous sharding puts whole shards before others: 0+1+2+3 such pairs.
-  EXPECT_EQ(full, GetParam() == LayoutKind::kContiguous ? world * (world - 1) / 2 : 0);
+  // Contiguous and zigzag steps all split into plain parts (zigzag's cross steps into two at
+  // most); the balanced layout's stripes only against themselves.
+  EXPECT_EQ(plain_steps, GetParam() == LayoutKind::kBalanced ? world : world * world);
+  if (GetParam() == LayoutKind::kZigzag) {
+    EXPECT_EQ(most_parts, 2u);
+  }
 }
 
 }  // namespace

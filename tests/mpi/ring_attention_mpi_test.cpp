@@ -30,14 +30,15 @@ using config::LayoutKind;
 struct RingCase {
   LayoutKind layout;
   bool sparse;
-  int inner;       // 0 = flat ring
-  bool documents;  // document masking
+  int inner;           // 0 = flat ring
+  bool documents;      // document masking
+  bool cudnn = false;  // dense pattern's plain steps through cuDNN (GPU only)
 };
 
 std::string case_name(const RingCase& c) {
   return std::string(parallel::layout_name(c.layout)) + (c.sparse ? "/sparse" : "/dense") +
          (c.inner ? "/hierarchical-inner" + std::to_string(c.inner) : "/flat") +
-         (c.documents ? "/documents" : "");
+         (c.documents ? "/documents" : "") + (c.cudnn ? "/cudnn" : "");
 }
 
 // Random document starts of each sequence (the same on every rank): a few cuts anywhere, one
@@ -140,10 +141,12 @@ void run_case(const RingCase& c) {
   parallel::RingAttentionConfig config;
   config.sparse = c.sparse;
   config.num_columns = 6 * block / 16;
-  config.num_diagonals = 3 * block / 16;
+  // Few diagonals whatever the block size: one touches up to two of the 4 x world block diagonals.
+  config.num_diagonals = 3;
   config.sink_tokens = 4 * block / 16;
   config.local_tokens = 8 * block / 16;
   config.estimation_queries = 16;
+  config.cudnn_dense = c.cudnn;
   parallel::RingAttention ring(config, groups.groups(), layout);
 
   auto local = [&](const at::Tensor& t) {
@@ -228,7 +231,13 @@ TEST(RingAttention, EqualsSingleProcessAttentionForEveryLayoutAndRing) {
   for (LayoutKind layout : {LayoutKind::kContiguous, LayoutKind::kZigzag, LayoutKind::kBalanced}) {
     for (bool sparse : {false, true}) {
       for (int inner : inner_sizes) {
-        for (bool documents : {false, true}) run_case({layout, sparse, inner, documents});
+        for (bool documents : {false, true}) {
+          run_case({layout, sparse, inner, documents});
+          // cuDNN runs the plain parts of dense steps without documents, on the GPU.
+          if (test_device().gpu && !sparse && !documents) {
+            run_case({layout, sparse, inner, documents, /*cudnn=*/true});
+          }
+        }
       }
     }
   }
