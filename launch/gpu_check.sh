@@ -3,7 +3,8 @@
 # Logs and JSON go to $OUT (the device tool's output folder) or gpu-check/ here.
 #   launch/gpu_check.sh [bench lengths, default 16384,32768,131072]
 # Environment: TRAIN_RUNS (1B training runs, below; "" for none), QUALITY=TOKENS:STEPS (dense vs
-# sparse quality check), BENCH=0 (skip the attention benchmarks), FLEX=0 (skip FlexAttention).
+# sparse quality check), BENCH=0 (skip the attention benchmarks), FLEX=0 (skip FlexAttention),
+# TESTS=0 (skip the GPU tests: a second call on a warm machine that only measures).
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +33,8 @@ else
 fi
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+gpus=$(nvidia-smi -L | wc -l)
+if [ "${TESTS:-1}" = 1 ]; then
 echo "== GPU tests"
 if "$build/tests/gpu_tests" >"$out/gpu_tests.log" 2>&1; then
   status+=("gpu_tests|ok|$(grep -c '^\[       OK' "$out/gpu_tests.log") passed")
@@ -40,7 +43,6 @@ else
   grep -E "Failure|Expected|actual|FAILED|error" "$out/gpu_tests.log" | head -40
 fi
 
-gpus=$(nvidia-smi -L | wc -l)
 if [ "$gpus" -ge 2 ]; then
   echo "== ring tests on 2 GPUs (NCCL)"
   if SPARSERING_TEST_DEVICE=cuda mpirun -np 2 ${NCCL_NVLS_ENABLE:+-x NCCL_NVLS_ENABLE} \
@@ -51,6 +53,7 @@ if [ "$gpus" -ge 2 ]; then
     status+=("ring_tests_2gpu|FAILED|see ring_gpu_tests.log")
     grep -E "Failure|Expected|actual|FAILED|error" "$out/ring_gpu_tests.log" | head -40
   fi
+fi
 fi
 
 patterns=$(mktemp -d)
