@@ -4,10 +4,12 @@
 Reads train.log files (runs headed "== train_1b_<kind>_<N>k[_flags]", metrics lines "step i/n |
 ... tokens/s X | TF/s Y | MFU Z% | density D", profile lines "peak memory MiB M") and gpu_check
 summaries ("train_1b_<kind>_<N>k ok ... tokens/s X | ..."). Per (kind, context) it keeps the last
-step of the last run without extra features (plain or "profile"), then plots tokens/s and MFU
-against context for dense and sparse attention and the sparse/dense ratio.
+step of the last run whose flags are the chosen ones (by default none or "profile"; e.g.
+--dense-flags profile_cp2_zigzag --sparse-flags profile_cp2_abs for the 2-GPU runs), then plots
+tokens/s and MFU against context for dense and sparse attention and the sparse/dense ratio.
 
   plot_training.py LOG... [--png throughput_vs_context.png] [--json training.json]
+                   [--dense-flags F] [--sparse-flags F] [--machine "one H100 80GB"]
 """
 import argparse
 import json
@@ -19,7 +21,8 @@ METRICS = re.compile(r"tokens/s (\d+) \| TF/s ([\d.]+) \| MFU ([\d.]+)% \| densi
 PEAK = re.compile(r"^peak memory MiB\s+([\d.]+)")
 
 
-def parse(paths):
+def parse(paths, accepted):
+    """accepted: per kind, the flag strings (None = plain) whose runs count."""
     runs = {}
     for path in paths:
         current = None
@@ -28,7 +31,7 @@ def parse(paths):
                 run = RUN.match(line)
                 if run:
                     kind, context, flags = run.group(1), int(run.group(2)) * 1024, run.group(3)
-                    current = None if flags not in (None, "profile") else (kind, context)
+                    current = (kind, context) if flags in accepted[kind] else None
                     if current:
                         runs[current] = {"kind": kind, "tokens": context, "source": path}
                 metrics = METRICS.search(line)
@@ -48,8 +51,15 @@ def main():
     parser.add_argument("logs", nargs="+")
     parser.add_argument("--png", default="throughput_vs_context.png")
     parser.add_argument("--json", default="training.json")
+    parser.add_argument("--dense-flags", help="flags of the dense runs to use (default: none or "
+                        "profile)")
+    parser.add_argument("--sparse-flags", help="flags of the sparse runs to use")
+    parser.add_argument("--machine", default="one H100 80GB", help="named in the plot's title")
     args = parser.parse_args()
-    rows = sorted(parse(args.logs), key=lambda r: (r["tokens"], r["kind"]))
+    default = {None, "profile"}
+    accepted = {"dense": {args.dense_flags} if args.dense_flags else default,
+                "sparse": {args.sparse_flags} if args.sparse_flags else default}
+    rows = sorted(parse(args.logs, accepted), key=lambda r: (r["tokens"], r["kind"]))
     if not rows:
         sys.exit("plot_training: no training runs found in " + ", ".join(args.logs))
     by = {(r["kind"], r["tokens"]): r for r in rows}
@@ -87,7 +97,7 @@ def main():
         if "sparse_over_dense" in r:
             left.annotate(f"{r['sparse_over_dense']:.2f}x", (r["tokens"] / 1024, r["tokens_per_s"]),
                           textcoords="offset points", xytext=(4, 6))
-    figure.suptitle("~1.1B Llama, one H100 80GB, bf16, activation checkpointing (sparse/dense "
+    figure.suptitle(f"~1.1B Llama, {args.machine}, bf16, activation checkpointing (sparse/dense "
                     "ratio annotated)")
     figure.tight_layout()
     figure.savefig(args.png, dpi=110)

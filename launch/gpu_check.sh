@@ -87,7 +87,8 @@ fi
 # our kernel instead of cuDNN), abs (absolute pattern budgets, 2048 columns and 64 diagonals per
 # head, instead of the config's fractions of the context), cpN (context parallelism over N GPUs of
 # this machine: N ranks, one GPU each; TOKENS is the whole sequence), zigzag (zigzag token layout
-# instead of the config's balanced one: every dense ring step then runs on cuDNN).
+# instead of the config's balanced one: every dense ring step then runs on cuDNN), nockpt (no
+# activation checkpointing: for contexts whose activations fit).
 train_runs=${TRAIN_RUNS-"DENSE:32768:5 SPARSE:32768:5:profile"}  # TRAIN_RUNS="" runs none
 export SPARSERING_BIN="$build/sparsering"
 : >"$out/train.log"
@@ -110,6 +111,7 @@ for spec in $train_runs; do
       ours) extra+=(--set attention.dense_kernel=SPARSERING) ;;
       abs) extra+=(--set attention.vertical_fraction=0 --set attention.vertical_budget=2048
                    --set attention.slash_fraction=0 --set attention.slash_budget=64) ;;
+      nockpt) extra+=(--set model.activation_checkpointing=false) ;;
       zigzag) extra+=(--set parallel.layout=ZIGZAG) ;;
       cp[0-9]*) extra+=(--set "parallel.context_parallel_size=${flag#cp}") ;;
       profile) ;;

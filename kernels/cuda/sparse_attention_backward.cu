@@ -1129,6 +1129,46 @@ constexpr int kv_query_stages() {
   return kHeadDim == 128 && kKeys == 64 ? 1 : 2;
 }
 
+// acc = A B^T for one warp's 32 x 32 tile, over the head dimension: A rows 32 wm .. +31 of
+// a_tile and B rows 32 wn .. +31 of b_tile, both [row][d] with the query-tile stride, B being
+// the mma's "col" operand. S = Q K^T and dP = dO V^T of the per-kv-block kernel.
+template <typename Element, int kHeadDim>
+__device__ __forceinline__ void warp_tile_rows_by_rows(float (&acc)[2][4][4], const Element* a_tile,
+                                                       const Element* b_tile, int wm, int wn,
+                                                       int lane) {
+  using G = TileGeometry<kHeadDim>;
+  const int a_row = lane % 16;
+  const int a_col = (lane / 16) * 8;
+  const int b_row = (lane / 16) * 8 + lane % 8;
+  const int b_col = ((lane / 8) % 2) * 8;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t a[2][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+      ldmatrix_x4(a[mi], a_tile + (32 * wm + 16 * mi + a_row) * G::kStride + kk * 16 + a_col);
+    }
+#pragma unroll
+    for (int np = 0; np < 2; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, b_tile + (32 * wn + 16 * np + b_row) * G::kStride + kk * 16 + b_col);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        mma_16816<Element>(acc[mi][2 * np], a[mi], b[0], b[1]);
+        mma_16816<Element>(acc[mi][2 * np + 1], a[mi], b[2], b[3]);
+      }
+    }
+  }
+}
+
 // dK, dV += the contributions of the query tiles of `tiles` to a kv tile of kKeys keys (active
 // blocks only: no column masks), and each tile's dQ partial, scale dS K, added into bp.dq with
 // atomics. FlashAttention-2's warp layout: kKeys / 16 warps as 2 x (kKeys / 32); warp (wm, wn)
@@ -1154,7 +1194,6 @@ __device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& til
   static_assert(kKeys == 64 || kKeys == 128, "kv tiles of 64 or 128 keys");
   constexpr int kSStride = score_stride<kKeys>();
   constexpr int kQueryStages = kv_query_stages<kHeadDim, kKeys>();
-  constexpr int kDSteps = kHeadDim / 16;
   constexpr int kHalfDim = kHeadDim / 2;                // dK/dV columns per warp
   constexpr int kDqSpan = kHeadDim / (kNumWarps / 2);   // dQ columns per warp
   constexpr int kDqCols = kDqSpan < 32 ? kDqSpan : 32;  // per pass: bounds the accumulators
@@ -1222,56 +1261,10 @@ __device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& til
     const bool mask = tiles.k_pos_last > current.pos0;  // the tile meets the causal diagonal
     const int q_pos0 = current.pos0;
 
-    // S = Q K^T and dP = dO V^T: A = Q / dO rows, B = K / V [key][d], the "col" operand.
     float s[2][4][4];
     float dp[2][4][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[mi][ni][e] = 0.f;
-          dp[mi][ni][e] = 0.f;
-        }
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < kDSteps; ++kk) {
-      uint32_t qa[2][4];
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        ldmatrix_x4(qa[mi], q_tile + (32 * wm + 16 * mi + a_row) * G::kStride + kk * 16 + a_col);
-      }
-#pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        uint32_t kb[4];
-        ldmatrix_x4(kb, sm.k + (32 * wn + 16 * np + b_row) * G::kStride + kk * 16 + b_col);
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
-          mma_16816<Element>(s[mi][2 * np], qa[mi], kb[0], kb[1]);
-          mma_16816<Element>(s[mi][2 * np + 1], qa[mi], kb[2], kb[3]);
-        }
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < kDSteps; ++kk) {
-      uint32_t da[2][4];
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        ldmatrix_x4(da[mi], do_tile + (32 * wm + 16 * mi + a_row) * G::kStride + kk * 16 + a_col);
-      }
-#pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        uint32_t vb[4];
-        ldmatrix_x4(vb, sm.v + (32 * wn + 16 * np + b_row) * G::kStride + kk * 16 + b_col);
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
-          mma_16816<Element>(dp[mi][2 * np], da[mi], vb[0], vb[1]);
-          mma_16816<Element>(dp[mi][2 * np + 1], da[mi], vb[2], vb[3]);
-        }
-      }
-    }
+    warp_tile_rows_by_rows<Element, kHeadDim>(s, q_tile, sm.k, wm, wn, lane);    // S = Q K^T
+    warp_tile_rows_by_rows<Element, kHeadDim>(dp, do_tile, sm.v, wm, wn, lane);  // dP = dO V^T
 
     // P = exp(scale S - lse) (0 where masked or lse = -inf), dS = P (dP - delta), staged
     // [query][key] with packed stores. Accumulator rows: query 32 wm + 16 mi + g (+8 for e >= 2),
