@@ -39,6 +39,7 @@
 #include <cstring>
 
 #include "sparse_attention_cuda.h"
+#include "wgmma.cuh"
 
 namespace sparsering::kernels {
 namespace {
@@ -1497,6 +1498,8 @@ __global__ void __launch_bounds__(2 * kKeys, 1)
   }
 }
 
+#include "sparse_attention_backward_wgmma.cuh"
+
 // delta[b, h, t] = sum_d dout * out. Groups of kHeadDim / 8 lanes (8 or 16, never straddling a
 // warp) share one row, each lane one 16-byte chunk; the group reduces with shuffles.
 template <typename Element, int kHeadDim>
@@ -1566,10 +1569,17 @@ cudaError_t launch_kv_major(const SparseAttentionBackwardParams& bp, cudaStream_
   const SparseAttentionParams& p = bp.forward;
   if (p.k_tokens > 0) {
     const dim3 kv_grid(p.k_tokens / kKeys, p.num_kv_heads, p.batch);
-    const cudaError_t err = launch(
-        sparse_attention_backward_kv_kernel<Element, kHeadDim, kKeys, kDocumentMask>, kv_grid,
-        kv_smem_bytes<Element, kHeadDim, kKeys, kDocumentMask>(), stream, bp, 2 * kKeys);
-    if (err != cudaSuccess) return err;
+    if constexpr (kHeadDim == kWgmmaHeadDim && kKeys == kWgmmaKeys) {
+      const cudaError_t err =
+          launch(sparse_attention_backward_kv_wgmma_kernel<Element, kDocumentMask>, kv_grid,
+                 kv_wgmma_smem_bytes<kDocumentMask>(), stream, bp, kWgmmaThreads);
+      if (err != cudaSuccess) return err;
+    } else {
+      const cudaError_t err = launch(
+          sparse_attention_backward_kv_kernel<Element, kHeadDim, kKeys, kDocumentMask>, kv_grid,
+          kv_smem_bytes<Element, kHeadDim, kKeys, kDocumentMask>(), stream, bp, 2 * kKeys);
+      if (err != cudaSuccess) return err;
+    }
   }
   return launch_query_major<Element, kHeadDim, true, kDocumentMask>(bp, stream);
 }

@@ -196,7 +196,11 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(GpuCase{4, 4, 64, 64, config::LayoutKind::kContiguous, false, at::kBFloat16},
                       GpuCase{8, 2, 128, 64, config::LayoutKind::kBalanced, true, at::kBFloat16},
                       GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf},
-                      GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16}));
+                      GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16},
+                      // head dim 128 with 128-token blocks: the wgmma backward, GQA 4:1
+                      GpuCase{8, 2, 128, 128, config::LayoutKind::kBalanced, false, at::kBFloat16},
+                      GpuCase{4, 4, 128, 128, config::LayoutKind::kContiguous, true,
+                              at::kBFloat16}));
 
 // Document masking through every kernel path: both block sizes and head dims, dense and sparse
 // (vertical columns), fp16 and bf16.
