@@ -12,20 +12,17 @@
 constexpr int kFwdWgmmaRows = 128;
 constexpr int kFwdWgmmaKeys = 128;
 constexpr int kFwdWgmmaThreads = 256;  // two warpgroups
-constexpr int kFwdWgmmaStages = 3;
+constexpr int kFwdWgmmaStages = 2;
 // A swizzled tile of 128 rows x 128 head-dim elements: two 64-column panels of 16 KB.
 constexpr int kFwdPanelBytes = 128 * 128;
 constexpr int kFwdTileBytes = 2 * kFwdPanelBytes;
 
 constexpr int forward_wgmma_smem_bytes() {
-  // Q, three stages of K and V (226.5 KB with the alignment slack; sm_90 allows 227 KB), per stage
-  // the key positions of a column chunk and one metadata word, and 1 KB to align the tiles to 1024
-  // bytes.
+  // Q, two stages of K and V, per stage the key positions of a column chunk and one metadata
+  // word, and 1 KB to align the tiles to 1024 bytes.
   return kFwdTileBytes * (1 + 2 * kFwdWgmmaStages) +
          kFwdWgmmaStages * (kFwdWgmmaKeys + 1) * static_cast<int>(sizeof(int)) + 1024;
 }
-
-static_assert(forward_wgmma_smem_bytes() <= 227 * 1024, "sm_90's shared memory per block");
 
 // Starts copying 128 rows of 128 elements into a swizzled tile (cp.async over 256 threads, not
 // committed): row r comes from src + row_offset(r).
@@ -162,32 +159,15 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
   const int row_q = wg_q0 + 16 * warp + g;    // and of this thread's first row
   const uint32_t q_addr = smem_address(q_s) + 64 * warpgroup * 128;
 
-  // Software pipeline (FlashAttention-3's intra-warpgroup overlap): O += P V of a warpgroup's
-  // previous tile is issued right behind the current tile's S = Q K^T and runs while the softmax
-  // exponentiates; only the O rescale and the packing of P wait for it. Three K/V stages: tile
-  // i - 1 (its P V still in flight during tile i), tile i, and tile i + 1 streaming in. Every
-  // warpgroup finishes the P V of tile i - 1 within tile i, before the barrier of tile i + 1,
-  // after which tile i - 1's stage is refilled.
-  uint32_t p_frag[8][4];  // P of the previous active tile, the A fragments of its P V
-  bool pv_pending = false;
-  uint32_t pv_v_addr = 0;  // V of that tile
-  auto issue_pv = [&]() {
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      wgmma::mma_m64n128k16_rs<Element, 1>(
-          o, p_frag[kk], wgmma::descriptor(pv_v_addr + kk * 2048, kFwdPanelBytes, 1024), 1);
-    }
-    wgmma::commit_group();
-  };
   int stage = 0;
   for (int i = 0; i < issued; ++i) {
     cp_async_wait<0>();          // tile i (the only group in flight)
     wgmma::fence_proxy_async();  // the landed tiles (and a flipped Q) are read by wgmma
-    __syncthreads();             // and every warpgroup is done with tile i - 2's stage
+    __syncthreads();             // and every warpgroup is done with tile i - 1's stage
 
     const bool refill = pending.it < tiles.num_tiles;
     if (refill) {
-      const int s = stage == kFwdWgmmaStages - 1 ? 0 : stage + 1;  // tile i - 2's
+      const int s = stage ^ 1;
       load_key_tile_swizzled<Element>(p, tiles, pending, kv_offset, k_s + s * kFwdTileBytes,
                                       v_s + s * kFwdTileBytes, kpos_s + s * kFwdWgmmaKeys,
                                       meta_s + s);
@@ -203,6 +183,7 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     const bool mask = is_column || pos0 + kFwdWgmmaKeys - 1 > wg_q0;
     if (active) {
       const uint32_t k_addr = smem_address(k_s + stage * kFwdTileBytes);
+      const uint32_t v_addr = smem_address(v_s + stage * kFwdTileBytes);
       float s[16][4];
       wgmma::fence();
 #pragma unroll
@@ -212,12 +193,7 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
                                                 wgmma::descriptor(k_addr + step, 16, 1024), kk);
       }
       wgmma::commit_group();
-      if (pv_pending) {
-        issue_pv();
-        wgmma::wait_group<1>();  // S (the older group)
-      } else {
-        wgmma::wait_group<0>();
-      }
+      wgmma::wait_group<0>();
       wgmma::fence_operands(s);
 
       // Causal mask kpos > qpos on the raw scores (the scale is applied in the exponent).
@@ -241,8 +217,7 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
         }
       }
 
-      // Online softmax in log2 units, as in the mma.sync kernel; P stays in s (fp32) until the
-      // previous P V no longer reads p_frag.
+      // Online softmax in log2 units, as in the mma.sync kernel.
       float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int n = 0; n < 16; ++n) {
@@ -250,18 +225,24 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
         tile_max[1] = fmaxf(tile_max[1], fmaxf(s[n][2], s[n][3]));
       }
       float neg_base[2];
-      float correction[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(kFullMask, tile_max[r], 1));
         tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(kFullMask, tile_max[r], 2));
         const float new_max = fmaxf(row_max[r], tile_max[r] * scale_log2);
         const float base = new_max == -INFINITY ? 0.f : new_max;
-        correction[r] = exp2f(row_max[r] - base);
+        const float correction = exp2f(row_max[r] - base);
         neg_base[r] = -base;
         row_max[r] = new_max;
-        row_sum[r] *= correction[r];
+        row_sum[r] *= correction;
+#pragma unroll
+        for (int n = 0; n < 16; ++n) {
+          o[n][2 * r] *= correction;
+          o[n][2 * r + 1] *= correction;
+        }
       }
+      // P as the A fragments of O += P V: n-tiles 2j, 2j + 1 are k-step j (keys 16 j .. +15).
+      uint32_t p_frag[8][4];
 #pragma unroll
       for (int n = 0; n < 16; ++n) {
 #pragma unroll
@@ -269,37 +250,24 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
           s[n][e] = exp2f(fmaf(s[n][e], scale_log2, neg_base[e >> 1]));
           row_sum[e >> 1] += s[n][e];
         }
-      }
-      wgmma::wait_group<0>();  // the previous P V
-      wgmma::fence_operands(o);
-#pragma unroll
-      for (int n = 0; n < 16; ++n) {
-        o[n][0] *= correction[0];
-        o[n][1] *= correction[0];
-        o[n][2] *= correction[1];
-        o[n][3] *= correction[1];
-        // n-tiles 2j, 2j + 1 are k-step j (keys 16 j .. +15) of P V.
         p_frag[n / 2][2 * (n % 2)] = pack2<Element>(s[n][0], s[n][1]);
         p_frag[n / 2][2 * (n % 2) + 1] = pack2<Element>(s[n][2], s[n][3]);
       }
-      pv_pending = true;
-      pv_v_addr = smem_address(v_s + stage * kFwdTileBytes);
-    } else if (pv_pending) {
+
+      // O += P V: step kk reads keys 16 kk .. +15, 2048 bytes into both panels of V (N-major).
       wgmma::fence();
-      issue_pv();
-      wgmma::wait_group<0>();
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) {
+        wgmma::mma_m64n128k16_rs<Element, 1>(
+            o, p_frag[kk], wgmma::descriptor(v_addr + kk * 2048, kFwdPanelBytes, 1024), 1);
+      }
+      wgmma::commit_group();
+      wgmma::wait_group<0>();  // before the next barrier frees this stage
       wgmma::fence_operands(o);
-      pv_pending = false;
     }
     // Resolve the tile after the one just issued, off the critical path of the copy.
     if (refill) pending = tiles.resolve(p, pending.it + 1);
-    stage = stage == kFwdWgmmaStages - 1 ? 0 : stage + 1;
-  }
-  if (pv_pending) {
-    wgmma::fence();
-    issue_pv();
-    wgmma::wait_group<0>();
-    wgmma::fence_operands(o);
+    stage ^= 1;
   }
   cp_async_wait<0>();
 
