@@ -18,7 +18,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -211,12 +210,6 @@ int main(int argc, char** argv) {
     rows.push_back(run_ours("ours_sparse", q, k, v, dout, sparse, false));
     rows.push_back(run_ours("ours_sparse_blockcols", q, k, v, dout, block_columns, false));
     rows.push_back(run_ours("ours_sparse_det", q, k, v, dout, sparse, true));
-    // The same two shapes on the mma.sync kernels (head dim 128 / 128-token blocks otherwise run
-    // the Hopper wgmma kernels): the gain of wgmma within this run.
-    setenv("SPARSERING_DISABLE_WGMMA", "1", 1);
-    rows.push_back(run_ours("ours_dense_mma_sync", q, k, v, dout, dense, false));
-    rows.push_back(run_ours("ours_sparse_blockcols_mma_sync", q, k, v, dout, block_columns, false));
-    unsetenv("SPARSERING_DISABLE_WGMMA");
     // 64-token blocks (the 1B config's block size): the backward's 4-warp kv tiles.
     rows.push_back(run_ours("ours_dense_block64", q, k, v, dout,
                             kernels::dense_pattern(heads, length, 64, q.device()), false));

@@ -3,7 +3,7 @@
 // Gradients of FlashAttention-2 (Dao 2023, Alg. 2), with P recomputed from the saved (final) lse:
 //   S = scale Q K^T, P = exp(S - lse), dV = P^T dO, dP = dO V^T, dS = P (dP - delta),
 //   dQ = scale dS K, dK = scale dS^T Q,   delta = rowsum(dO * O).
-// Four kernels:
+// Three kernels:
 //  - per kv block (non-deterministic default, FlashAttention-2's schedule): one CTA of
 //    block_size / 16 warps per kv block and kv head walks the transposed block index (all query
 //    heads of the GQA group), keeps dK/dV in registers and writes them once without atomics; the
@@ -24,11 +24,7 @@
 //    index, keeps dK/dV in registers and writes them without atomics. Vertical columns come from
 //    the transposed column index, turned into one masked 64-key tile per query block (see
 //    sparse_attention_backward_dkdv_kernel).
-//  - Hopper per-kv-block (head dim 128, 128-key blocks; sparse_attention_backward_wgmma.cuh): the
-//    first schedule with every product a warpgroup wgmma reading 128-byte-swizzled shared memory,
-//    P^T and dS^T kept in registers as the A operands of dV and dK. It replaces the mma.sync
-//    per-kv-block kernel for that shape (SPARSERING_DISABLE_WGMMA=1 selects the latter).
-// Matrix products elsewhere use mma.sync.m16n8k16 with ldmatrix operands; streamed tiles are
+// Matrix products use mma.sync.m16n8k16 with ldmatrix operands; streamed tiles are
 // double-buffered with cp.async (single-buffered where that doubles the CTAs per SM).
 // Document masking (p.q_key_start) is a template flag of every kernel, so the unmasked
 // instantiations compile as before: keys before a query's first visible key get P = 0 in the same
@@ -1573,16 +1569,17 @@ cudaError_t launch_kv_major(const SparseAttentionBackwardParams& bp, cudaStream_
   const SparseAttentionParams& p = bp.forward;
   if (p.k_tokens > 0) {
     const dim3 kv_grid(p.k_tokens / kKeys, p.num_kv_heads, p.batch);
-    cudaError_t err;
-    if (kHeadDim == kWgmmaHeadDim && kKeys == kWgmmaKeys && !wgmma::disabled()) {
-      err = launch(sparse_attention_backward_kv_wgmma_kernel<Element, kDocumentMask>, kv_grid,
-                   kv_wgmma_smem_bytes<kDocumentMask>(), stream, bp, kWgmmaThreads);
+    if constexpr (kHeadDim == kWgmmaHeadDim && kKeys == kWgmmaKeys) {
+      const cudaError_t err =
+          launch(sparse_attention_backward_kv_wgmma_kernel<Element, kDocumentMask>, kv_grid,
+                 kv_wgmma_smem_bytes<kDocumentMask>(), stream, bp, kWgmmaThreads);
+      if (err != cudaSuccess) return err;
     } else {
-      err = launch(sparse_attention_backward_kv_kernel<Element, kHeadDim, kKeys, kDocumentMask>,
-                   kv_grid, kv_smem_bytes<Element, kHeadDim, kKeys, kDocumentMask>(), stream, bp,
-                   2 * kKeys);
+      const cudaError_t err = launch(
+          sparse_attention_backward_kv_kernel<Element, kHeadDim, kKeys, kDocumentMask>, kv_grid,
+          kv_smem_bytes<Element, kHeadDim, kKeys, kDocumentMask>(), stream, bp, 2 * kKeys);
+      if (err != cudaSuccess) return err;
     }
-    if (err != cudaSuccess) return err;
   }
   return launch_query_major<Element, kHeadDim, true, kDocumentMask>(bp, stream);
 }

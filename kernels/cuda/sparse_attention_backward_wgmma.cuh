@@ -28,10 +28,10 @@ constexpr int kDsTileBytes = kWgmmaKeys * kTile * 2;  // dS^T [key][query], one 
 
 template <bool kDocumentMask>
 constexpr int kv_wgmma_smem_bytes() {
-  // K, V, three stages of Q and dO, dS^T, three stages of lse, delta [and key starts], three
+  // K, V, two stages of Q and dO, dS^T, two stages of lse, delta [and key starts], three
   // prefetched query tiles, and 1 KB to align the tiles to 1024 bytes.
-  return 2 * kKvTileBytes + 6 * kQueryTileBytes + kDsTileBytes +
-         (kDocumentMask ? 3 : 2) * 3 * kTile * static_cast<int>(sizeof(float)) +
+  return 2 * kKvTileBytes + 4 * kQueryTileBytes + kDsTileBytes +
+         (kDocumentMask ? 3 : 2) * 2 * kTile * static_cast<int>(sizeof(float)) +
          3 * static_cast<int>(sizeof(QueryTile)) + 1024;
 }
 
@@ -80,7 +80,7 @@ __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
   }
 }
 
-// Grid (k_tokens / 128, num_kv_heads, batch), 256 threads, one CTA per SM (180 KB of shared
+// Grid (k_tokens / 128, num_kv_heads, batch), 256 threads, one CTA per SM (150 KB of shared
 // memory). Non-deterministic like sparse_attention_backward_kv_kernel: dQ by fp32 atomics, dK/dV
 // written once at the end (plain read-modify-write; the column pass adds later, in stream order).
 template <typename Element, bool kDocumentMask>
@@ -98,14 +98,14 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   unsigned char* k_s = smem;
   unsigned char* v_s = k_s + kKvTileBytes;
-  unsigned char* q_s = v_s + kKvTileBytes;          // 3 stages
-  unsigned char* do_s = q_s + 3 * kQueryTileBytes;  // 3 stages
-  unsigned char* ds_s = do_s + 3 * kQueryTileBytes;
-  float* lse_s = reinterpret_cast<float*>(ds_s + kDsTileBytes);  // 3 x kTile
-  float* delta_s = lse_s + 3 * kTile;
-  int32_t* key_start_s = reinterpret_cast<int32_t*>(delta_s + 3 * kTile);
+  unsigned char* q_s = v_s + kKvTileBytes;          // 2 stages
+  unsigned char* do_s = q_s + 2 * kQueryTileBytes;  // 2 stages
+  unsigned char* ds_s = do_s + 2 * kQueryTileBytes;
+  float* lse_s = reinterpret_cast<float*>(ds_s + kDsTileBytes);  // 2 x kTile
+  float* delta_s = lse_s + 2 * kTile;
+  int32_t* key_start_s = reinterpret_cast<int32_t*>(delta_s + 2 * kTile);
   QueryTile* tile_ring =
-      reinterpret_cast<QueryTile*>(delta_s + (kDocumentMask ? 2 : 1) * 3 * kTile);
+      reinterpret_cast<QueryTile*>(delta_s + (kDocumentMask ? 2 : 1) * 2 * kTile);
 
   const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kWgmmaHeadDim;
   const int64_t kv_offset =
@@ -152,31 +152,27 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
     }
   }
 
-  // Per query tile: B1 (tile it has landed), S^T and dP^T, P^T and dS^T, B2 (dS^T complete), then
-  // dQ and dV/dK issued together; tile it's dQ atomics run while its dV/dK products execute, and
-  // tile it + 1 streams into a third stage buffer meanwhile. A stage is refilled two tiles after
-  // its last reader (whose dV/dK wait precedes that warpgroup's next B2), dS^T one tile after
-  // (every warpgroup waits for its dQ before the next B1): two barriers per tile.
+  int stage = 0;
   for (int it = 0; it < tiles.num_tiles; ++it) {
-    const int stage = it % 3;
     if (it + 1 < tiles.num_tiles) {
-      const int next = (it + 1) % 3;
+      const int next = stage ^ 1;
       load_query_tile_swizzled<Element, kDocumentMask>(
           tile_ring[(it + 1) % 3], bp, b, q_s + next * kQueryTileBytes,
           do_s + next * kQueryTileBytes, lse_s + next * kTile, delta_s + next * kTile,
           kDocumentMask ? key_start_s + next * kTile : nullptr);
     }
-    cp_async_commit();           // possibly empty: keeps the group count uniform for the wait
-    cp_async_wait<1>();          // tile it
+    cp_async_commit();  // possibly empty: keeps the group count uniform for the wait
+    const bool prefetch = threadIdx.x == 0 && it + 2 < tiles.num_tiles;
+    QueryTile later{};
+    if (prefetch) later = tiles.tile(it + 2);
+    cp_async_wait<1>();
     wgmma::fence_proxy_async();  // the landed tiles are read by wgmma (async proxy)
-    __syncthreads();             // B1
+    __syncthreads();
 
     const uint32_t q_addr = smem_address(q_s + stage * kQueryTileBytes);
     const uint32_t do_addr = smem_address(do_s + stage * kQueryTileBytes);
     const QueryTile current = tile_ring[it % 3];
     const bool mask = tiles.k_pos_last > current.pos0;  // the tile meets the causal diagonal
-    // The index lookups of tile it + 2, consumed before B2 (their slot's readers are past B1).
-    if (threadIdx.x == 0 && it + 2 < tiles.num_tiles) tile_ring[(it + 2) % 3] = tiles.tile(it + 2);
 
     // S^T = K_w Q^T and dP^T = V_w dO^T over the head dim: step kk reads 16 columns, 32 bytes
     // into panel kk / 4 of both operands.
@@ -198,11 +194,9 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
                                              wgmma::descriptor(do_addr + q_step, 16, 1024), kk);
     }
     wgmma::commit_group();
-    wgmma::wait_group<0>();  // also tile it - 1's dV/dK
+    wgmma::wait_group<0>();
     wgmma::fence_operands(s);
     wgmma::fence_operands(dp);
-    wgmma::fence_operands(dk);
-    wgmma::fence_operands(dv);
 
     // P^T and dS^T: rows are keys key_row (+8), columns queries 8 n + 2 t (+1).
     const float* lse_tile = lse_s + stage * kTile;
@@ -248,22 +242,10 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
           ds_frag[n / 2][half + 1];
     }
     wgmma::fence_proxy_async();  // dS^T is read by the dQ wgmma of both warpgroups
-    __syncthreads();             // B2
 
-    // dQ[:, 64 w .. +63] = dS K over the block's keys: step kk reads keys 16 kk .. +15 of dS^T
-    // (M-major) and of panel w of K (N-major).
-    float dq[8][4];
-    wgmma::fence();
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      wgmma::mma_m64n64k16_ss<Element, 1, 1>(
-          dq, wgmma::descriptor(ds_addr + kk * 2048, kDsTileBytes, 1024),
-          wgmma::descriptor(k_addr + warpgroup * kKvPanelBytes + kk * 2048, kKvPanelBytes, 1024),
-          kk);
-    }
-    wgmma::commit_group();
     // dV += P^T dO and dK += dS^T Q over the tile's queries: step kk reads queries 16 kk .. +15,
     // the rows 2048 bytes into both panels of dO / Q (N-major).
+    wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       wgmma::mma_m64n128k16_rs<Element, 1>(
@@ -275,8 +257,23 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
           dk, ds_frag[kk], wgmma::descriptor(q_addr + kk * 2048, kQueryPanelBytes, 1024), 1);
     }
     wgmma::commit_group();
-    wgmma::wait_group<1>();  // dQ
+    __syncthreads();  // dS^T of both warpgroups is in shared memory
+
+    // dQ[:, 64 w .. +63] = dS K over the block's keys: step kk reads keys 16 kk .. +15 of dS^T
+    // (M-major) and of panel w of K (N-major).
+    float dq[8][4];
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      wgmma::mma_m64n64k16_ss<Element, 1, 1>(
+          dq, wgmma::descriptor(ds_addr + kk * 2048, kDsTileBytes, 1024),
+          wgmma::descriptor(k_addr + warpgroup * kKvPanelBytes + kk * 2048, kKvPanelBytes, 1024),
+          kk);
+    }
+    wgmma::commit_group();
+    wgmma::wait_group<0>();
     wgmma::fence_operands(dq);
+    wgmma::fence_operands(dk);
+    wgmma::fence_operands(dv);
 
     // dq rows: queries 16 warp + g (+8), columns 64 w + 8 n + 2 t: 16-byte atomics (pair_rows4).
     const bool odd = (t & 1) != 0;
@@ -289,10 +286,11 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
     for (int n = 0; n < 8; ++n) {
       atomic_add4(dq_row + 8 * n, pair_rows4(dq[n], odd, p.softmax_scale));
     }
+
+    if (prefetch) tile_ring[(it + 2) % 3] = later;
+    __syncthreads();  // every warpgroup is done with this stage and dS^T before they are refilled
+    stage ^= 1;
   }
-  wgmma::wait_group<0>();
-  wgmma::fence_operands(dk);
-  wgmma::fence_operands(dv);
   cp_async_wait<0>();
 
   // dK (times the softmax scale) and dV rows key_row, key_row + 8, columns 8 n + 2 t. This CTA
