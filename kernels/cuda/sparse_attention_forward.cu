@@ -19,6 +19,10 @@
 // publishes the landed tile and frees the buffer that the next copy overwrites. Only warps whose
 // rows straddle the causal diagonal of a tile mask it, and warps entirely above it skip the tile.
 //
+// Head dim 128 with 128-token blocks (no document masking) has a Hopper variant in
+// sparse_attention_forward_wgmma.cuh (same walk, 128-key tiles, wgmma products), experimental
+// and off by default: SPARSERING_WGMMA_FORWARD=1 (see wgmma.cuh).
+//
 // Document masking (p.q_key_start) is a separate instantiation, so the unmasked kernel compiles
 // exactly as before: the first visible key of every query row is staged in shared memory and keys
 // before it are masked right after the causal rule; a warp skips tiles that end before all its
@@ -33,6 +37,7 @@
 #include <cstring>
 
 #include "sparse_attention_cuda.h"
+#include "wgmma.cuh"
 
 namespace sparsering::kernels {
 namespace {
@@ -646,6 +651,8 @@ __global__ void __launch_bounds__(C::kThreads)
   }
 }
 
+#include "sparse_attention_forward_wgmma.cuh"
+
 // ================================================================================================
 // launcher
 // ================================================================================================
@@ -672,6 +679,18 @@ cudaError_t launch_forward(const SparseAttentionParams& p, cudaStream_t stream) 
 
 template <typename Element, int kHeadDim, bool kDocumentMask>
 cudaError_t launch_forward_for_block(const SparseAttentionParams& p, cudaStream_t stream) {
+  if constexpr (kHeadDim == 128 && !kDocumentMask) {
+    if (p.block_size == kFwdWgmmaRows && wgmma::forward_enabled()) {
+      constexpr int kSmem = forward_wgmma_smem_bytes();
+      auto* kernel = sparse_attention_forward_wgmma_kernel<Element>;
+      const cudaError_t err =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      if (err != cudaSuccess) return err;
+      const dim3 grid(p.q_tokens / kFwdWgmmaRows, p.num_heads, p.batch);
+      kernel<<<grid, kFwdWgmmaThreads, kSmem, stream>>>(p);
+      return cudaGetLastError();
+    }
+  }
   return p.block_size == 128
              ? launch_forward<Element, kHeadDim, Config128, kDocumentMask>(p, stream)
              : launch_forward<Element, kHeadDim, Config64, kDocumentMask>(p, stream);

@@ -6,6 +6,7 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "kernels/cpu/sparse_attention_cpu.h"
@@ -23,7 +24,22 @@ struct GpuCase {
   config::LayoutKind layout;
   bool sparse;
   at::ScalarType type;
-  bool documents = false;  // document masking: two sequences with their own random documents
+  bool documents = false;      // document masking: two sequences with their own random documents
+  bool wgmma_forward = false;  // run the experimental Hopper forward (SPARSERING_WGMMA_FORWARD)
+};
+
+// Sets an environment variable for one scope (the kernels read it at every launch).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, bool set) : name_(set ? name : nullptr) {
+    if (name_ != nullptr) setenv(name_, "1", 1);
+  }
+  ~ScopedEnv() {
+    if (name_ != nullptr) unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
 };
 
 // Document starts of a sequence of `length` tokens: boundaries inside blocks and on block edges,
@@ -58,6 +74,7 @@ class SparseAttentionGpu : public ::testing::TestWithParam<GpuCase> {
 // rounded output. The kernel may be at most 2x worse (plus a small floor).
 TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   const GpuCase c = GetParam();
+  const ScopedEnv wgmma_forward("SPARSERING_WGMMA_FORWARD", c.wgmma_forward);
   const int world = 2, rank = 1;  // the second shard of a 2-rank ring: all pair kinds
   const int64_t blocks = 8 * world, length = blocks * c.block, batch = c.documents ? 2 : 1;
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.dim));
@@ -212,6 +229,16 @@ INSTANTIATE_TEST_SUITE_P(
         GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf, true},
         GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16, true},
         GpuCase{4, 2, 128, 128, config::LayoutKind::kContiguous, true, at::kBFloat16, true}));
+
+// The experimental Hopper forward (head dim 128, 128-token blocks, no document mask): dense and
+// sparse with columns, GQA, both element types.
+INSTANTIATE_TEST_SUITE_P(WgmmaForward, SparseAttentionGpu,
+                         ::testing::Values(GpuCase{8, 2, 128, 128, config::LayoutKind::kBalanced,
+                                                   false, at::kBFloat16, false, true},
+                                           GpuCase{4, 4, 128, 128, config::LayoutKind::kContiguous,
+                                                   true, at::kBFloat16, false, true},
+                                           GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag,
+                                                   true, at::kHalf, false, true}));
 
 }  // namespace
 }  // namespace sparsering
