@@ -5,8 +5,12 @@
 // vertical columns) and online softmax, with 128-key tiles and each product one wgmma chain:
 //   S = Q K^T   (m64n128, A = Q and B = K, both K-major from 128-byte-swizzled shared memory)
 //   O += P V    (m64n128, A = P from registers, B = V read N-major)
-// One CTA per 128-row query tile (one query block), two warpgroups of 64 rows each; a warpgroup
-// skips a block tile that lies wholly after its rows. Included by sparse_attention_forward.cu
+// One CTA per 128-row query tile (one query block), two warpgroups of 64 rows each. Every tile the
+// walk visits meets both warpgroups' rows: resolve() drops block tiles starting after the query
+// block's last row, and block starts are multiples of 128 like the query block's, so a kept block
+// starts at or before the first row of either warpgroup; column chunks are never skipped. So no
+// wgmma sits in a branch (ptxas serializes wgmma in branches it cannot prove warp-uniform).
+// Included by sparse_attention_forward.cu
 // inside its anonymous namespace, after the helpers it shares (KeyTiles, cp_async_16, pack2); that
 // file includes wgmma.cuh at the top.
 #pragma once
@@ -170,10 +174,10 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
   // i - 1 (its P V still in flight during tile i), tile i, and tile i + 1 streaming in. Every
   // warpgroup finishes the P V of tile i - 1 within tile i, before the barrier of tile i + 1,
   // after which tile i - 1's stage is refilled.
-  uint32_t p_frag[8][4];  // P of the previous active tile, the A fragments of its P V
-  bool pv_pending = false;
+  uint32_t p_frag[8][4];   // P of the previous tile, the A fragments of its P V
   uint32_t pv_v_addr = 0;  // V of that tile
   auto issue_pv = [&]() {
+    wgmma::fence();  // p_frag and the rescaled o were written by ordinary instructions
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
       wgmma::mma_m64n128k16_rs<Element, 1>(
@@ -199,106 +203,95 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
 
     const int pos0 = meta_s[stage];
     const bool is_column = pos0 < 0;
-    // Warpgroup-uniform: skip a block tile wholly after this warpgroup's rows, mask one that
-    // reaches past its first row; column chunks are always masked (arbitrary positions, padding).
-    const bool active = is_column || pos0 <= wg_q0 + 63;
+    // Mask a block tile that reaches past this warpgroup's first row; column chunks always
+    // (arbitrary positions, padding).
     const bool mask = is_column || pos0 + kFwdWgmmaKeys - 1 > wg_q0;
-    if (active) {
-      const uint32_t k_addr = smem_address(k_s + stage * kFwdTileBytes);
-      float s[16][4];
-      wgmma::fence();
+    const uint32_t k_addr = smem_address(k_s + stage * kFwdTileBytes);
+    float s[16][4];
+    wgmma::fence();
 #pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        const uint32_t step = (kk / 4) * kFwdPanelBytes + (kk % 4) * 32;
-        wgmma::mma_m64n128k16_ss<Element, 0, 0>(s, wgmma::descriptor(q_addr + step, 16, 1024),
-                                                wgmma::descriptor(k_addr + step, 16, 1024), kk);
-      }
-      wgmma::commit_group();
-      if (pv_pending) {
-        issue_pv();
-        wgmma::wait_group<1>();  // S (the older group)
-      } else {
-        wgmma::wait_group<0>();
-      }
-      wgmma::fence_operands(s);
+    for (int kk = 0; kk < 8; ++kk) {
+      const uint32_t step = (kk / 4) * kFwdPanelBytes + (kk % 4) * 32;
+      wgmma::mma_m64n128k16_ss<Element, 0, 0>(s, wgmma::descriptor(q_addr + step, 16, 1024),
+                                              wgmma::descriptor(k_addr + step, 16, 1024), kk);
+    }
+    wgmma::commit_group();
+    if (i > 0) {
+      issue_pv();
+      wgmma::wait_group<1>();  // S (the older group)
+    } else {
+      wgmma::wait_group<0>();
+    }
+    wgmma::fence_operands(s);
 
-      // Causal mask kpos > qpos on the raw scores (the scale is applied in the exponent).
-      if (mask) {
-        const int* kpos = kpos_s + stage * kFwdWgmmaKeys;
+    // Causal mask kpos > qpos on the raw scores (the scale is applied in the exponent).
+    if (mask) {
+      const int* kpos = kpos_s + stage * kFwdWgmmaKeys;
 #pragma unroll
-        for (int n = 0; n < 16; ++n) {
-          int key[2];
-          if (is_column) {
-            const int2 k2 = *reinterpret_cast<const int2*>(kpos + n * 8 + 2 * t);
-            key[0] = k2.x;
-            key[1] = k2.y;
-          } else {
-            key[0] = pos0 + n * 8 + 2 * t;
-            key[1] = key[0] + 1;
-          }
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            if (key[e & 1] > row_q + (e >> 1) * 8) s[n][e] = -INFINITY;
-          }
+      for (int n = 0; n < 16; ++n) {
+        int key[2];
+        if (is_column) {
+          const int2 k2 = *reinterpret_cast<const int2*>(kpos + n * 8 + 2 * t);
+          key[0] = k2.x;
+          key[1] = k2.y;
+        } else {
+          key[0] = pos0 + n * 8 + 2 * t;
+          key[1] = key[0] + 1;
         }
-      }
-
-      // Online softmax in log2 units, as in the mma.sync kernel; P stays in s (fp32) until the
-      // previous P V no longer reads p_frag.
-      float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < 16; ++n) {
-        tile_max[0] = fmaxf(tile_max[0], fmaxf(s[n][0], s[n][1]));
-        tile_max[1] = fmaxf(tile_max[1], fmaxf(s[n][2], s[n][3]));
-      }
-      float neg_base[2];
-      float correction[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(kFullMask, tile_max[r], 1));
-        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(kFullMask, tile_max[r], 2));
-        const float new_max = fmaxf(row_max[r], tile_max[r] * scale_log2);
-        const float base = new_max == -INFINITY ? 0.f : new_max;
-        correction[r] = exp2f(row_max[r] - base);
-        neg_base[r] = -base;
-        row_max[r] = new_max;
-        row_sum[r] *= correction[r];
-      }
-#pragma unroll
-      for (int n = 0; n < 16; ++n) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[n][e] = exp2f(fmaf(s[n][e], scale_log2, neg_base[e >> 1]));
-          row_sum[e >> 1] += s[n][e];
+          if (key[e & 1] > row_q + (e >> 1) * 8) s[n][e] = -INFINITY;
         }
       }
-      wgmma::wait_group<0>();  // the previous P V
-      wgmma::fence_operands(o);
-#pragma unroll
-      for (int n = 0; n < 16; ++n) {
-        o[n][0] *= correction[0];
-        o[n][1] *= correction[0];
-        o[n][2] *= correction[1];
-        o[n][3] *= correction[1];
-        // n-tiles 2j, 2j + 1 are k-step j (keys 16 j .. +15) of P V.
-        p_frag[n / 2][2 * (n % 2)] = pack2<Element>(s[n][0], s[n][1]);
-        p_frag[n / 2][2 * (n % 2) + 1] = pack2<Element>(s[n][2], s[n][3]);
-      }
-      pv_pending = true;
-      pv_v_addr = smem_address(v_s + stage * kFwdTileBytes);
-    } else if (pv_pending) {
-      wgmma::fence();
-      issue_pv();
-      wgmma::wait_group<0>();
-      wgmma::fence_operands(o);
-      pv_pending = false;
     }
+
+    // Online softmax in log2 units, as in the mma.sync kernel; P stays in s (fp32) until the
+    // previous P V no longer reads p_frag.
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < 16; ++n) {
+      tile_max[0] = fmaxf(tile_max[0], fmaxf(s[n][0], s[n][1]));
+      tile_max[1] = fmaxf(tile_max[1], fmaxf(s[n][2], s[n][3]));
+    }
+    float neg_base[2];
+    float correction[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(kFullMask, tile_max[r], 1));
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(kFullMask, tile_max[r], 2));
+      const float new_max = fmaxf(row_max[r], tile_max[r] * scale_log2);
+      const float base = new_max == -INFINITY ? 0.f : new_max;
+      correction[r] = exp2f(row_max[r] - base);
+      neg_base[r] = -base;
+      row_max[r] = new_max;
+      row_sum[r] *= correction[r];
+    }
+#pragma unroll
+    for (int n = 0; n < 16; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = exp2f(fmaf(s[n][e], scale_log2, neg_base[e >> 1]));
+        row_sum[e >> 1] += s[n][e];
+      }
+    }
+    wgmma::wait_group<0>();  // the previous P V
+    wgmma::fence_operands(o);
+#pragma unroll
+    for (int n = 0; n < 16; ++n) {
+      o[n][0] *= correction[0];
+      o[n][1] *= correction[0];
+      o[n][2] *= correction[1];
+      o[n][3] *= correction[1];
+      // n-tiles 2j, 2j + 1 are k-step j (keys 16 j .. +15) of P V.
+      p_frag[n / 2][2 * (n % 2)] = pack2<Element>(s[n][0], s[n][1]);
+      p_frag[n / 2][2 * (n % 2) + 1] = pack2<Element>(s[n][2], s[n][3]);
+    }
+    pv_v_addr = smem_address(v_s + stage * kFwdTileBytes);
     // Resolve the tile after the one just issued, off the critical path of the copy.
     if (refill) pending = tiles.resolve(p, pending.it + 1);
     stage = stage == kFwdWgmmaStages - 1 ? 0 : stage + 1;
   }
-  if (pv_pending) {
-    wgmma::fence();
+  if (issued > 0) {
     issue_pv();
     wgmma::wait_group<0>();
     wgmma::fence_operands(o);
