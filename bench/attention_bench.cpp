@@ -219,6 +219,12 @@ int main(int argc, char** argv) {
     rows.push_back(
         run_ours("ours_sparse_blockcols_wgmma_fwd", q, k, v, dout, block_columns, false));
     unsetenv("SPARSERING_WGMMA_FORWARD");
+    // The experimental overlapped-dQ wgmma backward (SPARSERING_WGMMA_BACKWARD_OVERLAP).
+    setenv("SPARSERING_WGMMA_BACKWARD_OVERLAP", "1", 1);
+    rows.push_back(run_ours("ours_dense_bwd_overlap", q, k, v, dout, dense, false));
+    rows.push_back(
+        run_ours("ours_sparse_blockcols_bwd_overlap", q, k, v, dout, block_columns, false));
+    unsetenv("SPARSERING_WGMMA_BACKWARD_OVERLAP");
     // 64-token blocks (the 1B config's block size): the backward's 4-warp kv tiles.
     rows.push_back(run_ours("ours_dense_block64", q, k, v, dout,
                             kernels::dense_pattern(heads, length, 64, q.device()), false));

@@ -26,12 +26,19 @@ constexpr int kQueryPanelBytes = kTile * 128;
 constexpr int kKvPanelBytes = kWgmmaKeys * 128;
 constexpr int kDsTileBytes = kWgmmaKeys * kTile * 2;  // dS^T [key][query], one panel
 
-template <bool kDocumentMask>
+// Query-tile stages: two, or three with the overlapped-dQ schedule (see the kernel).
+template <bool kOverlapDq>
+constexpr int kv_wgmma_stages() {
+  return kOverlapDq ? 3 : 2;
+}
+
+template <bool kDocumentMask, bool kOverlapDq>
 constexpr int kv_wgmma_smem_bytes() {
-  // K, V, two stages of Q and dO, dS^T, two stages of lse, delta [and key starts], three
+  // K, V, the stages of Q and dO, dS^T, the stages of lse, delta [and key starts], three
   // prefetched query tiles, and 1 KB to align the tiles to 1024 bytes.
-  return 2 * kKvTileBytes + 4 * kQueryTileBytes + kDsTileBytes +
-         (kDocumentMask ? 3 : 2) * 2 * kTile * static_cast<int>(sizeof(float)) +
+  constexpr int kStages = kv_wgmma_stages<kOverlapDq>();
+  return 2 * kKvTileBytes + 2 * kStages * kQueryTileBytes + kDsTileBytes +
+         (kDocumentMask ? 3 : 2) * kStages * kTile * static_cast<int>(sizeof(float)) +
          3 * static_cast<int>(sizeof(QueryTile)) + 1024;
 }
 
@@ -81,9 +88,17 @@ __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
 }
 
 // Grid (k_tokens / 128, num_kv_heads, batch), 256 threads, one CTA per SM (150 KB of shared
-// memory). Non-deterministic like sparse_attention_backward_kv_kernel: dQ by fp32 atomics, dK/dV
-// written once at the end (plain read-modify-write; the column pass adds later, in stream order).
-template <typename Element, bool kDocumentMask>
+// memory, 182 KB with kOverlapDq). Non-deterministic like sparse_attention_backward_kv_kernel: dQ
+// by fp32 atomics, dK/dV written once at the end (plain read-modify-write; the column pass adds
+// later, in stream order).
+// Per query tile, default schedule (run on the H200): B1 (tile landed), S^T and dP^T, P^T and dS^T,
+// dV/dK issued, B2 (dS^T complete), dQ, wait for all, dQ atomics, B3 (stage and dS^T free).
+// kOverlapDq (EXPERIMENTAL, opt-in, not yet run on a GPU): B1, S^T and dP^T (whose wait also
+// retires the previous tile's dV/dK), P^T and dS^T, B2, then dQ and dV/dK issued together and the
+// dQ atomics run while dV/dK execute; a third stage lets tile it + 1 stream in meanwhile. A stage
+// is refilled two tiles after its last reader and dS^T one tile after (each warpgroup waits for its
+// dQ before the next B1): two barriers per tile.
+template <typename Element, bool kDocumentMask, bool kOverlapDq>
 __global__ void __launch_bounds__(kWgmmaThreads, 1)
     sparse_attention_backward_kv_wgmma_kernel(const SparseAttentionBackwardParams bp) {
   const SparseAttentionParams& p = bp.forward;
@@ -98,14 +113,15 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   unsigned char* k_s = smem;
   unsigned char* v_s = k_s + kKvTileBytes;
-  unsigned char* q_s = v_s + kKvTileBytes;          // 2 stages
-  unsigned char* do_s = q_s + 2 * kQueryTileBytes;  // 2 stages
-  unsigned char* ds_s = do_s + 2 * kQueryTileBytes;
-  float* lse_s = reinterpret_cast<float*>(ds_s + kDsTileBytes);  // 2 x kTile
-  float* delta_s = lse_s + 2 * kTile;
-  int32_t* key_start_s = reinterpret_cast<int32_t*>(delta_s + 2 * kTile);
+  constexpr int kStages = kv_wgmma_stages<kOverlapDq>();
+  unsigned char* q_s = v_s + kKvTileBytes;                // kStages
+  unsigned char* do_s = q_s + kStages * kQueryTileBytes;  // kStages
+  unsigned char* ds_s = do_s + kStages * kQueryTileBytes;
+  float* lse_s = reinterpret_cast<float*>(ds_s + kDsTileBytes);  // kStages x kTile
+  float* delta_s = lse_s + kStages * kTile;
+  int32_t* key_start_s = reinterpret_cast<int32_t*>(delta_s + kStages * kTile);
   QueryTile* tile_ring =
-      reinterpret_cast<QueryTile*>(delta_s + (kDocumentMask ? 2 : 1) * 2 * kTile);
+      reinterpret_cast<QueryTile*>(delta_s + (kDocumentMask ? 2 : 1) * kStages * kTile);
 
   const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kWgmmaHeadDim;
   const int64_t kv_offset =
@@ -143,19 +159,54 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
 
   float dk[16][4];
   float dv[16][4];
+  if constexpr (!kOverlapDq) {  // the overlapped schedule overwrites them with its first tile
 #pragma unroll
-  for (int n = 0; n < 16; ++n) {
+    for (int n = 0; n < 16; ++n) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      dk[n][e] = 0.f;
-      dv[n][e] = 0.f;
+      for (int e = 0; e < 4; ++e) {
+        dk[n][e] = 0.f;
+        dv[n][e] = 0.f;
+      }
     }
   }
+
+  // dV += P^T dO and dK += dS^T Q over a tile's queries: step kk reads queries 16 kk .. +15, the
+  // rows 2048 bytes into both panels of dO / Q (N-major). One commit group. accumulate = 0 makes
+  // the first step overwrite instead (the overlapped schedule starts dK/dV that way: zeroing them
+  // with ordinary instructions would make ptxas serialize its in-flight wgmma, C7515).
+  auto issue_dkdv = [&](const uint32_t(&p_frag)[4][4], const uint32_t(&ds_frag)[4][4],
+                        uint32_t q_addr, uint32_t do_addr, int accumulate) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wgmma::mma_m64n128k16_rs<Element, 1>(
+          dv, p_frag[kk], wgmma::descriptor(do_addr + kk * 2048, kQueryPanelBytes, 1024),
+          kk > 0 ? 1 : accumulate);
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wgmma::mma_m64n128k16_rs<Element, 1>(
+          dk, ds_frag[kk], wgmma::descriptor(q_addr + kk * 2048, kQueryPanelBytes, 1024),
+          kk > 0 ? 1 : accumulate);
+    }
+    wgmma::commit_group();
+  };
+  // dQ[:, 64 w .. +63] = dS K over the block's keys: step kk reads keys 16 kk .. +15 of dS^T
+  // (M-major) and of panel w of K (N-major). One commit group.
+  auto issue_dq = [&](float(&dq)[8][4]) {
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      wgmma::mma_m64n64k16_ss<Element, 1, 1>(
+          dq, wgmma::descriptor(ds_addr + kk * 2048, kDsTileBytes, 1024),
+          wgmma::descriptor(k_addr + warpgroup * kKvPanelBytes + kk * 2048, kKvPanelBytes, 1024),
+          kk);
+    }
+    wgmma::commit_group();
+  };
 
   int stage = 0;
   for (int it = 0; it < tiles.num_tiles; ++it) {
     if (it + 1 < tiles.num_tiles) {
-      const int next = stage ^ 1;
+      const int next = kOverlapDq ? (stage + 1) % kStages : stage ^ 1;
       load_query_tile_swizzled<Element, kDocumentMask>(
           tile_ring[(it + 1) % 3], bp, b, q_s + next * kQueryTileBytes,
           do_s + next * kQueryTileBytes, lse_s + next * kTile, delta_s + next * kTile,
@@ -168,6 +219,12 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
     cp_async_wait<1>();
     wgmma::fence_proxy_async();  // the landed tiles are read by wgmma (async proxy)
     __syncthreads();
+    // Without the end-of-tile barrier the prefetched lookups go in now: their slot's last readers
+    // (tile it - 1's `current`, tile it - 2's copy) are past B1, and tile it + 1's copy reads them
+    // after B2.
+    if constexpr (kOverlapDq) {
+      if (prefetch) tile_ring[(it + 2) % 3] = later;
+    }
 
     const uint32_t q_addr = smem_address(q_s + stage * kQueryTileBytes);
     const uint32_t do_addr = smem_address(do_s + stage * kQueryTileBytes);
@@ -243,37 +300,23 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
     }
     wgmma::fence_proxy_async();  // dS^T is read by the dQ wgmma of both warpgroups
 
-    // dV += P^T dO and dK += dS^T Q over the tile's queries: step kk reads queries 16 kk .. +15,
-    // the rows 2048 bytes into both panels of dO / Q (N-major).
-    wgmma::fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      wgmma::mma_m64n128k16_rs<Element, 1>(
-          dv, p_frag[kk], wgmma::descriptor(do_addr + kk * 2048, kQueryPanelBytes, 1024), 1);
-    }
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      wgmma::mma_m64n128k16_rs<Element, 1>(
-          dk, ds_frag[kk], wgmma::descriptor(q_addr + kk * 2048, kQueryPanelBytes, 1024), 1);
-    }
-    wgmma::commit_group();
-    __syncthreads();  // dS^T of both warpgroups is in shared memory
-
-    // dQ[:, 64 w .. +63] = dS K over the block's keys: step kk reads keys 16 kk .. +15 of dS^T
-    // (M-major) and of panel w of K (N-major).
     float dq[8][4];
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      wgmma::mma_m64n64k16_ss<Element, 1, 1>(
-          dq, wgmma::descriptor(ds_addr + kk * 2048, kDsTileBytes, 1024),
-          wgmma::descriptor(k_addr + warpgroup * kKvPanelBytes + kk * 2048, kKvPanelBytes, 1024),
-          kk);
+    if constexpr (kOverlapDq) {
+      __syncthreads();  // B2: dS^T of both warpgroups is in shared memory
+      wgmma::fence();
+      issue_dq(dq);
+      issue_dkdv(p_frag, ds_frag, q_addr, do_addr, it > 0);
+      wgmma::wait_group<1>();  // dQ
+    } else {
+      wgmma::fence();
+      issue_dkdv(p_frag, ds_frag, q_addr, do_addr, 1);
+      __syncthreads();  // dS^T of both warpgroups is in shared memory
+      issue_dq(dq);
+      wgmma::wait_group<0>();
+      wgmma::fence_operands(dq);
+      wgmma::fence_operands(dk);
+      wgmma::fence_operands(dv);
     }
-    wgmma::commit_group();
-    wgmma::wait_group<0>();
-    wgmma::fence_operands(dq);
-    wgmma::fence_operands(dk);
-    wgmma::fence_operands(dv);
 
     // dq rows: queries 16 warp + g (+8), columns 64 w + 8 n + 2 t: 16-byte atomics (pair_rows4).
     const bool odd = (t & 1) != 0;
@@ -287,9 +330,18 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
       atomic_add4(dq_row + 8 * n, pair_rows4(dq[n], odd, p.softmax_scale));
     }
 
-    if (prefetch) tile_ring[(it + 2) % 3] = later;
-    __syncthreads();  // every warpgroup is done with this stage and dS^T before they are refilled
-    stage ^= 1;
+    if constexpr (kOverlapDq) {
+      // dV/dK read p_frag and ds_frag from registers until they finish: retire them before the
+      // next tile's S^T and dP^T need those registers.
+      wgmma::wait_group<0>();
+      wgmma::fence_operands(dk);
+      wgmma::fence_operands(dv);
+      stage = (stage + 1) % kStages;
+    } else {
+      if (prefetch) tile_ring[(it + 2) % 3] = later;
+      __syncthreads();  // every warpgroup is done with this stage and dS^T before they are refilled
+      stage ^= 1;
+    }
   }
   cp_async_wait<0>();
 

@@ -29,6 +29,14 @@ inline bool forward_enabled() {
   return value != nullptr && value[0] != '\0' && value[0] != '0';
 }
 
+// SPARSERING_WGMMA_BACKWARD_OVERLAP=1 opts into the overlapped-dQ schedule of the per-kv-block
+// backward (sparse_attention_backward_wgmma.cuh, kOverlapDq), on the same terms: written after the
+// GPU access ended, off until its GPU tests have run.
+inline bool backward_overlap_enabled() {
+  const char* value = std::getenv("SPARSERING_WGMMA_BACKWARD_OVERLAP");
+  return value != nullptr && value[0] != '\0' && value[0] != '0';
+}
+
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` inside a 128-byte-swizzled panel.
 __device__ __forceinline__ int swizzled_offset(int row, int chunk) {
   return row * 128 + ((chunk ^ (row & 7)) << 4);

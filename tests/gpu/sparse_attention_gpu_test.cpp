@@ -24,14 +24,16 @@ struct GpuCase {
   config::LayoutKind layout;
   bool sparse;
   at::ScalarType type;
-  bool documents = false;      // document masking: two sequences with their own random documents
-  bool wgmma_forward = false;  // run the experimental Hopper forward (SPARSERING_WGMMA_FORWARD)
+  bool documents = false;  // document masking: two sequences with their own random documents
+  // An environment switch set for this case: the experimental kernels (SPARSERING_WGMMA_FORWARD,
+  // SPARSERING_WGMMA_BACKWARD_OVERLAP; see kernels/cuda/wgmma.cuh).
+  const char* switch_on = nullptr;
 };
 
-// Sets an environment variable for one scope (the kernels read it at every launch).
+// Sets an environment variable (if any) to 1 for one scope; the kernels read it at every launch.
 class ScopedEnv {
  public:
-  ScopedEnv(const char* name, bool set) : name_(set ? name : nullptr) {
+  explicit ScopedEnv(const char* name) : name_(name) {
     if (name_ != nullptr) setenv(name_, "1", 1);
   }
   ~ScopedEnv() {
@@ -74,7 +76,7 @@ class SparseAttentionGpu : public ::testing::TestWithParam<GpuCase> {
 // rounded output. The kernel may be at most 2x worse (plus a small floor).
 TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   const GpuCase c = GetParam();
-  const ScopedEnv wgmma_forward("SPARSERING_WGMMA_FORWARD", c.wgmma_forward);
+  const ScopedEnv experimental(c.switch_on);
   const int world = 2, rank = 1;  // the second shard of a 2-rank ring: all pair kinds
   const int64_t blocks = 8 * world, length = blocks * c.block, batch = c.documents ? 2 : 1;
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.dim));
@@ -230,15 +232,23 @@ INSTANTIATE_TEST_SUITE_P(
         GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16, true},
         GpuCase{4, 2, 128, 128, config::LayoutKind::kContiguous, true, at::kBFloat16, true}));
 
-// The experimental Hopper forward (head dim 128, 128-token blocks, no document mask): dense and
-// sparse with columns, GQA, both element types.
-INSTANTIATE_TEST_SUITE_P(WgmmaForward, SparseAttentionGpu,
+// The experimental Hopper kernels (head dim 128, 128-token blocks): the forward (no document
+// mask) and the overlapped-dQ backward, dense and sparse with columns, GQA, both element types.
+constexpr const char* kWgmmaForward = "SPARSERING_WGMMA_FORWARD";
+constexpr const char* kOverlapBackward = "SPARSERING_WGMMA_BACKWARD_OVERLAP";
+INSTANTIATE_TEST_SUITE_P(WgmmaExperimental, SparseAttentionGpu,
                          ::testing::Values(GpuCase{8, 2, 128, 128, config::LayoutKind::kBalanced,
-                                                   false, at::kBFloat16, false, true},
+                                                   false, at::kBFloat16, false, kWgmmaForward},
                                            GpuCase{4, 4, 128, 128, config::LayoutKind::kContiguous,
-                                                   true, at::kBFloat16, false, true},
+                                                   true, at::kBFloat16, false, kWgmmaForward},
                                            GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag,
-                                                   true, at::kHalf, false, true}));
+                                                   true, at::kHalf, false, kWgmmaForward},
+                                           GpuCase{8, 2, 128, 128, config::LayoutKind::kBalanced,
+                                                   false, at::kBFloat16, false, kOverlapBackward},
+                                           GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag,
+                                                   true, at::kHalf, false, kOverlapBackward},
+                                           GpuCase{4, 2, 128, 128, config::LayoutKind::kContiguous,
+                                                   true, at::kBFloat16, true, kOverlapBackward}));
 
 }  // namespace
 }  // namespace sparsering
