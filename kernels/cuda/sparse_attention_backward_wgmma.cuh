@@ -93,11 +93,11 @@ __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
 // later, in stream order).
 // Per query tile, default schedule (run on the H200): B1 (tile landed), S^T and dP^T, P^T and dS^T,
 // dV/dK issued, B2 (dS^T complete), dQ, wait for all, dQ atomics, B3 (stage and dS^T free).
-// kOverlapDq (EXPERIMENTAL, opt-in, not yet run on a GPU): B1, S^T and dP^T (whose wait also
-// retires the previous tile's dV/dK), P^T and dS^T, B2, then dQ and dV/dK issued together and the
-// dQ atomics run while dV/dK execute; a third stage lets tile it + 1 stream in meanwhile. A stage
-// is refilled two tiles after its last reader and dS^T one tile after (each warpgroup waits for its
-// dQ before the next B1): two barriers per tile.
+// kOverlapDq (EXPERIMENTAL, opt-in, not yet run on a GPU): B1, retire the previous tile's dV/dK,
+// S^T and dP^T, P^T and dS^T, B2, then dQ and dV/dK issued together: the dQ atomics, the next
+// tile's copy issue, lookups and B1 run while dV/dK execute; a third stage lets tile it + 1 stream
+// in meanwhile. A stage is refilled two tiles after its last reader and dS^T one tile after (each
+// warpgroup waits for its dQ before the next B1): two barriers per tile.
 template <typename Element, bool kDocumentMask, bool kOverlapDq>
 __global__ void __launch_bounds__(kWgmmaThreads, 1)
     sparse_attention_backward_kv_wgmma_kernel(const SparseAttentionBackwardParams bp) {
@@ -235,6 +235,13 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
     // into panel kk / 4 of both operands.
     float s[8][4];
     float dp[8][4];
+    if constexpr (kOverlapDq) {
+      // The previous tile's dV/dK read p_frag and ds_frag from registers until they finish: retire
+      // them before S^T and dP^T need registers.
+      wgmma::wait_group<0>();
+      wgmma::fence_operands(dk);
+      wgmma::fence_operands(dv);
+    }
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
@@ -307,6 +314,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
       issue_dq(dq);
       issue_dkdv(p_frag, ds_frag, q_addr, do_addr, it > 0);
       wgmma::wait_group<1>();  // dQ
+      wgmma::fence_operands(dq);
     } else {
       wgmma::fence();
       issue_dkdv(p_frag, ds_frag, q_addr, do_addr, 1);
@@ -331,17 +339,17 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
     }
 
     if constexpr (kOverlapDq) {
-      // dV/dK read p_frag and ds_frag from registers until they finish: retire them before the
-      // next tile's S^T and dP^T need those registers.
-      wgmma::wait_group<0>();
-      wgmma::fence_operands(dk);
-      wgmma::fence_operands(dv);
       stage = (stage + 1) % kStages;
     } else {
       if (prefetch) tile_ring[(it + 2) % 3] = later;
       __syncthreads();  // every warpgroup is done with this stage and dS^T before they are refilled
       stage ^= 1;
     }
+  }
+  if constexpr (kOverlapDq) {
+    wgmma::wait_group<0>();  // the last tile's dV/dK
+    wgmma::fence_operands(dk);
+    wgmma::fence_operands(dv);
   }
   cp_async_wait<0>();
 
