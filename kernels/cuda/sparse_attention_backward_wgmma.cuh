@@ -3,8 +3,8 @@
 // sparse_attention_backward_kv_kernel, but each product is one warpgroup-wide wgmma chain reading
 // its operands straight from 128-byte-swizzled shared memory (wgmma.cuh), instead of mma.sync
 // tiles whose every fragment goes through ldmatrix. Included by sparse_attention_backward.cu inside
-// its anonymous namespace, after the helpers it shares (QueryTiles, load_query_tile's statistics,
-// pair_rows4, atomic_add4).
+// its anonymous namespace, after the helpers it shares (QueryTiles, transposed_block_tiles,
+// cp_async_16, pack2, pair_rows4, atomic_add4); that file includes wgmma.cuh at the top.
 //
 // Two warpgroups; warpgroup w owns keys 64 w .. +63 of the kv block. Per 64-query tile:
 //   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64n64, A and B K-major from shared memory)
