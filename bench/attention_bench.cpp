@@ -18,7 +18,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -211,20 +210,6 @@ int main(int argc, char** argv) {
     rows.push_back(run_ours("ours_sparse", q, k, v, dout, sparse, false));
     rows.push_back(run_ours("ours_sparse_blockcols", q, k, v, dout, block_columns, false));
     rows.push_back(run_ours("ours_sparse_det", q, k, v, dout, sparse, true));
-    // The experimental Hopper forward (SPARSERING_WGMMA_FORWARD, off by default) on the same
-    // shapes, against the rows above from the same run.
-    setenv("SPARSERING_WGMMA_FORWARD", "1", 1);
-    rows.push_back(run_ours("ours_dense_wgmma_fwd", q, k, v, dout, dense, false));
-    rows.push_back(run_ours("ours_sparse_wgmma_fwd", q, k, v, dout, sparse, false));
-    rows.push_back(
-        run_ours("ours_sparse_blockcols_wgmma_fwd", q, k, v, dout, block_columns, false));
-    unsetenv("SPARSERING_WGMMA_FORWARD");
-    // The experimental overlapped-dQ wgmma backward (SPARSERING_WGMMA_BACKWARD_OVERLAP).
-    setenv("SPARSERING_WGMMA_BACKWARD_OVERLAP", "1", 1);
-    rows.push_back(run_ours("ours_dense_bwd_overlap", q, k, v, dout, dense, false));
-    rows.push_back(
-        run_ours("ours_sparse_blockcols_bwd_overlap", q, k, v, dout, block_columns, false));
-    unsetenv("SPARSERING_WGMMA_BACKWARD_OVERLAP");
     // 64-token blocks (the 1B config's block size): the backward's 4-warp kv tiles.
     rows.push_back(run_ours("ours_dense_block64", q, k, v, dout,
                             kernels::dense_pattern(heads, length, 64, q.device()), false));

@@ -1572,13 +1572,8 @@ cudaError_t launch_kv_major(const SparseAttentionBackwardParams& bp, cudaStream_
     const dim3 kv_grid(p.k_tokens / kKeys, p.num_kv_heads, p.batch);
     if constexpr (kHeadDim == kWgmmaHeadDim && kKeys == kWgmmaKeys) {
       const cudaError_t err =
-          wgmma::backward_overlap_enabled()
-              ? launch(sparse_attention_backward_kv_wgmma_kernel<Element, kDocumentMask, true>,
-                       kv_grid, kv_wgmma_smem_bytes<kDocumentMask, true>(), stream, bp,
-                       kWgmmaThreads)
-              : launch(sparse_attention_backward_kv_wgmma_kernel<Element, kDocumentMask, false>,
-                       kv_grid, kv_wgmma_smem_bytes<kDocumentMask, false>(), stream, bp,
-                       kWgmmaThreads);
+          launch(sparse_attention_backward_kv_wgmma_kernel<Element, kDocumentMask>, kv_grid,
+                 kv_wgmma_smem_bytes<kDocumentMask>(), stream, bp, kWgmmaThreads);
       if (err != cudaSuccess) return err;
     } else {
       const cudaError_t err = launch(

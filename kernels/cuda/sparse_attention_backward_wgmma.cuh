@@ -26,17 +26,15 @@ constexpr int kQueryPanelBytes = kTile * 128;
 constexpr int kKvPanelBytes = kWgmmaKeys * 128;
 constexpr int kDsTileBytes = kWgmmaKeys * kTile * 2;  // dS^T [key][query], one panel
 
-// Query-tile stages: two, or three with the overlapped-dQ schedule (see the kernel).
-template <bool kOverlapDq>
-constexpr int kv_wgmma_stages() {
-  return kOverlapDq ? 3 : 2;
-}
+// Query-tile stages: tile it + 1 streams in while tile it computes and tile it - 1's dV/dK
+// products still read their stage (see the kernel).
+constexpr int kWgmmaQueryStages = 3;
 
-template <bool kDocumentMask, bool kOverlapDq>
+template <bool kDocumentMask>
 constexpr int kv_wgmma_smem_bytes() {
   // K, V, the stages of Q and dO, dS^T, the stages of lse, delta [and key starts], three
   // prefetched query tiles, and 1 KB to align the tiles to 1024 bytes.
-  constexpr int kStages = kv_wgmma_stages<kOverlapDq>();
+  constexpr int kStages = kWgmmaQueryStages;
   return 2 * kKvTileBytes + 2 * kStages * kQueryTileBytes + kDsTileBytes +
          (kDocumentMask ? 3 : 2) * kStages * kTile * static_cast<int>(sizeof(float)) +
          3 * static_cast<int>(sizeof(QueryTile)) + 1024;
@@ -87,18 +85,17 @@ __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
   }
 }
 
-// Grid (k_tokens / 128, num_kv_heads, batch), 256 threads, one CTA per SM (150 KB of shared
-// memory, 182 KB with kOverlapDq). Non-deterministic like sparse_attention_backward_kv_kernel: dQ
-// by fp32 atomics, dK/dV written once at the end (plain read-modify-write; the column pass adds
-// later, in stream order).
-// Per query tile, default schedule (run on the H200): B1 (tile landed), S^T and dP^T, P^T and dS^T,
-// dV/dK issued, B2 (dS^T complete), dQ, wait for all, dQ atomics, B3 (stage and dS^T free).
-// kOverlapDq (EXPERIMENTAL, opt-in, not yet run on a GPU): B1, retire the previous tile's dV/dK,
-// S^T and dP^T, P^T and dS^T, B2, then dQ and dV/dK issued together: the dQ atomics, the next
-// tile's copy issue, lookups and B1 run while dV/dK execute; a third stage lets tile it + 1 stream
-// in meanwhile. A stage is refilled two tiles after its last reader and dS^T one tile after (each
-// warpgroup waits for its dQ before the next B1): two barriers per tile.
-template <typename Element, bool kDocumentMask, bool kOverlapDq>
+// Grid (k_tokens / 128, num_kv_heads, batch), 256 threads, one CTA per SM (182 KB of shared
+// memory). Non-deterministic like sparse_attention_backward_kv_kernel: dQ by fp32 atomics, dK/dV
+// written once at the end (plain read-modify-write; the column pass adds later, in stream order).
+// Per query tile: B1 (tile landed), retire the previous tile's dV/dK, S^T and dP^T, P^T and dS^T,
+// B2 (dS^T complete), then dQ and dV/dK issued together: the dQ atomics, the next tile's copy
+// issue, lookups and B1 run while dV/dK execute, and the third stage lets tile it + 1 stream in
+// meanwhile. A stage is refilled two tiles after its last reader and dS^T one tile after (each
+// warpgroup waits for its dQ before the next B1): two barriers per tile. On the H200 this beat a
+// schedule that waited for dV/dK before the dQ atomics, with a third barrier per tile, by 6-9%
+// (bench/results/*_s6*).
+template <typename Element, bool kDocumentMask>
 __global__ void __launch_bounds__(kWgmmaThreads, 1)
     sparse_attention_backward_kv_wgmma_kernel(const SparseAttentionBackwardParams bp) {
   const SparseAttentionParams& p = bp.forward;
@@ -113,7 +110,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   unsigned char* k_s = smem;
   unsigned char* v_s = k_s + kKvTileBytes;
-  constexpr int kStages = kv_wgmma_stages<kOverlapDq>();
+  constexpr int kStages = kWgmmaQueryStages;
   unsigned char* q_s = v_s + kKvTileBytes;                // kStages
   unsigned char* do_s = q_s + kStages * kQueryTileBytes;  // kStages
   unsigned char* ds_s = do_s + kStages * kQueryTileBytes;
@@ -157,23 +154,13 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
   // Accumulator rows of this thread: keys key_row and key_row + 8 of the kv block.
   const int key_row = 64 * warpgroup + 16 * warp + g;
 
-  float dk[16][4];
+  float dk[16][4];  // overwritten by the first tile's wgmma (accumulate = 0)
   float dv[16][4];
-  if constexpr (!kOverlapDq) {  // the overlapped schedule overwrites them with its first tile
-#pragma unroll
-    for (int n = 0; n < 16; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        dk[n][e] = 0.f;
-        dv[n][e] = 0.f;
-      }
-    }
-  }
 
   // dV += P^T dO and dK += dS^T Q over a tile's queries: step kk reads queries 16 kk .. +15, the
   // rows 2048 bytes into both panels of dO / Q (N-major). One commit group. accumulate = 0 makes
-  // the first step overwrite instead (the overlapped schedule starts dK/dV that way: zeroing them
-  // with ordinary instructions would make ptxas serialize its in-flight wgmma, C7515).
+  // the first step overwrite instead (the first tile starts dK/dV that way: zeroing them with
+  // ordinary instructions would make ptxas serialize the in-flight wgmma, C7515).
   auto issue_dkdv = [&](const uint32_t(&p_frag)[4][4], const uint32_t(&ds_frag)[4][4],
                         uint32_t q_addr, uint32_t do_addr, int accumulate) {
 #pragma unroll
@@ -206,7 +193,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
   int stage = 0;
   for (int it = 0; it < tiles.num_tiles; ++it) {
     if (it + 1 < tiles.num_tiles) {
-      const int next = kOverlapDq ? (stage + 1) % kStages : stage ^ 1;
+      const int next = (stage + 1) % kStages;
       load_query_tile_swizzled<Element, kDocumentMask>(
           tile_ring[(it + 1) % 3], bp, b, q_s + next * kQueryTileBytes,
           do_s + next * kQueryTileBytes, lse_s + next * kTile, delta_s + next * kTile,
@@ -219,12 +206,10 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
     cp_async_wait<1>();
     wgmma::fence_proxy_async();  // the landed tiles are read by wgmma (async proxy)
     __syncthreads();
-    // Without the end-of-tile barrier the prefetched lookups go in now: their slot's last readers
+    // With no end-of-tile barrier the prefetched lookups go in now: their slot's last readers
     // (tile it - 1's `current`, tile it - 2's copy) are past B1, and tile it + 1's copy reads them
     // after B2.
-    if constexpr (kOverlapDq) {
-      if (prefetch) tile_ring[(it + 2) % 3] = later;
-    }
+    if (prefetch) tile_ring[(it + 2) % 3] = later;
 
     const uint32_t q_addr = smem_address(q_s + stage * kQueryTileBytes);
     const uint32_t do_addr = smem_address(do_s + stage * kQueryTileBytes);
@@ -235,13 +220,11 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
     // into panel kk / 4 of both operands.
     float s[8][4];
     float dp[8][4];
-    if constexpr (kOverlapDq) {
-      // The previous tile's dV/dK read p_frag and ds_frag from registers until they finish: retire
-      // them before S^T and dP^T need registers.
-      wgmma::wait_group<0>();
-      wgmma::fence_operands(dk);
-      wgmma::fence_operands(dv);
-    }
+    // The previous tile's dV/dK read p_frag and ds_frag from registers until they finish: retire
+    // them before S^T and dP^T need registers.
+    wgmma::wait_group<0>();
+    wgmma::fence_operands(dk);
+    wgmma::fence_operands(dv);
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
@@ -308,23 +291,12 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
     wgmma::fence_proxy_async();  // dS^T is read by the dQ wgmma of both warpgroups
 
     float dq[8][4];
-    if constexpr (kOverlapDq) {
-      __syncthreads();  // B2: dS^T of both warpgroups is in shared memory
-      wgmma::fence();
-      issue_dq(dq);
-      issue_dkdv(p_frag, ds_frag, q_addr, do_addr, it > 0);
-      wgmma::wait_group<1>();  // dQ
-      wgmma::fence_operands(dq);
-    } else {
-      wgmma::fence();
-      issue_dkdv(p_frag, ds_frag, q_addr, do_addr, 1);
-      __syncthreads();  // dS^T of both warpgroups is in shared memory
-      issue_dq(dq);
-      wgmma::wait_group<0>();
-      wgmma::fence_operands(dq);
-      wgmma::fence_operands(dk);
-      wgmma::fence_operands(dv);
-    }
+    __syncthreads();  // B2: dS^T of both warpgroups is in shared memory
+    wgmma::fence();
+    issue_dq(dq);
+    issue_dkdv(p_frag, ds_frag, q_addr, do_addr, it > 0);
+    wgmma::wait_group<1>();  // dQ
+    wgmma::fence_operands(dq);
 
     // dq rows: queries 16 warp + g (+8), columns 64 w + 8 n + 2 t: 16-byte atomics (pair_rows4).
     const bool odd = (t & 1) != 0;
@@ -338,19 +310,11 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
       atomic_add4(dq_row + 8 * n, pair_rows4(dq[n], odd, p.softmax_scale));
     }
 
-    if constexpr (kOverlapDq) {
-      stage = (stage + 1) % kStages;
-    } else {
-      if (prefetch) tile_ring[(it + 2) % 3] = later;
-      __syncthreads();  // every warpgroup is done with this stage and dS^T before they are refilled
-      stage ^= 1;
-    }
+    stage = (stage + 1) % kStages;
   }
-  if constexpr (kOverlapDq) {
-    wgmma::wait_group<0>();  // the last tile's dV/dK
-    wgmma::fence_operands(dk);
-    wgmma::fence_operands(dv);
-  }
+  wgmma::wait_group<0>();  // the last tile's dV/dK
+  wgmma::fence_operands(dk);
+  wgmma::fence_operands(dv);
   cp_async_wait<0>();
 
   // dK (times the softmax scale) and dV rows key_row, key_row + 8, columns 8 n + 2 t. This CTA

@@ -1,5 +1,3 @@
-// EXPERIMENTAL, opt-in (SPARSERING_WGMMA_FORWARD=1; not yet run on a GPU, see wgmma.cuh).
-//
 // The forward (see sparse_attention_forward.cu) on Hopper's warpgroup MMA, for head dim 128 and
 // 128-token blocks without document masking: the same walk (KeyTiles: active blocks, then gathered
 // vertical columns) and online softmax, with 128-key tiles and each product one wgmma chain:

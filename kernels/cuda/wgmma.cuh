@@ -1,7 +1,6 @@
 // Hopper warpgroup matrix multiply (wgmma.mma_async, PTX ISA 8.0, sm_90a) for the attention
-// kernels: the switches of the experimental ones, shared-memory matrix descriptors of
-// 128-byte-swizzled tiles, the fences and group waits, and the instruction shapes of the wgmma
-// kernels.
+// kernels: shared-memory matrix descriptors of 128-byte-swizzled tiles, the fences and group
+// waits, and the instruction shapes of the wgmma kernels.
 //
 // Tile layout (both operand roles read the same bytes): a tile of R rows x 64 x P elements is P
 // panels of 64 columns, panel p at byte p * R * 128; inside a panel row r takes 128 bytes at r *
@@ -16,27 +15,9 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 namespace sparsering::kernels::wgmma {
-
-// Whether environment switch `name` is set to something other than empty or 0.
-inline bool switch_on(const char* name) {
-  const char* value = std::getenv(name);
-  return value != nullptr && value[0] != '\0' && value[0] != '0';
-}
-
-// SPARSERING_WGMMA_FORWARD=1 opts into the Hopper forward (sparse_attention_forward_wgmma.cuh).
-// It is compiled and checked on the CPU side only: no GPU was available after it was written, so
-// it stays off by default until tests/gpu (which run it with this switch) pass on the GPU machine.
-// Read at every launch, so a benchmark can compare both kernels in one run.
-inline bool forward_enabled() { return switch_on("SPARSERING_WGMMA_FORWARD"); }
-
-// SPARSERING_WGMMA_BACKWARD_OVERLAP=1 opts into the overlapped-dQ schedule of the per-kv-block
-// backward (sparse_attention_backward_wgmma.cuh, kOverlapDq), on the same terms: written after the
-// GPU access ended, off until its GPU tests have run.
-inline bool backward_overlap_enabled() { return switch_on("SPARSERING_WGMMA_BACKWARD_OVERLAP"); }
 
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` inside a 128-byte-swizzled panel.
 __device__ __forceinline__ int swizzled_offset(int row, int chunk) {

@@ -6,7 +6,7 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
-#include <cstdlib>
+#include <cmath>
 #include <vector>
 
 #include "kernels/cpu/sparse_attention_cpu.h"
@@ -25,23 +25,6 @@ struct GpuCase {
   bool sparse;
   at::ScalarType type;
   bool documents = false;  // document masking: two sequences with their own random documents
-  // An environment switch set for this case: the experimental kernels (SPARSERING_WGMMA_FORWARD,
-  // SPARSERING_WGMMA_BACKWARD_OVERLAP; see kernels/cuda/wgmma.cuh).
-  const char* switch_on = nullptr;
-};
-
-// Sets an environment variable (if any) to 1 for one scope; the kernels read it at every launch.
-class ScopedEnv {
- public:
-  explicit ScopedEnv(const char* name) : name_(name) {
-    if (name_ != nullptr) setenv(name_, "1", 1);
-  }
-  ~ScopedEnv() {
-    if (name_ != nullptr) unsetenv(name_);
-  }
-
- private:
-  const char* name_;
 };
 
 // Document starts of a sequence of `length` tokens: boundaries inside blocks and on block edges,
@@ -76,7 +59,6 @@ class SparseAttentionGpu : public ::testing::TestWithParam<GpuCase> {
 // rounded output. The kernel may be at most 2x worse (plus a small floor).
 TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   const GpuCase c = GetParam();
-  const ScopedEnv experimental(c.switch_on);
   const int world = 2, rank = 1;  // the second shard of a 2-rank ring: all pair kinds
   const int64_t blocks = 8 * world, length = blocks * c.block, batch = c.documents ? 2 : 1;
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.dim));
@@ -216,7 +198,8 @@ INSTANTIATE_TEST_SUITE_P(
                       GpuCase{8, 2, 128, 64, config::LayoutKind::kBalanced, true, at::kBFloat16},
                       GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf},
                       GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16},
-                      // head dim 128 with 128-token blocks: the wgmma backward, GQA 4:1
+                      // head dim 128 with 128-token blocks (this and the zigzag case above): the
+                      // wgmma forward and backward, GQA 4:1
                       GpuCase{8, 2, 128, 128, config::LayoutKind::kBalanced, false, at::kBFloat16},
                       GpuCase{4, 4, 128, 128, config::LayoutKind::kContiguous, true,
                               at::kBFloat16}));
@@ -231,24 +214,6 @@ INSTANTIATE_TEST_SUITE_P(
         GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf, true},
         GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16, true},
         GpuCase{4, 2, 128, 128, config::LayoutKind::kContiguous, true, at::kBFloat16, true}));
-
-// The experimental Hopper kernels (head dim 128, 128-token blocks): the forward (no document
-// mask) and the overlapped-dQ backward, dense and sparse with columns, GQA, both element types.
-constexpr const char* kWgmmaForward = "SPARSERING_WGMMA_FORWARD";
-constexpr const char* kOverlapBackward = "SPARSERING_WGMMA_BACKWARD_OVERLAP";
-INSTANTIATE_TEST_SUITE_P(WgmmaExperimental, SparseAttentionGpu,
-                         ::testing::Values(GpuCase{8, 2, 128, 128, config::LayoutKind::kBalanced,
-                                                   false, at::kBFloat16, false, kWgmmaForward},
-                                           GpuCase{4, 4, 128, 128, config::LayoutKind::kContiguous,
-                                                   true, at::kBFloat16, false, kWgmmaForward},
-                                           GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag,
-                                                   true, at::kHalf, false, kWgmmaForward},
-                                           GpuCase{8, 2, 128, 128, config::LayoutKind::kBalanced,
-                                                   false, at::kBFloat16, false, kOverlapBackward},
-                                           GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag,
-                                                   true, at::kHalf, false, kOverlapBackward},
-                                           GpuCase{4, 2, 128, 128, config::LayoutKind::kContiguous,
-                                                   true, at::kBFloat16, true, kOverlapBackward}));
 
 }  // namespace
 }  // namespace sparsering
