@@ -163,6 +163,16 @@ void validate(const proto::Experiment& e, const std::string& source) {
             "must be >= 1");
   v.require(parallel.collective_timeout_s() >= 1, "parallel.collective_timeout_s",
             parallel.collective_timeout_s(), "must be >= 1");
+  v.require(parallel.zero_stage() >= 0 && parallel.zero_stage() <= 3, "parallel.zero_stage",
+            parallel.zero_stage(), "must be 0, 1, 2 or 3");
+  v.require(parallel.zero_stage() < 3 || model.activation_checkpointing(), "parallel.zero_stage",
+            parallel.zero_stage(),
+            "3 gathers each layer again in the backward to recompute it; set "
+            "model.activation_checkpointing=true");
+  v.require(e.optimizer().offload() == proto::Optimizer::NONE || parallel.zero_stage() >= 1,
+            "optimizer.offload", "CPU",
+            "needs parallel.zero_stage >= 1 (on one rank stage 1 shards nothing, so offload costs "
+            "no memory there)");
 
   const auto& train = e.train();
   const int chunk = 2 * cp * attention.block_size();
@@ -312,7 +322,8 @@ Experiment to_struct(const proto::Experiment& e) {
   const auto& p = e.parallel();
   out.parallel = {p.data_parallel_size(),   p.context_parallel_size(),
                   p.intra_node_ring_size(), static_cast<LayoutKind>(p.layout()),
-                  p.grad_bucket_mb(),       p.collective_timeout_s()};
+                  p.grad_bucket_mb(),       p.collective_timeout_s(),
+                  p.zero_stage()};
   const auto& nm = e.nm_sparsity();
   out.nm_sparsity = {nm.enabled(),
                      nm.n(),
@@ -333,7 +344,8 @@ Experiment to_struct(const proto::Experiment& e) {
                    o.eps(),
                    o.weight_decay(),
                    o.grad_clip(),
-                   o.grad_accumulation_steps()};
+                   o.grad_accumulation_steps(),
+                   o.offload() == proto::Optimizer::CPU};
   const auto& s = e.schedule();
   out.schedule = {static_cast<ScheduleKind>(s.kind()), s.warmup_steps(), s.min_lr_ratio()};
   const auto& d = e.data();

@@ -40,6 +40,7 @@ struct ParallelConfig {
   int data_parallel_size, context_parallel_size, intra_node_ring_size;
   LayoutKind layout;
   int grad_bucket_mb, collective_timeout_s;
+  int zero_stage;
 };
 
 enum class NMMode { kSte, kSrSte, kMdgfLinear, kMdgfExponential, kSdgfStepwise, kSdgfGeometric };
@@ -60,6 +61,7 @@ struct NMSparsityConfig {
 struct OptimizerConfig {
   double lr, beta1, beta2, eps, weight_decay, grad_clip;
   int grad_accumulation_steps;
+  bool offload_to_cpu;
 };
 
 enum class ScheduleKind { kCosine, kLinear, kConstant };

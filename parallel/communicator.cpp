@@ -133,6 +133,25 @@ at::Tensor Communicator::reduce_scatter(const at::Tensor& tensor) {
   return out;
 }
 
+std::unique_ptr<PendingTransfers> Communicator::start_all_gather(const at::Tensor& tensor,
+                                                               const at::Tensor& gathered) {
+  check_tensor(tensor, "all_gather");
+  check_tensor(gathered, "all_gather");
+  if (gathered.numel() != tensor.numel() * size_ || gathered.device() != tensor.device() ||
+      gathered.scalar_type() != tensor.scalar_type()) {
+    throw std::runtime_error("communicator '" + name_ +
+                             "' all_gather: the output must hold size() x the input's elements, "
+                             "on its device and in its dtype");
+  }
+  if (on_nccl(tensor)) return nccl_->start_all_gather(tensor, gathered);
+  std::vector<MPI_Request> requests(1);
+  const auto type = mpi_type(tensor.scalar_type());
+  MPI_CHECK(MPI_Iallgather(tensor.data_ptr(), tensor.numel(), type, gathered.data_ptr(),
+                           tensor.numel(), type, comm_, &requests[0]));
+  return std::make_unique<MpiPendingTransfers>(std::move(requests),
+                                               std::vector<at::Tensor>{tensor, gathered});
+}
+
 std::unique_ptr<PendingTransfers> Communicator::start_transfers(
     const std::vector<Transfer>& sends, const std::vector<Transfer>& receives) {
   bool any_cuda = false;

@@ -50,6 +50,12 @@ class Communicator {
   at::Tensor all_gather(const at::Tensor& tensor);
   // Sums `tensor` over ranks and returns this rank's 1/size() slice of dimension 0.
   at::Tensor reduce_scatter(const at::Tensor& tensor);
+  // Starts an all-gather of every rank's `tensor` into `gathered` (size() x tensor's elements,
+  // the ranks' in order) without waiting for it: on NCCL on the communication stream, after what
+  // the current stream has issued so far; on MPI as a non-blocking collective. `gathered` may be
+  // read after wait(). Used to fetch the next layer's weights while this one computes.
+  std::unique_ptr<PendingTransfers> start_all_gather(const at::Tensor& tensor,
+                                                     const at::Tensor& gathered);
   // Starts all sends and receives together (paired sends/recvs cannot deadlock). The i-th entry
   // of one rank's sends pairs with the i-th entry of its peer's receives.
   std::unique_ptr<PendingTransfers> start_transfers(const std::vector<Transfer>& sends,

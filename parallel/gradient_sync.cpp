@@ -31,7 +31,15 @@ void GradientSync::synchronize() {
       grads.push_back(p.grad().reshape(-1));
     }
     auto flat = at::cat(grads);
-    group_.all_reduce(flat);
+    if (flat.is_cpu() && at::isReducedFloatingType(flat.scalar_type())) {
+      // MPI has no bf16/fp16 sum: reduce the CPU buffer in fp32 (the values are rounded back once,
+      // as a bf16 all-reduce on NCCL rounds them).
+      auto widened = flat.to(at::kFloat);
+      group_.all_reduce(widened);
+      flat = widened.to(flat.scalar_type());
+    } else {
+      group_.all_reduce(flat);
+    }
     int64_t offset = 0;
     for (size_t i : bucket) {
       auto& grad = parameters_[i].mutable_grad();

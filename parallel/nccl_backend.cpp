@@ -91,6 +91,26 @@ void NcclBackend::reduce_scatter(const at::Tensor& tensor, at::Tensor& out) {
                                current_stream()));
 }
 
+std::unique_ptr<PendingTransfers> NcclBackend::start_all_gather(const at::Tensor& tensor,
+                                                              const at::Tensor& gathered) {
+  cudaStream_t comm_stream = state_->stream.stream();
+  // The gather may only read what the compute stream has written so far.
+  cudaEvent_t ready, done;
+  CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventRecord(ready, current_stream()));
+  CUDA_CHECK(cudaStreamWaitEvent(comm_stream, ready, 0));
+  CUDA_CHECK(cudaEventDestroy(ready));
+  NCCL_CHECK(ncclAllGather(tensor.data_ptr(), gathered.data_ptr(), tensor.numel(),
+                           nccl_type(tensor.scalar_type()), state_->comm, comm_stream));
+  // Neither buffer may be reused by the caching allocator before the gather is done.
+  for (const at::Tensor* t : {&tensor, &gathered}) {
+    c10::cuda::CUDACachingAllocator::recordStream(t->storage().data_ptr(), state_->stream);
+  }
+  CUDA_CHECK(cudaEventRecord(done, comm_stream));
+  return std::make_unique<NcclPendingTransfers>(done, std::vector<at::Tensor>{tensor, gathered});
+}
+
 std::unique_ptr<PendingTransfers> NcclBackend::start_transfers(
     const std::vector<Transfer>& sends, const std::vector<Transfer>& receives) {
   cudaStream_t comm_stream = state_->stream.stream();

@@ -1,6 +1,6 @@
 // NCCL implementation of the Communicator operations for CUDA tensors. Collectives run on the
-// current stream; point-to-point transfers run on the communicator's own stream, ordered after
-// the current stream by an event, so the ring's transfers overlap its compute.
+// current stream; point-to-point transfers and started all-gathers run on the communicator's own
+// stream, ordered after the current stream by an event, so they overlap compute.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,6 +24,9 @@ class NcclBackend {
   void broadcast(at::Tensor& tensor, int root);
   void all_gather(const at::Tensor& tensor, at::Tensor& gathered);
   void reduce_scatter(const at::Tensor& tensor, at::Tensor& out);
+  // The all-gather on the communicator's own stream, ordered after the current stream.
+  std::unique_ptr<PendingTransfers> start_all_gather(const at::Tensor& tensor,
+                                                     const at::Tensor& gathered);
   std::unique_ptr<PendingTransfers> start_transfers(const std::vector<Transfer>& sends,
                                                     const std::vector<Transfer>& receives);
 

@@ -7,6 +7,7 @@ namespace {
 
 struct Recompute : torch::CustomClassHolder {
   BlockFunction function;
+  std::function<void()> after_backward;
 };
 
 class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
@@ -31,15 +32,18 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
       output = recompute->function(input);
     }
     torch::autograd::backward({output}, {grads[0]});
+    if (recompute->after_backward) recompute->after_backward();
     return {input.grad(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
-at::Tensor checkpoint(BlockFunction forward, BlockFunction recompute, const at::Tensor& input) {
+at::Tensor checkpoint(BlockFunction forward, BlockFunction recompute, const at::Tensor& input,
+                      std::function<void()> after_backward) {
   auto holder = c10::make_intrusive<Recompute>();
   holder->function = std::move(recompute);
+  holder->after_backward = std::move(after_backward);
   return CheckpointFunction::apply(input, forward, holder);
 }
 

@@ -81,11 +81,58 @@ std::string utc_now() {
   return text;
 }
 
-torch::optim::AdamWParamState* adamw_state(torch::optim::AdamW& adamw, const at::Tensor& p) {
-  auto& states = adamw.state();
-  const auto found = states.find(p.unsafeGetTensorImpl());
-  if (found == states.end()) return nullptr;
-  return static_cast<torch::optim::AdamWParamState*>(found->second.get());
+
+struct SavedSlice {
+  size_t parameter;
+  int64_t begin;
+  at::Tensor weight, exp_avg, exp_avg_sq;
+};
+
+struct SavedShard {
+  std::vector<SavedSlice> slices;
+  int64_t adam_step = 0;
+};
+
+// One rank's file: the slice format, or the earlier format of whole parameters rank, rank +
+// world, ... under "weight.<parameter>" with per-parameter AdamW steps.
+SavedShard read_shard(const std::string& path, int rank, int world) {
+  torch::serialize::InputArchive archive;
+  archive.load_from(path);
+  SavedShard shard;
+  at::Tensor index;
+  if (archive.try_read("slices", index)) {
+    at::Tensor step;
+    archive.read("adam_step", step);
+    shard.adam_step = step.item<int64_t>();
+    const auto rows = index.accessor<int64_t, 2>();
+    for (int64_t j = 0; j < index.size(0); ++j) {
+      SavedSlice slice{static_cast<size_t>(rows[j][0]), rows[j][1], {}, {}, {}};
+      const std::string key = std::to_string(j);
+      archive.read("weight." + key, slice.weight);
+      if (rows[j][3]) {
+        archive.read("exp_avg." + key, slice.exp_avg);
+        archive.read("exp_avg_sq." + key, slice.exp_avg_sq);
+      }
+      shard.slices.push_back(std::move(slice));
+    }
+    return shard;
+  }
+  for (size_t i = rank;; i += world) {
+    const std::string key = std::to_string(i);
+    SavedSlice slice{i, 0, {}, {}, {}};
+    if (!archive.try_read("weight." + key, slice.weight)) break;
+    slice.weight = slice.weight.reshape(-1);
+    at::Tensor step;
+    if (archive.try_read("step." + key, step)) {
+      shard.adam_step = std::max(shard.adam_step, step.item<int64_t>());
+      archive.read("exp_avg." + key, slice.exp_avg);
+      archive.read("exp_avg_sq." + key, slice.exp_avg_sq);
+      slice.exp_avg = slice.exp_avg.reshape(-1);
+      slice.exp_avg_sq = slice.exp_avg_sq.reshape(-1);
+    }
+    shard.slices.push_back(std::move(slice));
+  }
+  return shard;
 }
 
 }  // namespace
@@ -110,7 +157,7 @@ Checkpointer::Checkpointer(std::string dir, const config::Experiment& experiment
       experiment_(experiment),
       world_(world) {}
 
-void Checkpointer::save(const ResumeState& state, MasterWeightOptimizer& optimizer) {
+void Checkpointer::save(const ResumeState& state, CheckpointState& model_state) {
   const int rank = world_.rank(), world = world_.size();
   const fs::path final_dir = fs::path(dir_) / step_name(state.step);
   const fs::path temporary_dir = final_dir.string() + ".tmp";
@@ -120,18 +167,24 @@ void Checkpointer::save(const ResumeState& state, MasterWeightOptimizer& optimiz
   }
   world_.barrier();
 
-  // This rank's shard: master weights and optimizer state of every world-th parameter.
+  // This rank's shard: the slices of master weights and AdamW moments it owns.
   torch::serialize::OutputArchive archive;
-  auto& masters = optimizer.master_weights();
-  for (size_t i = rank; i < masters.size(); i += world) {
-    const std::string key = std::to_string(i);
-    archive.write("weight." + key, masters[i].detach().cpu());
-    if (auto* s = adamw_state(optimizer.adamw(), masters[i])) {
-      archive.write("step." + key, at::scalar_tensor(s->step(), at::kLong));
-      archive.write("exp_avg." + key, s->exp_avg().cpu());
-      archive.write("exp_avg_sq." + key, s->exp_avg_sq().cpu());
+  std::vector<int64_t> index;  // per slice: parameter, first element, length, has moments
+  const auto slices = model_state.slices_to_save(rank, world);
+  for (size_t j = 0; j < slices.size(); ++j) {
+    const StateSlice& slice = slices[j];
+    const bool moments = slice.exp_avg.defined();
+    index.insert(index.end(), {static_cast<int64_t>(slice.parameter), slice.begin,
+                               slice.weight.numel(), moments ? 1 : 0});
+    // clone(): a view would be saved with its whole underlying buffer.
+    archive.write("weight." + std::to_string(j), slice.weight.detach().cpu().clone());
+    if (moments) {
+      archive.write("exp_avg." + std::to_string(j), slice.exp_avg.cpu().clone());
+      archive.write("exp_avg_sq." + std::to_string(j), slice.exp_avg_sq.cpu().clone());
     }
   }
+  archive.write("slices", at::tensor(index, at::kLong).view({-1, 4}));
+  archive.write("adam_step", at::scalar_tensor(model_state.adam_step(), at::kLong));
   const fs::path shard = temporary_dir / shard_name(rank);
   archive.save_to(shard.string());
   sync_path(shard);
@@ -192,16 +245,6 @@ std::string Checkpointer::verify(const std::string& step_dir) const {
   const std::string incompatible =
       config::checkpoint_incompatibility(metadata.config_text, experiment_.resolved_text);
   if (!incompatible.empty()) return incompatible;
-  if (metadata.world_size != world_.size() ||
-      metadata.data_parallel_size != experiment_.parallel.data_parallel_size ||
-      metadata.context_parallel_size != experiment_.parallel.context_parallel_size) {
-    return "written by " + std::to_string(metadata.world_size) + " ranks (dp " +
-           std::to_string(metadata.data_parallel_size) + " x cp " +
-           std::to_string(metadata.context_parallel_size) + "), this job has " +
-           std::to_string(world_.size()) + " (dp " +
-           std::to_string(experiment_.parallel.data_parallel_size) + " x cp " +
-           std::to_string(experiment_.parallel.context_parallel_size) + ")";
-  }
   for (const auto& shard : metadata.shards) {
     const fs::path path = fs::path(step_dir) / shard.file;
     if (!fs::is_regular_file(path)) return shard.file + " is missing";
@@ -244,9 +287,8 @@ std::optional<std::string> Checkpointer::find(const std::string& resume,
   for (const auto& candidate : candidates) {
     const std::string problem = verify(candidate.string());
     if (problem.empty()) return candidate.string();
-    if (problem.find("the model differs") != std::string::npos ||
-        problem.find("written by") != std::string::npos) {
-      // A different model or mesh is a different run: refuse rather than fall back silently.
+    if (problem.find("the model differs") != std::string::npos) {
+      // A different model is a different run: refuse rather than fall back silently.
       throw UserError(flag + " auto: " + candidate.string() + " refused: " + problem +
                       "; use another run directory or the matching config");
     }
@@ -258,34 +300,54 @@ std::optional<std::string> Checkpointer::find(const std::string& resume,
   return std::nullopt;
 }
 
-ResumeState Checkpointer::load(const std::string& step_dir, MasterWeightOptimizer& optimizer) {
+ResumeState Checkpointer::load(const std::string& step_dir, CheckpointState& model_state) {
   const fs::path metadata_path = fs::path(step_dir) / "metadata.pbtxt";
   const auto metadata =
       config::parse_checkpoint_metadata(read_file(metadata_path), metadata_path.string());
-  auto& masters = optimizer.master_weights();
-  torch::NoGradGuard no_grad;
+  std::vector<SavedShard> shards;
+  int64_t adam_step = 0;
   for (const auto& shard : metadata.shards) {
-    torch::serialize::InputArchive archive;
-    archive.load_from((fs::path(step_dir) / shard.file).string());
-    for (size_t i = shard.rank; i < masters.size(); i += metadata.world_size) {
-      const std::string key = std::to_string(i);
-      at::Tensor weight;
-      archive.read("weight." + key, weight);
-      masters[i].copy_(weight);
-      at::Tensor step;
-      if (archive.try_read("step." + key, step)) {
-        auto state = std::make_unique<torch::optim::AdamWParamState>();
-        state->step(step.item<int64_t>());
-        at::Tensor exp_avg, exp_avg_sq;
-        archive.read("exp_avg." + key, exp_avg);
-        archive.read("exp_avg_sq." + key, exp_avg_sq);
-        state->exp_avg(exp_avg.to(masters[i].device()));
-        state->exp_avg_sq(exp_avg_sq.to(masters[i].device()));
-        optimizer.adamw().state()[masters[i].unsafeGetTensorImpl()] = std::move(state);
+    shards.push_back(read_shard((fs::path(step_dir) / shard.file).string(), shard.rank,
+                                metadata.world_size));
+    adam_step = std::max(adam_step, shards.back().adam_step);
+  }
+  // Whatever mesh and stage wrote the checkpoint, each slice this rank holds takes the elements
+  // of the saved slices that overlap it.
+  auto targets = model_state.slices_to_load(/*with_moments=*/adam_step > 0);
+  std::vector<int64_t> filled(targets.size(), 0);
+  torch::NoGradGuard no_grad;
+  for (const SavedShard& shard : shards) {
+    for (const SavedSlice& saved : shard.slices) {
+      for (size_t t = 0; t < targets.size(); ++t) {
+        StateSlice& target = targets[t];
+        if (target.parameter != saved.parameter) continue;
+        const int64_t first = std::max(target.begin, saved.begin);
+        const int64_t last = std::min(target.begin + target.weight.numel(),
+                                      saved.begin + saved.weight.numel());
+        if (first >= last) continue;
+        const int64_t length = last - first;
+        target.weight.narrow(0, first - target.begin, length)
+            .copy_(saved.weight.narrow(0, first - saved.begin, length));
+        if (target.exp_avg.defined() && saved.exp_avg.defined()) {
+          target.exp_avg.narrow(0, first - target.begin, length)
+              .copy_(saved.exp_avg.narrow(0, first - saved.begin, length));
+          target.exp_avg_sq.narrow(0, first - target.begin, length)
+              .copy_(saved.exp_avg_sq.narrow(0, first - saved.begin, length));
+        }
+        filled[t] += length;
       }
     }
   }
-  optimizer.sync_model_from_masters();
+  for (size_t t = 0; t < targets.size(); ++t) {
+    if (filled[t] != targets[t].weight.numel()) {
+      throw UserError(step_dir + ": the shards cover " + std::to_string(filled[t]) + " of " +
+                      std::to_string(targets[t].weight.numel()) + " elements of parameter " +
+                      std::to_string(targets[t].parameter) +
+                      " (a shard is missing or from another model); resume from another "
+                      "checkpoint");
+    }
+  }
+  model_state.finish_load(adam_step);
   return {metadata.step, metadata.sequences_consumed, metadata.nm_state};
 }
 

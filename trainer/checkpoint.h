@@ -1,6 +1,10 @@
-// Checkpoints: directories <dir>/step_XXXXXXXX/ holding one shard per rank (rank r saves the fp32
-// master weights and AdamW state of parameters r, r + W, r + 2W, ...) and metadata.pbtxt (step,
-// resolved config, mesh, data position, N:M state, shard sizes and checksums).
+// Checkpoints: directories <dir>/step_XXXXXXXX/ holding one shard per rank and metadata.pbtxt
+// (step, resolved config, mesh, data position, N:M state, shard sizes and checksums). A shard
+// holds slices: (parameter, first element, length) with the fp32 master weights and AdamW moments
+// of those elements. Under parallel.zero_stage 0 rank r saves whole parameters r, r + W, ...;
+// sharded stages save each rank's own slices. A load fills the slices the loading rank holds from
+// whichever saved slices overlap them, so a checkpoint reshards on load: any mesh, stage or
+// offload setting reads any other's checkpoint.
 //
 // Writes are atomic: shards and metadata go to step_XXXXXXXX.tmp, which is renamed when complete,
 // and `latest` is replaced (write + rename) last. A job killed at any moment leaves the previous
@@ -15,7 +19,7 @@
 #include "configs/checkpoint_metadata.h"
 #include "configs/config.h"
 #include "parallel/communicator.h"
-#include "trainer/optimizer.h"
+#include "trainer/training_optimizer.h"
 
 namespace sparsering::trainer {
 
@@ -33,7 +37,7 @@ class Checkpointer {
 
   const std::string& dir() const { return dir_; }
 
-  void save(const ResumeState& state, MasterWeightOptimizer& optimizer);
+  void save(const ResumeState& state, CheckpointState& model_state);
 
   // The checkpoint directory `resume` names: "auto" = the newest complete and intact one under
   // dir() (none: nullopt, a fresh start), else a path to a step directory or a checkpoint dir.
@@ -42,11 +46,13 @@ class Checkpointer {
   std::optional<std::string> find(const std::string& resume,
                                   const std::string& flag = "--resume") const;
 
-  // Loads the checkpoint into the optimizer (and so the model) and returns its state.
-  ResumeState load(const std::string& step_dir, MasterWeightOptimizer& optimizer);
+  // Loads the checkpoint into `model_state` (and so the model) and returns its state. Throws
+  // UserError when the shards do not cover every element this rank holds.
+  ResumeState load(const std::string& step_dir, CheckpointState& model_state);
 
   // Checks a step directory: metadata parses, every shard exists with its recorded size and
-  // checksum, the model and mesh match this run. Returns the problem, or "" when it is good.
+  // checksum, the model matches this run
+  // (the mesh may differ: loads reshard). Returns the problem, or "" when it is good.
   std::string verify(const std::string& step_dir) const;
 
  private:

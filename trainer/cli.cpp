@@ -8,8 +8,18 @@
 namespace sparsering::trainer {
 namespace {
 
-const std::vector<std::string> kCommands = {"train", "eval",      "bench",    "world-size",
-                                            "sweep", "import-hf", "export-hf"};
+const std::vector<std::string> kCommands = {"train",     "eval",      "bench", "world-size",
+                                            "sweep",     "import-hf", "export-hf", "plan"};
+
+// A whole number in [1, max] for `flag`, else UserError.
+int positive_int(const std::string& flag, const std::string& text, int max) {
+  if (text.empty() || text.size() > 9 || text.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoi(text) < 1 || std::stoi(text) > max) {
+    throw UserError(flag + " " + text + ": must be a whole number in [1, " + std::to_string(max) +
+                    "]");
+  }
+  return std::stoi(text);
+}
 
 const char* kProgramUsage =
     "usage: sparsering <command> [options]\n"
@@ -22,6 +32,7 @@ const char* kProgramUsage =
     "  sweep       expand and check a sweep file (launch/sweep.sh runs it)\n"
     "  import-hf   Hugging Face Llama/Qwen2 safetensors -> a step-0 checkpoint to train on\n"
     "  export-hf   a checkpoint -> Hugging Face config.json + model.safetensors\n"
+    "  plan        per-rank memory of a run and the longest context that fits a GPU\n"
     "\n"
     "`sparsering <command> --help` describes a command's options.\n";
 
@@ -119,6 +130,23 @@ std::string usage(const std::string& command) {
                        "\noptions:\n") +
            kConfigOptions;
   }
+  if (command == "plan") {
+    return std::string(
+               "usage: sparsering plan [--config C] [--world-size N] [--gpu-memory GiB]\n"
+               "\n"
+               "Prints the per-rank bytes of weights, gradients and optimizer state (GPU and\n"
+               "host) under parallel.zero_stage and optimizer.offload, the activation bytes per\n"
+               "token and the total at train.sequence_length, computed from the config without\n"
+               "allocating; with --gpu-memory, the longest context that fits. `train --profile`\n"
+               "measures the same breakdown.\n"
+               "\n"
+               "options:\n") +
+           kConfigOptions +
+           "  --world-size N      ranks of the job (default dp x cp of the config); N other\n"
+           "                      than dp x cp sets parallel.data_parallel_size = N / cp\n"
+           "  --gpu-memory GiB    memory of one GPU, e.g. 80 (H100) or 141 (H200)\n"
+           "  --help              this text\n";
+  }
   if (command == "sweep") {
     return "usage: sparsering sweep --sweep FILE [--print-runs | --print-name]\n"
            "\n"
@@ -180,18 +208,17 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
         throw UserError("--attention " + line.attention + ": must be dense, sparse or both");
       }
     } else if (flag == "--eval-sequences" && line.command == "eval") {
-      const std::string& count = value_of(i);
-      if (count.empty() || count.size() > 9 ||
-          count.find_first_not_of("0123456789") != std::string::npos || std::stoi(count) < 1) {
-        throw UserError("--eval-sequences " + count + ": must be a whole number >= 1");
-      }
-      line.eval_sequences = std::stoi(count);
+      line.eval_sequences = positive_int(flag, value_of(i), 1 << 20);
     } else if (flag == "--hf-dir" && line.command == "import-hf") {
       line.hf_dir = value_of(i);
     } else if (flag == "--out" && line.command == "export-hf") {
       line.out_dir = value_of(i);
     } else if (flag == "--profile" && line.command == "train") {
       line.overrides.push_back("profiling.enabled=true");
+    } else if (flag == "--world-size" && line.command == "plan") {
+      line.plan_world_size = positive_int(flag, value_of(i), 1 << 20);
+    } else if (flag == "--gpu-memory" && line.command == "plan") {
+      line.gpu_memory_gib = positive_int(flag, value_of(i), 1 << 16);
     } else if (flag == "--sweep" && line.command == "sweep") {
       line.sweep_path = value_of(i);
       if (!std::filesystem::is_regular_file(line.sweep_path)) {

@@ -8,7 +8,7 @@
 namespace sparsering::trainer {
 
 struct CommandLine {
-  std::string command;      // train | eval | bench | world-size | sweep | import-hf | export-hf
+  std::string command;  // train | eval | bench | world-size | sweep | import-hf | export-hf | plan
   std::string config_path;  // empty = the embedded configs/tiny.pbtxt
   std::vector<std::string> overrides;  // --set path.to.field=value, in order
   std::string run_dir;
@@ -24,6 +24,9 @@ struct CommandLine {
 
   std::string hf_dir;   // import-hf: --hf-dir DIR
   std::string out_dir;  // export-hf: --out DIR
+
+  int plan_world_size = 0;       // plan: --world-size N; 0 = dp x cp of the config
+  double gpu_memory_gib = 0;     // plan: --gpu-memory GiB; 0 = no longest-context line
 };
 
 CommandLine parse_command_line(const std::vector<std::string>& arguments);

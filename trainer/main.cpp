@@ -12,6 +12,7 @@
 #include "trainer/cli.h"
 #include "trainer/eval.h"
 #include "trainer/hf_commands.h"
+#include "trainer/memory_plan.h"
 #include "trainer/sweep_listing.h"
 #include "trainer/train.h"
 
@@ -25,6 +26,27 @@ config::Experiment load(const trainer::CommandLine& line) {
                                    line.overrides);
   }
   return config::load_experiment_file(line.config_path, line.overrides);
+}
+
+// `sparsering plan`: --world-size N other than dp x cp sets dp = N / cp.
+std::string plan(trainer::CommandLine line) {
+  config::Experiment experiment = load(line);
+  const int cp = experiment.parallel.context_parallel_size;
+  int world = experiment.parallel.data_parallel_size * cp;
+  if (line.plan_world_size > 0 && line.plan_world_size != world) {
+    if (line.plan_world_size % cp != 0) {
+      throw UserError("--world-size " + std::to_string(line.plan_world_size) +
+                      ": must be a multiple of parallel.context_parallel_size (" +
+                      std::to_string(cp) + ")");
+    }
+    line.overrides.push_back("parallel.data_parallel_size=" +
+                             std::to_string(line.plan_world_size / cp));
+    experiment = load(line);
+    world = line.plan_world_size;
+  }
+  const auto gpu_bytes = static_cast<int64_t>(line.gpu_memory_gib * (1LL << 30));
+  return trainer::memory_plan_table(experiment,
+                                    trainer::plan_memory(experiment, world, gpu_bytes), gpu_bytes);
 }
 
 int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& collectives_started) {
@@ -43,6 +65,10 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
                     : line.print_runs ? trainer::sweep_launch_lines(sweep)
                                       : trainer::sweep_table(sweep));
     }
+    return 0;
+  }
+  if (line.command == "plan") {
+    if (leader) std::cout << plan(line);
     return 0;
   }
   const config::Experiment experiment = load(line);

@@ -137,15 +137,26 @@ DecoderImpl::DecoderImpl(const config::ModelConfig& model,
 
 at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const StepContext& context) {
   auto x = embedding_(tokens);
-  for (auto& block : blocks_) {
+  LayerGather* gather = context.layer_gather;
+  for (int layer = 0; layer < static_cast<int>(blocks_.size()); ++layer) {
+    auto& block = blocks_[layer];
     if (config_.activation_checkpointing) {
       // The recomputation in backward must reuse this forward's sparse pattern.
       StepContext recompute = context;
       recompute.estimate_pattern = false;
       x = checkpoint(
-          [block, context](const at::Tensor& input) mutable { return block(input, context); },
-          [block, recompute](const at::Tensor& input) mutable { return block(input, recompute); },
-          x);
+          [block, context, gather, layer](const at::Tensor& input) mutable {
+            if (gather) gather->acquire(layer);
+            auto output = block(input, context);
+            if (gather) gather->release(layer);
+            return output;
+          },
+          [block, recompute, gather, layer](const at::Tensor& input) mutable {
+            if (gather) gather->acquire(layer);
+            return block(input, recompute);
+          },
+          x, gather ? std::function<void()>([gather, layer] { gather->backward_done(layer); })
+                    : nullptr);
     } else {
       x = block(x, context);
     }

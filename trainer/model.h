@@ -19,6 +19,20 @@ namespace sparsering::trainer {
 
 class NMSparsity;
 
+// parallel.zero_stage 3: the decoder layers' weights are held as slices and made whole only while
+// a layer runs (trainer/sharded_optimizer.h).
+class LayerGather {
+ public:
+  virtual ~LayerGather() = default;
+  // Makes layer `layer`'s weights whole on this rank (an all-gather over the mesh).
+  virtual void acquire(int layer) = 0;
+  // Frees them again.
+  virtual void release(int layer) = 0;
+  // The layer's gradients of this backward are complete: reduce-scatter them to their owners,
+  // then free the weights and gradients.
+  virtual void backward_done(int layer) = 0;
+};
+
 // Per-forward inputs every layer shares.
 struct StepContext {
   at::Tensor rope_cos, rope_sin;  // [local_tokens, head_dim / 2] at the tokens' global positions
@@ -29,6 +43,9 @@ struct StepContext {
   // global position where each local token's document begins; attention then stays inside
   // documents. Undefined = causal attention over the whole sequence.
   at::Tensor key_starts;
+  // zero_stage 3 (needs activation checkpointing): gathers each layer around its forward and its
+  // recomputation. nullptr = the weights are whole on every rank.
+  LayerGather* layer_gather = nullptr;
 };
 
 // cos/sin of RoPE angles (position / scaling_factor) x theta^(-2i/d), fp32.

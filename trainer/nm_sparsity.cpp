@@ -100,6 +100,12 @@ void NMSparsity::update_masks(const std::vector<NamedWeight>& fp32_weights, int6
   step_ = step;
 }
 
+void NMSparsity::set_masks(std::map<std::string, at::Tensor> keep_masks, int64_t step) {
+  keep_masks_ = std::move(keep_masks);
+  beta_ = schedule_.beta(step);
+  step_ = step;
+}
+
 at::Tensor NMSparsity::effective_weight(const std::string& weight_name,
                                         const at::Tensor& weight) const {
   const at::Tensor& keep = keep_mask(weight_name);

@@ -42,6 +42,13 @@ class NMSparsity {
   // current fp32 weights and sets beta to the schedule's value at `step`.
   void update_masks(const std::vector<NamedWeight>& fp32_weights, int64_t step);
 
+  // update_masks for masks computed elsewhere: the sharded optimizer computes each rank's slice of
+  // every mask from its slice of the fp32 masters and gathers them (the same nm_keep_mask on the
+  // same values, so the masks equal update_masks'). `keep_masks` maps every covered weight name
+  // to its boolean mask.
+  void set_masks(std::map<std::string, at::Tensor> keep_masks, int64_t step);
+  const config::NMSparsityConfig& config() const { return config_; }
+
   // The weight the projection `weight_name` multiplies with in this step's forward, for `weight`
   // (the model's parameter, any floating dtype): mask * w + beta * (1 - mask) * w.
   // Gradient to `weight` by nm_sparsity.gradient_semantics (pgf.md 3.3):

@@ -3,6 +3,26 @@
 #include <cmath>
 
 namespace sparsering::trainer {
+namespace {
+
+torch::optim::AdamWParamState* adamw_state(torch::optim::AdamW& adamw, const at::Tensor& p) {
+  auto& states = adamw.state();
+  const auto found = states.find(p.unsafeGetTensorImpl());
+  if (found == states.end()) return nullptr;
+  return static_cast<torch::optim::AdamWParamState*>(found->second.get());
+}
+
+StateSlice whole_parameter(size_t index, const at::Tensor& master,
+                           torch::optim::AdamWParamState* state) {
+  StateSlice slice{index, 0, master.detach().view(-1), {}, {}};
+  if (state) {
+    slice.exp_avg = state->exp_avg().view(-1);
+    slice.exp_avg_sq = state->exp_avg_sq().view(-1);
+  }
+  return slice;
+}
+
+}  // namespace
 
 MasterWeightOptimizer::MasterWeightOptimizer(std::vector<at::Tensor> parameters,
                                              const config::OptimizerConfig& config)
@@ -88,6 +108,45 @@ int64_t MasterWeightOptimizer::master_gradient_bytes() const {
     if (master.grad().defined()) bytes += master.grad().nbytes();
   }
   return bytes;
+}
+
+std::vector<StateSlice> MasterWeightOptimizer::slices_to_save(int rank, int world) {
+  std::vector<StateSlice> slices;
+  for (size_t i = rank; i < masters_.size(); i += world) {
+    slices.push_back(whole_parameter(i, masters_[i], adamw_state(*adamw_, masters_[i])));
+  }
+  return slices;
+}
+
+std::vector<StateSlice> MasterWeightOptimizer::slices_to_load(bool with_moments) {
+  std::vector<StateSlice> slices;
+  for (size_t i = 0; i < masters_.size(); ++i) {
+    auto* state = adamw_state(*adamw_, masters_[i]);
+    if (with_moments && !state) {
+      auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+      fresh->step(0);
+      fresh->exp_avg(at::zeros_like(masters_[i], at::MemoryFormat::Contiguous));
+      fresh->exp_avg_sq(at::zeros_like(masters_[i], at::MemoryFormat::Contiguous));
+      state = fresh.get();
+      adamw_->state()[masters_[i].unsafeGetTensorImpl()] = std::move(fresh);
+    }
+    slices.push_back(whole_parameter(i, masters_[i], state));
+  }
+  return slices;
+}
+
+int64_t MasterWeightOptimizer::adam_step() const {
+  for (const auto& [key, state] : adamw_->state()) {
+    return static_cast<const torch::optim::AdamWParamState&>(*state).step();
+  }
+  return 0;
+}
+
+void MasterWeightOptimizer::finish_load(int64_t adam_step) {
+  for (auto& [key, state] : adamw_->state()) {
+    static_cast<torch::optim::AdamWParamState&>(*state).step(adam_step);
+  }
+  sync_model_from_masters();
 }
 
 }  // namespace sparsering::trainer

@@ -8,10 +8,13 @@
 #include <vector>
 
 #include "configs/config.h"
+#include "trainer/training_optimizer.h"
 
 namespace sparsering::trainer {
 
-class MasterWeightOptimizer {
+// Also the replicated (zero_stage 0) model state a checkpoint saves and loads: rank r saves the
+// whole parameters r, r + W, r + 2W, ...; a load fills every parameter.
+class MasterWeightOptimizer : public CheckpointState {
  public:
   MasterWeightOptimizer(std::vector<at::Tensor> parameters, const config::OptimizerConfig& config);
 
@@ -35,6 +38,11 @@ class MasterWeightOptimizer {
   // Memory of the masters' fp32 gradients when they are separate from the model's gradients.
   int64_t master_gradient_bytes() const;
   torch::optim::AdamW& adamw() { return *adamw_; }
+
+  std::vector<StateSlice> slices_to_save(int rank, int world) override;
+  std::vector<StateSlice> slices_to_load(bool with_moments) override;
+  int64_t adam_step() const override;
+  void finish_load(int64_t adam_step) override;
 
  private:
   std::vector<at::Tensor> parameters_;

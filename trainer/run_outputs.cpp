@@ -41,18 +41,6 @@ void truncate_metrics(const std::string& path, int64_t last_step) {
   for (const auto& line : kept) file << line << '\n';
 }
 
-ModelStateBytes model_state_bytes(const std::vector<at::Tensor>& parameters,
-                                  MasterWeightOptimizer& optimizer) {
-  ModelStateBytes state;
-  for (const auto& parameter : parameters) {
-    state.weights += parameter.nbytes();
-    if (parameter.grad().defined()) state.gradients += parameter.grad().nbytes();
-  }
-  state.gradients += optimizer.master_gradient_bytes();
-  state.optimizer = optimizer.state_bytes();
-  return state;
-}
-
 void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir,
                     const ModelStateBytes& model_state) {
   RankProfile profile = profiler.rank_profile();

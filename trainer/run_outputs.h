@@ -8,7 +8,7 @@
 #include "configs/config.h"
 #include "parallel/communicator.h"
 #include "trainer/metrics.h"
-#include "trainer/optimizer.h"
+#include "trainer/training_optimizer.h"
 #include "trainer/profiler.h"
 #include "trainer/train.h"
 
@@ -24,15 +24,8 @@ void truncate_metrics(const std::string& path, int64_t last_step);
 // Every rank's profile and trace events to rank 0, which prints the summary table and writes
 // trace.json (Perfetto / chrome://tracing). Collective over `world`. `model_state` is this rank's
 // RankProfile memory breakdown: weight, gradient and optimizer-state bytes.
-struct ModelStateBytes {
-  int64_t weights = 0, gradients = 0, optimizer = 0;
-};
 void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir,
                     const ModelStateBytes& model_state);
-
-// What the model's parameters, their gradients and the optimizer hold now.
-ModelStateBytes model_state_bytes(const std::vector<at::Tensor>& parameters,
-                                  MasterWeightOptimizer& optimizer);
 
 // Means over the steps this call ran, for <run dir>/summary.json.
 struct RunTotals {

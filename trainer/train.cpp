@@ -17,7 +17,6 @@
 
 #include "configs/user_error.h"
 #include "data/batch_source.h"
-#include "parallel/gradient_sync.h"
 #include "trainer/checkpoint.h"
 #include "trainer/chunked_loss.h"
 #include "trainer/fault_injection.h"
@@ -26,7 +25,7 @@
 #include "trainer/model.h"
 #include "trainer/model_setup.h"
 #include "trainer/nm_sparsity.h"
-#include "trainer/optimizer.h"
+#include "trainer/training_optimizer.h"
 #include "trainer/profiler.h"
 #include "trainer/run_outputs.h"
 #include "trainer/schedule.h"
@@ -120,10 +119,14 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   std::unique_ptr<NMSparsity> nm_sparsity;
   if (e.nm_sparsity.enabled) nm_sparsity = std::make_unique<NMSparsity>(e.nm_sparsity);
   Decoder model = make_decoder(e, rings, nm_sparsity.get(), device);
-  std::vector<at::Tensor> parameters = model->parameters();
-  MasterWeightOptimizer optimizer(parameters, e.optimizer);
-  parallel::GradientSync gradient_sync(groups.world(), parameters,
-                                       static_cast<int64_t>(e.parallel.grad_bucket_mb) << 20);
+  std::vector<std::string> names;
+  std::vector<at::Tensor> parameters;
+  for (const auto& named : model->named_parameters()) {
+    names.push_back(named.key());
+    parameters.push_back(named.value());
+  }
+  const auto optimizer =
+      make_training_optimizer(e, names, parameters, groups.world(), nm_sparsity.get());
   // Resume before the metrics file opens, so it can be cut back to the checkpoint's step.
   const std::string checkpoint_dir = e.checkpoint.dir.empty()
                                          ? (fs::path(result.run_dir) / "checkpoints").string()
@@ -132,7 +135,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   ResumeState resumed;
   if (!options.resume.empty()) {
     if (const auto found = checkpointer.find(options.resume)) {
-      resumed = checkpointer.load(*found, optimizer);
+      resumed = checkpointer.load(*found, *optimizer);
       if (rank == 0) std::cout << "sparsering: resumed from " << *found << std::endl;
     } else if (rank == 0) {
       std::cout << "sparsering: no checkpoint under " << checkpoint_dir << ", starting fresh"
@@ -141,12 +144,6 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   }
   if (nm_sparsity && !resumed.nm_state.empty()) {
     nm_sparsity->restore(NMScheduleState::from_string(resumed.nm_state));
-  }
-  // The fp32 masters of the N:M layers (named_parameters() is in parameters() order).
-  std::vector<NamedWeight> sparse_masters;
-  if (nm_sparsity) {
-    sparse_masters =
-        nm_sparsity->sparse_weights(model->named_parameters().keys(), optimizer.master_weights());
   }
   result.first_step = resumed.step + 1;
   const fs::path metrics_path = fs::path(result.run_dir) / "metrics.jsonl";
@@ -166,6 +163,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   StepContext context;
   set_rope_tables(context, layout, cp_rank, e.model, device);
   context.profiler = profiler.get();
+  context.layer_gather = optimizer->layer_gather();
   for (auto& ring : rings) ring->set_phase_observer(profiler.get());
   const int micro_steps = e.optimizer.grad_accumulation_steps;
   // Tokens processed per step, for throughput.
@@ -194,9 +192,9 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     const double lr = learning_rate(e.schedule, e.optimizer.lr, step, e.train.steps);
     context.estimate_pattern = (step - 1) % e.attention.reestimate_every == 0;
     context.dense_attention = step <= e.attention.dense_warmup_steps;
-    optimizer.zero_grad();
+    optimizer->zero_grad();
     // N:M masks follow the weights: recomputed every step from the fp32 masters.
-    if (nm_sparsity) nm_sparsity->update_masks(sparse_masters, step);
+    optimizer->update_nm_masks(step);
     auto loss_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
     for (int micro = 0; micro < micro_steps; ++micro) {
       at::Tensor local_tokens, local_labels, loss;
@@ -231,7 +229,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     watchdog.beat("gradient sync");
     {
       ProfileScope scope(profiler.get(), "gradient_sync");
-      gradient_sync.synchronize();
+      optimizer->synchronize_gradients();
     }
     // Attention work of this rank, for density and the imbalance across the ring.
     double attended = 0, dense = 0;
@@ -253,9 +251,8 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
     const auto totals = reduced.cpu();
     const double loss_value = totals[0].item<double>();
     // Every rank sees the same global loss and gradient norm, so all take the same decision.
-    optimizer.gather_master_gradients();
-    if (nm_sparsity) nm_sparsity->add_sr_ste_term(sparse_masters);
-    const double grad_norm = optimizer.gradient_norm();
+    optimizer->add_sr_ste_term();
+    const double grad_norm = optimizer->gradient_norm();
     if (!std::isfinite(loss_value) || !std::isfinite(grad_norm)) {
       if (e.train.nan_policy == config::NanPolicy::kStop) {
         throw std::runtime_error("non-finite loss or gradient (loss " + std::to_string(loss_value) +
@@ -271,7 +268,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
       }
     } else {
       ProfileScope scope(profiler.get(), "optimizer");
-      optimizer.step(lr, e.optimizer.grad_clip, grad_norm);
+      optimizer->step(lr, e.optimizer.grad_clip, grad_norm);
     }
     if (profiler) profiler->end_step();
     if (device.is_cuda()) torch::cuda::synchronize();
@@ -324,13 +321,13 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
       watchdog.beat("checkpoint");
       const int64_t sequences = static_cast<int64_t>(step) * micro_steps * e.train.micro_batch_size;
       checkpointer.save({step, sequences, nm_sparsity ? nm_sparsity->state().to_string() : ""},
-                        optimizer);
+                        *optimizer);
     }
   }
   if (profiler) {
     profiler->finish();
     report_profile(*profiler, groups.world(), result.run_dir,
-                   model_state_bytes(parameters, optimizer));
+                   optimizer->memory());
   }
   if (rank == 0) {
     write_summary(
