@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "trainer/flat_adamw.h"
+#include "trainer/host_adamw.h"
 #include "trainer/nm_mask.h"
 #include "trainer/nm_sparsity.h"
 
@@ -18,9 +19,6 @@ int64_t alignment_for(const config::Experiment& e) {
   const int64_t m = e.nm_sparsity.enabled ? e.nm_sparsity.m : 1;
   return std::lcm(base, m);
 }
-
-// Elements of the offloaded gradient widened to fp32 on the host at once (64 MiB).
-constexpr int64_t kHostChunk = 1 << 24;
 
 std::vector<int64_t> numels_of(const std::vector<at::Tensor>& parameters) {
   std::vector<int64_t> numels;
@@ -283,35 +281,45 @@ void ShardedOptimizer::step(double lr, double max_norm, double norm) {
                       experiment_.optimizer, adam_step_);
       continue;
     }
-    // Offloaded: AdamW on the host, one widened gradient chunk at a time.
-    for (int64_t begin = 0; begin < shard.bucket->shard_numel; begin += kHostChunk) {
-      const int64_t length = std::min(kHostChunk, shard.bucket->shard_numel - begin);
-      auto grad = host_gradient(shard, begin, length);
-      if (clip) grad.mul_(scale);
-      auto master = shard.master.narrow(0, begin, length);
-      auto exp_avg = shard.exp_avg.narrow(0, begin, length);
-      auto exp_avg_sq = shard.exp_avg_sq.narrow(0, begin, length);
-      flat_adamw_step(master, grad, exp_avg, exp_avg_sq, lr, experiment_.optimizer, adam_step_);
-    }
+    // Offloaded: one fused AdamW pass on the host per chunk, the gradient widened on the fly,
+    // transfers of the neighbouring chunks in flight (HostStepPipeline).
+    HostAdamWStep host_step;
+    host_step.lr = lr;
+    host_step.step = adam_step_;
+    host_step.grad_scale = clip ? scale : 1.0;
+    host_step.optimizer = experiment_.optimizer;
+    const bool sr_ste = nm_sparsity_ && nm_sparsity_->config().mode == config::NMMode::kSrSte;
+    if (sr_ste) host_step.sr_ste_lambda = nm_sparsity_->config().sr_ste_lambda;
+    const auto& first = parameters_[shard.bucket->slots.front().parameter];
+    at::Tensor local = shard.gathered_on_use ? shard.weights
+                                             : at::empty({shard.bucket->shard_numel},
+                                                         first.options());
+    host_pipeline_.run(shard.grad, shard.master, shard.exp_avg, shard.exp_avg_sq,
+                       sr_ste ? shard.keep : at::Tensor(), local, host_step);
+    if (!shard.gathered_on_use) publish_slice(shard, local);
   }
-  publish_weights();
+  if (!offload_) publish_weights();
 }
 
 void ShardedOptimizer::publish_weights() {
   at::NoGradGuard no_grad;
   for (Shard& shard : shards_) {
-    const FlatBucket& bucket = *shard.bucket;
-    const auto& first = parameters_[bucket.slots.front().parameter];
     if (shard.gathered_on_use) {
       shard.weights.copy_(shard.master);
       continue;
     }
-    const auto local = shard.master.to(first.options());
-    const auto full = mesh_.size() == 1 ? local : mesh_.all_gather(local).reshape(-1);
-    for (const FlatSlot& slot : bucket.slots) {
-      auto& p = parameters_[slot.parameter];
-      p.detach().view(-1).copy_(full.narrow(0, slot.offset, slot.numel));
-    }
+    const auto& first = parameters_[shard.bucket->slots.front().parameter];
+    publish_slice(shard, shard.master.to(first.options()));
+  }
+}
+
+void ShardedOptimizer::publish_slice(const Shard& shard, const at::Tensor& local) {
+  at::NoGradGuard no_grad;
+  const FlatBucket& bucket = *shard.bucket;
+  const auto full = mesh_.size() == 1 ? local : mesh_.all_gather(local).reshape(-1);
+  for (const FlatSlot& slot : bucket.slots) {
+    auto& p = parameters_[slot.parameter];
+    p.detach().view(-1).copy_(full.narrow(0, slot.offset, slot.numel));
   }
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "trainer/flat_layout.h"
+#include "trainer/host_adamw.h"
 #include "trainer/model.h"
 #include "trainer/training_optimizer.h"
 
@@ -79,6 +80,9 @@ class ShardedOptimizer : public TrainingOptimizer, public LayerGather {
   // Writes the shards' masters (in the model's dtype) into the model's parameters (stage 3
   // layers: into their `weights` slices).
   void publish_weights();
+  // Copies a slice of updated model-dtype weights (on the model's device) into the parameters,
+  // gathered from every rank's slice.
+  void publish_slice(const Shard& shard, const at::Tensor& local);
   Shard& layer_shard(int layer);
   // Stage 3: starts gathering layer `layer`'s weights on the communication stream.
   void start_prefetch(int layer);
@@ -108,6 +112,9 @@ class ShardedOptimizer : public TrainingOptimizer, public LayerGather {
     std::unique_ptr<parallel::PendingTransfers> pending;
   };
   std::map<int, Prefetch> prefetched_;
+  // Elements of an offloaded gradient on the host at once (64 MiB widened to fp32).
+  static constexpr int64_t kHostChunk = 1 << 24;
+  HostStepPipeline host_pipeline_{kHostChunk};
 };
 
 }  // namespace sparsering::trainer

@@ -62,6 +62,15 @@ def export(run_dir, ranks, options, out):
     return tensors(os.path.join(out, "model.safetensors"))
 
 
+def train_with_fault(run_dir, fault, *options):
+    """A training run with SPARSERING_FAULT set (e2e_common passes os.environ on)."""
+    os.environ["SPARSERING_FAULT"] = fault
+    try:
+        return train(binary, source, run_dir, *common, *options)
+    finally:
+        del os.environ["SPARSERING_FAULT"]
+
+
 def same_losses(a, b, name, tolerance=1e-5):
     check(len(a) == len(b) and len(a) > 0, f"{name}: {len(a)} against {len(b)} losses")
     for step, (x, y) in enumerate(zip(a, b), 1):
@@ -120,7 +129,8 @@ with temporary_directory() as tmp:
         print(name, "equals stage 0", flush=True)
 
     # Resharding: train 3 steps under one mesh and stage, resume to step 6 under another; the
-    # resumed steps equal an uninterrupted run of the new mesh.
+    # resumed steps equal an uninterrupted run of the new mesh (the meshes and stages compute the
+    # same steps, so the state at step 3 is the same up to rounding).
     reshards = [
         ("2_to_4", mesh(1, 2) + stage(2), mesh(1, 4) + stage(2)),
         ("4_to_2", mesh(1, 4) + stage(3), mesh(2, 1) + stage(1)),
@@ -132,8 +142,10 @@ with temporary_directory() as tmp:
     ]
     for name, before, after in reshards:
         directory = os.path.join(tmp, "reshard_" + name)
-        process = train(binary, source, directory, *common, *before, "--set", "train.steps=3")
-        check(process.returncode == 0, f"{name}: first part failed", process)
+        # Killed at the start of step 4 (the same train.steps, so the same lr schedule).
+        process = train_with_fault(directory, "kill:step:0:4", *before)
+        check(process.returncode != 0 and len(losses(directory)) == 3,
+              f"{name}: the first part should stop after step 3", process)
         process = train(binary, source, directory, *common, *after, "--resume", "auto")
         check(process.returncode == 0 and "resumed from" in process.stdout,
               f"{name}: resume under the new mesh failed", process)
@@ -146,9 +158,7 @@ with temporary_directory() as tmp:
     # Faults: a kill -9 while rank 1 writes its step-6 slices leaves step 3 published and
     # loadable, and the resumed run ends like the uninterrupted one.
     torn = os.path.join(tmp, "torn_stage3")
-    os.environ["SPARSERING_FAULT"] = "kill:checkpoint:1:6"  # e2e_common passes os.environ on
-    process = train(binary, source, torn, *common, *mesh(1, 2), *stage(3))
-    del os.environ["SPARSERING_FAULT"]
+    process = train_with_fault(torn, "kill:checkpoint:1:6", *mesh(1, 2), *stage(3))
     check(process.returncode != 0, "the run killed mid-checkpoint must fail", process)
     with open(os.path.join(torn, "checkpoints", "latest")) as f:
         check(f.read().strip() == "step_00000003", "latest must still name step 3")
