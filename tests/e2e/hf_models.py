@@ -34,8 +34,9 @@ def family_config(family, rope, shape=None):
     shape = dict(TINY if shape is None else shape)
     theta = 10000.0 if family == "llama" else 1000000.0
     rope_parameters = dict(ROPE_TYPES[rope] or {"rope_type": "default"}, rope_theta=theta)
-    common = dict(shape, rms_norm_eps=1e-6, rope_parameters=rope_parameters,
-                  initializer_range=0.2)
+    # A wide init (0.2) makes the tiny models' logits far from uniform; shapes may set their own.
+    common = dict({"initializer_range": 0.2, **shape}, rms_norm_eps=1e-6,
+                  rope_parameters=rope_parameters)
     if family == "llama":
         return transformers.LlamaConfig(**common, tie_word_embeddings=False,
                                         attention_bias=False, mlp_bias=False)
