@@ -120,6 +120,20 @@ void validate(const proto::Experiment& e, const std::string& source) {
   v.require(model.rope_theta() > 0, "model.rope_theta", model.rope_theta(), "must be > 0");
   v.require(model.rope_scaling_factor() >= 1, "model.rope_scaling_factor",
             model.rope_scaling_factor(), "must be >= 1 (1 = no scaling)");
+  v.require(model.rope_type() != proto::Model::DEFAULT || model.rope_scaling_factor() == 1,
+            "model.rope_scaling_factor", model.rope_scaling_factor(),
+            "scales nothing with model.rope_type DEFAULT; set model.rope_type=LINEAR (positions / "
+            "factor), LLAMA3 or YARN, or the factor to 1");
+  v.require(model.rope_original_max_context() >= 0, "model.rope_original_max_context",
+            model.rope_original_max_context(), "must be >= 0 (0 = derived)");
+  v.require(model.rope_type() != proto::Model::LLAMA3 ||
+                model.rope_high_freq_factor() > model.rope_low_freq_factor(),
+            "model.rope_high_freq_factor", model.rope_high_freq_factor(),
+            "must be > model.rope_low_freq_factor for LLAMA3");
+  v.require(model.rope_beta_fast() > 0 && model.rope_beta_slow() > 0, "model.rope_beta_fast",
+            model.rope_beta_fast(), "YaRN's beta_fast and beta_slow must be > 0");
+  v.require(model.rope_attention_factor() >= 0, "model.rope_attention_factor",
+            model.rope_attention_factor(), "must be >= 0 (0 = 0.1 ln(factor) + 1)");
   v.require(model.rms_norm_eps() > 0, "model.rms_norm_eps", model.rms_norm_eps(), "must be > 0");
   v.require(model.init_std() > 0, "model.init_std", model.init_std(), "must be > 0");
   v.require(model.loss_chunk_tokens() >= 0, "model.loss_chunk_tokens", model.loss_chunk_tokens(),
@@ -303,7 +317,17 @@ Experiment to_struct(const proto::Experiment& e) {
                m.rms_norm_eps(),
                m.init_std(),
                m.activation_checkpointing(),
-               m.loss_chunk_tokens()};
+               m.loss_chunk_tokens(),
+               static_cast<RopeType>(m.rope_type()),
+               m.rope_original_max_context(),
+               m.rope_low_freq_factor(),
+               m.rope_high_freq_factor(),
+               m.rope_beta_fast(),
+               m.rope_beta_slow(),
+               m.rope_attention_factor(),
+               m.rope_truncate(),
+               m.attention_bias(),
+               m.rope_override()};
   const auto& a = e.attention();
   out.attention = {
       a.kind() == proto::Attention::SPARSE ? AttentionKind::kSparse : AttentionKind::kDense,

@@ -102,6 +102,8 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
       {"train.steps=0", "train.steps", "> 0"},
       {"data.copy_period=256", "data.copy_period", "[1, train.sequence_length)"},
       {"name=a/b", "name", "directory name"},
+      {"model.rope_scaling_factor=2", "model.rope_scaling_factor", "model.rope_type=LINEAR"},
+      {"model.rope_attention_factor=-1", "model.rope_attention_factor", ">= 0"},
   };
   for (const Rule& rule : rules) {
     const auto message = error_of({rule.override_text});
@@ -110,6 +112,20 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
         << rule.override_text << ": " << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << "one line: " << message;
   }
+}
+
+TEST(Config, RopeScalingAndBiasesAreModelFields) {
+  const auto e = tiny({"model.rope_type=YARN", "model.rope_scaling_factor=4",
+                       "model.rope_original_max_context=1024", "model.attention_bias=true"});
+  EXPECT_EQ(e.model.rope_type, config::RopeType::kYarn);
+  EXPECT_EQ(e.model.rope_scaling_factor, 4);
+  EXPECT_EQ(e.model.rope_original_max_context, 1024);
+  EXPECT_EQ(e.model.rope_beta_fast, 32);  // transformers' defaults
+  EXPECT_TRUE(e.model.rope_truncate);
+  EXPECT_TRUE(e.model.attention_bias);
+  EXPECT_NE(e.resolved_text.find("rope_type: YARN"), std::string::npos);
+  EXPECT_FALSE(tiny().model.attention_bias);
+  EXPECT_EQ(tiny().model.rope_type, config::RopeType::kDefault);
 }
 
 TEST(Config, DocumentMaskIsAccepted) {

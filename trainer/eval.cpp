@@ -16,6 +16,7 @@
 #include "data/batch_source.h"
 #include "data/synthetic.h"
 #include "trainer/checkpoint.h"
+#include "trainer/logits_dump.h"
 #include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
 #include "trainer/sequence_scorer.h"
@@ -309,6 +310,11 @@ EvalReport evaluate(const config::Experiment& e, parallel::ProcessGroups& groups
   const std::vector<int64_t> lengths = passkey ? needle_lengths(e) : std::vector<int64_t>{};
   std::vector<ModeTotals> totals(modes.size(), ModeTotals(lengths.size() * kNeedleDepths));
   score_held_out(run, model, *source, totals);
+  if (!options.logits_path.empty()) {
+    watchdog.beat("logits");
+    write_held_out_logits(options.logits_path, model, *source, kHeldOutFirstIndex, modes, e, groups,
+                          device);
+  }
   if (passkey) score_needle_grid(run, model, nm_sparsity.get(), lengths, totals);
   watchdog.beat("results all-reduce");
   sum_over_world(totals, groups.world());

@@ -1,5 +1,6 @@
 #include "trainer/hf_commands.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -17,9 +18,6 @@ namespace sparsering::trainer {
 namespace {
 
 namespace fs = std::filesystem;
-
-// transformers' default max_shard_size: larger exports are split the way it splits them.
-constexpr int64_t kMaxShardBytes = 5'000'000'000;
 
 std::string run_dir_of(const config::Experiment& e, const HfOptions& options) {
   return options.run_dir.empty() ? (fs::path(e.train.runs_root) / e.name).string()
@@ -50,6 +48,12 @@ struct CpuModel {
   }
 };
 
+// Absent lm_head.weight means tied embeddings.
+bool stores_lm_head(const std::vector<SafetensorsEntry>& hf) {
+  return std::any_of(hf.begin(), hf.end(),
+                     [](const auto& entry) { return entry.name == "lm_head.weight"; });
+}
+
 }  // namespace
 
 void check_hf_inputs(const std::string& command, const config::Experiment& e,
@@ -65,6 +69,9 @@ void check_hf_inputs(const std::string& command, const config::Experiment& e,
     throw UserError("--hf-dir " + options.hf_dir +
                     ": no config.json; give a Hugging Face model directory");
   }
+  // The architecture and RoPE checks read only config.json and the safetensors headers.
+  const std::vector<SafetensorsEntry> hf = list_safetensors_dir(options.hf_dir);
+  check_hf_config(options.hf_dir, e.model, stores_lm_head(hf));
   const std::string dir = checkpoint_dir_of(e, options);
   if (fs::is_directory(dir)) {
     for (const auto& entry : fs::directory_iterator(dir)) {
@@ -77,19 +84,20 @@ void check_hf_inputs(const std::string& command, const config::Experiment& e,
 
 void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
                const HfOptions& options) {
-  // Every rank reads the weights: each saves its own shard of them.
-  const NamedTensors hf = read_safetensors_dir(options.hf_dir);
-  const bool lm_head_stored = std::any_of(
-      hf.begin(), hf.end(), [](const auto& named) { return named.first == "lm_head.weight"; });
-  check_hf_config(options.hf_dir, e.model, lm_head_stored);
+  // Every rank reads the weights (each saves its own shard of them), one tensor at a time
+  // straight into the fp32 masters: the checkpoint's bytes are never all in memory at once.
+  const std::vector<SafetensorsEntry> hf = list_safetensors_dir(options.hf_dir);
+  const std::string rope_changes = check_hf_config(options.hf_dir, e.model, stores_lm_head(hf));
   CpuModel cpu(e, groups);
-  const std::vector<at::Tensor> loaded =
-      map_hf_tensors(hf, cpu.names, cpu.parameters, options.hf_dir);
+  const std::vector<SafetensorsEntry> entries =
+      match_hf_entries(hf, cpu.names, cpu.parameters, options.hf_dir);
   MasterWeightOptimizer optimizer(cpu.parameters, e.optimizer);
   {
     torch::NoGradGuard no_grad;
     // The fp32 masters get the HF values exactly; bf16 model weights are rounded from them.
-    for (size_t i = 0; i < loaded.size(); ++i) optimizer.master_weights()[i].copy_(loaded[i]);
+    for (size_t i = 0; i < entries.size(); ++i) {
+      optimizer.master_weights()[i].copy_(read_safetensors_entry(entries[i]));
+    }
   }
   optimizer.sync_model_from_masters();
 
@@ -104,7 +112,11 @@ void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
   Checkpointer checkpointer(checkpoint_dir_of(e, options), e, groups.world());
   checkpointer.save(ResumeState{}, optimizer);
   if (groups.world_rank() == 0) {
-    std::cout << "sparsering: imported " << loaded.size() << " tensors from " << options.hf_dir
+    if (!rope_changes.empty()) {
+      std::cout << "sparsering: model.rope_override: RoPE changed for this run: " << rope_changes
+                << std::endl;
+    }
+    std::cout << "sparsering: imported " << entries.size() << " tensors from " << options.hf_dir
               << " into " << checkpointer.dir() << "/step_00000000; continue with `sparsering "
               << "train --resume auto --run-dir " << run_dir << "` and the same config"
               << std::endl;
@@ -137,7 +149,7 @@ void export_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
       }
       tensors.emplace_back(hf_name(cpu.names[i]), weight);
     }
-    const auto files = write_safetensors_dir(options.out_dir, tensors, kMaxShardBytes);
+    const auto files = write_safetensors_dir(options.out_dir, tensors, options.max_shard_bytes);
     const fs::path config_path = fs::path(options.out_dir) / "config.json";
     std::ofstream(config_path) << hf_config_json(e, model_dtype(e));
     if (!fs::is_regular_file(config_path)) throw UserError(config_path.string() + ": not written");

@@ -82,9 +82,10 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
   }
   config::validate_world(experiment, mpi.world_size());
   const trainer::EvalOptions eval_options{line.run_dir, line.checkpoint, line.attention,
-                                          line.eval_sequences};
+                                          line.eval_sequences, line.logits_out};
   if (line.command == "eval") trainer::require_checkpoint(experiment, eval_options);
-  const trainer::HfOptions hf_options{line.run_dir, line.hf_dir, line.checkpoint, line.out_dir};
+  const trainer::HfOptions hf_options{line.run_dir, line.hf_dir, line.checkpoint, line.out_dir,
+                                      line.max_shard_bytes};
   const bool hf_command = line.command == "import-hf" || line.command == "export-hf";
   if (hf_command) trainer::check_hf_inputs(line.command, experiment, hf_options);
   collectives_started = true;
