@@ -188,7 +188,7 @@ stage_eval() {
     fi
   done
   [ ${#models[@]} -gt 0 ] || fail "no finished run to evaluate in $out/runs"
-  progress "eval: ${#models[@]} models"
+  progress "eval: $((${#models[@]} / 2)) models"
   local extra device=cpu
   read -r -a extra <<< "$EVAL_ARGS"
   # Evaluate where the models trained: summary.json has an MFU only for GPU runs.

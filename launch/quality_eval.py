@@ -176,7 +176,7 @@ def score_samples(samples, predictions):
 
 
 def kilo(tokens):
-    return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
+    return f"{tokens // 1024}K" if tokens and tokens % 1024 == 0 else str(tokens)
 
 
 def parse_lengths(text):

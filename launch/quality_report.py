@@ -27,7 +27,7 @@ class UserError(Exception):
 
 
 def kilo(tokens):
-    return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
+    return f"{tokens // 1024}K" if tokens and tokens % 1024 == 0 else str(tokens)
 
 
 def load_json(path, what):

@@ -19,14 +19,20 @@ import time
 from e2e_common import arguments, check, environment, temporary_directory
 
 binary, source = arguments()
-venv_python = os.path.join(source, ".venv", "bin", "python3")
-python = venv_python if os.path.exists(venv_python) else sys.executable
-probe = subprocess.run([python, "-c", "import tokenizers, transformers, torch"],
-                       capture_output=True)
-if probe.returncode != 0:
+try:
+    import safetensors.torch  # noqa: F401
+    import tokenizers  # noqa: F401
+    import transformers  # noqa: F401
+except ImportError:
+    venv_python = os.path.join(source, ".venv", "bin", "python3")
+    # A venv's python resolves to its base interpreter, so an environment mark stops a loop.
+    if os.path.exists(venv_python) and not os.environ.get("SPARSERING_QUALITY_REEXEC"):
+        os.environ["SPARSERING_QUALITY_REEXEC"] = "1"
+        os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
     print("note: tokenizers/transformers are not installed (nor in .venv); skipping")
     print("PASSED")
     sys.exit(0)
+python = sys.executable
 
 launch = os.path.join(source, "launch")
 sys.path.insert(0, launch)
@@ -39,7 +45,8 @@ sample = Sample(ids, [[2, 3], [4]])
 check(score_samples([sample], [{2: 7, 3: 8, 4: 9}]) == 1.0, "oracle predictions must score 1")
 check(score_samples([sample], [{2: 7, 3: 1, 4: 9}]) == 0.5, "one item of two wrong scores 0.5")
 words = Sample(ids, [], set_items=([3, 4, 5], {8, 9, 10}))
-check(score_samples([words], [{3: 10, 4: 9, 5: 8}]) == 1.0, "set answers are order-free")
+check(score_samples([words], [{3: 9, 4: 10, 5: 10}]) == 1.0,
+      "a set answer may name any target the reference prefix has not given")
 check(score_samples([words], [{3: 8, 4: 8, 5: 1}]) == 1 / 3,
       "a set answer repeated or outside the targets is wrong")
 
@@ -98,7 +105,7 @@ with temporary_directory() as tmp:
     # Training: pretraining learns; extensions start from it; sparse attends to fewer pairs.
     runs = os.path.join(out, "runs")
     pretrain = metrics(os.path.join(runs, "pretrain"))
-    check(len(pretrain) == 6 and pretrain[-1]["loss"] < pretrain[0]["loss"] - 0.2,
+    check(len(pretrain) == 16 and pretrain[-1]["loss"] < pretrain[0]["loss"] - 0.2,
           f"pretraining did not learn: {[m['loss'] for m in pretrain]}")
     fresh_loss = math.log(1024)
     for name in ("dense", "sparse", "sparse_nm"):
@@ -116,8 +123,7 @@ with temporary_directory() as tmp:
         check(theta == 40000, f"{name}: exported rope_theta {theta}, expected 40000")
 
     # N:M: the exported MLP projections are strictly 2:4 along the input dimension.
-    from safetensors.torch import load_file
-    weights = load_file(os.path.join(out, "hf", "sparse_nm", "model.safetensors"))
+    weights = safetensors.torch.load_file(os.path.join(out, "hf", "sparse_nm", "model.safetensors"))
     mlp = [k for k in weights if k.endswith(("gate_proj.weight", "up_proj.weight",
                                              "down_proj.weight"))]
     check(len(mlp) == 6, f"expected 6 MLP projections, got {mlp}")
