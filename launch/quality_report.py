@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quality_tasks import OneLineParser  # noqa: E402
 
 RUNS = ("pretrain", "dense", "sparse", "sparse_nm")
-LABELS = {"pretrain": "pretrained (4K, no extension)", "dense": "dense ring",
+LABELS = {"pretrain": "pretrained (no extension)", "dense": "dense ring",
           "sparse": "sparse vertical-slash", "sparse_nm": "sparse + N:M 2:4 MLP"}
 
 
