@@ -12,7 +12,8 @@ struct CommandLine {
   std::string config_path;  // empty = the embedded configs/tiny.pbtxt
   std::vector<std::string> overrides;  // --set path.to.field=value, in order
   std::string run_dir;
-  std::string resume;  // --resume auto|PATH
+  std::string resume;       // --resume auto|PATH
+  bool overwrite = false;   // --overwrite
   std::string sweep_path;   // sweep: --sweep FILE (configs/sweeps/*.pbtxt)
   bool print_runs = false;  // sweep: launch lines instead of the table
   bool print_name = false;  // sweep: the sweep's name only
