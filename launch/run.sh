@@ -77,13 +77,16 @@ filter_mpi_notices() {
     /^-----------------------------+$/ {
       if (!inside) { inside = 1; block = $0 "\n"; next }
       inside = 0; block = block $0 "\n"
-      if (!(said && block ~ /MPI_ABORT was invoked|non-zero exit code|non-zero status|exited on signal|noticed that process/)) {
+      # sparsering always prints its reason before it calls MPI_Abort, but Open MPI may print
+      # its notice first; the exit notices come at the end, after the output of every rank.
+      if (!(block ~ /MPI_ABORT was invoked/ || (said && block ~ /non-zero exit code|non-zero status|exited on signal|noticed that process/))) {
         printf "%s", block; fflush()
       }
       next
     }
     inside { block = block $0 "\n"; next }
-    /help message help-|orte_base_help_aggregate/ { if (said) next }
+    /help message help-mpi-api.txt \/ mpi-abort|orte_base_help_aggregate|ORTE_ERROR_LOG.*show_help/ { next }
+    /help message help-/ { if (said) next }
     /^sparsering: (error|interrupted)/ { said = 1; if (seen[$0]++) next }
     { print; fflush() }
     END { if (inside) printf "%s", block }'
