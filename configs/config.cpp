@@ -194,7 +194,7 @@ void validate(const proto::Experiment& e, const std::string& source) {
 
   const auto& nm = e.nm_sparsity();
   v.require(nm.m() >= 2 && nm.n() >= 1 && nm.n() < nm.m(), "nm_sparsity.n", nm.n(),
-            "needs 1 <= n < m (m = " + std::to_string(nm.m()) + ")");
+            "needs 1 <= nm_sparsity.n < nm_sparsity.m (m = " + std::to_string(nm.m()) + ")");
   v.require(model.hidden_size() % nm.m() == 0 && model.ffn_hidden_size() % nm.m() == 0,
             "nm_sparsity.m", nm.m(), "must divide model.hidden_size and model.ffn_hidden_size");
   for (const std::string& layer : nm.layers()) {

@@ -93,14 +93,19 @@ filter_mpi_notices() {
 }
 
 # mpirun runs in the background so that SIGINT / SIGTERM reach it (and through it every rank)
-# while this script waits; the ranks print the "interrupted" line.
+# while this script waits; the ranks print the "interrupted" line. The filter ignores both
+# signals (Ctrl-C reaches the whole process group), so it passes that line on and ends with EOF.
 set +e
+# Job control puts mpirun in a process group of its own: a Ctrl-C to this script's group reaches
+# it only through the trap below, as SIGTERM, which it passes to every rank (its own SIGINT
+# handling kills the ranks before they can say anything).
+set -m
 # shellcheck disable=SC2086
 mpirun "${mpirun_args[@]}" ${MPIRUN_ARGS:-} "$bin" "$command" --config "$config" "$@" \
-  2> >(filter_mpi_notices >&2) &
+  2> >(trap '' INT TERM; filter_mpi_notices >&2) &
 mpirun_pid=$!
 interrupted=0
-trap 'interrupted=130; kill -INT "$mpirun_pid" 2>/dev/null' INT
+trap 'interrupted=130; kill -TERM "$mpirun_pid" 2>/dev/null' INT
 trap 'interrupted=143; kill -TERM "$mpirun_pid" 2>/dev/null' TERM
 while :; do
   wait "$mpirun_pid"
