@@ -89,7 +89,7 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
       {"optimizer.lr=0", "optimizer.lr", "in (0, 1]"},
       {"optimizer.beta2=1", "optimizer.beta2", "[0, 1)"},
       {"schedule.min_lr_ratio=2", "schedule.min_lr_ratio", "[0, 1]"},
-      {"nm_sparsity.n=4", "nm_sparsity.n", "n < m"},
+      {"nm_sparsity.n=4", "nm_sparsity.n", "nm_sparsity.n < nm_sparsity.m"},
       {"nm_sparsity.layers=qkv", "nm_sparsity.layers", "unknown layer"},
       {"nm_sparsity.enabled=true", "nm_sparsity.layers", "at least one layer"},
       {"nm_sparsity.kappa=-0.1", "nm_sparsity.kappa", ">= 0"},

@@ -4,11 +4,10 @@ build/sparsering, .venv/), with step counts cut to a tenth (at least 2) and 20 s
 that give none. The set-up and test commands (launch/setup.sh, ctest) are skipped: CI runs them
 itself before this test. Open MPI's run-as-root permission is removed from the environment, so
 the commands must work as root on their own, as a user would run them."""
+import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 
 from e2e_common import arguments, check, temporary_directory
 
@@ -64,6 +63,10 @@ with temporary_directory() as tmp:
                    "runs/x_imported/summary.json", "runs/text_run/summary.json",
                    "runs/tiny_layouts/summary.md"]:
         check(os.path.isfile(os.path.join(tmp, output)), f"{output} was not written")
+    # The sparse example must be sparse, not the dense pattern under another name.
+    with open(os.path.join(tmp, "runs", "x", "metrics.jsonl")) as f:
+        densities = [json.loads(line)["attention_density"] for line in f]
+    check(max(densities) < 0.8, f"runs/x is not sparse: attention densities {densities}")
     overwritten = [n for n in os.listdir(os.path.join(tmp, "runs", "tiny"))
                    if n.startswith("overwritten-")]
     check(len(overwritten) == 1, "--overwrite must have moved the first tiny run aside")
