@@ -45,17 +45,23 @@ bool is_checkpoint_entry(const std::string& name) {
   return name == "latest" || name.rfind("step_", 0) == 0;
 }
 
-// Same directory, whatever the spelling (relative, trailing slash, symlinks).
-bool same_directory(const std::string& a, const std::string& b) {
+// A directory's absolute spelling without symlinks, "." or a trailing slash.
+fs::path normalized(const std::string& dir) {
   std::error_code error;
-  return fs::weakly_canonical(a, error) == fs::weakly_canonical(b, error);
+  fs::path path = fs::weakly_canonical(fs::absolute(dir), error).lexically_normal();
+  if (!path.has_filename()) path = path.parent_path();
+  return path;
+}
+
+bool same_directory(const std::string& a, const std::string& b) {
+  return normalized(a) == normalized(b);
 }
 
 bool inside_run_dir(const std::string& run_dir, const std::string& checkpoint_dir) {
-  std::error_code error;
-  const fs::path run = fs::weakly_canonical(run_dir, error);
-  const fs::path checkpoints = fs::weakly_canonical(checkpoint_dir, error);
-  const auto mismatch = std::mismatch(run.begin(), run.end(), checkpoints.begin());
+  const fs::path run = normalized(run_dir);
+  const fs::path checkpoints = normalized(checkpoint_dir);
+  const auto mismatch =
+      std::mismatch(run.begin(), run.end(), checkpoints.begin(), checkpoints.end());
   return mismatch.first == run.end();
 }
 
