@@ -59,11 +59,16 @@ class ShardWriter:
         self.file.seek(0)
         self.file.write(HEADER.pack(MAGIC, VERSION, self.bytes_per_token, self.token_count,
                                     len(self.offsets) - 1, self.vocab_size))
+        self.file.flush()
+        os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.path + ".tmp", self.path)
 
     def abandon(self):
-        self.file.close()
+        try:
+            self.file.close()  # may fail again on a full disk: the .tmp goes either way
+        except OSError:
+            pass
         os.remove(self.path + ".tmp")
 
 
@@ -232,7 +237,10 @@ def prepare(args):
         os.remove(os.path.join(args.output, name))
     total_bytes = sum(os.path.getsize(path) for path in files)
     tokenizer = load_tokenizer(args, files, total_bytes)
-    tokenizer.save(os.path.join(args.output, "tokenizer.json"))
+    # Replaced whole or not at all, as the shards are.
+    tokenizer_path = os.path.join(args.output, "tokenizer.json")
+    tokenizer.save(tokenizer_path + ".tmp")
+    os.replace(tokenizer_path + ".tmp", tokenizer_path)
     # Every id the tokenizer can emit is below the vocabulary size the shards declare.
     vocab_size = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
     embedding = model_vocab_size(args.hf_dir) if args.hf_dir else None
@@ -313,10 +321,20 @@ def main():
         parser.error("--shard-tokens and --batch-documents must be >= 1")
     try:
         prepare(args)
-    except UserError as error:
+    except (UserError, OSError) as error:
+        # A full disk or an unwritable --output is one line too; the shard being written stays a
+        # .tmp file (finished shards are only ever renamed into place), so nothing is damaged.
+        if isinstance(error, OSError):
+            error = (f"{error.filename or args.output}: {error.strerror or error}; free space "
+                     "or choose another --output")
         end_progress = "\n" if Progress.line_open else ""
         sys.stderr.write(f"{end_progress}prepare_data.py: error: {error}\n")
         sys.exit(2)
+    except KeyboardInterrupt:
+        end_progress = "\n" if Progress.line_open else ""
+        sys.stderr.write(f"{end_progress}prepare_data.py: interrupted; finished shards are "
+                         "complete, rerun with --overwrite to redo them\n")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -80,16 +80,16 @@ struct Rule {
 
 TEST(Config, ValidationRulesNameFieldValueAndRule) {
   const std::vector<Rule> rules = {
-      {"model.num_heads=3", "model.hidden_size", "multiple of num_heads"},
+      {"model.num_heads=3", "model.hidden_size", "multiple of model.num_heads"},
       {"model.num_kv_heads=3", "model.num_kv_heads", "divide model.num_heads"},
       {"attention.block_size=32", "attention.block_size", "64 or 128"},
       {"train.sequence_length=320", "train.sequence_length", "multiple of 2 x"},
       {"train.sequence_length=8192", "train.sequence_length", "max_context"},
       {"parallel.intra_node_ring_size=3", "parallel.intra_node_ring_size", "divide"},
-      {"optimizer.lr=0", "optimizer.lr", "> 0"},
+      {"optimizer.lr=0", "optimizer.lr", "in (0, 1]"},
       {"optimizer.beta2=1", "optimizer.beta2", "[0, 1)"},
       {"schedule.min_lr_ratio=2", "schedule.min_lr_ratio", "[0, 1]"},
-      {"nm_sparsity.n=4", "nm_sparsity.n", "n < m"},
+      {"nm_sparsity.n=4", "nm_sparsity.n", "nm_sparsity.n < nm_sparsity.m"},
       {"nm_sparsity.layers=qkv", "nm_sparsity.layers", "unknown layer"},
       {"nm_sparsity.enabled=true", "nm_sparsity.layers", "at least one layer"},
       {"nm_sparsity.kappa=-0.1", "nm_sparsity.kappa", ">= 0"},

@@ -79,6 +79,9 @@ std::string usage(const std::string& command) {
            "  --run-dir DIR       output directory (default <train.runs_root>/<name>)\n"
            "  --resume auto|PATH  continue from the newest intact checkpoint of the run dir\n"
            "                      (auto: start fresh when there is none) or from PATH\n"
+           "  --overwrite         the run dir holds a previous run: move its files aside into\n"
+           "                      <run dir>/overwritten-<time>/ and start fresh (without it,\n"
+           "                      or --resume, such a run dir is refused)\n"
            "  --profile           per-phase timing of profiling.num_steps steps from\n"
            "                      profiling.start_step: summary table, <run dir>/trace.json\n"
            "  --help              this text\n";
@@ -233,6 +236,8 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
       line.run_dir = value_of(i);
     } else if (flag == "--resume" && line.command == "train") {
       line.resume = value_of(i);
+    } else if (flag == "--overwrite" && line.command == "train") {
+      line.overwrite = true;
     } else if (flag == "--checkpoint" && (line.command == "eval" || line.command == "export-hf")) {
       line.checkpoint = value_of(i);
     } else if (flag == "--attention" && line.command == "eval") {

@@ -14,6 +14,7 @@ struct CommandLine {
   std::vector<std::string> overrides;  // --set path.to.field=value, in order
   std::string run_dir;
   std::string resume;       // --resume auto|PATH
+  bool overwrite = false;   // --overwrite
   std::string sweep_path;   // sweep: --sweep FILE (configs/sweeps/*.pbtxt)
   bool print_runs = false;  // sweep: launch lines instead of the table
   bool print_name = false;  // sweep: the sweep's name only

@@ -15,6 +15,7 @@
 #include "configs/user_error.h"
 #include "data/batch_source.h"
 #include "data/synthetic.h"
+#include "trainer/atomic_file.h"
 #include "trainer/checkpoint.h"
 #include "trainer/logits_dump.h"
 #include "trainer/nm_sparsity.h"
@@ -148,6 +149,12 @@ void score_held_out(const EvalRun& run, LengthModel& model, data::SequenceSource
         t.answers += static_cast<double>(batch[i].answer_positions.size());
       }
     }
+    // A long evaluation is not silent: rank 0 reports its share's progress.
+    if (run.groups.world_rank() == 0) {
+      std::cout << "sparsering: eval: held-out sequences "
+                << std::min(mine.size(), start + batch_size) << "/" << mine.size()
+                << " of this replica scored" << std::endl;
+    }
   }
 }
 
@@ -231,12 +238,6 @@ AttentionResult result_of(const EvalRun& run, const std::string& mode, const Mod
   }
   result.needle = std::move(grid);
   return result;
-}
-
-void write_atomically(const fs::path& path, const std::string& text) {
-  const fs::path temporary = path.string() + ".tmp";
-  std::ofstream(temporary) << text;
-  fs::rename(temporary, path);
 }
 
 }  // namespace
@@ -334,7 +335,7 @@ EvalReport evaluate(const config::Experiment& e, parallel::ProcessGroups& groups
   if (groups.world_rank() == 0) {
     std::cout << format_eval_table(report);
     const std::string json_path = (fs::path(run_dir) / "eval.json").string();
-    write_atomically(json_path, eval_json(report));
+    write_file_atomically(json_path, eval_json(report));
     std::cout << "sparsering: results written to " << json_path;
     if (passkey) {
       const std::string heatmap = (fs::path(run_dir) / "needle_heatmap.ppm").string();

@@ -6,12 +6,14 @@
 #include <iostream>
 
 #include "configs/user_error.h"
+#include "trainer/atomic_file.h"
 #include "trainer/checkpoint.h"
 #include "trainer/eval.h"
 #include "trainer/hf_weights.h"
 #include "trainer/model_setup.h"
 #include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
+#include "trainer/run_directory.h"
 #include "trainer/safetensors.h"
 
 namespace sparsering::trainer {
@@ -72,13 +74,11 @@ void check_hf_inputs(const std::string& command, const config::Experiment& e,
   // The architecture and RoPE checks read only config.json and the safetensors headers.
   const std::vector<SafetensorsEntry> hf = list_safetensors_dir(options.hf_dir);
   check_hf_config(options.hf_dir, e.model, stores_lm_head(hf));
-  const std::string dir = checkpoint_dir_of(e, options);
-  if (fs::is_directory(dir)) {
-    for (const auto& entry : fs::directory_iterator(dir)) {
-      if (entry.path().filename().string().rfind("step_", 0) == 0) {
-        throw UserError(dir + " already holds checkpoints; import into a new --run-dir");
-      }
-    }
+  const auto previous = previous_run_files(run_dir_of(e, options), checkpoint_dir_of(e, options));
+  if (!previous.empty()) {
+    throw UserError(run_dir_of(e, options) +
+                    " already holds checkpoints or other files of a run (" + previous.front() +
+                    "); import into a new --run-dir");
   }
 }
 
@@ -86,6 +86,9 @@ void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
                const HfOptions& options) {
   // Every rank reads the weights (each saves its own shard of them), one tensor at a time
   // straight into the fp32 masters: the checkpoint's bytes are never all in memory at once.
+  if (groups.world_rank() == 0) {
+    std::cout << "sparsering: import-hf: reading " << options.hf_dir << " ..." << std::endl;
+  }
   const std::vector<SafetensorsEntry> hf = list_safetensors_dir(options.hf_dir);
   const std::string rope_changes = check_hf_config(options.hf_dir, e.model, stores_lm_head(hf));
   CpuModel cpu(e, groups);
@@ -106,7 +109,7 @@ void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
     std::error_code error;
     fs::create_directories(run_dir, error);
     if (error) throw UserError(run_dir + ": cannot create the run directory");
-    std::ofstream(fs::path(run_dir) / "config.pbtxt") << e.resolved_text;
+    write_file_atomically((fs::path(run_dir) / "config.pbtxt").string(), e.resolved_text);
   }
   groups.world().barrier();
   Checkpointer checkpointer(checkpoint_dir_of(e, options), e, groups.world());
@@ -130,8 +133,12 @@ void export_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
   Checkpointer checkpointer(checkpoint_dir_of(e, options), e, groups.world());
   const auto found = checkpointer.find(options.checkpoint, "--checkpoint");
   if (!found) throw UserError("--checkpoint auto: no checkpoint under " + checkpointer.dir());
+  if (groups.world_rank() == 0) {
+    std::cout << "sparsering: export-hf: loading " << *found << " ..." << std::endl;
+  }
   const ResumeState state = checkpointer.load(*found, optimizer);
   if (groups.world_rank() == 0) {
+    std::cout << "sparsering: export-hf: writing " << options.out_dir << " ..." << std::endl;
     std::error_code error;
     fs::create_directories(options.out_dir, error);
     if (error) throw UserError("--out " + options.out_dir + ": cannot create the directory");
@@ -151,8 +158,7 @@ void export_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
     }
     const auto files = write_safetensors_dir(options.out_dir, tensors, options.max_shard_bytes);
     const fs::path config_path = fs::path(options.out_dir) / "config.json";
-    std::ofstream(config_path) << hf_config_json(e, model_dtype(e));
-    if (!fs::is_regular_file(config_path)) throw UserError(config_path.string() + ": not written");
+    write_file_atomically(config_path.string(), hf_config_json(e, model_dtype(e)));
     std::cout << "sparsering: exported step " << state.step << " of " << *found << " to "
               << options.out_dir << " (config.json, " << files.size() << " safetensors file(s)"
               << (nm_sparsity ? ", N:M layers strictly N:M" : "") << ")" << std::endl;

@@ -12,6 +12,7 @@
 #include "trainer/cli.h"
 #include "trainer/eval.h"
 #include "trainer/hf_commands.h"
+#include "trainer/interrupt.h"
 #include "trainer/memory_plan.h"
 #include "trainer/sweep_listing.h"
 #include "trainer/train.h"
@@ -110,7 +111,7 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
   if (line.command == "eval") {
     trainer::evaluate(experiment, groups, device, eval_options);
   } else {
-    trainer::train(experiment, groups, device, {line.run_dir, line.resume});
+    trainer::train(experiment, groups, device, {line.run_dir, line.resume, line.overwrite});
   }
   return 0;
 }
@@ -119,6 +120,7 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
 
 int main(int argc, char** argv) {
   parallel::MpiSession mpi(&argc, &argv);
+  trainer::install_interrupt_handlers(mpi.world_rank());
   bool collectives_started = false;
   int status = 0;
   try {

@@ -1,6 +1,7 @@
 #include "trainer/safetensors.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "configs/user_error.h"
+#include "trainer/atomic_file.h"
 #include "trainer/json.h"
 
 namespace sparsering::trainer {
@@ -181,7 +183,14 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
       file.write(static_cast<const char*>(tensor.data_ptr()),
                  static_cast<std::streamsize>(tensor.nbytes()));
     }
-    if (!file) throw UserError(temporary + ": write failed (disk full?)");
+    file.flush();
+    if (!file) {
+      const int error = errno != 0 ? errno : EIO;
+      file.close();
+      std::remove(temporary.c_str());
+      throw WriteError(
+          write_failure_message(path, error, 8 + header.size() + static_cast<uint64_t>(offset)));
+    }
   }
   fs::rename(temporary, path);
 }
@@ -275,10 +284,9 @@ std::vector<std::string> write_safetensors_dir(const std::string& dir, const Nam
                     json_quote(named.first) + ": " + json_quote(name);
     }
   }
-  std::ofstream index(index_path, std::ios::trunc);
-  index << "{\n  \"metadata\": {\"total_size\": " << total_bytes << "},\n  \"weight_map\": {\n"
-        << weight_map << "\n  }\n}\n";
-  if (!index) throw UserError(index_path.string() + ": write failed");
+  write_file_atomically(index_path.string(),
+                        "{\n  \"metadata\": {\"total_size\": " + std::to_string(total_bytes) +
+                            "},\n  \"weight_map\": {\n" + weight_map + "\n  }\n}\n");
   written.push_back(index_path.string());
   return written;
 }
