@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "configs/field_limits.h"
 #include "configs/first_error_collector.h"
 #include "configs/sparsering.pb.h"
 #include "configs/user_error.h"
@@ -103,25 +104,53 @@ class Validator {
 
 void validate(const proto::Experiment& e, const std::string& source) {
   const Validator v(source);
+  // Finite reals, integers <= 2^30, bounded strings: every field, then the products of sizes, so
+  // the rules below compute without overflow.
+  validate_every_field(e, source);
+  validate_size_products(e, source);
   const auto& model = e.model();
-  v.require(!e.name().empty() && e.name().find('/') == std::string::npos, "name", e.name(),
-            "must be a non-empty directory name without '/'");
+  v.require(!e.name().empty() && e.name().find('/') == std::string::npos && e.name() != "." &&
+                e.name() != ".." && e.name().size() <= 255,
+            "name", e.name(),
+            "must be a directory name (not empty, '.' or '..', no '/', at most 255 bytes): the "
+            "run directory is <train.runs_root>/<name>");
   v.require(model.num_layers() > 0, "model.num_layers", model.num_layers(), "must be > 0");
   v.require(model.num_heads() > 0, "model.num_heads", model.num_heads(), "must be > 0");
-  v.require(model.hidden_size() > 0 && model.hidden_size() % model.num_heads() == 0,
-            "model.hidden_size", model.hidden_size(), "must be a positive multiple of num_heads");
+  v.require(
+      model.hidden_size() > 0 && model.hidden_size() % model.num_heads() == 0, "model.hidden_size",
+      model.hidden_size(),
+      "must be a positive multiple of model.num_heads (" + std::to_string(model.num_heads()) + ")");
   v.require((model.hidden_size() / model.num_heads()) % 2 == 0, "model.hidden_size",
-            model.hidden_size(), "hidden_size / num_heads (head dim) must be even for RoPE");
+            model.hidden_size(),
+            "model.hidden_size / model.num_heads (head dim) must be even for RoPE");
   v.require(model.num_kv_heads() > 0 && model.num_heads() % model.num_kv_heads() == 0,
             "model.num_kv_heads", model.num_kv_heads(), "must divide model.num_heads");
   v.require(model.ffn_hidden_size() > 0, "model.ffn_hidden_size", model.ffn_hidden_size(),
             "must be > 0");
   v.require(model.vocab_size() > 1, "model.vocab_size", model.vocab_size(), "must be > 1");
   v.require(model.rope_theta() > 0, "model.rope_theta", model.rope_theta(), "must be > 0");
+  v.require(model.max_context() >= 1, "model.max_context", model.max_context(), "must be >= 1");
   v.require(model.rope_scaling_factor() >= 1, "model.rope_scaling_factor",
             model.rope_scaling_factor(), "must be >= 1 (1 = no scaling)");
-  v.require(model.rms_norm_eps() > 0, "model.rms_norm_eps", model.rms_norm_eps(), "must be > 0");
-  v.require(model.init_std() > 0, "model.init_std", model.init_std(), "must be > 0");
+  v.require(model.rope_type() != proto::Model::DEFAULT || model.rope_scaling_factor() == 1,
+            "model.rope_scaling_factor", model.rope_scaling_factor(),
+            "scales nothing with model.rope_type DEFAULT; set model.rope_type=LINEAR (positions / "
+            "factor), LLAMA3 or YARN, or the factor to 1");
+  v.require(model.rope_original_max_context() >= 0, "model.rope_original_max_context",
+            model.rope_original_max_context(), "must be >= 0 (0 = derived)");
+  v.require(model.rope_type() != proto::Model::LLAMA3 ||
+                model.rope_high_freq_factor() > model.rope_low_freq_factor(),
+            "model.rope_high_freq_factor", model.rope_high_freq_factor(),
+            "must be > model.rope_low_freq_factor for LLAMA3");
+  v.require(model.rope_beta_fast() > 0 && model.rope_beta_slow() > 0, "model.rope_beta_fast",
+            model.rope_beta_fast(), "YaRN's beta_fast and beta_slow must be > 0");
+  v.require(model.rope_attention_factor() >= 0, "model.rope_attention_factor",
+            model.rope_attention_factor(), "must be >= 0 (0 = 0.1 ln(factor) + 1)");
+  v.require(model.rms_norm_eps() > 0 && model.rms_norm_eps() <= 1, "model.rms_norm_eps",
+            model.rms_norm_eps(), "must be in (0, 1]");
+  // Larger weights overflow in the first forward pass.
+  v.require(model.init_std() > 0 && model.init_std() <= 1, "model.init_std", model.init_std(),
+            "must be in (0, 1]");
   v.require(model.loss_chunk_tokens() >= 0, "model.loss_chunk_tokens", model.loss_chunk_tokens(),
             "must be >= 0 (0 = whole shard)");
 
@@ -175,7 +204,7 @@ void validate(const proto::Experiment& e, const std::string& source) {
             "no memory there)");
 
   const auto& train = e.train();
-  const int chunk = 2 * cp * attention.block_size();
+  const int64_t chunk = int64_t{2} * cp * attention.block_size();
   v.require(train.sequence_length() > 0 && train.sequence_length() % chunk == 0,
             "train.sequence_length", train.sequence_length(),
             "must be a multiple of 2 x parallel.context_parallel_size x attention.block_size (" +
@@ -189,7 +218,7 @@ void validate(const proto::Experiment& e, const std::string& source) {
 
   const auto& nm = e.nm_sparsity();
   v.require(nm.m() >= 2 && nm.n() >= 1 && nm.n() < nm.m(), "nm_sparsity.n", nm.n(),
-            "needs 1 <= n < m (m = " + std::to_string(nm.m()) + ")");
+            "needs 1 <= nm_sparsity.n < nm_sparsity.m (m = " + std::to_string(nm.m()) + ")");
   v.require(model.hidden_size() % nm.m() == 0 && model.ffn_hidden_size() % nm.m() == 0,
             "nm_sparsity.m", nm.m(), "must divide model.hidden_size and model.ffn_hidden_size");
   for (const std::string& layer : nm.layers()) {
@@ -201,8 +230,8 @@ void validate(const proto::Experiment& e, const std::string& source) {
   }
   v.require(!nm.enabled() || nm.layers_size() > 0, "nm_sparsity.layers", "(none)",
             "list at least one layer when nm_sparsity.enabled (e.g. up_proj,gate_proj,down_proj)");
-  v.require(nm.sr_ste_lambda() >= 0, "nm_sparsity.sr_ste_lambda", nm.sr_ste_lambda(),
-            "must be >= 0");
+  v.require(nm.sr_ste_lambda() >= 0 && nm.sr_ste_lambda() <= 1, "nm_sparsity.sr_ste_lambda",
+            nm.sr_ste_lambda(), "must be in [0, 1]");
   v.require(nm.kappa() >= 0, "nm_sparsity.kappa", nm.kappa(), "must be >= 0");
   v.require(nm.sdgf_interval() >= 1, "nm_sparsity.sdgf_interval", nm.sdgf_interval(),
             "must be >= 1");
@@ -214,14 +243,19 @@ void validate(const proto::Experiment& e, const std::string& source) {
             "must be >= 0, or -1 for never");
 
   const auto& optimizer = e.optimizer();
-  v.require(optimizer.lr() > 0, "optimizer.lr", optimizer.lr(), "must be > 0");
+  // AdamW moves a weight by about lr per step: beyond 1 every step overshoots.
+  v.require(optimizer.lr() > 0 && optimizer.lr() <= 1, "optimizer.lr", optimizer.lr(),
+            "must be in (0, 1]");
   v.require(optimizer.beta1() >= 0 && optimizer.beta1() < 1, "optimizer.beta1", optimizer.beta1(),
             "must be in [0, 1)");
   v.require(optimizer.beta2() >= 0 && optimizer.beta2() < 1, "optimizer.beta2", optimizer.beta2(),
             "must be in [0, 1)");
-  v.require(optimizer.eps() > 0, "optimizer.eps", optimizer.eps(), "must be > 0");
-  v.require(optimizer.weight_decay() >= 0, "optimizer.weight_decay", optimizer.weight_decay(),
-            "must be >= 0");
+  v.require(optimizer.eps() > 0 && optimizer.eps() <= 1, "optimizer.eps", optimizer.eps(),
+            "must be in (0, 1]");
+  // Decoupled decay multiplies weights by 1 - lr x weight_decay each step: it must stay >= 0.
+  v.require(optimizer.weight_decay() >= 0 && optimizer.weight_decay() * optimizer.lr() <= 1,
+            "optimizer.weight_decay", optimizer.weight_decay(),
+            "must be >= 0 with optimizer.weight_decay x optimizer.lr <= 1");
   v.require(optimizer.grad_clip() >= 0, "optimizer.grad_clip", optimizer.grad_clip(),
             "must be >= 0 (0 = off)");
   v.require(optimizer.grad_accumulation_steps() >= 1, "optimizer.grad_accumulation_steps",
@@ -243,7 +277,7 @@ void validate(const proto::Experiment& e, const std::string& source) {
                 data.copy_period(), "must be in [1, train.sequence_length)");
       break;
     case proto::Data::PASSKEY: {
-      const int digits = data.passkey_digits();
+      const int64_t digits = data.passkey_digits();
       v.require(digits >= 1 && digits <= 18, "data.passkey_digits", digits, "must be in [1, 18]");
       v.require(length >= 2 * digits + 12, "data.passkey_digits", digits,
                 "needs train.sequence_length >= 2 x passkey_digits + 12");
@@ -253,7 +287,7 @@ void validate(const proto::Experiment& e, const std::string& source) {
       break;
     }
     case proto::Data::ASSOCIATIVE_RECALL: {
-      const int pairs = data.recall_pairs(), queries = data.recall_queries();
+      const int64_t pairs = data.recall_pairs(), queries = data.recall_queries();
       v.require(pairs >= 1, "data.recall_pairs", pairs, "must be >= 1");
       v.require(queries >= 1 && queries <= pairs, "data.recall_queries", queries,
                 "must be in [1, data.recall_pairs]");
@@ -303,7 +337,17 @@ Experiment to_struct(const proto::Experiment& e) {
                m.rms_norm_eps(),
                m.init_std(),
                m.activation_checkpointing(),
-               m.loss_chunk_tokens()};
+               m.loss_chunk_tokens(),
+               static_cast<RopeType>(m.rope_type()),
+               m.rope_original_max_context(),
+               m.rope_low_freq_factor(),
+               m.rope_high_freq_factor(),
+               m.rope_beta_fast(),
+               m.rope_beta_slow(),
+               m.rope_attention_factor(),
+               m.rope_truncate(),
+               m.attention_bias(),
+               m.rope_override()};
   const auto& a = e.attention();
   out.attention = {
       a.kind() == proto::Attention::SPARSE ? AttentionKind::kSparse : AttentionKind::kDense,

@@ -9,6 +9,8 @@
 
 namespace sparsering::config {
 
+enum class RopeType { kDefault, kLinear, kLlama3, kYarn };
+
 struct ModelConfig {
   int num_layers, hidden_size, num_heads, num_kv_heads, ffn_hidden_size, vocab_size;
   double rope_theta, rope_scaling_factor;
@@ -17,6 +19,13 @@ struct ModelConfig {
   double rms_norm_eps, init_std;
   bool activation_checkpointing;
   int loss_chunk_tokens;
+  RopeType rope_type;
+  int rope_original_max_context;                       // 0 = max_context / rope_scaling_factor
+  double rope_low_freq_factor, rope_high_freq_factor;  // LLAMA3
+  double rope_beta_fast, rope_beta_slow, rope_attention_factor;  // YARN (attention 0 = derived)
+  bool rope_truncate;                                            // YARN
+  bool attention_bias;                                           // q/k/v biases (Qwen2)
+  bool rope_override;  // import-hf: these rope_* fields replace config.json's
   int head_dim() const { return hidden_size / num_heads; }
 };
 

@@ -4,7 +4,9 @@
 #   launch/gpu_check.sh [bench lengths, default 16384,32768,131072]
 # Environment: TRAIN_RUNS (1B training runs, below; "" for none), QUALITY=TOKENS:STEPS (dense vs
 # sparse quality check), BENCH=0 (skip the attention benchmarks), FLEX=0 (skip FlexAttention),
-# TESTS=0 (skip the GPU tests: a second call on a warm machine that only measures).
+# TESTS=0 (skip the GPU tests: a second call on a warm machine that only measures),
+# MODEL_STATE=1b,3b,8b (sharded state and offload), HF_FAMILY=1 (families against transformers),
+# QUALITY_SETTING=default (the quality protocol, launch/quality.sh).
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -160,6 +162,42 @@ if [ -n "${QUALITY:-}" ]; then
       tail -5 "$out/quality.log"
     fi
   done
+fi
+
+# Sharded model state on this GPU (bench/model_state_gpu.py): MODEL_STATE="1b,3b,8b" or a subset.
+if [ -n "${MODEL_STATE:-}" ]; then
+  echo "== model state ($MODEL_STATE)"
+  if "$python" "$root/bench/model_state_gpu.py" --binary "$build/sparsering" --suite "$MODEL_STATE" \
+       --json "$out/model_state_gpu.json" --log "$out/model_state_gpu.log"; then
+    status+=("model_state|ok|model_state_gpu.json")
+  else
+    status+=("model_state|FAILED|see model_state_gpu.log")
+  fi
+fi
+
+# Hugging Face families against transformers in bf16 (bench/hf_family_gpu.py): HF_FAMILY=1.
+if [ "${HF_FAMILY:-0}" = 1 ]; then
+  echo "== Hugging Face families"
+  if "$python" "$root/bench/hf_family_gpu.py" --binary "$build/sparsering" \
+       --lengths "${HF_LENGTHS:-32768,131072}" --json "$out/hf_family_gpu.json"; then
+    status+=("hf_family|ok|hf_family_gpu.json")
+  else
+    status+=("hf_family|FAILED|see the output above")
+  fi
+fi
+
+# The quality protocol (launch/quality.sh): QUALITY_SETTING=default (or large, ci).
+if [ -n "${QUALITY_SETTING:-}" ]; then
+  echo "== quality protocol ($QUALITY_SETTING)"
+  if SPARSERING_BIN="$build/sparsering" PYTHON="$python" "$root/launch/quality.sh" \
+       --setting "$QUALITY_SETTING" >"$out/quality_protocol.log" 2>&1; then
+    status+=("quality_protocol|ok|report.md")
+  else
+    status+=("quality_protocol|FAILED|see quality_protocol.log")
+    tail -20 "$out/quality_protocol.log"
+  fi
+  report=$(ls -t "$root"/runs/quality/"$QUALITY_SETTING"/report.md 2>/dev/null | head -1)
+  [ -n "$report" ] && cp "$report" "$out/quality_report.md" && cat "$report"
 fi
 
 echo

@@ -3,12 +3,15 @@
 
   .venv/bin/python3 launch/prepare_data.py corpus/ --output shards/ --vocab-size 32000
   .venv/bin/python3 launch/prepare_data.py a.jsonl b.txt --output shards/ --tokenizer tok.json
+  .venv/bin/python3 launch/prepare_data.py corpus/ --output shards/ --hf-dir Qwen2.5-3B/
 
 Inputs are files or directories (searched recursively for *.txt and *.jsonl, in name order). A
 .txt file is one document; each line of a .jsonl file is one document, its "text" field. Every
 document ends with the end-of-text token. Without --tokenizer, a byte-level BPE tokenizer of
---vocab-size tokens is trained on the inputs (nothing is downloaded). The tokenizer used is saved
-as OUTPUT/tokenizer.json. Train on the shards with
+--vocab-size tokens is trained on the inputs (nothing is downloaded). With --hf-dir, the tokenizer
+is the Hugging Face model directory's tokenizer.json (the checkpoint `sparsering import-hf` reads),
+and a vocabulary larger than its config.json's vocab_size (the embedding) is refused. The
+tokenizer used is saved as OUTPUT/tokenizer.json. Train on the shards with
   data { source: TOKEN_SHARDS path: "OUTPUT" }  and  model.vocab_size >= the printed size.
 Bad input ends with status 2 and one line naming the file and the fix.
 """
@@ -56,11 +59,16 @@ class ShardWriter:
         self.file.seek(0)
         self.file.write(HEADER.pack(MAGIC, VERSION, self.bytes_per_token, self.token_count,
                                     len(self.offsets) - 1, self.vocab_size))
+        self.file.flush()
+        os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.path + ".tmp", self.path)
 
     def abandon(self):
-        self.file.close()
+        try:
+            self.file.close()  # may fail again on a full disk: the .tmp goes either way
+        except OSError:
+            pass
         os.remove(self.path + ".tmp")
 
 
@@ -166,6 +174,11 @@ def load_tokenizer(args, files, total_bytes):
     except ImportError:
         raise UserError("the Python package 'tokenizers' is missing; run launch/setup.sh or "
                         ".venv/bin/pip install tokenizers") from None
+    if args.hf_dir:
+        args.tokenizer = os.path.join(args.hf_dir, "tokenizer.json")
+        if not os.path.isfile(args.tokenizer):
+            raise UserError(f"--hf-dir {args.hf_dir}: no tokenizer.json; give the Hugging Face "
+                            "model directory with its tokenizer.json, or --tokenizer FILE")
     if args.tokenizer:
         try:
             return Tokenizer.from_file(args.tokenizer)
@@ -185,6 +198,20 @@ def load_tokenizer(args, files, total_bytes):
     tokenizer.train_from_iterator(documents(files, progress), trainer=trainer)
     progress.show(final=True)
     return tokenizer
+
+
+def model_vocab_size(hf_dir):
+    """vocab_size of the HF directory's config.json: the rows of the model's embedding."""
+    path = os.path.join(hf_dir, "config.json")
+    try:
+        with open(path) as f:
+            vocab = json.load(f).get("vocab_size")
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: cannot read it ({error}); give a Hugging Face model "
+                        "directory") from None
+    if not isinstance(vocab, int) or vocab < 1:
+        raise UserError(f"{path}: no integer vocab_size; give a Hugging Face model directory")
+    return vocab
 
 
 def eos_id(tokenizer, requested):
@@ -210,9 +237,17 @@ def prepare(args):
         os.remove(os.path.join(args.output, name))
     total_bytes = sum(os.path.getsize(path) for path in files)
     tokenizer = load_tokenizer(args, files, total_bytes)
-    tokenizer.save(os.path.join(args.output, "tokenizer.json"))
+    # Replaced whole or not at all, as the shards are.
+    tokenizer_path = os.path.join(args.output, "tokenizer.json")
+    tokenizer.save(tokenizer_path + ".tmp")
+    os.replace(tokenizer_path + ".tmp", tokenizer_path)
     # Every id the tokenizer can emit is below the vocabulary size the shards declare.
     vocab_size = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+    embedding = model_vocab_size(args.hf_dir) if args.hf_dir else None
+    if embedding is not None and vocab_size > embedding:
+        raise UserError(f"{args.tokenizer}: ids up to {vocab_size - 1} but the model's embedding "
+                        f"has {embedding} rows (vocab_size in {args.hf_dir}/config.json); use "
+                        "the checkpoint's own tokenizer.json")
     eos = eos_id(tokenizer, args.eos_token)
 
     progress = Progress("tokenizing", total_bytes)
@@ -251,11 +286,13 @@ def prepare(args):
     if not shards:
         raise UserError(f"{' '.join(args.inputs)}: no non-empty documents")
     dtype = "uint16" if vocab_size <= 1 << 16 else "uint32"
+    # With a checkpoint the model's vocabulary is its embedding's, which may exceed the tokenizer's.
+    model_vocab = embedding if embedding is not None else vocab_size
     plural = "s" if len(shards) > 1 else ""
     print(f"wrote {len(shards)} shard{plural} ({progress.documents:,} documents, "
           f"{progress.tokens:,} tokens, {dtype}) and tokenizer.json to {args.output}; vocabulary "
           f"{vocab_size}: train with data.source=TOKEN_SHARDS data.path={args.output} "
-          f"model.vocab_size>={vocab_size}")
+          f"model.vocab_size{'=' if embedding is not None else '>='}{model_vocab}")
 
 
 def main():
@@ -264,6 +301,8 @@ def main():
     parser.add_argument("--output", required=True, help="directory for the *.srtok shards")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--tokenizer", help="a Hugging Face tokenizer.json to use")
+    source.add_argument("--hf-dir", help="a Hugging Face model directory: its tokenizer.json, "
+                        "checked against its config.json's vocab_size")
     source.add_argument("--vocab-size", type=int, default=32000,
                         help="train a byte-level BPE of this many tokens (default 32000)")
     parser.add_argument("--min-frequency", type=int, default=2,
@@ -282,10 +321,20 @@ def main():
         parser.error("--shard-tokens and --batch-documents must be >= 1")
     try:
         prepare(args)
-    except UserError as error:
+    except (UserError, OSError) as error:
+        # A full disk or an unwritable --output is one line too; the shard being written stays a
+        # .tmp file (finished shards are only ever renamed into place), so nothing is damaged.
+        if isinstance(error, OSError):
+            error = (f"{error.filename or args.output}: {error.strerror or error}; free space "
+                     "or choose another --output")
         end_progress = "\n" if Progress.line_open else ""
         sys.stderr.write(f"{end_progress}prepare_data.py: error: {error}\n")
         sys.exit(2)
+    except KeyboardInterrupt:
+        end_progress = "\n" if Progress.line_open else ""
+        sys.stderr.write(f"{end_progress}prepare_data.py: interrupted; finished shards are "
+                         "complete, rerun with --overwrite to redo them\n")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

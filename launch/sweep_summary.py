@@ -65,8 +65,12 @@ def read_losses(path):
     with open(path) as f:
         for line in f:
             if line.strip():
-                record = json.loads(line)
-                losses[record["step"]] = record["loss"]
+                try:
+                    record = json.loads(line)
+                    losses[record["step"]] = record["loss"]
+                except (ValueError, KeyError, TypeError):
+                    fail(f"{path}: a line is not a metrics record: {line.strip()[:80]}; delete "
+                         "that line (a cut write) and rerun")
     return losses
 
 
@@ -213,4 +217,15 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # Bad input or a failing disk ends with one line, never a traceback.
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("sweep_summary.py: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as error:
+        fail(f"{error.filename or 'output'}: {error.strerror or error}; check the path and the "
+             "free space")
+    except (ValueError, KeyError, TypeError) as error:
+        fail(f"unreadable run output ({type(error).__name__}: {error}); delete or fix that run's "
+             "metrics.jsonl / summary.json and rerun")

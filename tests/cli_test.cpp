@@ -2,6 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "configs/user_error.h"
 
 namespace sparsering {
@@ -45,11 +50,27 @@ TEST(CommandLine, ParsesHfOptions) {
       trainer::parse_command_line({"export-hf", "--checkpoint", "auto", "--out", "o"});
   EXPECT_EQ(export_line.checkpoint, "auto");
   EXPECT_EQ(export_line.out_dir, "o");
-  const std::vector<std::vector<std::string>> bad = {{"import-hf"},
-                                                     {"export-hf", "--checkpoint", "auto"},
-                                                     {"export-hf", "--out", "o"},
-                                                     {"import-hf", "--hf-dir", "h", "--out", "o"},
-                                                     {"train", "--hf-dir", "h"}};
+  EXPECT_EQ(export_line.max_shard_bytes, 5'000'000'000);  // transformers' default
+  for (const auto& [text, bytes] : std::vector<std::pair<std::string, int64_t>>{
+           {"100kB", 100'000}, {"2GB", 2'000'000'000}, {"300MB", 300'000'000}, {"4096", 4096}}) {
+    EXPECT_EQ(trainer::parse_command_line(
+                  {"export-hf", "--checkpoint", "auto", "--out", "o", "--max-shard-size", text})
+                  .max_shard_bytes,
+              bytes)
+        << text;
+  }
+  EXPECT_EQ(
+      trainer::parse_command_line({"eval", "--checkpoint", "auto", "--logits-out", "l"}).logits_out,
+      "l");
+  const std::vector<std::vector<std::string>> bad = {
+      {"import-hf"},
+      {"export-hf", "--checkpoint", "auto"},
+      {"export-hf", "--out", "o"},
+      {"import-hf", "--hf-dir", "h", "--out", "o"},
+      {"train", "--hf-dir", "h"},
+      {"export-hf", "--checkpoint", "auto", "--out", "o", "--max-shard-size", "5XB"},
+      {"export-hf", "--checkpoint", "auto", "--out", "o", "--max-shard-size", "0"},
+      {"import-hf", "--hf-dir", "h", "--max-shard-size", "1GB"}};
   for (const auto& arguments : bad) {
     EXPECT_THROW(trainer::parse_command_line(arguments), UserError) << arguments.back();
   }

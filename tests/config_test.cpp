@@ -80,16 +80,16 @@ struct Rule {
 
 TEST(Config, ValidationRulesNameFieldValueAndRule) {
   const std::vector<Rule> rules = {
-      {"model.num_heads=3", "model.hidden_size", "multiple of num_heads"},
+      {"model.num_heads=3", "model.hidden_size", "multiple of model.num_heads"},
       {"model.num_kv_heads=3", "model.num_kv_heads", "divide model.num_heads"},
       {"attention.block_size=32", "attention.block_size", "64 or 128"},
       {"train.sequence_length=320", "train.sequence_length", "multiple of 2 x"},
       {"train.sequence_length=8192", "train.sequence_length", "max_context"},
       {"parallel.intra_node_ring_size=3", "parallel.intra_node_ring_size", "divide"},
-      {"optimizer.lr=0", "optimizer.lr", "> 0"},
+      {"optimizer.lr=0", "optimizer.lr", "in (0, 1]"},
       {"optimizer.beta2=1", "optimizer.beta2", "[0, 1)"},
       {"schedule.min_lr_ratio=2", "schedule.min_lr_ratio", "[0, 1]"},
-      {"nm_sparsity.n=4", "nm_sparsity.n", "n < m"},
+      {"nm_sparsity.n=4", "nm_sparsity.n", "nm_sparsity.n < nm_sparsity.m"},
       {"nm_sparsity.layers=qkv", "nm_sparsity.layers", "unknown layer"},
       {"nm_sparsity.enabled=true", "nm_sparsity.layers", "at least one layer"},
       {"nm_sparsity.kappa=-0.1", "nm_sparsity.kappa", ">= 0"},
@@ -102,6 +102,8 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
       {"train.steps=0", "train.steps", "> 0"},
       {"data.copy_period=256", "data.copy_period", "[1, train.sequence_length)"},
       {"name=a/b", "name", "directory name"},
+      {"model.rope_scaling_factor=2", "model.rope_scaling_factor", "model.rope_type=LINEAR"},
+      {"model.rope_attention_factor=-1", "model.rope_attention_factor", ">= 0"},
   };
   for (const Rule& rule : rules) {
     const auto message = error_of({rule.override_text});
@@ -110,6 +112,20 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
         << rule.override_text << ": " << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << "one line: " << message;
   }
+}
+
+TEST(Config, RopeScalingAndBiasesAreModelFields) {
+  const auto e = tiny({"model.rope_type=YARN", "model.rope_scaling_factor=4",
+                       "model.rope_original_max_context=1024", "model.attention_bias=true"});
+  EXPECT_EQ(e.model.rope_type, config::RopeType::kYarn);
+  EXPECT_EQ(e.model.rope_scaling_factor, 4);
+  EXPECT_EQ(e.model.rope_original_max_context, 1024);
+  EXPECT_EQ(e.model.rope_beta_fast, 32);  // transformers' defaults
+  EXPECT_TRUE(e.model.rope_truncate);
+  EXPECT_TRUE(e.model.attention_bias);
+  EXPECT_NE(e.resolved_text.find("rope_type: YARN"), std::string::npos);
+  EXPECT_FALSE(tiny().model.attention_bias);
+  EXPECT_EQ(tiny().model.rope_type, config::RopeType::kDefault);
 }
 
 TEST(Config, DocumentMaskIsAccepted) {

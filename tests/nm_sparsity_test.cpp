@@ -336,6 +336,8 @@ TEST(NMSparsity, ModelUsesTheMaskedWeightsOfListedLayers) {
   model.rms_norm_eps = 1e-6;
   model.init_std = 0.1;
   model.activation_checkpointing = false;
+  // Qwen2's q/k/v biases: they stay dense (N:M covers weights only) and still add to the output.
+  model.attention_bias = true;
   const int64_t block = 64, tokens = 128;
   parallel::ProcessGroups groups({1, 1, 0}, /*use_nccl=*/false);
   const parallel::TokenLayout layout(config::LayoutKind::kContiguous, tokens / block, block, 1);
@@ -355,6 +357,18 @@ TEST(NMSparsity, ModelUsesTheMaskedWeightsOfListedLayers) {
   trainer::initialize_weights(sparse, model.init_std);
   trainer::Decoder dense(model, make_rings());
   const auto named = sparse->named_parameters();
+  int biases = 0;
+  {
+    at::NoGradGuard no_grad;
+    for (const auto& p : named) {
+      if (p.key().find(".bias") == std::string::npos) continue;
+      EXPECT_TRUE(at::equal(p.value(), at::zeros_like(p.value()))) << p.key();  // as transformers
+      EXPECT_FALSE(nm.covers(p.key())) << p.key();
+      p.value().normal_(0, 0.5);
+      ++biases;
+    }
+  }
+  EXPECT_EQ(biases, 3 * model.num_layers);  // q, k and v; o_proj has none
   const auto sparse_weights = nm.sparse_weights(named.keys(), named.values());
   ASSERT_EQ(sparse_weights.size(), 3u * model.num_layers);
   nm.update_masks(sparse_weights, 1);
@@ -367,7 +381,7 @@ TEST(NMSparsity, ModelUsesTheMaskedWeightsOfListedLayers) {
   }
   trainer::StepContext context;
   std::tie(context.rope_cos, context.rope_sin) =
-      trainer::rope_tables(layout.positions_of(0), model.head_dim(), 10000, 1);
+      trainer::rope_tables(layout.positions_of(0), model);
   const auto input = at::randint(0, model.vocab_size, {1, tokens});
   const auto sparse_out = sparse->forward(input, context);
   EXPECT_TRUE(at::allclose(sparse_out, dense->forward(input, context), 1e-5, 1e-6));

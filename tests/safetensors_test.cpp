@@ -121,25 +121,37 @@ TEST(HfWeights, NamesMapBothWays) {
     const std::string ours = std::string("block7.attention.") + q + "_proj.weight";
     EXPECT_EQ(trainer::our_name(trainer::hf_name(ours)), ours);
   }
-  EXPECT_FALSE(trainer::our_name("model.layers.0.self_attn.q_proj.bias"));
+  // Qwen2's q/k/v biases map; o_proj and the MLP have none.
+  EXPECT_EQ(trainer::our_name("model.layers.0.self_attn.q_proj.bias"),
+            "block0.attention.q_proj.bias");
+  EXPECT_EQ(trainer::hf_name("block2.attention.v_proj.bias"),
+            "model.layers.2.self_attn.v_proj.bias");
+  EXPECT_FALSE(trainer::our_name("model.layers.0.self_attn.o_proj.bias"));
   EXPECT_FALSE(trainer::our_name("model.layers.x.mlp.up_proj.weight"));
-  EXPECT_THROW(trainer::hf_name("block0.attention.q_proj.bias"), std::invalid_argument);
+  EXPECT_THROW(trainer::hf_name("block0.attention.o_proj.bias"), std::invalid_argument);
 }
 
-TEST(HfWeights, MapsTensorsAndRefusesMismatches) {
+TEST(HfWeights, MatchesTensorsAndRefusesMismatches) {
   const std::vector<std::string> names = {"embedding.weight", "block0.attention.q_proj.weight"};
   const std::vector<at::Tensor> ours = {at::zeros({8, 4}), at::zeros({4, 4})};
-  NamedTensors hf = {{"model.layers.0.self_attn.q_proj.weight", at::randn({4, 4}).to(at::kHalf)},
-                     {"model.embed_tokens.weight", at::randn({8, 4}).to(at::kBFloat16)},
-                     {"model.layers.0.self_attn.rotary_emb.inv_freq", at::randn({2})}};
-  const auto loaded = trainer::map_hf_tensors(hf, names, ours, "dir");
-  ASSERT_EQ(loaded.size(), 2u);
-  EXPECT_EQ(loaded[0].scalar_type(), at::kFloat);
-  EXPECT_TRUE(at::equal(loaded[0], hf[1].second.to(at::kFloat)));
+  const NamedTensors hf = {
+      {"model.layers.0.self_attn.q_proj.weight", at::randn({4, 4}).to(at::kHalf)},
+      {"model.embed_tokens.weight", at::randn({8, 4}).to(at::kBFloat16)},
+      {"model.layers.0.self_attn.rotary_emb.inv_freq", at::randn({2})}};
+  ScopedTempDir dir;
+  const auto entries_of = [&](const NamedTensors& tensors) {
+    trainer::write_safetensors(dir.file("model.safetensors"), tensors);
+    return trainer::list_safetensors_dir(dir.path());
+  };
+  const auto matched = trainer::match_hf_entries(entries_of(hf), names, ours, "dir");
+  ASSERT_EQ(matched.size(), 2u);
+  EXPECT_EQ(matched[0].name, "model.embed_tokens.weight");
+  EXPECT_TRUE(at::equal(trainer::read_safetensors_entry(matched[0]), hf[1].second));
+  EXPECT_TRUE(at::equal(trainer::read_safetensors_entry(matched[1]), hf[0].second));
 
   const auto message_of = [&](const NamedTensors& tensors) {
     try {
-      trainer::map_hf_tensors(tensors, names, ours, "dir");
+      trainer::match_hf_entries(entries_of(tensors), names, ours, "dir");
     } catch (const UserError& error) {
       return std::string(error.what());
     }
@@ -154,7 +166,7 @@ TEST(HfWeights, MapsTensorsAndRefusesMismatches) {
       << message_of(wrong_shape);
   NamedTensors with_bias = hf;
   with_bias.emplace_back("model.layers.0.self_attn.q_proj.bias", at::randn({4}));
-  EXPECT_NE(message_of(with_bias).find("Qwen2"), std::string::npos);
+  EXPECT_NE(message_of(with_bias).find("model.attention_bias"), std::string::npos);
   EXPECT_NE(message_of({hf[0]}).find("no tensor model.embed_tokens.weight"), std::string::npos);
   NamedTensors extra = hf;
   extra.emplace_back("model.layers.1.mlp.up_proj.weight", at::randn({4, 4}));
@@ -191,6 +203,36 @@ TEST(HfWeights, ConfigMismatchNamesFieldsAndOverrides) {
   other.replace(other.find("\"attention_bias\": false"), 23, "\"attention_bias\": true");
   testing::write_bytes(dir.file("config.json"), other);
   EXPECT_THROW(trainer::check_hf_config(dir.path(), e.model, true), UserError);
+
+  // RoPE: a scaled checkpoint names the model.rope_* overrides; unknown types are refused.
+  const auto message_with_rope = [&](const std::string& scaling) {
+    std::string text = ours;
+    text.replace(text.find("\"rope_scaling\": null"), 20, "\"rope_scaling\": " + scaling);
+    testing::write_bytes(dir.file("config.json"), text);
+    try {
+      trainer::check_hf_config(dir.path(), e.model, true);
+    } catch (const UserError& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  const std::string llama3 = message_with_rope(
+      "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
+      "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}");
+  EXPECT_NE(llama3.find("--set model.rope_type=LLAMA3 --set model.rope_scaling_factor=8 --set "
+                        "model.rope_original_max_context=8192"),
+            std::string::npos)
+      << llama3;
+  EXPECT_NE(message_with_rope("{\"rope_type\": \"dynamic\", \"factor\": 2.0}").find("\"dynamic\""),
+            std::string::npos);
+  EXPECT_NE(message_with_rope("{\"type\": \"yarn\", \"factor\": 2.0, \"mrope\": 1}").find("mrope"),
+            std::string::npos);
+  auto extension = e.model;
+  extension.rope_override = true;
+  extension.rope_theta = 5e6;
+  testing::write_bytes(dir.file("config.json"), ours);
+  EXPECT_NE(trainer::check_hf_config(dir.path(), extension, true).find("model.rope_theta 5000000"),
+            std::string::npos);
 }
 
 }  // namespace

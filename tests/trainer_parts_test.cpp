@@ -63,7 +63,13 @@ TEST(ActivationCheckpoint, GivesTheSameGradientsAsThePlainGraph) {
 
 TEST(Rope, TablesAreAnglesOfScaledPositions) {
   const auto positions = at::tensor({0, 3, 10}, at::kLong);
-  const auto [cos, sin] = trainer::rope_tables(positions, 4, 100.0, 2.0);
+  config::ModelConfig model{};
+  model.hidden_size = 8;
+  model.num_heads = 2;  // head dim 4
+  model.rope_theta = 100.0;
+  model.rope_type = config::RopeType::kLinear;
+  model.rope_scaling_factor = 2.0;
+  const auto [cos, sin] = trainer::rope_tables(positions, model);
   // angle(p, i) = (p / 2) * 100^(-2i/4)
   EXPECT_NEAR(cos[1][0].item<float>(), std::cos(1.5), 1e-6);
   EXPECT_NEAR(sin[2][1].item<float>(), std::sin(5.0 / 10.0), 1e-6);

@@ -12,9 +12,11 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include "configs/user_error.h"
+#include "trainer/atomic_file.h"
 #include "trainer/fault_injection.h"
 
 namespace sparsering::trainer {
@@ -39,22 +41,6 @@ std::string read_file(const fs::path& path) {
   std::stringstream text;
   text << file.rdbuf();
   return text.str();
-}
-
-// Writes `text` to `path` through a temporary file, fsync and rename: all or nothing.
-void write_atomically(const fs::path& path, const std::string& text) {
-  const fs::path temporary = path.string() + ".tmp";
-  {
-    std::ofstream file(temporary, std::ios::trunc);
-    file << text;
-    if (!file) throw std::runtime_error(temporary.string() + ": write failed");
-  }
-  const int fd = ::open(temporary.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-  fs::rename(temporary, path);
 }
 
 void sync_path(const fs::path& path) {
@@ -186,8 +172,10 @@ void Checkpointer::save(const ResumeState& state, CheckpointState& model_state) 
   archive.write("slices", at::tensor(index, at::kLong).view({-1, 4}));
   archive.write("adam_step", at::scalar_tensor(model_state.adam_step(), at::kLong));
   const fs::path shard = temporary_dir / shard_name(rank);
-  archive.save_to(shard.string());
-  sync_path(shard);
+  // Serialized in memory first, so a full disk is one checked write naming the file and the size.
+  std::ostringstream serialized;
+  archive.save_to(serialized);
+  write_new_file(shard.string(), serialized.str());
   maybe_inject_fault(FaultPoint::kCheckpointShardsWritten, rank, state.step);
 
   // Rank 0 records every shard's size and checksum, then publishes the directory.
@@ -211,12 +199,15 @@ void Checkpointer::save(const ResumeState& state, CheckpointState& model_state) 
                                  static_cast<uint64_t>(records[r][0].item<int64_t>()),
                                  static_cast<uint64_t>(records[r][1].item<int64_t>())});
     }
-    write_atomically(temporary_dir / "metadata.pbtxt", config::checkpoint_metadata_text(metadata));
+    write_file_atomically((temporary_dir / "metadata.pbtxt").string(),
+                          config::checkpoint_metadata_text(metadata));
     remove_tree(final_dir);
     fs::rename(temporary_dir, final_dir);
     sync_path(dir_);
-    write_atomically(fs::path(dir_) / "latest", step_name(state.step) + "\n");
-    // Keep the newest keep_last complete checkpoints; drop leftovers of interrupted saves.
+    write_file_atomically((fs::path(dir_) / "latest").string(), step_name(state.step) + "\n");
+    // Keep the newest keep_last complete checkpoints; drop leftovers of interrupted saves. Only
+    // steps before this one are candidates: a newer step is no older step of this run
+    // (trainer/run_directory.h keeps other runs' checkpoints out of this directory).
     std::vector<fs::path> complete;
     for (const auto& entry : fs::directory_iterator(dir_)) {
       const std::string name = entry.path().filename().string();
@@ -228,6 +219,10 @@ void Checkpointer::save(const ResumeState& state, CheckpointState& model_state) 
       }
     }
     std::sort(complete.begin(), complete.end());
+    complete.erase(
+        std::remove_if(complete.begin(), complete.end(),
+                       [&](const fs::path& p) { return p.filename() > step_name(state.step); }),
+        complete.end());
     for (size_t i = 0; i + keep_last_ < complete.size(); ++i) remove_tree(complete[i]);
   }
   world_.barrier();
@@ -286,7 +281,15 @@ std::optional<std::string> Checkpointer::find(const std::string& resume,
   std::string rejected;
   for (const auto& candidate : candidates) {
     const std::string problem = verify(candidate.string());
-    if (problem.empty()) return candidate.string();
+    if (problem.empty()) {
+      if (!rejected.empty() && world_.rank() == 0) {
+        // A fallback is never silent: say which newer checkpoints were passed over and why.
+        std::cerr << "sparsering: warning: " << flag << " auto: falling back to "
+                  << candidate.filename().string() << "; newer checkpoints refused:" << rejected
+                  << std::endl;
+      }
+      return candidate.string();
+    }
     if (problem.find("the model differs") != std::string::npos) {
       // A different model is a different run: refuse rather than fall back silently.
       throw UserError(flag + " auto: " + candidate.string() + " refused: " + problem +

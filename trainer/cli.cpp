@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <utility>
 
 #include "configs/user_error.h"
 
@@ -42,6 +43,27 @@ const char* kConfigOptions =
     "  --set FIELD=VALUE   override one field, e.g. --set train.steps=50 (repeatable);\n"
     "                      the schema is configs/sparsering.proto\n";
 
+// "5GB", "200kB", "1000": bytes in powers of 1000, as transformers' max_shard_size.
+int64_t parse_byte_size(const std::string& flag, const std::string& text) {
+  static const std::pair<const char*, int64_t> kUnits[] = {
+      {"GB", 1'000'000'000}, {"MB", 1'000'000}, {"kB", 1'000}, {"KB", 1'000}, {"B", 1}};
+  std::string digits = text;
+  int64_t unit = 1;
+  for (const auto& [suffix, bytes] : kUnits) {
+    const std::string s = suffix;
+    if (digits.size() > s.size() && digits.compare(digits.size() - s.size(), s.size(), s) == 0) {
+      digits.resize(digits.size() - s.size());
+      unit = bytes;
+      break;
+    }
+  }
+  if (digits.empty() || digits.size() > 12 ||
+      digits.find_first_not_of("0123456789") != std::string::npos || std::stoll(digits) < 1) {
+    throw UserError(flag + " " + text + ": give a whole number of bytes >= 1, e.g. 5GB or 200MB");
+  }
+  return std::stoll(digits) * unit;
+}
+
 }  // namespace
 
 std::string usage(const std::string& command) {
@@ -57,6 +79,9 @@ std::string usage(const std::string& command) {
            "  --run-dir DIR       output directory (default <train.runs_root>/<name>)\n"
            "  --resume auto|PATH  continue from the newest intact checkpoint of the run dir\n"
            "                      (auto: start fresh when there is none) or from PATH\n"
+           "  --overwrite         the run dir holds a previous run: move its files aside into\n"
+           "                      <run dir>/overwritten-<time>/ and start fresh (without it,\n"
+           "                      or --resume, such a run dir is refused)\n"
            "  --profile           per-phase timing of profiling.num_steps steps from\n"
            "                      profiling.start_step: summary table, <run dir>/trace.json\n"
            "  --help              this text\n";
@@ -85,18 +110,24 @@ std::string usage(const std::string& command) {
            "                          side by side on the same weights (default attention.kind)\n"
            "  --eval-sequences N      held-out sequences, and samples per needle-grid cell\n"
            "                          (default 8)\n"
+           "  --logits-out FILE       also write the logits of every position of the first\n"
+           "                          train.micro_batch_size held-out sequences (safetensors:\n"
+           "                          logits.<mode>, tokens, document_starts)\n"
            "  --help                  this text\n";
   }
   if (command == "import-hf") {
     return std::string(
                "usage: mpirun -np <dp x cp> sparsering import-hf --hf-dir DIR [options]\n"
                "\n"
-               "Reads a Hugging Face Llama or Qwen2 model directory (config.json and\n"
-               "model.safetensors, or shards with model.safetensors.index.json; F32/F16/BF16),\n"
-               "checks config.json against the model config (a mismatch prints the --set\n"
-               "overrides that match it) and every tensor's shape, and writes a step-0 checkpoint\n"
-               "to <run dir>/checkpoints. `sparsering train --resume auto` with the same config\n"
-               "and run dir continues training from it. Biases (Qwen2 q/k/v) are refused.\n"
+               "Reads a Hugging Face Llama / Llama 3.x or Qwen2 / Qwen2.5 model directory\n"
+               "(config.json and model.safetensors, or shards with model.safetensors.index.json;\n"
+               "F32/F16/BF16, one tensor at a time), checks config.json against the model config\n"
+               "(a mismatch prints the --set overrides that match it; RoPE types default, linear,\n"
+               "llama3 and yarn; model.rope_override=true keeps the config's RoPE for context\n"
+               "extension) and every tensor's shape, and writes a step-0 checkpoint to\n"
+               "<run dir>/checkpoints. `sparsering train --resume auto` with the same config and\n"
+               "run dir continues training from it. Unsupported features (sliding windows, other\n"
+               "RoPE types, MLP biases) are refused by name.\n"
                "\n"
                "options:\n") +
            kConfigOptions +
@@ -109,8 +140,10 @@ std::string usage(const std::string& command) {
                "usage: mpirun -np <dp x cp> sparsering export-hf --checkpoint auto|PATH --out DIR\n"
                "       [options]\n"
                "\n"
-               "Writes a checkpoint's weights as a Hugging Face Llama model: DIR/config.json and\n"
-               "DIR/model.safetensors (shards above 5 GB), in the model's dtype (train.dtype).\n"
+               "Writes a checkpoint's weights as a Hugging Face model (Qwen2 with\n"
+               "model.attention_bias, else Llama; the resolved RoPE in config.json):\n"
+               "DIR/config.json and DIR/model.safetensors, or shards of at most --max-shard-size\n"
+               "with model.safetensors.index.json, in the model's dtype (train.dtype).\n"
                "\n"
                "options:\n") +
            kConfigOptions +
@@ -119,6 +152,8 @@ std::string usage(const std::string& command) {
            "  --run-dir DIR           the training run's directory\n"
            "                          (default <train.runs_root>/<name>)\n"
            "  --out DIR               where config.json and the safetensors go\n"
+           "  --max-shard-size SIZE   most tensor bytes per file: bytes, or with kB, MB or GB\n"
+           "                          (powers of 1000, as transformers; default 5GB)\n"
            "  --help                  this text\n";
   }
   if (command == "bench") {
@@ -126,8 +161,9 @@ std::string usage(const std::string& command) {
            " [options]\n\nNot in this build yet: the command exits with status 2.\n";
   }
   if (command == "world-size") {
-    return std::string("usage: sparsering world-size [options]\n\nPrints dp x cp of the config.\n"
-                       "\noptions:\n") +
+    return std::string(
+               "usage: sparsering world-size [options]\n\nPrints dp x cp of the config.\n"
+               "\noptions:\n") +
            kConfigOptions;
   }
   if (command == "plan") {
@@ -200,6 +236,8 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
       line.run_dir = value_of(i);
     } else if (flag == "--resume" && line.command == "train") {
       line.resume = value_of(i);
+    } else if (flag == "--overwrite" && line.command == "train") {
+      line.overwrite = true;
     } else if (flag == "--checkpoint" && (line.command == "eval" || line.command == "export-hf")) {
       line.checkpoint = value_of(i);
     } else if (flag == "--attention" && line.command == "eval") {
@@ -209,6 +247,10 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
       }
     } else if (flag == "--eval-sequences" && line.command == "eval") {
       line.eval_sequences = positive_int(flag, value_of(i), 1 << 20);
+    } else if (flag == "--logits-out" && line.command == "eval") {
+      line.logits_out = value_of(i);
+    } else if (flag == "--max-shard-size" && line.command == "export-hf") {
+      line.max_shard_bytes = parse_byte_size(flag, value_of(i));
     } else if (flag == "--hf-dir" && line.command == "import-hf") {
       line.hf_dir = value_of(i);
     } else if (flag == "--out" && line.command == "export-hf") {

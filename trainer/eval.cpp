@@ -15,7 +15,9 @@
 #include "configs/user_error.h"
 #include "data/batch_source.h"
 #include "data/synthetic.h"
+#include "trainer/atomic_file.h"
 #include "trainer/checkpoint.h"
+#include "trainer/logits_dump.h"
 #include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
 #include "trainer/sequence_scorer.h"
@@ -147,6 +149,12 @@ void score_held_out(const EvalRun& run, LengthModel& model, data::SequenceSource
         t.answers += static_cast<double>(batch[i].answer_positions.size());
       }
     }
+    // A long evaluation is not silent: rank 0 reports its share's progress.
+    if (run.groups.world_rank() == 0) {
+      std::cout << "sparsering: eval: held-out sequences "
+                << std::min(mine.size(), start + batch_size) << "/" << mine.size()
+                << " of this replica scored" << std::endl;
+    }
   }
 }
 
@@ -232,12 +240,6 @@ AttentionResult result_of(const EvalRun& run, const std::string& mode, const Mod
   return result;
 }
 
-void write_atomically(const fs::path& path, const std::string& text) {
-  const fs::path temporary = path.string() + ".tmp";
-  std::ofstream(temporary) << text;
-  fs::rename(temporary, path);
-}
-
 }  // namespace
 
 void require_checkpoint(const config::Experiment& e, const EvalOptions& options) {
@@ -309,6 +311,11 @@ EvalReport evaluate(const config::Experiment& e, parallel::ProcessGroups& groups
   const std::vector<int64_t> lengths = passkey ? needle_lengths(e) : std::vector<int64_t>{};
   std::vector<ModeTotals> totals(modes.size(), ModeTotals(lengths.size() * kNeedleDepths));
   score_held_out(run, model, *source, totals);
+  if (!options.logits_path.empty()) {
+    watchdog.beat("logits");
+    write_held_out_logits(options.logits_path, model, *source, kHeldOutFirstIndex, modes, e, groups,
+                          device);
+  }
   if (passkey) score_needle_grid(run, model, nm_sparsity.get(), lengths, totals);
   watchdog.beat("results all-reduce");
   sum_over_world(totals, groups.world());
@@ -328,7 +335,7 @@ EvalReport evaluate(const config::Experiment& e, parallel::ProcessGroups& groups
   if (groups.world_rank() == 0) {
     std::cout << format_eval_table(report);
     const std::string json_path = (fs::path(run_dir) / "eval.json").string();
-    write_atomically(json_path, eval_json(report));
+    write_file_atomically(json_path, eval_json(report));
     std::cout << "sparsering: results written to " << json_path;
     if (passkey) {
       const std::string heatmap = (fs::path(run_dir) / "needle_heatmap.ppm").string();

@@ -20,6 +20,7 @@ struct EvalOptions {
   std::string checkpoint = "auto";  // "auto" = the run's newest intact checkpoint, else a path
   std::string attention;            // "dense", "sparse" or "both"; empty = attention.kind
   int sequences = 8;                // held-out sequences, and samples per needle-grid cell
+  std::string logits_path;          // non-empty: write the first held-out sequences' logits there
 };
 
 // First sequence indices of the evaluation sets. Training reads indices below

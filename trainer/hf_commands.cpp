@@ -1,25 +1,25 @@
 #include "trainer/hf_commands.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 
 #include "configs/user_error.h"
+#include "trainer/atomic_file.h"
 #include "trainer/checkpoint.h"
 #include "trainer/eval.h"
 #include "trainer/hf_weights.h"
 #include "trainer/model_setup.h"
 #include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
+#include "trainer/run_directory.h"
 #include "trainer/safetensors.h"
 
 namespace sparsering::trainer {
 namespace {
 
 namespace fs = std::filesystem;
-
-// transformers' default max_shard_size: larger exports are split the way it splits them.
-constexpr int64_t kMaxShardBytes = 5'000'000'000;
 
 std::string run_dir_of(const config::Experiment& e, const HfOptions& options) {
   return options.run_dir.empty() ? (fs::path(e.train.runs_root) / e.name).string()
@@ -50,6 +50,12 @@ struct CpuModel {
   }
 };
 
+// Absent lm_head.weight means tied embeddings.
+bool stores_lm_head(const std::vector<SafetensorsEntry>& hf) {
+  return std::any_of(hf.begin(), hf.end(),
+                     [](const auto& entry) { return entry.name == "lm_head.weight"; });
+}
+
 }  // namespace
 
 void check_hf_inputs(const std::string& command, const config::Experiment& e,
@@ -65,31 +71,36 @@ void check_hf_inputs(const std::string& command, const config::Experiment& e,
     throw UserError("--hf-dir " + options.hf_dir +
                     ": no config.json; give a Hugging Face model directory");
   }
-  const std::string dir = checkpoint_dir_of(e, options);
-  if (fs::is_directory(dir)) {
-    for (const auto& entry : fs::directory_iterator(dir)) {
-      if (entry.path().filename().string().rfind("step_", 0) == 0) {
-        throw UserError(dir + " already holds checkpoints; import into a new --run-dir");
-      }
-    }
+  // The architecture and RoPE checks read only config.json and the safetensors headers.
+  const std::vector<SafetensorsEntry> hf = list_safetensors_dir(options.hf_dir);
+  check_hf_config(options.hf_dir, e.model, stores_lm_head(hf));
+  const auto previous = previous_run_files(run_dir_of(e, options), checkpoint_dir_of(e, options));
+  if (!previous.empty()) {
+    throw UserError(run_dir_of(e, options) +
+                    " already holds checkpoints or other files of a run (" + previous.front() +
+                    "); import into a new --run-dir");
   }
 }
 
 void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
                const HfOptions& options) {
-  // Every rank reads the weights: each saves its own shard of them.
-  const NamedTensors hf = read_safetensors_dir(options.hf_dir);
-  const bool lm_head_stored = std::any_of(
-      hf.begin(), hf.end(), [](const auto& named) { return named.first == "lm_head.weight"; });
-  check_hf_config(options.hf_dir, e.model, lm_head_stored);
+  // Every rank reads the weights (each saves its own shard of them), one tensor at a time
+  // straight into the fp32 masters: the checkpoint's bytes are never all in memory at once.
+  if (groups.world_rank() == 0) {
+    std::cout << "sparsering: import-hf: reading " << options.hf_dir << " ..." << std::endl;
+  }
+  const std::vector<SafetensorsEntry> hf = list_safetensors_dir(options.hf_dir);
+  const std::string rope_changes = check_hf_config(options.hf_dir, e.model, stores_lm_head(hf));
   CpuModel cpu(e, groups);
-  const std::vector<at::Tensor> loaded =
-      map_hf_tensors(hf, cpu.names, cpu.parameters, options.hf_dir);
+  const std::vector<SafetensorsEntry> entries =
+      match_hf_entries(hf, cpu.names, cpu.parameters, options.hf_dir);
   MasterWeightOptimizer optimizer(cpu.parameters, e.optimizer);
   {
     torch::NoGradGuard no_grad;
     // The fp32 masters get the HF values exactly; bf16 model weights are rounded from them.
-    for (size_t i = 0; i < loaded.size(); ++i) optimizer.master_weights()[i].copy_(loaded[i]);
+    for (size_t i = 0; i < entries.size(); ++i) {
+      optimizer.master_weights()[i].copy_(read_safetensors_entry(entries[i]));
+    }
   }
   optimizer.sync_model_from_masters();
 
@@ -98,13 +109,17 @@ void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
     std::error_code error;
     fs::create_directories(run_dir, error);
     if (error) throw UserError(run_dir + ": cannot create the run directory");
-    std::ofstream(fs::path(run_dir) / "config.pbtxt") << e.resolved_text;
+    write_file_atomically((fs::path(run_dir) / "config.pbtxt").string(), e.resolved_text);
   }
   groups.world().barrier();
   Checkpointer checkpointer(checkpoint_dir_of(e, options), e, groups.world());
   checkpointer.save(ResumeState{}, optimizer);
   if (groups.world_rank() == 0) {
-    std::cout << "sparsering: imported " << loaded.size() << " tensors from " << options.hf_dir
+    if (!rope_changes.empty()) {
+      std::cout << "sparsering: model.rope_override: RoPE changed for this run: " << rope_changes
+                << std::endl;
+    }
+    std::cout << "sparsering: imported " << entries.size() << " tensors from " << options.hf_dir
               << " into " << checkpointer.dir() << "/step_00000000; continue with `sparsering "
               << "train --resume auto --run-dir " << run_dir << "` and the same config"
               << std::endl;
@@ -118,8 +133,12 @@ void export_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
   Checkpointer checkpointer(checkpoint_dir_of(e, options), e, groups.world());
   const auto found = checkpointer.find(options.checkpoint, "--checkpoint");
   if (!found) throw UserError("--checkpoint auto: no checkpoint under " + checkpointer.dir());
+  if (groups.world_rank() == 0) {
+    std::cout << "sparsering: export-hf: loading " << *found << " ..." << std::endl;
+  }
   const ResumeState state = checkpointer.load(*found, optimizer);
   if (groups.world_rank() == 0) {
+    std::cout << "sparsering: export-hf: writing " << options.out_dir << " ..." << std::endl;
     std::error_code error;
     fs::create_directories(options.out_dir, error);
     if (error) throw UserError("--out " + options.out_dir + ": cannot create the directory");
@@ -137,10 +156,9 @@ void export_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
       }
       tensors.emplace_back(hf_name(cpu.names[i]), weight);
     }
-    const auto files = write_safetensors_dir(options.out_dir, tensors, kMaxShardBytes);
+    const auto files = write_safetensors_dir(options.out_dir, tensors, options.max_shard_bytes);
     const fs::path config_path = fs::path(options.out_dir) / "config.json";
-    std::ofstream(config_path) << hf_config_json(e, model_dtype(e));
-    if (!fs::is_regular_file(config_path)) throw UserError(config_path.string() + ": not written");
+    write_file_atomically(config_path.string(), hf_config_json(e, model_dtype(e)));
     std::cout << "sparsering: exported step " << state.step << " of " << *found << " to "
               << options.out_dir << " (config.json, " << files.size() << " safetensors file(s)"
               << (nm_sparsity ? ", N:M layers strictly N:M" : "") << ")" << std::endl;

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "configs/user_error.h"
+#include "trainer/hf_rope.h"
 #include "trainer/json.h"
 
 namespace sparsering::trainer {
@@ -17,8 +18,11 @@ namespace {
 const std::pair<const char*, const char*> kLayerNames[] = {
     {"attention_norm.weight", "input_layernorm.weight"},
     {"attention.q_proj.weight", "self_attn.q_proj.weight"},
+    {"attention.q_proj.bias", "self_attn.q_proj.bias"},
     {"attention.k_proj.weight", "self_attn.k_proj.weight"},
+    {"attention.k_proj.bias", "self_attn.k_proj.bias"},
     {"attention.v_proj.weight", "self_attn.v_proj.weight"},
+    {"attention.v_proj.bias", "self_attn.v_proj.bias"},
     {"attention.o_proj.weight", "self_attn.o_proj.weight"},
     {"mlp_norm.weight", "post_attention_layernorm.weight"},
     {"mlp.gate_proj.weight", "mlp.gate_proj.weight"},
@@ -86,12 +90,12 @@ std::optional<std::string> our_name(const std::string& hf) {
   return std::nullopt;
 }
 
-void check_hf_config(const std::string& dir, const config::ModelConfig& model,
-                     bool lm_head_stored) {
+std::string check_hf_config(const std::string& dir, const config::ModelConfig& model,
+                            bool lm_head_stored) {
   const std::string path = dir + "/config.json";
   const JsonValue hf = parse_json(read_text(path), path);
   const auto refuse = [&](const std::string& what) {
-    throw UserError(path + ": " + what + "; this trainer's Llama model cannot load it");
+    throw UserError(path + ": " + what + "; this trainer cannot load it");
   };
   const auto number = [&](const char* key, std::optional<double> fallback) -> double {
     const JsonValue* value = hf.find(key);
@@ -104,42 +108,33 @@ void check_hf_config(const std::string& dir, const config::ModelConfig& model,
     return value && value->kind == JsonValue::Kind::kBool && value->boolean;
   };
 
-  if (const JsonValue* type = hf.find("model_type")) {
-    if (type->text != "llama" && type->text != "qwen2") {
-      refuse("model_type \"" + type->text + "\" (llama and qwen2 are supported)");
+  const JsonValue* type = hf.find("model_type");
+  if (!type || (type->text != "llama" && type->text != "qwen2")) {
+    refuse("model_type \"" + (type ? type->text : std::string("(none)")) +
+           "\" (llama and qwen2 are supported)");
+  }
+  const bool qwen2 = type->text == "qwen2";
+  if (const JsonValue* architectures = hf.find("architectures")) {
+    for (const auto& name : architectures->items) {
+      if (name.text != "LlamaForCausalLM" && name.text != "Qwen2ForCausalLM") {
+        refuse("architecture " + name.text + " (LlamaForCausalLM and Qwen2ForCausalLM are)");
+      }
     }
   }
   if (const JsonValue* act = hf.find("hidden_act"); act && act->text != "silu") {
     refuse("hidden_act \"" + act->text + "\" (the MLP is SwiGLU: silu)");
   }
-  if (flag("attention_bias")) refuse("attention_bias is true (no attention biases here)");
+  // Llama's attention_bias adds an o_proj bias too; Qwen2's q/k/v biases are implied.
+  if (!qwen2 && flag("attention_bias")) refuse("attention_bias is true for llama (o_proj bias)");
   if (flag("mlp_bias")) refuse("mlp_bias is true (no MLP biases here)");
-  if (flag("use_sliding_window")) refuse("use_sliding_window is true (attention is causal)");
-
-  // RoPE: theta and linear position scaling, at the top level (transformers 4) or in
-  // rope_parameters (transformers 5). Other scaling kinds change the frequencies themselves.
-  const JsonValue* rope = hf.find("rope_parameters");
-  if (!rope || rope->kind != JsonValue::Kind::kObject) rope = hf.find("rope_scaling");
-  double rope_theta = 10000.0, rope_factor = 1.0;
-  if (const JsonValue* theta = hf.find("rope_theta"); theta && theta->is_number()) {
-    rope_theta = theta->number();
-  }
-  if (rope && rope->kind == JsonValue::Kind::kObject) {
-    if (const JsonValue* theta = rope->find("rope_theta"); theta && theta->is_number()) {
-      rope_theta = theta->number();
-    }
-    const JsonValue* kind = rope->find("rope_type");
-    if (!kind) kind = rope->find("type");
-    const std::string rope_type = kind ? kind->text : "default";
-    if (rope_type == "linear") {
-      const JsonValue* factor = rope->find("factor");
-      if (!factor || !factor->is_number()) refuse("linear rope scaling without a factor");
-      rope_factor = factor->number();
-    } else if (rope_type != "default") {
-      refuse("rope scaling \"" + rope_type + "\" (only linear position scaling is supported)");
+  if (flag("use_sliding_window")) refuse("use_sliding_window is true (sliding-window attention)");
+  if (const JsonValue* layer_types = hf.find("layer_types")) {
+    for (const auto& layer_type : layer_types->items) {
+      if (layer_type.text != "full_attention") {
+        refuse("layer_types has \"" + layer_type.text + "\" (only full_attention layers)");
+      }
     }
   }
-
   const double heads = number("num_attention_heads", std::nullopt);
   const double hidden = number("hidden_size", std::nullopt);
   if (const JsonValue* head_dim = hf.find("head_dim"); head_dim && head_dim->is_number()) {
@@ -166,80 +161,88 @@ void check_hf_config(const std::string& dir, const config::ModelConfig& model,
        double(model.ffn_hidden_size), false},
       {"vocab_size", "model.vocab_size", number("vocab_size", std::nullopt),
        double(model.vocab_size), false},
-      {"rope_theta", "model.rope_theta", rope_theta, model.rope_theta, false},
-      {"rope_scaling.factor", "model.rope_scaling_factor", rope_factor, model.rope_scaling_factor,
-       false},
       {"rms_norm_eps", "model.rms_norm_eps", number("rms_norm_eps", 1e-6), model.rms_norm_eps,
        false},
       {"tie_word_embeddings", "model.tie_embeddings", tied ? 1.0 : 0.0,
-       model.tie_embeddings ? 1.0 : 0.0, true}};
+       model.tie_embeddings ? 1.0 : 0.0, true},
+      {"model_type (q/k/v biases)", "model.attention_bias", qwen2 ? 1.0 : 0.0,
+       model.attention_bias ? 1.0 : 0.0, true}};
   std::string mismatches, overrides;
+  const auto add = [&](const std::string& hf_key, const std::string& ours,
+                       const std::string& theirs, const std::string& mine) {
+    mismatches +=
+        (mismatches.empty() ? "" : ", ") + hf_key + " " + theirs + " vs " + ours + " " + mine;
+    overrides += " --set " + ours + "=" + theirs;
+  };
   for (const auto& field : fields) {
     if (same_number(field.mine, field.theirs)) continue;
     const auto text = [&](double v) {
       return field.is_bool ? std::string(v != 0 ? "true" : "false") : json_number(v);
     };
-    mismatches += std::string(mismatches.empty() ? "" : ", ") + field.hf_key + " " +
-                  text(field.theirs) + " vs " + field.ours + " " + text(field.mine);
-    overrides += std::string(" --set ") + field.ours + "=" + text(field.theirs);
+    add(field.hf_key, field.ours, text(field.theirs), text(field.mine));
+  }
+  // RoPE: equal to the checkpoint's unless model.rope_override extends the context on purpose.
+  std::string rope_changes;
+  for (const auto& field : compare_rope(hf_rope(hf, path, model), model)) {
+    if (field.equal) continue;
+    if (model.rope_override) {
+      rope_changes += (rope_changes.empty() ? "" : ", ") + field.ours + " " + field.mine_text +
+                      " (checkpoint " + field.hf_key + " " + field.theirs_text + ")";
+    } else {
+      add(field.hf_key, field.ours, field.theirs_text, field.mine_text);
+    }
   }
   if (!mismatches.empty()) {
     throw UserError(path + " does not match the model config: " + mismatches +
                     "; to match it, add:" + overrides);
   }
+  return rope_changes;
 }
 
-std::vector<at::Tensor> map_hf_tensors(const NamedTensors& hf,
-                                       const std::vector<std::string>& names,
-                                       const std::vector<at::Tensor>& ours,
-                                       const std::string& source) {
-  std::map<std::string, const at::Tensor*> by_name;
-  for (const auto& [name, tensor] : hf) {
-    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
-      throw UserError(source + ": tensor " + name +
-                      " is a bias (Qwen2 q/k/v projections have them); this trainer's model "
-                      "has no biases, so these weights cannot be loaded without changing them");
-    }
-    by_name[name] = &tensor;
-  }
-  std::vector<at::Tensor> loaded;
+std::vector<SafetensorsEntry> match_hf_entries(const std::vector<SafetensorsEntry>& hf,
+                                               const std::vector<std::string>& names,
+                                               const std::vector<at::Tensor>& ours,
+                                               const std::string& source) {
+  std::map<std::string, const SafetensorsEntry*> by_name;
+  for (const auto& entry : hf) by_name[entry.name] = &entry;
+  std::vector<SafetensorsEntry> matched;
   for (size_t i = 0; i < names.size(); ++i) {
     const std::string theirs = hf_name(names[i]);
     const auto found = by_name.find(theirs);
     if (found == by_name.end()) {
       throw UserError(source + ": no tensor " + theirs + " (for our " + names[i] + ")");
     }
-    const at::Tensor& tensor = *found->second;
-    if (tensor.sizes() != ours[i].sizes()) {
-      throw UserError(source + ": tensor " + theirs + " has shape " + shape_text(tensor.sizes()) +
+    const SafetensorsEntry& entry = *found->second;
+    if (at::IntArrayRef(entry.shape) != ours[i].sizes()) {
+      throw UserError(source + ": tensor " + theirs + " has shape " + shape_text(entry.shape) +
                       ", our " + names[i] + " expects " + shape_text(ours[i].sizes()));
     }
-    loaded.push_back(tensor.to(at::kFloat));
+    matched.push_back(entry);
     by_name.erase(found);
   }
-  for (const auto& [name, tensor] : by_name) {
+  for (const auto& [name, entry] : by_name) {
     // RoPE tables some exports store, and lm_head when both sides tie it to the embedding.
     if (name.find("rotary_emb.inv_freq") != std::string::npos || name == "lm_head.weight") {
       continue;
     }
-    throw UserError(source + ": unexpected tensor " + name + " " + shape_text(tensor->sizes()) +
-                    ": not part of a Llama model with " +
-                    std::to_string(std::count_if(names.begin(), names.end(),
-                                                 [](const auto& n) {
-                                                   return n.find(".attention_norm.") !=
-                                                          std::string::npos;
-                                                 })) +
-                    " layers");
+    const bool bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    throw UserError(source + ": unexpected tensor " + name + " " + shape_text(entry->shape) +
+                    (bias ? ": a bias, and the model config has none (model.attention_bias gives "
+                            "q/k/v biases only)"
+                          : ": not part of the configured model"));
   }
-  return loaded;
+  return matched;
 }
 
 std::string hf_config_json(const config::Experiment& experiment, at::ScalarType dtype) {
   const config::ModelConfig& m = experiment.model;
+  // Qwen2's q/k/v biases are its architecture; Llama without biases otherwise.
+  const bool qwen2 = m.attention_bias;
   std::ostringstream json;
   json << "{\n"
-       << "  \"architectures\": [\"LlamaForCausalLM\"],\n"
-       << "  \"model_type\": \"llama\",\n"
+       << "  \"architectures\": [\"" << (qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM")
+       << "\"],\n"
+       << "  \"model_type\": \"" << (qwen2 ? "qwen2" : "llama") << "\",\n"
        << "  \"hidden_size\": " << m.hidden_size << ",\n"
        << "  \"intermediate_size\": " << m.ffn_hidden_size << ",\n"
        << "  \"num_hidden_layers\": " << m.num_layers << ",\n"
@@ -248,17 +251,17 @@ std::string hf_config_json(const config::Experiment& experiment, at::ScalarType 
        << "  \"head_dim\": " << m.head_dim() << ",\n"
        << "  \"vocab_size\": " << m.vocab_size << ",\n"
        << "  \"max_position_embeddings\": " << m.max_context << ",\n"
-       << "  \"rope_theta\": " << json_number(m.rope_theta) << ",\n"
-       << "  \"rope_scaling\": "
-       << (m.rope_scaling_factor == 1.0 ? std::string("null")
-                                        : "{\"rope_type\": \"linear\", \"factor\": " +
-                                              json_number(m.rope_scaling_factor) + "}")
-       << ",\n"
-       << "  \"rms_norm_eps\": " << json_number(m.rms_norm_eps) << ",\n"
-       << "  \"hidden_act\": \"silu\",\n"
-       << "  \"attention_bias\": false,\n"
-       << "  \"mlp_bias\": false,\n"
-       << "  \"tie_word_embeddings\": " << (m.tie_embeddings ? "true" : "false") << ",\n"
+       << rope_config_json(m) << "  \"rms_norm_eps\": " << json_number(m.rms_norm_eps) << ",\n"
+       << "  \"hidden_act\": \"silu\",\n";
+  if (qwen2) {
+    json << "  \"use_sliding_window\": false,\n"
+         << "  \"sliding_window\": null,\n"
+         << "  \"max_window_layers\": " << m.num_layers << ",\n";
+  } else {
+    json << "  \"attention_bias\": false,\n"
+         << "  \"mlp_bias\": false,\n";
+  }
+  json << "  \"tie_word_embeddings\": " << (m.tie_embeddings ? "true" : "false") << ",\n"
        << "  \"initializer_range\": " << json_number(m.init_std) << ",\n"
        << "  \"torch_dtype\": \"" << (dtype == at::kBFloat16 ? "bfloat16" : "float32") << "\",\n"
        << "  \"use_cache\": true\n"

@@ -1,5 +1,6 @@
 #include "trainer/json.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -232,7 +233,14 @@ int64_t JsonValue::integer() const {
   if (kind != Kind::kNumber || text.find_first_of(".eE") != std::string::npos) {
     throw std::invalid_argument("not an integer: " + text);
   }
-  return std::stoll(text);
+  // std::stoll would throw out_of_range with the bare message "stoll": callers handle this one.
+  errno = 0;
+  char* end = nullptr;
+  const long long value = std::strtoll(text.c_str(), &end, 10);
+  if (errno == ERANGE || end == text.c_str()) {
+    throw std::invalid_argument("not a 64-bit integer: " + text);
+  }
+  return value;
 }
 
 JsonValue parse_json(const std::string& text, const std::string& source) {

@@ -12,6 +12,7 @@
 #include "trainer/cli.h"
 #include "trainer/eval.h"
 #include "trainer/hf_commands.h"
+#include "trainer/interrupt.h"
 #include "trainer/memory_plan.h"
 #include "trainer/sweep_listing.h"
 #include "trainer/train.h"
@@ -82,9 +83,10 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
   }
   config::validate_world(experiment, mpi.world_size());
   const trainer::EvalOptions eval_options{line.run_dir, line.checkpoint, line.attention,
-                                          line.eval_sequences};
+                                          line.eval_sequences, line.logits_out};
   if (line.command == "eval") trainer::require_checkpoint(experiment, eval_options);
-  const trainer::HfOptions hf_options{line.run_dir, line.hf_dir, line.checkpoint, line.out_dir};
+  const trainer::HfOptions hf_options{line.run_dir, line.hf_dir, line.checkpoint, line.out_dir,
+                                      line.max_shard_bytes};
   const bool hf_command = line.command == "import-hf" || line.command == "export-hf";
   if (hf_command) trainer::check_hf_inputs(line.command, experiment, hf_options);
   collectives_started = true;
@@ -109,7 +111,7 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
   if (line.command == "eval") {
     trainer::evaluate(experiment, groups, device, eval_options);
   } else {
-    trainer::train(experiment, groups, device, {line.run_dir, line.resume});
+    trainer::train(experiment, groups, device, {line.run_dir, line.resume, line.overwrite});
   }
   return 0;
 }
@@ -118,6 +120,7 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
 
 int main(int argc, char** argv) {
   parallel::MpiSession mpi(&argc, &argv);
+  trainer::install_interrupt_handlers(mpi.world_rank());
   bool collectives_started = false;
   int status = 0;
   try {

@@ -2,14 +2,14 @@
 
 #include <cmath>
 #include <cstdio>
+#include <sstream>
 #include <stdexcept>
 
 namespace sparsering::trainer {
 
 MetricsLog::MetricsLog(const std::string& path) {
   if (path.empty()) return;
-  jsonl_.open(path, std::ios::app);
-  if (!jsonl_) throw std::runtime_error(path + ": cannot open the metrics file for writing");
+  jsonl_ = AppendFile(path);
 }
 
 void MetricsLog::write(const StepMetrics& m) {
@@ -21,18 +21,19 @@ void MetricsLog::write(const StepMetrics& m) {
     std::snprintf(text, sizeof(text), format, value);
     return std::string(text);
   };
-  jsonl_ << "{\"step\": " << m.step << ", \"loss\": " << number(m.loss, "%.6f")
-         << ", \"lr\": " << number(m.lr, "%.6g")
-         << ", \"grad_norm\": " << number(m.grad_norm, "%.6g")
-         << ", \"tokens_per_second\": " << number(m.tokens_per_second, "%.1f")
-         << ", \"model_tflops\": " << number(m.model_tflops, "%.4f")
-         << ", \"executed_tflops\": " << number(m.executed_tflops, "%.4f")
-         << ", \"mfu\": " << (m.mfu < 0 ? std::string("null") : number(m.mfu, "%.5f"))
-         << ", \"attention_density\": " << number(m.attention_density, "%.5f")
-         << ", \"imbalance\": " << number(m.imbalance, "%.4f")
-         << ", \"step_seconds\": " << number(m.step_seconds, "%.5f")
-         << ", \"skipped_steps\": " << m.skipped_steps << "}\n";
-  jsonl_.flush();
+  std::ostringstream line;
+  line << "{\"step\": " << m.step << ", \"loss\": " << number(m.loss, "%.6f")
+       << ", \"lr\": " << number(m.lr, "%.6g") << ", \"grad_norm\": " << number(m.grad_norm, "%.6g")
+       << ", \"tokens_per_second\": " << number(m.tokens_per_second, "%.1f")
+       << ", \"model_tflops\": " << number(m.model_tflops, "%.4f")
+       << ", \"executed_tflops\": " << number(m.executed_tflops, "%.4f")
+       << ", \"mfu\": " << (m.mfu < 0 ? std::string("null") : number(m.mfu, "%.5f"))
+       << ", \"attention_density\": " << number(m.attention_density, "%.5f")
+       << ", \"imbalance\": " << number(m.imbalance, "%.4f")
+       << ", \"step_seconds\": " << number(m.step_seconds, "%.5f")
+       << ", \"skipped_steps\": " << m.skipped_steps << "}\n";
+  // One checked write per line: a full disk ends the run instead of cutting the file.
+  jsonl_.append(line.str());
 }
 
 std::string MetricsLog::console_line(const StepMetrics& m, int total_steps) {

@@ -2,10 +2,11 @@
 #pragma once
 
 #include <cstdint>
-#include <fstream>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "trainer/atomic_file.h"
 
 namespace sparsering::trainer {
 
@@ -30,7 +31,7 @@ class MetricsLog {
   static std::string console_line(const StepMetrics& metrics, int total_steps);
 
  private:
-  std::ofstream jsonl_;
+  AppendFile jsonl_;
 };
 
 }  // namespace sparsering::trainer

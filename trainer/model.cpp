@@ -8,15 +8,17 @@
 namespace sparsering::trainer {
 namespace {
 
-torch::nn::Linear linear(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+torch::nn::Linear linear(int64_t in, int64_t out, bool bias = false) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
-// x W^T, through the N:M effective weight when `nm_sparsity` covers the projection's weight.
+// x W^T (+ b), through the N:M effective weight when `nm_sparsity` covers the projection's
+// weight; a bias stays dense.
 at::Tensor project(torch::nn::Linear& projection, const NMSparsity* nm_sparsity,
                    const std::string& weight_name, const at::Tensor& x) {
   if (nm_sparsity == nullptr || !nm_sparsity->covers(weight_name)) return projection(x);
-  return at::linear(x, nm_sparsity->effective_weight(weight_name, projection->weight));
+  return at::linear(x, nm_sparsity->effective_weight(weight_name, projection->weight),
+                    projection->bias);
 }
 
 // Rotates pairs (x1, x2) = (first half, second half) of the head dimension (Llama convention).
@@ -30,16 +32,6 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 }
 
 }  // namespace
-
-std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions, int64_t head_dim,
-                                              double theta, double scaling_factor) {
-  const auto options = positions.options().dtype(at::kDouble);
-  const auto exponent = at::arange(0, head_dim, 2, options) / static_cast<double>(head_dim);
-  const auto inverse_frequency = at::pow(theta, -exponent);
-  const auto angles =
-      (positions.to(at::kDouble) / scaling_factor).unsqueeze(1) * inverse_frequency.unsqueeze(0);
-  return {at::cos(angles).to(at::kFloat), at::sin(angles).to(at::kFloat)};
-}
 
 RMSNormImpl::RMSNormImpl(int64_t size, double eps) : eps_(eps) {
   weight_ = register_parameter("weight", at::ones({size}));
@@ -60,9 +52,10 @@ AttentionImpl::AttentionImpl(const config::ModelConfig& model,
       ring_(std::move(ring)),
       nm_sparsity_(nm_sparsity),
       name_prefix_(std::move(name_prefix)) {
-  q_proj_ = register_module("q_proj", linear(model.hidden_size, heads_ * head_dim_));
-  k_proj_ = register_module("k_proj", linear(model.hidden_size, kv_heads_ * head_dim_));
-  v_proj_ = register_module("v_proj", linear(model.hidden_size, kv_heads_ * head_dim_));
+  const bool bias = model.attention_bias;
+  q_proj_ = register_module("q_proj", linear(model.hidden_size, heads_ * head_dim_, bias));
+  k_proj_ = register_module("k_proj", linear(model.hidden_size, kv_heads_ * head_dim_, bias));
+  v_proj_ = register_module("v_proj", linear(model.hidden_size, kv_heads_ * head_dim_, bias));
   o_proj_ = register_module("o_proj", linear(heads_ * head_dim_, model.hidden_size));
 }
 
@@ -172,7 +165,10 @@ void initialize_weights(Decoder& model, double init_std) {
   torch::NoGradGuard no_grad;
   for (auto& named : model->named_parameters()) {
     auto& p = named.value();
-    if (p.dim() == 1) {
+    const std::string& name = named.key();
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+      p.zero_();  // q/k/v biases, as transformers initialises them
+    } else if (p.dim() == 1) {
       p.fill_(1.0);  // RMSNorm gains
     } else {
       p.normal_(0.0, init_std);

@@ -14,6 +14,7 @@
 #include "configs/config.h"
 #include "parallel/ring_attention.h"
 #include "trainer/profiler.h"
+#include "trainer/rope.h"
 
 namespace sparsering::trainer {
 
@@ -48,10 +49,6 @@ struct StepContext {
   LayerGather* layer_gather = nullptr;
 };
 
-// cos/sin of RoPE angles (position / scaling_factor) x theta^(-2i/d), fp32.
-std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions, int64_t head_dim,
-                                              double theta, double scaling_factor);
-
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t size, double eps);
@@ -64,7 +61,8 @@ class RMSNormImpl : public torch::nn::Module {
 TORCH_MODULE(RMSNorm);
 
 // Projections whose weight `nm_sparsity` covers (nullptr: none) multiply with its N:M effective
-// weight; `name_prefix` ("block0.attention.") completes their parameter names for it.
+// weight; `name_prefix` ("block0.attention.") completes their parameter names for it. With
+// model.attention_bias, q/k/v add a bias (Qwen2), which N:M never covers (it covers ".weight"s).
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const config::ModelConfig& model, std::shared_ptr<parallel::RingAttention> ring,

@@ -59,8 +59,7 @@ Decoder make_decoder(const config::Experiment& e,
 
 void set_rope_tables(StepContext& context, const parallel::TokenLayout& layout, int cp_rank,
                      const config::ModelConfig& model, const at::Device& device) {
-  std::tie(context.rope_cos, context.rope_sin) = rope_tables(
-      layout.positions_of(cp_rank), model.head_dim(), model.rope_theta, model.rope_scaling_factor);
+  std::tie(context.rope_cos, context.rope_sin) = rope_tables(layout.positions_of(cp_rank), model);
   context.rope_cos = context.rope_cos.to(device);
   context.rope_sin = context.rope_sin.to(device);
 }

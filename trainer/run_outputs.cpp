@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "configs/user_error.h"
+#include "trainer/atomic_file.h"
 #include "trainer/profile_report.h"
 
 namespace sparsering::trainer {
@@ -20,25 +22,37 @@ void prepare_run_dir(const config::Experiment& e, const std::string& dir) {
   std::error_code error;
   fs::create_directories(dir, error);
   if (error) throw UserError(dir + ": cannot create the run directory (" + error.message() + ")");
-  std::ofstream resolved(fs::path(dir) / "config.pbtxt");
-  resolved << e.resolved_text;
-  if (!resolved) throw UserError(dir + "/config.pbtxt: cannot write the resolved config");
+  write_file_atomically((fs::path(dir) / "config.pbtxt").string(), e.resolved_text);
 }
 
 void truncate_metrics(const std::string& path, int64_t last_step) {
-  std::vector<std::string> kept;
+  if (!fs::exists(path)) return;
+  std::string kept;
+  int64_t cut = 0;
   {
     std::ifstream file(path);
     std::string line;
     while (std::getline(file, line)) {
+      // Every line starts {"step": N, ...} (MetricsLog::write); anything else is a line cut by a
+      // crash, which is dropped.
       const auto at = line.find("\"step\": ");
-      if (at != std::string::npos && std::stoll(line.substr(at + 8)) <= last_step) {
-        kept.push_back(line);
+      char* end = nullptr;
+      const long long step =
+          at == std::string::npos ? -1 : std::strtoll(line.c_str() + at + 8, &end, 10);
+      const bool whole = at != std::string::npos && end != line.c_str() + at + 8 && !line.empty() &&
+                         line.back() == '}';
+      if (whole && step <= last_step) {
+        kept += line + '\n';
+      } else if (!whole) {
+        ++cut;
       }
     }
   }
-  std::ofstream file(path, std::ios::trunc);
-  for (const auto& line : kept) file << line << '\n';
+  if (cut > 0) {
+    std::cout << "sparsering: " << path << ": " << cut
+              << " cut line(s) (an interrupted write) dropped" << std::endl;
+  }
+  write_file_atomically(path, kept);
 }
 
 void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir,
@@ -85,9 +99,7 @@ void write_summary(const std::string& run_dir, const TrainResult& result, const 
        << ", \"mfu_mean\": " << (on_gpu ? std::to_string(mean(totals.mfu)) : "null")
        << ", \"attention_density_mean\": " << mean(totals.density)
        << ", \"wall_seconds\": " << wall_seconds << "}\n";
-  const fs::path temporary = fs::path(run_dir) / "summary.json.tmp";
-  std::ofstream(temporary) << json.str();
-  fs::rename(temporary, fs::path(run_dir) / "summary.json");
+  write_file_atomically((fs::path(run_dir) / "summary.json").string(), json.str());
 }
 
 }  // namespace sparsering::trainer

@@ -1,6 +1,7 @@
 #include "trainer/safetensors.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "configs/user_error.h"
+#include "trainer/atomic_file.h"
 #include "trainer/json.h"
 
 namespace sparsering::trainer {
@@ -48,8 +50,8 @@ std::string read_text(const fs::path& path) {
 }
 
 // One header entry, checked against the data section's size.
-at::Tensor read_tensor(std::ifstream& file, const std::string& path, const std::string& name,
-                       const JsonValue& entry, uint64_t data_start, uint64_t data_bytes) {
+SafetensorsEntry parse_entry(const std::string& path, const std::string& name,
+                             const JsonValue& entry, uint64_t data_start, uint64_t data_bytes) {
   const auto fail = [&](const std::string& what) -> UserError {
     return UserError(path + ": tensor " + name + ": " + what + " (corrupt or not safetensors)");
   };
@@ -81,8 +83,8 @@ at::Tensor read_tensor(std::ifstream& file, const std::string& path, const std::
   } catch (const std::invalid_argument&) {
     throw fail("shape and data_offsets must be integers");
   }
-  at::Tensor tensor = at::empty(sizes, at::TensorOptions().dtype(type->type));
-  const auto bytes = static_cast<int64_t>(tensor.nbytes());
+  int64_t bytes = static_cast<int64_t>(c10::elementSize(type->type));
+  for (const int64_t size : sizes) bytes *= size;
   if (begin < 0 || end < begin || end - begin != bytes) {
     throw fail("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                "] do not hold shape " + shape_text(sizes) + " of " + dtype->text);
@@ -92,16 +94,12 @@ at::Tensor read_tensor(std::ifstream& file, const std::string& path, const std::
                     std::to_string(data_start + end) + " of a " +
                     std::to_string(data_start + data_bytes) + "-byte file");
   }
-  file.seekg(static_cast<std::streamoff>(data_start + begin));
-  // safetensors stores little-endian, as every host we build for is.
-  file.read(static_cast<char*>(tensor.data_ptr()), bytes);
-  if (!file) throw UserError(path + ": read failed at tensor " + name);
-  return tensor;
+  return {name, path, type->type, std::move(sizes), data_start + static_cast<uint64_t>(begin)};
 }
 
 }  // namespace
 
-NamedTensors read_safetensors(const std::string& path) {
+std::vector<SafetensorsEntry> list_safetensors(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   if (!file) throw UserError(path + ": cannot open the safetensors file");
   const uint64_t file_bytes = fs::file_size(path);
@@ -122,11 +120,29 @@ NamedTensors read_safetensors(const std::string& path) {
     throw UserError(path + ": corrupt: the header is not a JSON object");
   }
   const uint64_t data_start = 8 + header_bytes;
-  NamedTensors tensors;
+  std::vector<SafetensorsEntry> entries;
   for (const auto& [name, entry] : header.members) {
     if (name == "__metadata__") continue;
-    tensors.emplace_back(name,
-                         read_tensor(file, path, name, entry, data_start, file_bytes - data_start));
+    entries.push_back(parse_entry(path, name, entry, data_start, file_bytes - data_start));
+  }
+  return entries;
+}
+
+at::Tensor read_safetensors_entry(const SafetensorsEntry& entry) {
+  std::ifstream file(entry.path, std::ios::binary);
+  if (!file) throw UserError(entry.path + ": cannot open the safetensors file");
+  at::Tensor tensor = at::empty(entry.shape, at::TensorOptions().dtype(entry.dtype));
+  file.seekg(static_cast<std::streamoff>(entry.offset));
+  // safetensors stores little-endian, as every host we build for is.
+  file.read(static_cast<char*>(tensor.data_ptr()), static_cast<std::streamsize>(tensor.nbytes()));
+  if (!file) throw UserError(entry.path + ": read failed at tensor " + entry.name);
+  return tensor;
+}
+
+NamedTensors read_safetensors(const std::string& path) {
+  NamedTensors tensors;
+  for (const auto& entry : list_safetensors(path)) {
+    tensors.emplace_back(entry.name, read_safetensors_entry(entry));
   }
   return tensors;
 }
@@ -167,12 +183,19 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
       file.write(static_cast<const char*>(tensor.data_ptr()),
                  static_cast<std::streamsize>(tensor.nbytes()));
     }
-    if (!file) throw UserError(temporary + ": write failed (disk full?)");
+    file.flush();
+    if (!file) {
+      const int error = errno != 0 ? errno : EIO;
+      file.close();
+      std::remove(temporary.c_str());
+      throw WriteError(
+          write_failure_message(path, error, 8 + header.size() + static_cast<uint64_t>(offset)));
+    }
   }
   fs::rename(temporary, path);
 }
 
-NamedTensors read_safetensors_dir(const std::string& dir) {
+std::vector<SafetensorsEntry> list_safetensors_dir(const std::string& dir) {
   const fs::path index_path = fs::path(dir) / "model.safetensors.index.json";
   const fs::path single_path = fs::path(dir) / "model.safetensors";
   if (!fs::is_regular_file(index_path)) {
@@ -180,7 +203,7 @@ NamedTensors read_safetensors_dir(const std::string& dir) {
       throw UserError(dir + ": neither model.safetensors.index.json nor model.safetensors; " +
                       "give a Hugging Face model directory saved with safetensors");
     }
-    return read_safetensors(single_path.string());
+    return list_safetensors(single_path.string());
   }
   const JsonValue index = parse_json(read_text(index_path), index_path.string());
   const JsonValue* weight_map = index.find("weight_map");
@@ -197,15 +220,15 @@ NamedTensors read_safetensors_dir(const std::string& dir) {
     if (std::find(files.begin(), files.end(), file.text) == files.end()) files.push_back(file.text);
     file_of[name] = file.text;
   }
-  NamedTensors tensors;
+  std::vector<SafetensorsEntry> entries;
   std::set<std::string> found;
   for (const auto& file : files) {
-    for (auto& named : read_safetensors((fs::path(dir) / file).string())) {
-      const auto listed = file_of.find(named.first);
+    for (auto& entry : list_safetensors((fs::path(dir) / file).string())) {
+      const auto listed = file_of.find(entry.name);
       // A tensor the index places in another shard (or omits) is not the model's.
       if (listed == file_of.end() || listed->second != file) continue;
-      found.insert(named.first);
-      tensors.push_back(std::move(named));
+      found.insert(entry.name);
+      entries.push_back(std::move(entry));
     }
   }
   for (const auto& [name, file] : file_of) {
@@ -213,6 +236,14 @@ NamedTensors read_safetensors_dir(const std::string& dir) {
       throw UserError(index_path.string() + " places " + name + " in " + file +
                       ", which does not hold it");
     }
+  }
+  return entries;
+}
+
+NamedTensors read_safetensors_dir(const std::string& dir) {
+  NamedTensors tensors;
+  for (const auto& entry : list_safetensors_dir(dir)) {
+    tensors.emplace_back(entry.name, read_safetensors_entry(entry));
   }
   return tensors;
 }
@@ -253,10 +284,9 @@ std::vector<std::string> write_safetensors_dir(const std::string& dir, const Nam
                     json_quote(named.first) + ": " + json_quote(name);
     }
   }
-  std::ofstream index(index_path, std::ios::trunc);
-  index << "{\n  \"metadata\": {\"total_size\": " << total_bytes << "},\n  \"weight_map\": {\n"
-        << weight_map << "\n  }\n}\n";
-  if (!index) throw UserError(index_path.string() + ": write failed");
+  write_file_atomically(index_path.string(),
+                        "{\n  \"metadata\": {\"total_size\": " + std::to_string(total_bytes) +
+                            "},\n  \"weight_map\": {\n" + weight_map + "\n  }\n}\n");
   written.push_back(index_path.string());
   return written;
 }

@@ -15,6 +15,26 @@ namespace sparsering::trainer {
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
+// Where one tensor lies in a safetensors file, from the header alone: a checkpoint of any size is
+// listed without reading its data, then read one tensor at a time.
+struct SafetensorsEntry {
+  std::string name, path;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+  uint64_t offset = 0;  // of the tensor's first byte in the file
+};
+
+// The header of `path`, checked against the file's size, in header order.
+std::vector<SafetensorsEntry> list_safetensors(const std::string& path);
+
+// The entries of a Hugging Face weights directory: the shards model.safetensors.index.json names
+// (each tensor from the shard its weight_map gives), else model.safetensors. Throws UserError
+// naming the directory when neither exists, or the index when it and the shards disagree.
+std::vector<SafetensorsEntry> list_safetensors_dir(const std::string& dir);
+
+// One tensor's data, on the CPU in its stored dtype.
+at::Tensor read_safetensors_entry(const SafetensorsEntry& entry);
+
 // Every tensor of the file, on the CPU in its stored dtype, in header order. Throws UserError
 // naming `path` when the file is truncated, its header malformed, or a dtype unsupported.
 NamedTensors read_safetensors(const std::string& path);

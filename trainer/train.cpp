@@ -13,10 +13,13 @@
 #include <fstream>
 #include <iostream>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <sstream>
 
 #include "configs/user_error.h"
 #include "data/batch_source.h"
+#include "trainer/atomic_file.h"
 #include "trainer/checkpoint.h"
 #include "trainer/chunked_loss.h"
 #include "trainer/fault_injection.h"
@@ -27,6 +30,8 @@
 #include "trainer/nm_sparsity.h"
 #include "trainer/training_optimizer.h"
 #include "trainer/profiler.h"
+#include "trainer/resume_compatibility.h"
+#include "trainer/run_directory.h"
 #include "trainer/run_outputs.h"
 #include "trainer/schedule.h"
 #include "trainer/tensorboard/tensorboard_writer.h"
@@ -101,16 +106,36 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   const int cp_rank = groups.cp_rank(), dp_rank = groups.dp_rank();
   TrainResult result;
   result.run_dir = run_dir_of(e, options);
-  // Rank 0 prepares the directory; the barrier lets the other ranks see it (and lets a failure
-  // there end the job from rank 0 alone).
-  if (rank == 0) prepare_run_dir(e, result.run_dir);
+  const std::string checkpoint_dir = e.checkpoint.dir.empty()
+                                         ? (fs::path(result.run_dir) / "checkpoints").string()
+                                         : e.checkpoint.dir;
+  // Rank 0 claims the directory (lock, previous run's files, writable) and prepares it; the
+  // barrier lets the other ranks see it (and lets a failure there end the job from rank 0 alone).
+  // What --resume continues is decided there too, before anything is written.
+  Checkpointer checkpointer(checkpoint_dir, e, groups.world());
+  std::optional<std::string> resume_from;
+  std::unique_ptr<RunDirectoryClaim> claim;
+  if (rank == 0) {
+    claim = claim_run_directory(result.run_dir, checkpoint_dir, !options.resume.empty(),
+                                options.overwrite);
+    if (!options.resume.empty()) {
+      resume_from = checkpointer.find(options.resume);
+      if (resume_from) {
+        check_resume_compatible(*resume_from, e);
+      } else {
+        settle_fresh_start(result.run_dir, checkpoint_dir);
+      }
+    }
+    prepare_run_dir(e, result.run_dir);
+  }
   groups.world().barrier();
+  if (rank != 0 && !options.resume.empty()) resume_from = checkpointer.find(options.resume);
   // Every rank's own record of its steps (its loss share, time, attention work), for finding
   // the slow or failing rank of a large job.
   char rank_file[32];
   std::snprintf(rank_file, sizeof(rank_file), "rank_%05d.log", rank);
   fs::create_directories(fs::path(result.run_dir) / "logs");
-  std::ofstream rank_log(fs::path(result.run_dir) / "logs" / rank_file, std::ios::app);
+  AppendFile rank_log((fs::path(result.run_dir) / "logs" / rank_file).string());
   Watchdog watchdog(rank, e.parallel.collective_timeout_s);
 
   const int64_t length = e.train.sequence_length;
@@ -128,15 +153,11 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   const auto optimizer =
       make_training_optimizer(e, names, parameters, groups.world(), nm_sparsity.get());
   // Resume before the metrics file opens, so it can be cut back to the checkpoint's step.
-  const std::string checkpoint_dir = e.checkpoint.dir.empty()
-                                         ? (fs::path(result.run_dir) / "checkpoints").string()
-                                         : e.checkpoint.dir;
-  Checkpointer checkpointer(checkpoint_dir, e, groups.world());
   ResumeState resumed;
   if (!options.resume.empty()) {
-    if (const auto found = checkpointer.find(options.resume)) {
-      resumed = checkpointer.load(*found, *optimizer);
-      if (rank == 0) std::cout << "sparsering: resumed from " << *found << std::endl;
+    if (resume_from) {
+      resumed = checkpointer.load(*resume_from, *optimizer);
+      if (rank == 0) std::cout << "sparsering: resumed from " << *resume_from << std::endl;
     } else if (rank == 0) {
       std::cout << "sparsering: no checkpoint under " << checkpoint_dir << ", starting fresh"
                 << std::endl;
@@ -276,9 +297,11 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     int64_t skipped_shards = 0;
     for (const auto& ring : rings) skipped_shards += ring->stats().skipped_shards;
-    rank_log << "step " << step << " loss_share " << loss_sum.item<double>() << " seconds "
-             << seconds << " attended_pairs " << attended << " skipped_shards " << skipped_shards
-             << std::endl;
+    std::ostringstream rank_line;
+    rank_line << "step " << step << " loss_share " << loss_sum.item<double>() << " seconds "
+              << seconds << " attended_pairs " << attended << " skipped_shards " << skipped_shards
+              << "\n";
+    rank_log.append(rank_line.str());
 
     StepMetrics m;
     m.step = step;

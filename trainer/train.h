@@ -11,8 +11,9 @@
 namespace sparsering::trainer {
 
 struct TrainOptions {
-  std::string run_dir;  // empty = <train.runs_root>/<name>
-  std::string resume;   // "" = fresh start, "auto" = newest intact checkpoint if any, or a path
+  std::string run_dir;     // empty = <train.runs_root>/<name>
+  std::string resume;      // "" = fresh start, "auto" = newest intact checkpoint if any, or a path
+  bool overwrite = false;  // move a previous run's files aside (trainer/run_directory.h)
 };
 
 struct TrainResult {

@@ -59,15 +59,12 @@ with temporary_directory() as tmp:
           "resume after a torn checkpoint must use step 20", process)
     check(losses(torn) == reference, "losses after resuming a torn run differ")
 
-    # Refusals: another model, another world size, a corrupt shard.
+    # Refusals: another model, a corrupt shard.
     process = train(binary, source, straight, *common, "--set", "model.ffn_hidden_size=256",
                     "--resume", "auto")
     check(process.returncode == 2 and "the model differs" in process.stderr,
           "a different model must be refused", process)
-    process = train(binary, source, straight, *common, "--set", "parallel.data_parallel_size=2",
-                    "--resume", "auto")
-    check(process.returncode == 2 and "written by 2 ranks" in process.stderr,
-          "a different world size must be refused", process)
+    # Another world size is not refused: checkpoints reshard on load (tests/e2e/zero_stages.py).
     shard = os.path.join(checkpoints, "step_00000040", "rank_00001.pt")
     with open(shard, "r+b") as f:
         f.truncate(os.path.getsize(shard) // 2)

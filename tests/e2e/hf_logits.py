@@ -1,12 +1,13 @@
-"""Logits-level agreement with Hugging Face transformers: a random LlamaForCausalLM of the tiny
-config's shape, imported with import-hf, gives on one 256-token sequence of a token shard the same
-dense `sparsering eval` loss as transformers' own forward (within 1e-4 relative); the sparse
-attention eval of the same checkpoint is only checked to be finite. The sequence is packed from
-several documents: with data.document_mask the dense eval loss equals transformers run on each
-document alone at its global positions (RoPE positions stay global). Needs transformers in the
+"""Logits-level agreement with Hugging Face transformers, for each family (Llama untied; Qwen2
+tied, with q/k/v biases) and each RoPE type (default, linear, llama3, yarn): a random tiny model
+made by transformers, imported with import-hf, gives at every position of a 2048-token sequence
+the logits transformers gives in fp32 (max |difference| <= 1e-4 x max |logit|), on 1 rank and
+with context parallelism over 2 and 4 ranks in the zigzag and the balanced layout, with and
+without document masking (transformers then runs each document alone at its global positions);
+see runs() for how the combinations are spread over the models.
+Each model's reference differs from the same weights under default RoPE (and under no document
+mask) by far more than the tolerance, so a wrong RoPE or mask fails. Needs transformers in the
 running python or in the source tree's .venv; without it, a note and exit 0."""
-import json
-import math
 import os
 import sys
 
@@ -15,7 +16,7 @@ from e2e_common import arguments, check, run, temporary_directory
 binary, source = arguments()
 try:
     import torch
-    import transformers
+    import transformers  # noqa: F401
 except ImportError:
     venv_python = os.path.join(source, ".venv", "bin", "python3")
     # A venv's python resolves to its base interpreter, so an environment mark stops a loop.
@@ -28,84 +29,100 @@ except ImportError:
 
 sys.path.insert(0, os.path.join(source, "launch"))
 from prepare_data import write_shard  # noqa: E402
+from hf_models import (FAMILIES, ROPE_TYPES, TINY, per_document_logits, random_model,  # noqa: E402
+                       sparsering_overrides)
+from safetensors.torch import load_file  # noqa: E402
 
-SEQUENCE_LENGTH, VOCAB = 256, 64
-# Documents of the packed sequence: boundaries inside and on 64-token blocks, a one-token document.
-DOCUMENT_LENGTHS = [37, 1, 90, 64, 64]
+SEQUENCE_LENGTH, TOLERANCE = 2048, 1e-4
+# Documents of the packed sequence: boundaries inside and on 64-token blocks, a one-token
+# document, one across the middle of the sequence.
+DOCUMENT_LENGTHS = [301, 1, 210, 64, 640, 832]
 assert sum(DOCUMENT_LENGTHS) == SEQUENCE_LENGTH
+LAYOUTS = ("ZIGZAG", "BALANCED")
 
 
-def sparsering(command, *options):
-    return run(["mpirun", "-np", "2", "--bind-to", "none", binary, command, *options], binary)
+def runs(index):
+    """(ranks, layout, document mask) for the index-th model (family-major): 1 rank with and
+    without the mask; 2 and 4 ranks in the two layouts, one each, one with the mask and one
+    without. The choice rotates over the RoPE types and flips between the families, so every
+    model runs in both layouts, with and without the mask; every RoPE type runs on 2 and on 4
+    ranks in both layouts (over its two families); every (ranks, layout, mask) combination runs
+    for two models. Two launches fewer per model than every combination for every model (CI
+    time)."""
+    family, rope = divmod(index, len(ROPE_TYPES))
+    layout, mask = (rope + family) % 2, (rope // 2 + family) % 2 == 0
+    return [(1, "BALANCED", False), (1, "BALANCED", True), (2, LAYOUTS[layout], mask),
+            (4, LAYOUTS[1 - layout], not mask)]
+
+
+def sparsering(ranks, command, *options):
+    return run(["mpirun", "-np", str(ranks), "--oversubscribe", "--bind-to", "none", binary,
+                command, *options], binary)
+
+
+def relative_error(ours, theirs):
+    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
 with temporary_directory() as tmp:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=4096,
-        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        attention_bias=False, mlp_bias=False, initializer_range=0.2)
-    model = transformers.LlamaForCausalLM(config).to(torch.float32).eval()
-    with torch.no_grad():  # norms away from 1 too, so RMSNorm weights are exercised
-        for name, parameter in model.named_parameters():
-            if name.endswith("norm.weight"):
-                parameter.uniform_(0.5, 1.5)
-    hf_dir = os.path.join(tmp, "hf")
-    model.save_pretrained(hf_dir, safe_serialization=True)
-
-    tokens = torch.randint(1, VOCAB, (SEQUENCE_LENGTH,), generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(0, TINY["vocab_size"], (SEQUENCE_LENGTH,),
+                           generator=torch.Generator().manual_seed(1))
     shards = os.path.join(tmp, "shards")
     os.makedirs(shards)
-    documents = list(torch.split(tokens, DOCUMENT_LENGTHS))
-    write_shard(os.path.join(shards, "shard_00000.srtok"), [d.tolist() for d in documents], VOCAB)
-
-    with torch.no_grad():
-        theirs = model(tokens[None], labels=tokens[None]).loss.item()
-        # Document masking: each document alone, at its positions in the packed sequence.
-        starts = [sum(DOCUMENT_LENGTHS[:i]) for i in range(len(DOCUMENT_LENGTHS))]
-        logits = torch.cat([model(d[None], position_ids=torch.arange(a, a + len(d))[None])
-                            .logits[0] for a, d in zip(starts, documents)])
-        theirs_documents = torch.nn.functional.cross_entropy(logits[:-1], tokens[1:]).item()
-
-    run_dir = os.path.join(tmp, "run")
-    process = sparsering("import-hf", "--hf-dir", hf_dir, "--run-dir", run_dir)
-    check(process.returncode == 0, "import-hf failed", process)
-
-    def evaluate(attention, document_mask=False):
-        process = sparsering("eval", "--checkpoint", "auto", "--run-dir", run_dir,
-                             "--attention", attention, "--eval-sequences", "1",
-                             "--set", "data.source=TOKEN_SHARDS", "--set", f"data.path={shards}",
-                             "--set", "data.shuffle=false",
-                             "--set", f"data.document_mask={str(document_mask).lower()}")
-        check(process.returncode == 0, f"eval --attention {attention} failed", process)
-        with open(os.path.join(run_dir, "eval.json")) as f:
-            report = json.load(f)
-        check(report["sequence_length"] == SEQUENCE_LENGTH and report["sequences"] == 1,
-              f"unexpected eval setup: {report}")
-        return report["attention"][attention]["loss"]
-
-    ours = evaluate("dense")
-    print(f"dense loss: sparsering {ours!r}, transformers {theirs!r}, "
-          f"difference {abs(ours - theirs):.3g}")
-    check(abs(theirs - math.log(VOCAB)) > 0.05, f"transformers loss {theirs} is ~uniform")
-    check(ours is not None and abs(ours - theirs) <= 1e-4 * max(1.0, theirs),
-          f"dense loss {ours} differs from transformers' {theirs}")
-
-    sparse = evaluate("sparse")
-    print(f"sparse loss (smoke only): {sparse!r}")
-    check(sparse is not None and math.isfinite(sparse), f"sparse loss is not finite: {sparse}")
-
-    ours_documents = evaluate("dense", document_mask=True)
-    print(f"dense loss with document masking: sparsering {ours_documents!r}, transformers per "
-          f"document {theirs_documents!r}, difference {abs(ours_documents - theirs_documents):.3g}")
-    check(abs(theirs_documents - theirs) > 1e-3,
-          f"the documents do not change transformers' loss ({theirs_documents} vs {theirs})")
-    check(ours_documents is not None and
-          abs(ours_documents - theirs_documents) <= 1e-4 * max(1.0, theirs_documents),
-          f"document-masked loss {ours_documents} differs from transformers' per-document "
-          f"{theirs_documents}")
-    sparse_documents = evaluate("sparse", document_mask=True)
-    check(sparse_documents is not None and math.isfinite(sparse_documents),
-          f"sparse document-masked loss is not finite: {sparse_documents}")
+    write_shard(os.path.join(shards, "shard_00000.srtok"),
+                [d.tolist() for d in torch.split(tokens, DOCUMENT_LENGTHS)], TINY["vocab_size"])
+    failures = []
+    for index, (family, rope) in enumerate((f, r) for f in FAMILIES for r in ROPE_TYPES):
+        case = f"{family}/{rope}"
+        model = random_model(family, rope, seed=index + 7)
+        hf_dir = os.path.join(tmp, f"hf_{family}_{rope}")
+        model.save_pretrained(hf_dir)
+        with torch.no_grad():
+            reference = {False: model(tokens[None]).logits[0],
+                         True: per_document_logits(model, tokens, DOCUMENT_LENGTHS)}
+            plain = random_model(family, "default", seed=0)
+            plain.load_state_dict(model.state_dict())
+            default_rope = plain(tokens[None]).logits[0]
+        # The checks can fail: RoPE type and document mask both change the logits.
+        if rope != "default":
+            check(relative_error(default_rope, reference[False]) > 100 * TOLERANCE,
+                  f"{case}: RoPE type does not change transformers' logits")
+        check(relative_error(reference[True], reference[False]) > 100 * TOLERANCE,
+              f"{case}: documents do not change transformers' logits")
+        common = sparsering_overrides(family, rope) + [
+            "--set", f"train.sequence_length={SEQUENCE_LENGTH}",
+            "--set", "train.micro_batch_size=1", "--set", "parallel.data_parallel_size=1"]
+        imported = set()
+        for ranks, layout, document_mask in runs(index):
+            run_dir = os.path.join(tmp, f"run_{family}_{rope}_{ranks}")
+            mesh = ["--set", f"parallel.context_parallel_size={ranks}"]
+            if ranks not in imported:
+                process = sparsering(ranks, "import-hf", "--hf-dir", hf_dir, "--run-dir",
+                                     run_dir, *common, *mesh)
+                check(process.returncode == 0, f"{case}: import-hf on {ranks} rank(s)", process)
+                imported.add(ranks)
+            logits_path = os.path.join(run_dir, "logits.safetensors")
+            # The sparse kernels only run (a smoke check): their logits are approximations.
+            attention = "both" if ranks == 4 and document_mask else "dense"
+            process = sparsering(
+                ranks, "eval", "--checkpoint", "auto", "--run-dir", run_dir, "--attention",
+                attention, "--eval-sequences", "1", "--logits-out", logits_path, *common, *mesh,
+                "--set", f"parallel.layout={layout}", "--set", "data.source=TOKEN_SHARDS",
+                "--set", f"data.path={shards}", "--set", "data.shuffle=false",
+                "--set", f"data.document_mask={str(document_mask).lower()}")
+            check(process.returncode == 0, f"{case}: eval on {ranks} rank(s)", process)
+            dumped = load_file(logits_path)
+            check(torch.equal(dumped["tokens"][0].long(), tokens),
+                  f"{case}: eval did not score the test sequence")
+            if attention == "both":
+                check(torch.isfinite(dumped["logits.sparse"]).all().item(),
+                      f"{case}: sparse attention logits are not finite")
+            error = relative_error(dumped["logits.dense"][0], reference[document_mask])
+            label = (f"{case} ranks {ranks} {layout.lower()} "
+                     f"{'document mask' if document_mask else 'causal'}")
+            print(f"{label}: max |logit difference| / max |logit| = {error:.2e}", flush=True)
+            if not error <= TOLERANCE:
+                failures.append(f"{label}: {error:.2e}")
+    check(not failures, "logits differ from transformers beyond "
+          f"{TOLERANCE:g} relative: {'; '.join(failures)}")
 print("PASSED")

@@ -2,19 +2,153 @@
 and exported again gives bit-identical files; the imported run trains on from step 0; config
 mismatches are refused with the matching --set overrides. With `transformers` in the source
 tree's .venv, a random LlamaForCausalLM saved by save_pretrained imports and exports back to
-tensors identical to its own, and our export loads into transformers with no missing weights."""
+tensors identical to its own, and our export loads into transformers with no missing weights.
+Then, for a Llama 3.x model (llama3 RoPE, untied) and a Qwen2.5 model (q/k/v biases, tied, yarn
+RoPE), saved by transformers as one file and as shards: import then export gives every tensor
+byte for byte (sharded exports in files of at most --max-shard-size tensor bytes, with an index),
+and transformers loads the export to the same logits; sliding-window attention, an unknown RoPE
+type and a RoPE mismatch are refused by name, and model.rope_override carries a new rope_theta
+into the run's config.pbtxt and the exported config.json."""
+import glob
+import json
 import os
 import subprocess
+import sys
 import textwrap
 
 from e2e_common import arguments, check, losses, run, temporary_directory, train
 
 binary, source = arguments()
 venv_python = os.path.join(source, ".venv", "bin", "python")
+# The family part runs transformers in this process: use the venv's python when there is one.
+if (os.path.exists(venv_python) and not os.environ.get("SPARSERING_HF_ROUNDTRIP_REEXEC")
+        and os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(source, ".venv"))):
+    os.environ["SPARSERING_HF_ROUNDTRIP_REEXEC"] = "1"
+    os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
 
 
 def sparsering(command, *options):
     return run(["mpirun", "-np", "2", "--bind-to", "none", binary, command, *options], binary)
+
+
+def safetensors_files(directory):
+    return sorted(glob.glob(os.path.join(directory, "*.safetensors")))
+
+
+def tensor_bytes(directory):
+    """Every tensor of a weights directory (one file or shards) as (dtype, shape, bytes)."""
+    import torch
+    from safetensors.torch import load_file
+    tensors = {}
+    for path in safetensors_files(directory):
+        for name, tensor in load_file(path).items():
+            check(name not in tensors, f"{directory}: {name} stored twice")
+            raw = tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            tensors[name] = (tensor.dtype, tuple(tensor.shape), raw)
+    return tensors
+
+
+def family_round_trips(tmp):
+    import torch
+    import transformers
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from hf_models import random_model, sparsering_overrides
+    tokens = torch.randint(0, 256, (1, 96), generator=torch.Generator().manual_seed(5))
+    for family, rope in (("llama", "llama3"), ("qwen2", "yarn")):
+        model = random_model(family, rope, seed=11)
+        with torch.no_grad():
+            expected = model(tokens).logits
+        sets = sparsering_overrides(family, rope)
+        for sharded in (False, True):
+            case = f"{family}/{rope} {'sharded' if sharded else 'single file'}"
+            reference = os.path.join(tmp, f"ref_{family}_{sharded}")
+            model.save_pretrained(reference, max_shard_size="100KB" if sharded else "5GB")
+            index = os.path.join(reference, "model.safetensors.index.json")
+            check(os.path.exists(index) == sharded and len(safetensors_files(reference)) > sharded,
+                  f"{case}: transformers did not save the expected layout")
+            run_dir = os.path.join(tmp, f"run_{family}_{sharded}")
+            process = sparsering("import-hf", "--hf-dir", reference, "--run-dir", run_dir, *sets)
+            check(process.returncode == 0, f"{case}: import-hf failed", process)
+            out = os.path.join(tmp, f"out_{family}_{sharded}")
+            limit = ["--max-shard-size", "100kB"] if sharded else []
+            process = sparsering("export-hf", "--checkpoint", "auto", "--run-dir", run_dir,
+                                 "--out", out, *limit, *sets)
+            check(process.returncode == 0, f"{case}: export-hf failed", process)
+            files = safetensors_files(out)
+            check(os.path.exists(os.path.join(out, "model.safetensors.index.json")) == sharded
+                  and (len(files) > 1) == sharded, f"{case}: export layout {os.listdir(out)}")
+            for path in files if sharded else []:
+                with open(path, "rb") as f:
+                    header = int.from_bytes(f.read(8), "little")
+                check(os.path.getsize(path) - 8 - header <= 100_000,
+                      f"{case}: {path} holds more than 100 kB of tensors")
+            theirs, ours = tensor_bytes(reference), tensor_bytes(out)
+            check(set(theirs) == set(ours), f"{case}: names differ: {set(theirs) ^ set(ours)}")
+            differ = [name for name in theirs if theirs[name] != ours[name]]
+            check(not differ, f"{case}: tensors differ after import and export: {differ}")
+            loaded, info = transformers.AutoModelForCausalLM.from_pretrained(
+                out, output_loading_info=True, attn_implementation="eager")
+            check(not info["missing_keys"] and not info["unexpected_keys"],
+                  f"{case}: transformers loading the export: {info}")
+            check(type(loaded) is type(model), f"{case}: export loads as {type(loaded).__name__}")
+            with torch.no_grad():
+                got = loaded.to(torch.float32).eval()(tokens).logits
+            check(torch.equal(got, expected), f"{case}: the export's logits differ (config.json)")
+            print(f"{case}: identical tensors; transformers loads the export, same logits")
+
+    # Refusals, each one line naming the field, before any rank starts work.
+    qwen_dir = os.path.join(tmp, "ref_qwen2_False")
+    sets = sparsering_overrides("qwen2", "yarn")
+
+    def import_edited(name, edit, *extra):
+        edited = os.path.join(tmp, name)
+        subprocess.run(["cp", "-r", qwen_dir, edited], check=True)
+        with open(os.path.join(edited, "config.json")) as f:
+            config = json.load(f)
+        edit(config)
+        with open(os.path.join(edited, "config.json"), "w") as f:
+            json.dump(config, f)
+        return sparsering("import-hf", "--hf-dir", edited, "--run-dir",
+                          os.path.join(tmp, "run_" + name), *sets, *extra)
+
+    process = import_edited("sliding", lambda c: c.update(use_sliding_window=True,
+                                                          sliding_window=128))
+    errors = [line for line in process.stderr.splitlines() if "sparsering: error" in line]
+    check(process.returncode == 2 and len(errors) == 1 and "use_sliding_window" in errors[0],
+          "sliding-window attention must be refused by name, in one line", process)
+    process = import_edited("dynamic", lambda c: c["rope_parameters"].update(rope_type="dynamic"))
+    check(process.returncode == 2 and '"dynamic"' in process.stderr,
+          "an unknown RoPE type must be refused by name", process)
+    process = import_edited("mrope", lambda c: c["rope_parameters"].update(mrope_section=[1, 2]))
+    check(process.returncode == 2 and "mrope_section" in process.stderr,
+          "an unknown RoPE field must be refused by name", process)
+    process = sparsering("import-hf", "--hf-dir", qwen_dir, "--run-dir",
+                         os.path.join(tmp, "run_theta"), *sets, "--set", "model.rope_theta=5e6")
+    check(process.returncode == 2 and "--set model.rope_theta=1000000" in process.stderr,
+          "a RoPE mismatch must name the --set override", process)
+    process = sparsering("import-hf", "--hf-dir", qwen_dir, "--run-dir",
+                         os.path.join(tmp, "run_llama_shape"), *sparsering_overrides("llama", "yarn"),
+                         "--set", "model.rope_theta=1e6", "--set", "model.tie_embeddings=true")
+    check(process.returncode == 2 and "--set model.attention_bias=true" in process.stderr,
+          "Qwen2 biases into a model without them must name the --set override", process)
+
+    # Context extension: the run's RoPE replaces the checkpoint's, and both records show it.
+    extended = os.path.join(tmp, "run_extended")
+    extension = [*sets, "--set", "model.rope_override=true", "--set", "model.rope_theta=5e6"]
+    process = sparsering("import-hf", "--hf-dir", qwen_dir, "--run-dir", extended, *extension)
+    check(process.returncode == 0 and "model.rope_theta 5000000" in process.stdout,
+          "import-hf with model.rope_override must accept and report the new rope_theta", process)
+    with open(os.path.join(extended, "config.pbtxt")) as f:
+        check("rope_theta: 5000000" in f.read(), "config.pbtxt must record the new rope_theta")
+    out = os.path.join(tmp, "out_extended")
+    process = sparsering("export-hf", "--checkpoint", "auto", "--run-dir", extended, "--out", out,
+                         *extension)
+    check(process.returncode == 0, "export of the extended run failed", process)
+    with open(os.path.join(out, "config.json")) as f:
+        exported = json.load(f)
+    check(exported["rope_theta"] == 5e6 and exported["rope_scaling"]["rope_type"] == "yarn"
+          and exported["rope_scaling"]["original_max_position_embeddings"] == 512,
+          f"config.json must hold the run's resolved RoPE: {exported}")
 
 
 def read(path):
@@ -113,4 +247,5 @@ with temporary_directory() as tmp:
         compared = subprocess.run([venv_python, "-c", compare], capture_output=True, text=True)
         print(compared.stdout, compared.stderr[-2000:])
         check(compared.returncode == 0, "transformers comparison failed: " + compared.stderr[-2000:])
+        family_round_trips(tmp)
 print("PASSED")

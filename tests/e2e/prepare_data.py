@@ -1,5 +1,6 @@
 """launch/prepare_data.py end to end: text and JSON lines become valid token shards that decode
-back to the input, with a trained BPE or a given tokenizer.json; bad input gives one error line.
+back to the input, with a trained BPE, a given tokenizer.json or a Hugging Face model directory's
+(refused when larger than its embedding); bad input gives one error line.
 
 The shards are read by a small reader here that checks what data/token_shard.cpp checks (magic,
 version, token type, file size, document index), and the writer's bytes are compared with the
@@ -106,6 +107,28 @@ with temporary_directory() as tmp:
     process = prepare(inputs, "--output", given, "--vocab-size", "300")
     check(process.returncode == 2 and "--overwrite" in process.stderr,
           "stale shards in --output must be refused", process)
+
+    # A Hugging Face model directory: its tokenizer.json, checked against its embedding size.
+    hf_dir = os.path.join(tmp, "hf_model")
+    os.makedirs(hf_dir)
+    with open(os.path.join(trained, "tokenizer.json")) as f:
+        tokenizer_text = f.read()
+    with open(os.path.join(hf_dir, "tokenizer.json"), "w") as f:
+        f.write(tokenizer_text)
+    for embedding, ok in ((vocab + 64, True), (vocab - 1, False)):
+        with open(os.path.join(hf_dir, "config.json"), "w") as f:
+            json.dump({"model_type": "qwen2", "vocab_size": embedding}, f)
+        out = os.path.join(tmp, f"from_hf_{embedding}")
+        process = prepare(inputs, "--output", out, "--hf-dir", hf_dir)
+        if ok:
+            check(process.returncode == 0 and f"model.vocab_size={embedding}" in process.stdout,
+                  "prepare_data.py --hf-dir failed or did not name the model's vocab_size",
+                  process)
+            check(read_shards(out)[2] == documents, "--hf-dir gave other tokens")
+        else:
+            check(process.returncode == 2 and "embedding has" in process.stderr
+                  and len(process.stderr.strip().splitlines()) == 1,
+                  "a tokenizer larger than the model's embedding must be refused", process)
 
     # The Python writer's bytes are the C++ writer's.
     spec = importlib.util.spec_from_file_location("prepare_data", tool)

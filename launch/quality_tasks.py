@@ -1,0 +1,379 @@
+"""Retrieval sequences of the quality pipeline (launch/quality.sh), built at the token level.
+
+Two disjoint families share the helpers here:
+- the TRAINING mix (quality_corpus.py mixes it into the extension shards): passkey, multi-key
+  needles and key-value lookup in train-split haystacks;
+- the EVALUATION suite (quality_eval.py), RULER-style: single needle, multi-key needles,
+  multi-value needles, variable tracking, common-word extraction and associative recall in
+  held-out haystacks.
+Their wording, key vocabularies, value formats and haystacks differ, so the suite does not test
+memorised templates. Haystacks are slices of a token stream of real documents; needles are
+encoded separately and inserted at token positions.
+"""
+import argparse
+import random
+import string
+import sys
+
+# Keys of the training mix and of the suite: disjoint word lists.
+TRAIN_KEY_WORDS = (
+    "apple banana cherry grape lemon mango melon olive peach pear plum berry walnut almond "
+    "carrot onion garlic pepper tomato potato radish celery ginger basil mint sage thyme "
+    "river ocean forest desert valley canyon island meadow glacier orchard prairie lagoon"
+).split()
+EVAL_ADJECTIVES = (
+    "silent crimson hollow gentle frozen golden bitter rapid ancient brave curious distant "
+    "eager fragile humble lively narrow proud quiet rusty shiny sleepy smooth tiny wild"
+).split()
+EVAL_NOUNS = (
+    "falcon lantern violin compass harbor beacon anchor saddle marble ribbon kettle ladder "
+    "mirror pillow rocket bucket tunnel wagon helmet button candle feather hammer jacket"
+).split()
+# Common-word extraction: candidates, of which the tokenizer's single-token ones are used.
+CWE_WORDS = (
+    "the of and to in is that for it as with was on be by this are or from at an not have "
+    "but all can which one there their if will has more when other so what some time into "
+    "than only out new use then each about also after two way many these first any would "
+    "make like long look write number people could over see water call word find day may "
+    "down side been now did get come made part list file data name value type line code test "
+    "set path class error return string object result model table node user key text size "
+    "format index input output state field image block window sound color paper music "
+    "house point world school story night money month power light table"
+).split()
+assert not set(TRAIN_KEY_WORDS) & set(EVAL_ADJECTIVES + EVAL_NOUNS)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the program's name, the problem) and status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}; see --help\n")
+        sys.exit(2)
+
+
+class TaskError(Exception):
+    """A sequence cannot be built (too short, tokenizer too small): one line for the user."""
+
+
+class Encoder:
+    """Memoised text -> token ids with a Hugging Face tokenizers.Tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache = {}
+
+    def __call__(self, text):
+        ids = self.cache.get(text)
+        if ids is None:
+            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+            if len(self.cache) < 100000:
+                self.cache[text] = ids
+        return list(ids)
+
+    def single_token_words(self, words):
+        """The words of `words` (in order, distinct) that are one token with a leading space."""
+        seen, out = set(), []
+        for word in words:
+            if word not in seen and len(self(" " + word)) == 1:
+                seen.add(word)
+                out.append(word)
+        return out
+
+
+def haystack(stream, rng, count):
+    """`count` consecutive tokens of `stream` (a sequence of ids) from a random offset."""
+    if count <= 0:
+        return []
+    if len(stream) < count:
+        raise TaskError(f"the haystack stream has {len(stream)} tokens, fewer than the "
+                        f"{count} a sequence needs; use a larger corpus")
+    start = rng.randrange(0, len(stream) - count + 1)
+    return [int(t) for t in stream[start:start + count]]
+
+
+def insert_at_depths(hay, needles):
+    """`hay` with each (depth in [0, 1], token list) of `needles` inserted; returns the tokens and
+    the start of each needle (in the order given)."""
+    order = sorted(range(len(needles)), key=lambda i: needles[i][0])
+    out, starts, cursor = [], [0] * len(needles), 0
+    for i in order:
+        depth, tokens = needles[i]
+        cut = max(cursor, min(len(hay), round(depth * len(hay))))
+        out += hay[cursor:cut]
+        cursor = cut
+        starts[i] = len(out)
+        out += tokens
+    out += hay[cursor:]
+    return out, starts
+
+
+def assemble(context, question, answers, separator):
+    """context + question + answers (token lists joined by `separator`); returns the ids and the
+    positions of each answer."""
+    ids = list(context) + list(question)
+    spans = []
+    for k, answer in enumerate(answers):
+        if k:
+            ids += separator
+        spans.append(list(range(len(ids), len(ids) + len(answer))))
+        ids += answer
+    return ids, spans
+
+
+def fit(length, parts, what):
+    """The haystack size that makes a sequence of `parts` tokens exactly `length` long."""
+    room = length - parts
+    if room < 0:
+        raise TaskError(f"{what}: {parts} tokens of needles and question do not fit in "
+                        f"{length}; use a longer sequence")
+    return room
+
+
+def random_digits(rng, digits):
+    return str(rng.randrange(10 ** (digits - 1), 10 ** digits))
+
+
+# ---------------------------------------------------------------- training mix
+
+
+def train_passkey(enc, stream, rng, length):
+    key = random_digits(rng, rng.choice((5, 6)))
+    needle = enc(f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n")
+    question = enc("\nWhat is the pass key? The pass key is")
+    answer = enc(" " + key)
+    hay = haystack(stream, rng, fit(length, len(needle) + len(question) + len(answer), "passkey"))
+    context, _ = insert_at_depths(hay, [(rng.random(), needle)])
+    return assemble(context, question, [answer], [])[0]
+
+
+def train_multikey(enc, stream, rng, length):
+    keys = rng.sample(TRAIN_KEY_WORDS, 4)
+    values = [random_digits(rng, 6) for _ in keys]
+    needles = [enc(f"\nOne of the special magic numbers for {k} is: {v}.\n")
+               for k, v in zip(keys, values)]
+    target = rng.randrange(len(keys))
+    question = enc(f"\nWhat is the special magic number for {keys[target]} mentioned in the "
+                   f"provided text? The special magic number for {keys[target]} is")
+    answer = enc(" " + values[target])
+    parts = sum(map(len, needles)) + len(question) + len(answer)
+    hay = haystack(stream, rng, fit(length, parts, "multi-key needles"))
+    context, _ = insert_at_depths(hay, [(rng.random(), n) for n in needles])
+    return assemble(context, question, [answer], [])[0]
+
+
+def train_kv_lookup(enc, stream, rng, length):
+    """A JSON object of random hex keys and values, then one key to look up (no haystack)."""
+    def hex8():
+        return "".join(rng.choice("0123456789abcdef") for _ in range(8))
+
+    head = enc("JSON data:\n{")
+    pairs, used = [], len(head)
+    while True:
+        key, value = hex8(), hex8()
+        piece = enc(f'"{key}": "{value}", ')
+        if used + len(piece) > length and pairs:
+            break
+        pairs.append((key, value, piece))
+        used += len(piece)
+    target = rng.randrange(len(pairs))
+    question = enc(f'}}\nKey: "{pairs[target][0]}"\nThe value associated with the specified key '
+                   "is:")
+    answer = enc(f' "{pairs[target][1]}"')
+    # Drop pairs (never the queried one) until the question and answer fit.
+    while used + len(question) + len(answer) > length and len(pairs) > 1:
+        drop = len(pairs) - 1 if target != len(pairs) - 1 else 0
+        used -= len(pairs[drop][2])
+        del pairs[drop]
+        target -= drop < target
+    ids = head + [t for _, _, piece in pairs for t in piece]
+    ids, _ = assemble(ids, question, [answer], [])
+    if len(ids) > length:
+        raise TaskError(f"key-value lookup: {len(ids)} tokens do not fit in {length}")
+    return ids
+
+
+TRAIN_TASKS = {"passkey": train_passkey, "multikey": train_multikey, "kv_lookup": train_kv_lookup}
+
+
+# ---------------------------------------------------------------- evaluation suite
+
+
+class Sample:
+    """One evaluation sequence: ids and its scored items.
+
+    items: list of position lists; an item is right when the model's argmax at every position p
+    (predicted from p - 1, teacher-forced) is ids[p]. set_items: (positions, allowed token ids)
+    for answers whose order is free: slot j is right when the argmax is one of the targets not
+    given before it (common-word extraction)."""
+
+    def __init__(self, ids, items, set_items=None, depth=None):
+        self.ids, self.items, self.set_items, self.depth = ids, items, set_items, depth
+
+
+def _code_key(rng):
+    return f"{rng.choice(EVAL_ADJECTIVES)} {rng.choice(EVAL_NOUNS)}"
+
+
+def _distinct_keys(rng, count):
+    keys = set()
+    while len(keys) < count:
+        keys.add(_code_key(rng))
+    return sorted(keys, key=lambda _: rng.random())
+
+
+def eval_single_needle(enc, stream, rng, length, depth):
+    key, value = _code_key(rng), random_digits(rng, 7)
+    needle = enc(f"\nThe secret code of the {key} is {value}.\n")
+    question = enc(f"\nWhat is the secret code of the {key}? The secret code of the {key} is")
+    answer = enc(" " + value)
+    hay = haystack(stream, rng, fit(length, len(needle) + len(question) + len(answer),
+                                    "single needle"))
+    context, _ = insert_at_depths(hay, [(depth, needle)])
+    ids, spans = assemble(context, question, [answer], [])
+    return Sample(ids, spans, depth=depth)
+
+
+def eval_multikey(enc, stream, rng, length, depth):
+    keys = _distinct_keys(rng, 4)
+    values = [random_digits(rng, 7) for _ in keys]
+    needles = [enc(f"\nThe secret code of the {k} is {v}.\n") for k, v in zip(keys, values)]
+    # The queried needle at `depth`, the three distractors anywhere.
+    depths = [depth] + [rng.random() for _ in keys[1:]]
+    question = enc(f"\nWhat is the secret code of the {keys[0]}? The secret code of the "
+                   f"{keys[0]} is")
+    answer = enc(" " + values[0])
+    parts = sum(map(len, needles)) + len(question) + len(answer)
+    hay = haystack(stream, rng, fit(length, parts, "multi-key needles"))
+    context, _ = insert_at_depths(hay, list(zip(depths, needles)))
+    ids, spans = assemble(context, question, [answer], [])
+    return Sample(ids, spans, depth=depth)
+
+
+def eval_multivalue(enc, stream, rng, length, depth):
+    key = _code_key(rng)
+    values = [random_digits(rng, 7) for _ in range(4)]
+    needles = [enc(f"\nOne of the secret codes of the {key} is {v}.\n") for v in values]
+    # The first value at `depth`, the others after it in order (answers in order of appearance).
+    depths = sorted([depth] + [depth + (1 - depth) * rng.random() for _ in values[1:]])
+    question = enc(f"\nWhat are all the secret codes of the {key}? The secret codes of the "
+                   f"{key} are")
+    answers = [enc(" " + v) for v in values]
+    separator = enc(",")
+    parts = (sum(map(len, needles)) + len(question) + sum(map(len, answers))
+             + len(separator) * (len(answers) - 1))
+    hay = haystack(stream, rng, fit(length, parts, "multi-value needles"))
+    context, _ = insert_at_depths(hay, list(zip(depths, needles)))
+    ids, spans = assemble(context, question, answers, separator)
+    return Sample(ids, spans, depth=depth)
+
+
+def eval_variable_tracking(enc, stream, rng, length, depth, hops=4):
+    names = set()
+    while len(names) < hops + 1:
+        names.add("".join(rng.choice(string.ascii_uppercase) for _ in range(5)))
+    names = sorted(names, key=lambda _: rng.random())
+    value = random_digits(rng, 5)
+    statements = [f"\nVAR {names[0]} = {value}.\n"]
+    statements += [f"\nVAR {names[i]} = VAR {names[i - 1]}.\n" for i in range(1, hops + 1)]
+    needles = [enc(s) for s in statements]
+    depths = sorted([depth] + [depth + (1 - depth) * rng.random() for _ in statements[1:]])
+    question = enc(f"\nQuestion: Find all variables that are assigned the value {value} in the "
+                   f"text above. Answer: According to the chain of variable assignments in the "
+                   f"text above, {hops + 1} variables are assigned the value {value}, they are:")
+    answers = [enc(" " + name) for name in names]
+    parts = sum(map(len, needles)) + len(question) + sum(map(len, answers))
+    hay = haystack(stream, rng, fit(length, parts, "variable tracking"))
+    context, _ = insert_at_depths(hay, list(zip(depths, needles)))
+    ids, spans = assemble(context, question, answers, [])
+    return Sample(ids, spans, depth=depth)
+
+
+def eval_common_words(enc, stream, rng, length, depth, common_words):
+    """A numbered list of words: `common` words 30 times each (fewer in short lists), made-up
+    words 3 times each; asks for the common ones (any order). `depth` is unused."""
+    del stream, depth
+    count = min(10, len(common_words) // 2)
+    if count < 3:
+        raise TaskError("common-word extraction: the tokenizer has fewer than 6 single-token "
+                        "common words; use a larger vocabulary")
+    chosen = rng.sample(common_words, count)
+    question = enc(f"\nQuestion: What are the {count} most common words in the above list? "
+                   f"Answer: The top {count} words that appear most often in the list are:")
+    answers = [enc(" " + w) for w in chosen]
+    separator = enc(",")
+    tail = len(question) + sum(map(len, answers)) + len(separator) * (count - 1)
+    budget = length - tail
+    entry_tokens = 5  # about: " 12. word"
+    entries = max(1, budget // entry_tokens)
+    frequency = max(2, min(30, entries // (2 * count)))
+    words = [w for w in chosen for _ in range(frequency)]
+    while len(words) < entries:
+        made_up = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(5, 8)))
+        words += [made_up] * 3
+    rng.shuffle(words)
+    context, n = enc("Below is a numbered list of words."), 0
+    for word in words:
+        piece = enc(f" {n + 1}. {word}")
+        if len(context) + len(piece) > budget:
+            break
+        context += piece
+        n += 1
+    if len(context) < budget:  # newlines after the list make the length exact
+        context += (enc("\n") * (budget - len(context)))[:budget - len(context)]
+    ids, spans = assemble(context, question, answers, separator)
+    allowed = {a[0] for a in answers}
+    return Sample(ids, [], set_items=([s[0] for s in spans], allowed), depth=None)
+
+
+def eval_associative_recall(enc, stream, rng, length, depth):
+    """Lines "word-word: number" filling the context; asks for the value of the key at
+    `depth` of the list."""
+    del stream
+    question_probe = enc("\nWhat number is paired with the key silent-falcon? Answer:")
+    budget = length - len(question_probe) - 8
+    lines, used, seen = [], 0, set()
+    while True:
+        key = f"{rng.choice(EVAL_ADJECTIVES)}-{rng.choice(EVAL_NOUNS)}-{rng.randrange(100)}"
+        if key in seen:
+            continue
+        value = random_digits(rng, 4)
+        piece = enc(f"\n{key}: {value}")
+        if used + len(piece) > budget and lines:
+            break
+        seen.add(key)
+        lines.append((key, value, piece))
+        used += len(piece)
+    target = min(len(lines) - 1, round(depth * (len(lines) - 1)))
+    key, value, _ = lines[target]
+    question = enc(f"\nWhat number is paired with the key {key}? Answer:")
+    answer = enc(" " + value)
+    # Drop lines from the end (never the queried one) until the question and answer fit.
+    while used + len(question) + len(answer) > length and len(lines) > target + 1:
+        used -= len(lines.pop()[2])
+    context = [t for _, _, piece in lines for t in piece]
+    ids, spans = assemble(context, question, [answer], [])
+    if len(ids) > length:
+        raise TaskError(f"associative recall: {len(ids)} tokens do not fit in {length}")
+    if len(ids) < length:  # pad the list's front with newlines so the length is exact
+        pad = enc("\n") * (length - len(ids))
+        ids, spans = assemble(pad + context, question, [answer], [])
+    return Sample(ids, spans, depth=depth)
+
+
+EVAL_TASKS = {
+    "single_needle": eval_single_needle,
+    "multikey_needle": eval_multikey,
+    "multivalue_needle": eval_multivalue,
+    "variable_tracking": eval_variable_tracking,
+    "common_words": eval_common_words,
+    "associative_recall": eval_associative_recall,
+}
+
+
+def spread_depths(count):
+    """`count` depths spread evenly over [0, 1] (both ends included when count > 1)."""
+    return [0.5] if count == 1 else [i / (count - 1) for i in range(count)]
+
+
+def rng_for(seed, *labels):
+    return random.Random(f"{seed}:" + ":".join(map(str, labels)))

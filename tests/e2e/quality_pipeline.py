@@ -1,0 +1,190 @@
+"""The quality pipeline end to end at CI size (launch/quality.sh --setting ci: a tiny model, a
+~1.5 MB corpus of this machine's text and code, 2 CPU ranks): the corpus records its files and
+their hash, holds documents out and mixes retrieval sequences into whole extension sequences;
+pretraining lowers the loss; each extension run starts from the pretrained weights (its first
+loss far below a fresh model's) with the raised rope_theta; sparse runs attend to fewer pairs;
+the N:M run exports strict 2:4 MLP weights; eval.json covers every model, task, length and
+position bucket; the report has its tables and plots; finished stages are skipped on a rerun;
+bad input to every tool is one line and status 2. Also checks the answer scoring on fixed
+predictions. Needs tokenizers and transformers (in the running python or the source tree's
+.venv); without them, a note and exit 0."""
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+from e2e_common import arguments, check, environment, temporary_directory
+
+binary, source = arguments()
+try:
+    import safetensors.torch  # noqa: F401
+    import tokenizers  # noqa: F401
+    import transformers  # noqa: F401
+except ImportError:
+    venv_python = os.path.join(source, ".venv", "bin", "python3")
+    # A venv's python resolves to its base interpreter, so an environment mark stops a loop.
+    if os.path.exists(venv_python) and not os.environ.get("SPARSERING_QUALITY_REEXEC"):
+        os.environ["SPARSERING_QUALITY_REEXEC"] = "1"
+        os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
+    print("note: tokenizers/transformers are not installed (nor in .venv); skipping")
+    print("PASSED")
+    sys.exit(0)
+python = sys.executable
+
+launch = os.path.join(source, "launch")
+sys.path.insert(0, launch)
+from quality_tasks import Sample  # noqa: E402
+from quality_eval import score_samples  # noqa: E402
+
+# Scoring on fixed predictions: all items right, one of two wrong, set answers in any order.
+ids = [5, 6, 7, 8, 9, 10]
+sample = Sample(ids, [[2, 3], [4]])
+check(score_samples([sample], [{2: 7, 3: 8, 4: 9}]) == 1.0, "oracle predictions must score 1")
+check(score_samples([sample], [{2: 7, 3: 1, 4: 9}]) == 0.5, "one item of two wrong scores 0.5")
+words = Sample(ids, [], set_items=([3, 4, 5], {8, 9, 10}))
+check(score_samples([words], [{3: 9, 4: 10, 5: 10}]) == 1.0,
+      "a set answer may name any target the reference prefix has not given")
+check(score_samples([words], [{3: 8, 4: 8, 5: 1}]) == 1 / 3,
+      "a set answer repeated or outside the targets is wrong")
+
+env = environment(binary)
+env["PYTHON"] = python
+env["OMP_NUM_THREADS"] = "1"
+
+
+def run(command, timeout=600):
+    print("+", " ".join(command), flush=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(process, what):
+    lines = process.stderr.strip().splitlines()
+    check(process.returncode == 2 and len(lines) == 1 and "Traceback" not in process.stderr,
+          f"{what}: expected one error line and status 2, got {process.returncode}: "
+          f"{process.stderr[-800:]}", process)
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+quality = os.path.join(launch, "quality.sh")
+with temporary_directory() as tmp:
+    out = os.path.join(tmp, "quality")
+    began = time.monotonic()
+    process = run([quality, "--setting", "ci", "--out", out])
+    seconds = time.monotonic() - began
+    print(process.stdout[-3000:])
+    check(process.returncode == 0, f"quality.sh exited {process.returncode}", process)
+    print(f"pipeline: {seconds:.0f} s")
+
+    # Corpus: file list and hash, held-out documents, aligned extension sequences.
+    corpus = os.path.join(out, "corpus")
+    with open(os.path.join(corpus, "manifest.json")) as f:
+        manifest = json.load(f)
+    with open(os.path.join(corpus, "files.tsv")) as f:
+        rows = f.read().split("\n", 1)[1]
+    check(hashlib.sha256(rows.encode()).hexdigest() == manifest["files_sha256"],
+          "files_sha256 is not the hash of files.tsv")
+    check(len(rows.splitlines()) == manifest["files"] > 10, "file count differs from files.tsv")
+    splits = [d["split"] for d in manifest["documents"]]
+    check(splits.count("heldout") >= 1 and splits.count("train") > splits.count("heldout"),
+          f"bad split: {splits}")
+    check(manifest["vocab_size"] <= 1024, f"vocabulary {manifest['vocab_size']} > 1024")
+    extend = manifest["shards"]["extend"]
+    check(extend["tokens"] == extend["sequences"] * 1024,
+          "extension shard is not whole 1024-token sequences")
+    check(0.10 <= extend["retrieval_token_fraction"] <= 0.20 and
+          min(extend["retrieval_sequences"].values()) >= 1,
+          f"retrieval mix off: {extend}")
+
+    # Training: pretraining learns; extensions start from it; sparse attends to fewer pairs.
+    runs = os.path.join(out, "runs")
+    pretrain = metrics(os.path.join(runs, "pretrain"))
+    check(len(pretrain) == 16 and pretrain[-1]["loss"] < pretrain[0]["loss"] - 0.2,
+          f"pretraining did not learn: {[m['loss'] for m in pretrain]}")
+    fresh_loss = math.log(1024)
+    for name in ("dense", "sparse", "sparse_nm"):
+        rows = metrics(os.path.join(runs, name))
+        check(len(rows) == 4, f"{name}: {len(rows)} steps, expected 4")
+        check(rows[0]["loss"] < fresh_loss - 0.5,
+              f"{name}: first loss {rows[0]['loss']:.3f} is a fresh model's ({fresh_loss:.3f}): "
+              "the pretrained weights were not loaded")
+        density = sum(m["attention_density"] for m in rows) / len(rows)
+        check((density == 1.0) if name == "dense" else (0 < density < 0.9),
+              f"{name}: attention density {density}")
+        with open(os.path.join(out, "hf", name, "config.json")) as f:
+            config = json.load(f)
+        theta = config.get("rope_theta") or config.get("rope_parameters", {}).get("rope_theta")
+        check(theta == 40000, f"{name}: exported rope_theta {theta}, expected 40000")
+
+    # N:M: the exported MLP projections are strictly 2:4 along the input dimension.
+    weights = safetensors.torch.load_file(os.path.join(out, "hf", "sparse_nm", "model.safetensors"))
+    mlp = [k for k in weights if k.endswith(("gate_proj.weight", "up_proj.weight",
+                                             "down_proj.weight"))]
+    check(len(mlp) == 6, f"expected 6 MLP projections, got {mlp}")
+    for key in mlp:
+        groups = weights[key].reshape(weights[key].shape[0], -1, 4)
+        check(int((groups != 0).sum(-1).max()) <= 2, f"{key} is not 2:4")
+
+    # Evaluation: every model, task, length and bucket, in range; models are told apart.
+    with open(os.path.join(out, "eval.json")) as f:
+        evaluation = json.load(f)
+    models = evaluation["models"]
+    check(sorted(models) == ["dense", "pretrain", "sparse", "sparse_nm"],
+          f"models: {sorted(models)}")
+    for name, result in models.items():
+        tasks = result["suite"]["tasks"]
+        check(len(tasks) == 6 and all(len(v) == 3 for v in tasks.values()),
+              f"{name}: suite shape {tasks}")
+        check(all(0.0 <= v <= 1.0 for v in sum(tasks.values(), [])), f"{name}: accuracy range")
+        heat = result["heatmap"]["accuracy"]
+        check(len(heat) == 3 and all(len(row) == 3 for row in heat), f"{name}: heatmap shape")
+        buckets = result["perplexity"]
+        check([b["start"] for b in buckets] == [0, 256, 512, 768] and
+              all(math.isfinite(b["loss"]) and b["loss"] > 0 for b in buckets),
+              f"{name}: perplexity buckets {buckets}")
+    check(models["pretrain"]["perplexity"] != models["dense"]["perplexity"],
+          "pretrained and extended models measured identically")
+
+    # Report: tables on stdout and in report.md, plots.
+    check("Suite mean accuracy" in process.stdout and "tokens/s" in process.stdout,
+          "no table on stdout", process)
+    with open(os.path.join(out, "report.md")) as f:
+        report = f.read()
+    check("| sparse + N:M 2:4 MLP |" in report and "perplexity per position" in report,
+          "report.md incomplete")
+    for plot in ("perplexity_by_position", "suite_accuracy", "needle_heatmap",
+                 "tokens_per_second"):
+        check(os.path.getsize(os.path.join(out, "plots", plot + ".png")) > 1000,
+              f"{plot}.png missing")
+
+    # A rerun skips finished stages.
+    process = run([quality, "--setting", "ci", "--out", out, "--stage", "pretrain",
+                   "--stage", "dense"])
+    check(process.returncode == 0 and process.stdout.count("done already") == 2,
+          "a rerun did not skip the finished stages", process)
+
+    # Bad input: one line, status 2.
+    one_line_error(run([quality, "--setting", "nope"]), "unknown setting")
+    one_line_error(run([quality, "--stage", "train"]), "unknown stage")
+    one_line_error(run([python, os.path.join(launch, "quality_corpus.py"), "--output",
+                        os.path.join(tmp, "c"), "--vocab-size", "10"]), "corpus: vocabulary")
+    one_line_error(run([python, os.path.join(launch, "quality_corpus.py"), "--output",
+                        os.path.join(tmp, "c"), "--max-mb", "x"]), "corpus: --max-mb x")
+    one_line_error(run([python, os.path.join(launch, "quality_eval.py"), "--corpus", corpus,
+                        "--model", "x=" + tmp, "--output", os.path.join(tmp, "e.json")]),
+                   "eval: not a model directory")
+    one_line_error(run([python, os.path.join(launch, "quality_eval.py"), "--corpus", tmp,
+                        "--model", "x=" + os.path.join(out, "hf", "dense"),
+                        "--output", os.path.join(tmp, "e.json")]), "eval: no corpus")
+    one_line_error(run([python, os.path.join(launch, "quality_eval.py"), "--corpus", corpus,
+                        "--model", "x=" + os.path.join(out, "hf", "dense"), "--lengths", "64",
+                        "--output", os.path.join(tmp, "e.json")]), "eval: short length")
+    one_line_error(run([python, os.path.join(launch, "quality_report.py"), tmp]),
+                   "report: no results")
+print("PASSED")
