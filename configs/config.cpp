@@ -142,8 +142,10 @@ void validate(const proto::Experiment& e, const std::string& source) {
                 model.rope_high_freq_factor() > model.rope_low_freq_factor(),
             "model.rope_high_freq_factor", model.rope_high_freq_factor(),
             "must be > model.rope_low_freq_factor for LLAMA3");
-  v.require(model.rope_beta_fast() > 0 && model.rope_beta_slow() > 0, "model.rope_beta_fast",
-            model.rope_beta_fast(), "YaRN's beta_fast and beta_slow must be > 0");
+  v.require(model.rope_beta_fast() > 0, "model.rope_beta_fast", model.rope_beta_fast(),
+            "must be > 0 (YaRN's beta_fast)");
+  v.require(model.rope_beta_slow() > 0, "model.rope_beta_slow", model.rope_beta_slow(),
+            "must be > 0 (YaRN's beta_slow)");
   v.require(model.rope_attention_factor() >= 0, "model.rope_attention_factor",
             model.rope_attention_factor(), "must be >= 0 (0 = 0.1 ln(factor) + 1)");
   v.require(model.rms_norm_eps() > 0 && model.rms_norm_eps() <= 1, "model.rms_norm_eps",

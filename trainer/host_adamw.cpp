@@ -75,12 +75,16 @@ void host_adamw(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
                 const at::Tensor& grad, const at::Tensor& keep, at::Tensor weights,
                 const HostAdamWStep& step) {
   const int64_t n = master.numel();
-  for (const at::Tensor* t : {&master, &exp_avg, &exp_avg_sq, &grad}) {
-    if (!t->is_cpu() || !t->is_contiguous() || t->numel() != n) {
+  auto check = [n](const at::Tensor& t) {
+    if (!t.is_cpu() || !t.is_contiguous() || t.numel() != n) {
       throw std::invalid_argument("host_adamw: slices must be contiguous host tensors of " +
                                   std::to_string(n) + " elements");
     }
-  }
+  };
+  check(master);
+  check(exp_avg);
+  check(exp_avg_sq);
+  check(grad);
   const uint8_t* keep_data = keep.defined() ? keep.data_ptr<uint8_t>() : nullptr;
   float* p = master.data_ptr<float>();
   float* m = exp_avg.data_ptr<float>();
