@@ -366,9 +366,12 @@ Experiment to_struct(const proto::Experiment& e) {
       a.deterministic_backward(),
       a.dense_kernel() == proto::Attention::CUDNN};
   const auto& p = e.parallel();
-  out.parallel = {p.data_parallel_size(),   p.context_parallel_size(),
-                  p.intra_node_ring_size(), static_cast<LayoutKind>(p.layout()),
-                  p.grad_bucket_mb(),       p.collective_timeout_s(),
+  out.parallel = {p.data_parallel_size(),
+                  p.context_parallel_size(),
+                  p.intra_node_ring_size(),
+                  static_cast<LayoutKind>(p.layout()),
+                  p.grad_bucket_mb(),
+                  p.collective_timeout_s(),
                   p.zero_stage()};
   const auto& nm = e.nm_sparsity();
   out.nm_sparsity = {nm.enabled(),

@@ -134,7 +134,7 @@ at::Tensor Communicator::reduce_scatter(const at::Tensor& tensor) {
 }
 
 std::unique_ptr<PendingTransfers> Communicator::start_all_gather(const at::Tensor& tensor,
-                                                               const at::Tensor& gathered) {
+                                                                 const at::Tensor& gathered) {
   check_tensor(tensor, "all_gather");
   check_tensor(gathered, "all_gather");
   if (gathered.numel() != tensor.numel() * size_ || gathered.device() != tensor.device() ||

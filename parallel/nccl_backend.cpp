@@ -92,7 +92,7 @@ void NcclBackend::reduce_scatter(const at::Tensor& tensor, at::Tensor& out) {
 }
 
 std::unique_ptr<PendingTransfers> NcclBackend::start_all_gather(const at::Tensor& tensor,
-                                                              const at::Tensor& gathered) {
+                                                                const at::Tensor& gathered) {
   cudaStream_t comm_stream = state_->stream.stream();
   // The gather may only read what the compute stream has written so far.
   cudaEvent_t ready, done;

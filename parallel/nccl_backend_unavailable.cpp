@@ -17,7 +17,7 @@ void NcclBackend::broadcast(at::Tensor&, int) {}
 void NcclBackend::all_gather(const at::Tensor&, at::Tensor&) {}
 void NcclBackend::reduce_scatter(const at::Tensor&, at::Tensor&) {}
 std::unique_ptr<PendingTransfers> NcclBackend::start_all_gather(const at::Tensor&,
-                                                              const at::Tensor&) {
+                                                                const at::Tensor&) {
   return nullptr;
 }
 std::unique_ptr<PendingTransfers> NcclBackend::start_transfers(const std::vector<Transfer>&,

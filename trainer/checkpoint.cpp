@@ -67,7 +67,6 @@ std::string utc_now() {
   return text;
 }
 
-
 struct SavedSlice {
   size_t parameter;
   int64_t begin;
@@ -310,8 +309,8 @@ ResumeState Checkpointer::load(const std::string& step_dir, CheckpointState& mod
   std::vector<SavedShard> shards;
   int64_t adam_step = 0;
   for (const auto& shard : metadata.shards) {
-    shards.push_back(read_shard((fs::path(step_dir) / shard.file).string(), shard.rank,
-                                metadata.world_size));
+    shards.push_back(
+        read_shard((fs::path(step_dir) / shard.file).string(), shard.rank, metadata.world_size));
     adam_step = std::max(adam_step, shards.back().adam_step);
   }
   // Whatever mesh and stage wrote the checkpoint, each slice this rank holds takes the elements
@@ -325,8 +324,8 @@ ResumeState Checkpointer::load(const std::string& step_dir, CheckpointState& mod
         StateSlice& target = targets[t];
         if (target.parameter != saved.parameter) continue;
         const int64_t first = std::max(target.begin, saved.begin);
-        const int64_t last = std::min(target.begin + target.weight.numel(),
-                                      saved.begin + saved.weight.numel());
+        const int64_t last =
+            std::min(target.begin + target.weight.numel(), saved.begin + saved.weight.numel());
         if (first >= last) continue;
         const int64_t length = last - first;
         target.weight.narrow(0, first - target.begin, length)

@@ -9,13 +9,14 @@
 namespace sparsering::trainer {
 namespace {
 
-const std::vector<std::string> kCommands = {"train",     "eval",      "bench", "world-size",
-                                            "sweep",     "import-hf", "export-hf", "plan"};
+const std::vector<std::string> kCommands = {"train", "eval",      "bench",     "world-size",
+                                            "sweep", "import-hf", "export-hf", "plan"};
 
 // A whole number in [1, max] for `flag`, else UserError.
 int positive_int(const std::string& flag, const std::string& text, int max) {
-  if (text.empty() || text.size() > 9 || text.find_first_not_of("0123456789") != std::string::npos ||
-      std::stoi(text) < 1 || std::stoi(text) > max) {
+  if (text.empty() || text.size() > 9 ||
+      text.find_first_not_of("0123456789") != std::string::npos || std::stoi(text) < 1 ||
+      std::stoi(text) > max) {
     throw UserError(flag + " " + text + ": must be a whole number in [1, " + std::to_string(max) +
                     "]");
   }

@@ -1,6 +1,5 @@
 #include "trainer/flat_adamw.h"
 
-
 #include <algorithm>
 #include <cmath>
 

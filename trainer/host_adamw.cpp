@@ -19,8 +19,10 @@ void adamw_loop(float* master, float* exp_avg, float* exp_avg_sq, const Grad* gr
   const auto& o = s.optimizer;
   // The scalars as torch's CPU kernels use them on fp32 tensors: computed in double, then fp32.
   const float decay = static_cast<float>(1 - s.lr * o.weight_decay);
-  const float beta1 = static_cast<float>(o.beta1), one_minus_beta1 = static_cast<float>(1 - o.beta1);
-  const float beta2 = static_cast<float>(o.beta2), one_minus_beta2 = static_cast<float>(1 - o.beta2);
+  const float beta1 = static_cast<float>(o.beta1),
+              one_minus_beta1 = static_cast<float>(1 - o.beta1);
+  const float beta2 = static_cast<float>(o.beta2),
+              one_minus_beta2 = static_cast<float>(1 - o.beta2);
   const double bias_correction1 = 1 - std::pow(o.beta1, s.step);
   const float sqrt_bias_correction2 = static_cast<float>(std::sqrt(1 - std::pow(o.beta2, s.step)));
   const float step_size = static_cast<float>(-s.lr / bias_correction1);
@@ -93,8 +95,7 @@ void host_adamw(at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
     case at::kFloat:
       return dispatch_weights(p, m, v, grad.data_ptr<float>(), keep_data, weights, n, step);
     case at::kBFloat16:
-      return dispatch_weights(p, m, v, grad.data_ptr<at::BFloat16>(), keep_data, weights, n,
-                              step);
+      return dispatch_weights(p, m, v, grad.data_ptr<at::BFloat16>(), keep_data, weights, n, step);
     case at::kHalf:
       return dispatch_weights(p, m, v, grad.data_ptr<at::Half>(), keep_data, weights, n, step);
     default:

@@ -25,9 +25,9 @@ namespace sparsering::trainer {
 
 struct HostAdamWStep {
   double lr = 0;
-  int64_t step = 1;           // AdamW's step count (bias corrections), from 1
-  double grad_scale = 1;      // gradient clipping's factor, applied after the SR-STE term
-  double sr_ste_lambda = 0;   // > 0: adds lambda x the pruned master weights to the gradient
+  int64_t step = 1;          // AdamW's step count (bias corrections), from 1
+  double grad_scale = 1;     // gradient clipping's factor, applied after the SR-STE term
+  double sr_ste_lambda = 0;  // > 0: adds lambda x the pruned master weights to the gradient
   config::OptimizerConfig optimizer;
 };
 
@@ -46,15 +46,14 @@ class HostStepPipeline {
   // Steps a slice whose gradient and model-dtype weights live on `grad.device()` (GPU or CPU)
   // and whose master and moments live on the host. `weights` (same device and length as grad)
   // receives the updated weights.
-  void run(const at::Tensor& grad, at::Tensor& master, at::Tensor& exp_avg,
-           at::Tensor& exp_avg_sq, const at::Tensor& keep, at::Tensor& weights,
-           const HostAdamWStep& step);
+  void run(const at::Tensor& grad, at::Tensor& master, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+           const at::Tensor& keep, at::Tensor& weights, const HostAdamWStep& step);
 
  private:
   struct Buffer {
-    at::Tensor grad, weights;             // pinned host, chunk elements each
-    std::unique_ptr<c10::Event> landed;   // the gradient chunk is on the host
-    std::unique_ptr<c10::Event> sent;     // the weights chunk has left for the GPU
+    at::Tensor grad, weights;            // pinned host, chunk elements each
+    std::unique_ptr<c10::Event> landed;  // the gradient chunk is on the host
+    std::unique_ptr<c10::Event> sent;    // the weights chunk has left for the GPU
   };
   void allocate(const at::Tensor& grad);
 

@@ -46,8 +46,8 @@ std::string plan(trainer::CommandLine line) {
     world = line.plan_world_size;
   }
   const auto gpu_bytes = static_cast<int64_t>(line.gpu_memory_gib * (1LL << 30));
-  return trainer::memory_plan_table(experiment,
-                                    trainer::plan_memory(experiment, world, gpu_bytes), gpu_bytes);
+  return trainer::memory_plan_table(experiment, trainer::plan_memory(experiment, world, gpu_bytes),
+                                    gpu_bytes);
 }
 
 int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& collectives_started) {
@@ -104,10 +104,10 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
     return 0;
   }
   const at::Device device = trainer::select_device(experiment);
-  parallel::ProcessGroups groups({experiment.parallel.data_parallel_size,
-                                  experiment.parallel.context_parallel_size,
-                                  experiment.parallel.intra_node_ring_size},
-                                 /*use_nccl=*/device.is_cuda());
+  parallel::ProcessGroups groups(
+      {experiment.parallel.data_parallel_size, experiment.parallel.context_parallel_size,
+       experiment.parallel.intra_node_ring_size},
+      /*use_nccl=*/device.is_cuda());
   if (line.command == "eval") {
     trainer::evaluate(experiment, groups, device, eval_options);
   } else {

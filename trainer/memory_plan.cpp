@@ -95,12 +95,12 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
                             : plan.local_tokens * micro;
   plan.workspace_bytes = 2 * chunk * static_cast<int64_t>(m.vocab_size) * 4;
   const int64_t state = plan.weight_bytes + plan.gradient_bytes + plan.optimizer_bytes;
-  plan.total_bytes = state + plan.workspace_bytes +
-                     static_cast<int64_t>(plan.activation_bytes_per_token * micro *
-                                          plan.local_tokens);
+  plan.total_bytes =
+      state + plan.workspace_bytes +
+      static_cast<int64_t>(plan.activation_bytes_per_token * micro * plan.local_tokens);
   if (gpu_memory_bytes > 0) {
-    const double free_bytes = static_cast<double>(gpu_memory_bytes - kReservedBytes - state -
-                                                  plan.workspace_bytes);
+    const double free_bytes =
+        static_cast<double>(gpu_memory_bytes - kReservedBytes - state - plan.workspace_bytes);
     if (free_bytes > 0) {
       const int64_t tokens =
           static_cast<int64_t>(free_bytes / (plan.activation_bytes_per_token * micro));
@@ -127,8 +127,8 @@ std::string memory_plan_table(const config::Experiment& e, const MemoryPlan& pla
   out << "  activations per token         " << plan.activation_bytes_per_token / 1024.0
       << " KiB (x micro_batch_size " << e.train.micro_batch_size << ")\n";
   out << "  loss workspace                " << gib(plan.workspace_bytes) << "\n";
-  out << "  at " << e.train.sequence_length << " tokens (" << plan.local_tokens
-      << " per rank)     " << gib(plan.total_bytes) << "\n";
+  out << "  at " << e.train.sequence_length << " tokens (" << plan.local_tokens << " per rank)     "
+      << gib(plan.total_bytes) << "\n";
   if (gpu_memory_bytes > 0) {
     out << "  longest context in " << gib(gpu_memory_bytes) << " per GPU (" << gib(kReservedBytes)
         << " reserved for the CUDA context, NCCL and fragmentation): ";

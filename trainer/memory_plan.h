@@ -13,16 +13,16 @@ namespace sparsering::trainer {
 
 struct MemoryPlan {
   int world_size = 1;
-  int64_t parameters = 0;             // whole model
-  int64_t weight_bytes = 0;           // per rank, peak (stage 3: the slices plus a gathered layer)
-  int64_t gradient_bytes = 0;         // per rank, peak
-  int64_t optimizer_bytes = 0;        // per rank, on the GPU
-  int64_t host_optimizer_bytes = 0;   // per rank, offloaded to host memory
+  int64_t parameters = 0;            // whole model
+  int64_t weight_bytes = 0;          // per rank, peak (stage 3: the slices plus a gathered layer)
+  int64_t gradient_bytes = 0;        // per rank, peak
+  int64_t optimizer_bytes = 0;       // per rank, on the GPU
+  int64_t host_optimizer_bytes = 0;  // per rank, offloaded to host memory
   double activation_bytes_per_token = 0;  // per local token, per sequence of the micro-batch
-  int64_t workspace_bytes = 0;        // loss chunk and allocator slack, independent of length
-  int64_t local_tokens = 0;           // tokens per rank at train.sequence_length
-  int64_t total_bytes = 0;            // per rank at train.sequence_length
-  int64_t longest_context = 0;        // tokens per sequence that fit `gpu_memory_bytes` (0: none)
+  int64_t workspace_bytes = 0;            // loss chunk and allocator slack, independent of length
+  int64_t local_tokens = 0;               // tokens per rank at train.sequence_length
+  int64_t total_bytes = 0;                // per rank at train.sequence_length
+  int64_t longest_context = 0;  // tokens per sequence that fit `gpu_memory_bytes` (0: none)
 };
 
 // `world_size` ranks (dp x cp taken from the config; the mesh over which stages 1-3 shard).

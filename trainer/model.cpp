@@ -148,8 +148,9 @@ at::Tensor DecoderImpl::forward(const at::Tensor& tokens, const StepContext& con
             if (gather) gather->acquire(layer);
             return block(input, recompute);
           },
-          x, gather ? std::function<void()>([gather, layer] { gather->backward_done(layer); })
-                    : nullptr);
+          x,
+          gather ? std::function<void()>([gather, layer] { gather->backward_done(layer); })
+                 : nullptr);
     } else {
       x = block(x, context);
     }

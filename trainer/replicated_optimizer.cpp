@@ -13,7 +13,8 @@ ReplicatedOptimizer::ReplicatedOptimizer(const config::Experiment& experiment,
       gradient_sync_(mesh, parameters,
                      static_cast<int64_t>(experiment.parallel.grad_bucket_mb) << 20),
       nm_sparsity_(nm_sparsity) {
-  if (nm_sparsity_) sparse_masters_ = nm_sparsity_->sparse_weights(names, optimizer_.master_weights());
+  if (nm_sparsity_)
+    sparse_masters_ = nm_sparsity_->sparse_weights(names, optimizer_.master_weights());
 }
 
 void ReplicatedOptimizer::update_nm_masks(int64_t step) {

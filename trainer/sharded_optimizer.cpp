@@ -66,15 +66,14 @@ ShardedOptimizer::ShardedOptimizer(const config::Experiment& experiment,
     for (const SlotPiece& piece : shard.pieces) {
       shard.master.narrow(0, piece.shard_offset, piece.length)
           .copy_(parameters_[piece.slot->parameter].detach().reshape(-1).narrow(0, piece.begin,
-                                                                                 piece.length));
+                                                                                piece.length));
     }
     if (nm_sparsity_) {
       shard.keep = at::ones({bucket.shard_numel}, fp32.dtype(at::kByte));
     }
     const bool layer = bucket.name.rfind("block", 0) == 0;
     shard.gathered_on_use = stage_ == 3 && layer;
-    shard.reduced_in_backward =
-        stage_ >= 2 && experiment.model.activation_checkpointing && layer;
+    shard.reduced_in_backward = stage_ >= 2 && experiment.model.activation_checkpointing && layer;
     shards_.push_back(std::move(shard));
   }
   for (Shard& shard : shards_) {
@@ -175,9 +174,8 @@ void ShardedOptimizer::update_nm_masks(int64_t step) {
     const auto gathered = mesh_.all_gather(shard.keep.to(device)).reshape(-1);
     for (const FlatSlot& slot : shard.bucket->slots) {
       if (!is_sparse(slot.parameter)) continue;
-      masks[sparse_names_[slot.parameter]] = gathered.narrow(0, slot.offset, slot.numel)
-                                                 .view(shape_of(slot.parameter))
-                                                 .to(at::kBool);
+      masks[sparse_names_[slot.parameter]] =
+          gathered.narrow(0, slot.offset, slot.numel).view(shape_of(slot.parameter)).to(at::kBool);
     }
   }
   nm_sparsity_->set_masks(std::move(masks), step);
@@ -291,9 +289,9 @@ void ShardedOptimizer::step(double lr, double max_norm, double norm) {
     const bool sr_ste = nm_sparsity_ && nm_sparsity_->config().mode == config::NMMode::kSrSte;
     if (sr_ste) host_step.sr_ste_lambda = nm_sparsity_->config().sr_ste_lambda;
     const auto& first = parameters_[shard.bucket->slots.front().parameter];
-    at::Tensor local = shard.gathered_on_use ? shard.weights
-                                             : at::empty({shard.bucket->shard_numel},
-                                                         first.options());
+    at::Tensor local = shard.gathered_on_use
+                           ? shard.weights
+                           : at::empty({shard.bucket->shard_numel}, first.options());
     host_pipeline_.run(shard.grad, shard.master, shard.exp_avg, shard.exp_avg_sq,
                        sr_ste ? shard.keep : at::Tensor(), local, host_step);
     if (!shard.gathered_on_use) publish_slice(shard, local);

@@ -97,7 +97,7 @@ class ShardedOptimizer : public TrainingOptimizer, public LayerGather {
   parallel::Communicator& mesh_;
   NMSparsity* nm_sparsity_;
   std::vector<std::vector<int64_t>> shapes_;  // the parameters' shapes (stage 3 frees their data)
-  std::vector<std::string> sparse_names_;  // per parameter: its name when N:M covers it, else ""
+  std::vector<std::string> sparse_names_;     // per parameter: its name when N:M covers it, else ""
   FlatLayout layout_;
   std::vector<Shard> shards_;
   int stage_;

@@ -28,13 +28,13 @@
 #include "trainer/model.h"
 #include "trainer/model_setup.h"
 #include "trainer/nm_sparsity.h"
-#include "trainer/training_optimizer.h"
 #include "trainer/profiler.h"
 #include "trainer/resume_compatibility.h"
 #include "trainer/run_directory.h"
 #include "trainer/run_outputs.h"
 #include "trainer/schedule.h"
 #include "trainer/tensorboard/tensorboard_writer.h"
+#include "trainer/training_optimizer.h"
 #include "trainer/watchdog.h"
 
 namespace sparsering::trainer {
@@ -349,8 +349,7 @@ TrainResult train(const config::Experiment& e, parallel::ProcessGroups& groups,
   }
   if (profiler) {
     profiler->finish();
-    report_profile(*profiler, groups.world(), result.run_dir,
-                   optimizer->memory());
+    report_profile(*profiler, groups.world(), result.run_dir, optimizer->memory());
   }
   if (rank == 0) {
     write_summary(

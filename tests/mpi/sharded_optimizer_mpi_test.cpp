@@ -29,14 +29,14 @@ const std::vector<std::pair<std::string, std::vector<int64_t>>> kParameters = {
     {"lm_head.weight", {50, 24}}};
 
 config::Experiment experiment(int stage, bool offload, bool nm) {
-  std::vector<std::string> overrides = {
-      "parallel.zero_stage=" + std::to_string(stage), "optimizer.grad_clip=0.5",
-      "optimizer.weight_decay=0.1", "model.activation_checkpointing=true"};
+  std::vector<std::string> overrides = {"parallel.zero_stage=" + std::to_string(stage),
+                                        "optimizer.grad_clip=0.5", "optimizer.weight_decay=0.1",
+                                        "model.activation_checkpointing=true"};
   if (offload) overrides.push_back("optimizer.offload=CPU");
   if (nm) {
-    overrides.insert(overrides.end(), {"nm_sparsity.enabled=true", "nm_sparsity.mode=SR_STE",
-                                       "nm_sparsity.layers=up_proj,down_proj",
-                                       "nm_sparsity.sr_ste_lambda=0.05"});
+    overrides.insert(overrides.end(),
+                     {"nm_sparsity.enabled=true", "nm_sparsity.mode=SR_STE",
+                      "nm_sparsity.layers=up_proj,down_proj", "nm_sparsity.sr_ste_lambda=0.05"});
   }
   return config::load_experiment(config::embedded_tiny_config(), "test", overrides);
 }
