@@ -29,6 +29,12 @@ def mesh(dp, cp):
             f"parallel.context_parallel_size={cp}"]
 
 
+def batch_mesh(dp, cp):
+    """A mesh with a global batch of 4 sequences whatever dp is, so meshes of different dp train
+    on the same sequences and can resume each other's checkpoints like an uninterrupted run."""
+    return mesh(dp, cp) + ["--set", f"train.micro_batch_size={4 // dp}"]
+
+
 def stage(number, offload=False):
     options = ["--set", f"parallel.zero_stage={number}"]
     return options + (["--set", "optimizer.offload=CPU"] if offload else [])
@@ -132,13 +138,14 @@ with temporary_directory() as tmp:
     # resumed steps equal an uninterrupted run of the new mesh (the meshes and stages compute the
     # same steps, so the state at step 3 is the same up to rounding).
     reshards = [
-        ("2_to_4", mesh(1, 2) + stage(2), mesh(1, 4) + stage(2)),
-        ("4_to_2", mesh(1, 4) + stage(3), mesh(2, 1) + stage(1)),
-        ("8_to_2", mesh(2, 4) + stage(3), mesh(1, 2) + stage(3)),
-        ("1x4_to_2x2", mesh(1, 4) + stage(1), mesh(2, 2) + stage(1)),
-        ("stage3_to_0", mesh(1, 2) + stage(3), mesh(1, 2) + stage(0)),
-        ("stage0_to_3", mesh(1, 2) + stage(0), mesh(1, 2) + stage(3)),
-        ("offload_on_to_off", mesh(1, 2) + stage(2, offload=True), mesh(1, 2) + stage(2)),
+        ("2_to_4", batch_mesh(1, 2) + stage(2), batch_mesh(1, 4) + stage(2)),
+        ("4_to_2", batch_mesh(1, 4) + stage(3), batch_mesh(2, 1) + stage(1)),
+        ("8_to_2", batch_mesh(2, 4) + stage(3), batch_mesh(1, 2) + stage(3)),
+        ("1x4_to_2x2", batch_mesh(1, 4) + stage(1), batch_mesh(2, 2) + stage(1)),
+        ("stage3_to_0", batch_mesh(1, 2) + stage(3), batch_mesh(1, 2) + stage(0)),
+        ("stage0_to_3", batch_mesh(1, 2) + stage(0), batch_mesh(1, 2) + stage(3)),
+        ("offload_on_to_off", batch_mesh(1, 2) + stage(2, offload=True),
+         batch_mesh(1, 2) + stage(2)),
     ]
     for name, before, after in reshards:
         directory = os.path.join(tmp, "reshard_" + name)
