@@ -1,6 +1,7 @@
 // Plain C++ view of a resolved experiment (configs/sparsering.proto is the documented schema).
 // The protobuf-generated code stays inside the config library because torch bundles an older
-// protobuf's headers (notes/toolchain.md); everything else in SparseRing reads these structs.
+// protobuf's headers (docs/build.md, "The protobuf and torch header clash"); everything else in
+// SparseRing reads these structs.
 #pragma once
 
 #include <cstdint>
