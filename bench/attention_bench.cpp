@@ -52,7 +52,8 @@ struct Row {
 };
 
 // Causal forward FLOPs for `pairs` attended (query, key) pairs: 4 x pairs x head_dim per head
-// (QK^T and PV); backward = 2.5 x forward (notes/toolchain.md).
+// (QK^T and PV); backward = 2.5 x forward (five matmuls against the forward's two: S recomputed,
+// dV, dP, dQ, dK), the convention of FlashAttention's benchmarks.
 double forward_flops(double pairs, int64_t head_dim) { return 4.0 * pairs * head_dim; }
 
 // `key_starts` (document masking, int32 [1, length]) may be undefined.
@@ -185,8 +186,8 @@ int main(int argc, char** argv) {
         run_ours("ours_dense_doc1", q, k, v, dout, dense, false, at::zeros_like(token_ids)));
     rows.push_back(run_ours("ours_dense_docs", q, k, v, dout, dense, false,
                             at::div(token_ids, document_tokens, "floor") * document_tokens));
-    // Vertical-slash like the FlexAttention anchor: 1024 sink columns, a 4096-token local
-    // window, and 1024 more columns chosen from (random) estimated mass.
+    // Vertical-slash of the shape bench/flex_attention_bench.py also times: 1024 sink columns, a
+    // 4096-token local window, and 1024 more columns chosen from (random) estimated mass.
     const kernels::AttentionMass mass{at::rand({heads, length}, q.options().dtype(at::kFloat)),
                                       at::zeros({heads, length}, q.options().dtype(at::kFloat))};
     const auto sparse = kernels::select_pattern(mass, 1024, 0, 1024, 4096, block);

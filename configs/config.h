@@ -1,6 +1,7 @@
 // Plain C++ view of a resolved experiment (configs/sparsering.proto is the documented schema).
 // The protobuf-generated code stays inside the config library because torch bundles an older
-// protobuf's headers (notes/toolchain.md); everything else in SparseRing reads these structs.
+// protobuf's headers (docs/build.md, "The protobuf and torch header clash"); everything else in
+// SparseRing reads these structs.
 #pragma once
 
 #include <cstdint>
@@ -20,8 +21,8 @@ struct ModelConfig {
   bool activation_checkpointing;
   int loss_chunk_tokens;
   RopeType rope_type;
-  int rope_original_max_context;                       // 0 = max_context / rope_scaling_factor
-  double rope_low_freq_factor, rope_high_freq_factor;  // LLAMA3
+  int rope_original_max_context;                                 // 0 = max_context
+  double rope_low_freq_factor, rope_high_freq_factor;            // LLAMA3
   double rope_beta_fast, rope_beta_slow, rope_attention_factor;  // YARN (attention 0 = derived)
   bool rope_truncate;                                            // YARN
   bool attention_bias;                                           // q/k/v biases (Qwen2)

@@ -1,4 +1,4 @@
-// Vertical-slash attention patterns (research/mtraining.md): estimation from a sample of queries,
+// Vertical-slash attention patterns (docs/algorithms.md, 1): estimation from a sample of queries,
 // selection of the top columns and diagonals per head, and conversion into the block-sparse index
 // of any (query shard, key/value shard) pair under any token layout. Written on ATen ops, so the
 // same code runs on CPU and GPU; the parts that need every rank's keys take and return plain

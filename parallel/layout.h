@@ -1,7 +1,7 @@
-// Token layouts as block permutations (DESIGN.md): which global blocks of a sequence each
-// context-parallel rank holds, in local order. Kernels derive causal masking from the global ids,
-// so every layout runs through the same attention code; the data loader applies the layout once
-// and RoPE uses the global positions, so nothing is re-striped inside attention.
+// Token layouts as block permutations (docs/algorithms.md, 2): which global blocks of a sequence
+// each context-parallel rank holds, in local order. Kernels derive causal masking from the global
+// ids, so every layout runs through the same attention code; the data loader applies the layout
+// once and RoPE uses the global positions, so nothing is re-striped inside attention.
 #pragma once
 
 #include <ATen/ATen.h>

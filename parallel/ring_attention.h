@@ -1,4 +1,5 @@
-// Sparse ring attention over the context-parallel group (DESIGN.md, "One step", 3 and 4).
+// Sparse ring attention over the context-parallel group (docs/algorithms.md, 3; its place in a
+// training step: docs/architecture.md, "One training step", 6 and 8).
 //
 // Every rank holds the query, key and value tokens of its layout blocks. Forward: the key/value
 // shards travel around the ring (sent to rank+1, received from rank-1) while each rank attends

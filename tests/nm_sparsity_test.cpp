@@ -1,4 +1,4 @@
-// N:M weight sparsity with progressive gradient flow (trainer/nm_*.h, research/pgf.md): mask
+// N:M weight sparsity with progressive gradient flow (trainer/nm_*.h, docs/algorithms.md, 4): mask
 // invariants, beta schedules, gradients of every mode and semantics against hand-computed ones,
 // the SR-STE term, hard pruning, checkpoint state and the model's use of the effective weights.
 #include "trainer/nm_sparsity.h"
@@ -206,7 +206,7 @@ TEST(NMSparsity, PrunedWeightGradientsFollowEachModeAndSemantics) {
 
       const auto g = at::matmul(layer.c.t(), layer.x.detach());  // dL/dW_eff
       const auto expected_grad = semantics == NMGradientSemantics::kStraightThrough
-                                     ? g                                    // pgf.md 3.3, code
+                                     ? g                                    // published code
                                      : mask * g + c.beta * (1 - mask) * g;  // autograd variant
       EXPECT_TRUE(at::allclose(layer.weight.grad(), expected_grad, 0, 1e-14));
       // The decay reaches backprop through the activation gradient in both semantics.

@@ -1,6 +1,6 @@
 // TensorBoardWriter: the event file it writes, read back through our TFRecord reader (both CRCs
 // checked) and parsed as Event messages whose field numbers are TensorFlow's. This binary does not
-// see torch's include paths, so the generated protobuf code compiles (notes/toolchain.md).
+// see torch's include paths, so the generated protobuf code compiles (docs/build.md).
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <unistd.h>

@@ -1,5 +1,5 @@
-// The decay factor beta of progressive gradient flow (research/pgf.md 3.3): pruned weights enter
-// the forward pass as beta x w, with beta decaying from 1 (dense) to 0 (strictly N:M).
+// The decay factor beta of progressive gradient flow (docs/algorithms.md, 4.2): pruned weights
+// enter the forward pass as beta x w, with beta decaying from 1 (dense) to 0 (strictly N:M).
 #pragma once
 
 #include <cstdint>
@@ -10,9 +10,9 @@
 namespace sparsering::trainer {
 
 // beta as a pure function of the training step, so that a resumed run continues the schedule
-// exactly (pgf.md 8.1). Steps are the trainer's, counted from 1; the decay clock is
-// t = step - 1, the optimizer steps taken before this step's forward, which is the published
-// code's 0-based clock (pgf.md 3.2), so beta = 1 on the first step of MDGF and SDGF. Step 0
+// exactly. Steps are the trainer's, counted from 1; the decay clock is t = step - 1, the
+// optimizer steps taken before this step's forward, which is the published code's 0-based clock
+// (it counts optimizer updates from 0), so beta = 1 on the first step of MDGF and SDGF. Step 0
 // ("before training") reads as step 1.
 //   STE, SR_STE:       0 (pure masked weight)
 //   MDGF_LINEAR:       max(0, 1 - kappa t)
@@ -20,8 +20,9 @@ namespace sparsering::trainer {
 //   SDGF_STEPWISE:     max(0, 1 - sdgf_step floor(t / sdgf_interval))
 //   SDGF_GEOMETRIC:    sdgf_factor ^ floor(t / sdgf_interval)
 //   and 0 from step hard_prune_step on (when >= 0), whatever the mode.
-// Note: the published SDGF changes the N:M pattern itself over epoch frames (pgf.md 3.4);
-// sparsering.proto instead defines SDGF as these stepped beta schedules on a fixed N:M mask.
+// Note: the published SDGF changes the N:M pattern itself over epoch frames (e.g. 7:8 -> 4:8 ->
+// 2:8 -> 1:8); sparsering.proto instead defines SDGF as these stepped beta schedules on a fixed
+// N:M mask (docs/algorithms.md, 4.2).
 class NMSchedule {
  public:
   explicit NMSchedule(const config::NMSparsityConfig& config);

@@ -23,7 +23,7 @@ at::Tensor soft_masked(const at::Tensor& weight, const at::Tensor& keep_mask, do
 }
 
 // The effective weight with the gradient semantics chosen in the config (see
-// NMSparsity::effective_weight and pgf.md 3.3).
+// NMSparsity::effective_weight and docs/algorithms.md, 4.3).
 class EffectiveWeightFunction : public torch::autograd::Function<EffectiveWeightFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* context, const at::Tensor& weight,

@@ -1,5 +1,5 @@
-// Progressive gradient-flow N:M weight sparsity of chosen linear layers (research/pgf.md; modes
-// and fields in configs/sparsering.proto, message NMSparsity).
+// Progressive gradient-flow N:M weight sparsity of chosen linear layers (docs/algorithms.md, 4;
+// modes and fields in configs/sparsering.proto, message NMSparsity).
 //
 // Each step the training loop recomputes the masks from the fp32 master weights
 // (update_masks, before the forward), the projections use effective_weight() in their forward,
@@ -51,11 +51,11 @@ class NMSparsity {
 
   // The weight the projection `weight_name` multiplies with in this step's forward, for `weight`
   // (the model's parameter, any floating dtype): mask * w + beta * (1 - mask) * w.
-  // Gradient to `weight` by nm_sparsity.gradient_semantics (pgf.md 3.3):
+  // Gradient to `weight` by nm_sparsity.gradient_semantics (docs/algorithms.md, 4.3):
   //   STRAIGHT_THROUGH  dL/dw = dL/dw_eff for every weight, kept or pruned: the published code's
-  //                     backward returns grad_output unchanged (commit 8aa164e), so beta acts
-  //                     only through the forward value (and thus through dL/dw_eff and the
-  //                     activation gradient).
+  //                     backward returns grad_output unchanged (its MDGF autograd functions are
+  //                     straight-through), so beta acts only through the forward value (and
+  //                     thus through dL/dw_eff and the activation gradient).
   //   DECAYED           dL/dw = dL/dw_eff for kept weights and beta * dL/dw_eff for pruned ones,
   //                     i.e. plain autograd through w * (mask + beta (1 - mask)) with the mask
   //                     held constant; for STE and SR_STE (beta = 0) pruned weights then get no
@@ -63,10 +63,10 @@ class NMSparsity {
   at::Tensor effective_weight(const std::string& weight_name, const at::Tensor& weight) const;
 
   // SR_STE only (a no-op otherwise): grad += sr_ste_lambda * (1 - mask) * w on each weight's
-  // .grad(), with this step's masks (pgf.md 1.2). Call it on the final fp32 gradients: after
-  // gradient sync (the term is per replica, not to be summed) and after any loss-scale
-  // unscaling (otherwise the term shrinks to lambda / scale, bug B2 of pgf.md 7), before the norm
-  // and clipping, which include it as in the published code.
+  // .grad(), with this step's masks (SR-STE, docs/algorithms.md, 4.4). Call it on the final fp32
+  // gradients: after gradient sync (the term is per replica, not to be summed) and after any
+  // loss-scale unscaling (otherwise the term shrinks to lambda / scale, as it does in the published
+  // PGF code under AMP), before the norm and clipping, which include it as in the published code.
   void add_sr_ste_term(const std::vector<NamedWeight>& fp32_weights) const;
 
   // The strictly N:M weight mask * w, with the mask recomputed from `fp32_weight` itself (for

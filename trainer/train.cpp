@@ -52,7 +52,7 @@ std::string run_dir_of(const config::Experiment& e, const TrainOptions& options)
 
 // FLOPs of one training step, dense-equivalent: 6 x matmul parameters per token, plus causal
 // attention 2 x S^2 x hidden per layer and sequence forward, backward counted as 2.5 x forward
-// (the convention of notes/toolchain.md).
+// (five matmuls against the forward's two, as FlashAttention's benchmarks count it).
 struct StepFlops {
   double dense = 0, executed = 0;
 };

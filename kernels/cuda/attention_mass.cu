@@ -1,5 +1,5 @@
 // Pattern estimation from the sampled logits in two reads of them, instead of a materialised
-// softmax and index_add_ scatters (research/mtraining.md, estimation):
+// softmax and index_add_ scatters (docs/algorithms.md, 1.1):
 //   1. softmax_row_stats: one CTA per row folds the row into an online (max, sum) pair
 //      (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax", Alg. 3).
 //   2. attention_mass_from_logits: p = exp(l - max) / sum is recomputed on the fly. Vertical:

@@ -1,6 +1,6 @@
 // Scalars for TensorBoard, written natively: an event file of TFRecord-framed Event messages, the
 // format TensorBoard reads, without TensorFlow or Python. This header is plain C++ so that
-// torch-facing code can use it (the protobuf code stays inside this library, notes/toolchain.md).
+// torch-facing code can use it (the protobuf code stays inside this library, docs/build.md).
 #pragma once
 
 #include <cstdint>
