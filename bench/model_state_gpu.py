@@ -51,7 +51,7 @@ def gpu_memory_gib():
 
 
 def plan(binary, config, overrides, gpu_gib):
-    command = [binary, "plan", "--config", config, "--gpu-memory", f"{gpu_gib:.2f}"]
+    command = [binary, "plan", "--config", config, "--gpu-memory", str(int(gpu_gib))]
     for value in overrides:
         command += ["--set", value]
     process = subprocess.run(command, capture_output=True, text=True)
