@@ -4,6 +4,7 @@
 #   launch/gpu_check.sh [bench lengths, default 16384,32768,131072]
 # Environment: TRAIN_RUNS (1B training runs, below; "" for none), QUALITY=TOKENS:STEPS (dense vs
 # sparse quality check), BENCH=0 (skip the attention benchmarks), FLEX=0 (skip FlexAttention),
+# HOST_ADAMW=0 (skip the host AdamW benchmark),
 # TESTS=0 (skip the GPU tests: a second call on a warm machine that only measures),
 # MODEL_STATE=1b,3b,8b (sharded state and offload), HF_FAMILY=1 (families against transformers),
 # QUALITY_SETTING=default (the quality protocol, launch/quality.sh).
@@ -18,8 +19,9 @@ python=$( [ -x "$root/.venv/bin/python3" ] && echo "$root/.venv/bin/python3" || 
 generator=$(command -v ninja >/dev/null && echo Ninja || echo "Unix Makefiles")
 status=()
 
-# At most 7 files land in $out (the device tool returns only a few): attention_bench.{txt,json},
-# flex_attention_bench.json, gpu_tests.log, train.log, quality.log, ring_gpu_tests.log.
+# Files that land in $out: attention_bench.{txt,json} (the host AdamW table appended),
+# flex_attention_bench.json, host_adamw_bench.json, gpu_tests.log, train.log, quality.log,
+# ring_gpu_tests.log, and the model-state, family and quality-protocol outputs below.
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== configure + build ($generator)"
 start=$(date +%s)
@@ -81,6 +83,18 @@ if [ "${FLEX:-1}" = 1 ]; then
   fi
   tee -a "$out/attention_bench.txt" <"$patterns/flex.txt" | grep -v "^ *$" | tail -8
 fi
+fi
+
+# The offloaded optimizer's host AdamW on this machine's CPU (a 268M-element slice, all threads).
+if [ "${HOST_ADAMW:-1}" = 1 ]; then
+echo "== host AdamW (optimizer.offload: CPU)"
+if "$build/bench/host_adamw_bench" --elements 268435456 --json "$out/host_adamw_bench.json" \
+     >"$patterns/host_adamw.txt" 2>&1; then
+  status+=("host_adamw_bench|ok|$(grep fused "$patterns/host_adamw.txt" | awk '{print $NF}') vs torch ops")
+else
+  status+=("host_adamw_bench|FAILED|see attention_bench.txt")
+fi
+tee -a "$out/attention_bench.txt" <"$patterns/host_adamw.txt"
 fi
 
 # Training runs of the ~1B model on this GPU: "KIND:TOKENS:STEPS[:FLAGS]" items, FLAGS a

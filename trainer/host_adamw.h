@@ -4,7 +4,8 @@
 // square root, division, update: about eight passes over 12 bytes per element); at 3-8 billion
 // elements that is memory-bound and takes seconds. host_adamw reads each element's gradient (fp32,
 // bf16 or fp16, widened on the fly), its SR-STE term, master and moments once, writes the master,
-// moments and the model-dtype weight once, on all host threads. The arithmetic is torch AdamW's,
+// moments and the model-dtype weight once, on all host threads, in blocks the compiler vectorises
+// (AVX-512 or AVX2 where the CPU has them, chosen at load time). The arithmetic is torch AdamW's,
 // operation for operation in fp32 (the compiler may fuse a multiply and an add, so results equal
 // torch's to an fp32 rounding, not bit for bit).
 //
