@@ -1,5 +1,6 @@
 """Bad input ends with status 2 and one line naming the input and the fix; --help succeeds."""
 import os
+import tempfile
 
 from e2e_common import arguments, check, run, temporary_directory, train
 
@@ -42,7 +43,10 @@ with temporary_directory() as tmp:
          "config file not found"),
     ]
     for command, status, text in cases:
-        process = run(command, binary)
+        # In an empty directory: commands without --run-dir use runs/<name> under it, which must
+        # not hold an earlier run's files.
+        workdir = tempfile.mkdtemp(dir=tmp)
+        process = run(command, binary, cwd=workdir)
         output = process.stdout + process.stderr
         check(process.returncode == status,
               f"{' '.join(command)}: status {process.returncode}, expected {status}", process)

@@ -22,10 +22,10 @@ def environment(binary):
     return env
 
 
-def run(command, binary, timeout=600):
+def run(command, binary, timeout=600, cwd=None):
     print("+", " ".join(command), flush=True)
     return subprocess.run(command, env=environment(binary), capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd)
 
 
 def train(binary, source, run_dir, *options, config=None):
