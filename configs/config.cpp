@@ -335,13 +335,13 @@ constexpr bool same_values(std::initializer_list<std::pair<Cpp, Proto>> pairs, i
   }
   return count == proto_size;
 }
-static_assert(same_values<RopeType, proto::Model::RopeType>(
-                  {{RopeType::kDefault, proto::Model::DEFAULT},
-                   {RopeType::kLinear, proto::Model::LINEAR},
-                   {RopeType::kLlama3, proto::Model::LLAMA3},
-                   {RopeType::kYarn, proto::Model::YARN}},
-                  proto::Model::RopeType_ARRAYSIZE),
-              "RopeType and Model.RopeType differ");
+static_assert(
+    same_values<RopeType, proto::Model::RopeType>({{RopeType::kDefault, proto::Model::DEFAULT},
+                                                   {RopeType::kLinear, proto::Model::LINEAR},
+                                                   {RopeType::kLlama3, proto::Model::LLAMA3},
+                                                   {RopeType::kYarn, proto::Model::YARN}},
+                                                  proto::Model::RopeType_ARRAYSIZE),
+    "RopeType and Model.RopeType differ");
 static_assert(same_values<LayoutKind, proto::Parallel::Layout>(
                   {{LayoutKind::kContiguous, proto::Parallel::CONTIGUOUS},
                    {LayoutKind::kZigzag, proto::Parallel::ZIGZAG},

@@ -94,10 +94,10 @@ TEST(HostAdamWTest, RoundsWeightsToBf16LikeTorch) {
   // torch's rounding of these values: ties to even both ways, infinities, signed zero, the largest
   // floats (which round to infinity) and subnormals. NaN stays NaN (torch's vectorised and scalar
   // conversions give different NaN bit patterns, so only NaN-ness is compared).
-  const std::vector<uint32_t> bit_patterns = {
-      0x3F808000u, 0x3F818000u, 0xBF808000u, 0x3F80C000u, 0x3F807FFFu, 0x7FC00000u, 0xFFC12345u,
-      0x7F800000u, 0xFF800000u, 0x00000000u, 0x80000000u, 0x7F7FFFFFu, 0xFF7FFFFFu, 0x00000001u,
-      0x00408000u, 0x12345678u};
+  const std::vector<uint32_t> bit_patterns = {0x3F808000u, 0x3F818000u, 0xBF808000u, 0x3F80C000u,
+                                              0x3F807FFFu, 0x7FC00000u, 0xFFC12345u, 0x7F800000u,
+                                              0xFF800000u, 0x00000000u, 0x80000000u, 0x7F7FFFFFu,
+                                              0xFF7FFFFFu, 0x00000001u, 0x00408000u, 0x12345678u};
   auto bits = at::tensor(std::vector<int64_t>(bit_patterns.begin(), bit_patterns.end()));
   auto master = bits.to(at::kInt).view(at::kFloat).contiguous();
   const auto expected = master.to(at::kBFloat16);
@@ -111,8 +111,9 @@ TEST(HostAdamWTest, RoundsWeightsToBf16LikeTorch) {
   host_adamw(master, m, v, at::zeros({n}, at::kBFloat16), at::Tensor(), weights, step);
   const auto nan = at::isnan(expected);
   EXPECT_TRUE(at::isnan(weights).equal(nan));
-  EXPECT_TRUE(weights.view(at::kShort).masked_fill(nan, 0).equal(
-      expected.view(at::kShort).masked_fill(nan, 0)))
+  EXPECT_TRUE(weights.view(at::kShort)
+                  .masked_fill(nan, 0)
+                  .equal(expected.view(at::kShort).masked_fill(nan, 0)))
       << weights.view(at::kShort) << expected.view(at::kShort);
 }
 

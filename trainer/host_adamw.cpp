@@ -48,9 +48,9 @@ AdamWScalars scalars_of(const HostAdamWStep& s) {
 // with -fno-math-errno so that sqrt is an instruction, not a libm call). On x86-64 it is compiled
 // for AVX-512, AVX2 and baseline SSE, and the loader picks the widest the host CPU has.
 SPARSERING_HOST_VECTOR_CLONES
-void adamw_block(float* __restrict master, float* __restrict exp_avg,
-                 float* __restrict exp_avg_sq, const float* __restrict grad,
-                 float* __restrict weights, int64_t n, const AdamWScalars& s) {
+void adamw_block(float* __restrict master, float* __restrict exp_avg, float* __restrict exp_avg_sq,
+                 const float* __restrict grad, float* __restrict weights, int64_t n,
+                 const AdamWScalars& s) {
   for (int64_t i = 0; i < n; ++i) {
     const float g = grad[i];
     const float p = master[i] * s.decay;
