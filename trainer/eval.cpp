@@ -20,6 +20,7 @@
 #include "trainer/logits_dump.h"
 #include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
+#include "trainer/run_paths.h"
 #include "trainer/sequence_scorer.h"
 #include "trainer/watchdog.h"
 
@@ -27,17 +28,6 @@ namespace sparsering::trainer {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string run_dir_of(const config::Experiment& e, const EvalOptions& options) {
-  return options.run_dir.empty() ? (fs::path(e.train.runs_root) / e.name).string()
-                                 : options.run_dir;
-}
-
-// Where training saved its checkpoints (checkpoint.dir, else <run dir>/checkpoints).
-std::string checkpoint_dir_of(const config::Experiment& e, const EvalOptions& options) {
-  return e.checkpoint.dir.empty() ? (fs::path(run_dir_of(e, options)) / "checkpoints").string()
-                                  : e.checkpoint.dir;
-}
 
 std::vector<std::string> attention_modes(const config::Experiment& e, const EvalOptions& options) {
   if (options.attention == "both") return {"dense", "sparse"};
@@ -98,7 +88,8 @@ struct EvalRun {
 std::pair<std::string, int64_t> load_checkpoint(const EvalRun& run, LengthModel& model,
                                                 NMSparsity* nm_sparsity) {
   MasterWeightOptimizer optimizer(model.model->parameters(), run.e.optimizer);
-  Checkpointer checkpointer(checkpoint_dir_of(run.e, run.options), run.e, run.groups.world());
+  Checkpointer checkpointer(RunPaths::of(run.e, run.options.run_dir).checkpoint_dir, run.e,
+                            run.groups.world());
   const auto found = checkpointer.find(run.options.checkpoint, "--checkpoint");
   if (!found) throw UserError("--checkpoint auto: no checkpoint under " + checkpointer.dir());
   run.watchdog.beat("checkpoint load");
@@ -251,7 +242,7 @@ void require_checkpoint(const config::Experiment& e, const EvalOptions& options)
     }
     return;
   }
-  const std::string dir = checkpoint_dir_of(e, options);
+  const std::string dir = RunPaths::of(e, options.run_dir).checkpoint_dir;
   if (fs::is_directory(dir)) {
     for (const auto& entry : fs::directory_iterator(dir)) {
       const std::string name = entry.path().filename().string();
@@ -278,7 +269,7 @@ std::vector<int64_t> needle_lengths(const config::Experiment& e) {
 
 EvalReport evaluate(const config::Experiment& e, parallel::ProcessGroups& groups,
                     const at::Device& device, const EvalOptions& options) {
-  const std::string run_dir = run_dir_of(e, options);
+  const std::string run_dir = RunPaths::of(e, options.run_dir).run_dir;
   if (groups.world_rank() == 0) {
     std::error_code error;
     fs::create_directories(run_dir, error);

@@ -14,22 +14,13 @@
 #include "trainer/nm_sparsity.h"
 #include "trainer/optimizer.h"
 #include "trainer/run_directory.h"
+#include "trainer/run_paths.h"
 #include "trainer/safetensors.h"
 
 namespace sparsering::trainer {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string run_dir_of(const config::Experiment& e, const HfOptions& options) {
-  return options.run_dir.empty() ? (fs::path(e.train.runs_root) / e.name).string()
-                                 : options.run_dir;
-}
-
-std::string checkpoint_dir_of(const config::Experiment& e, const HfOptions& options) {
-  return e.checkpoint.dir.empty() ? (fs::path(run_dir_of(e, options)) / "checkpoints").string()
-                                  : e.checkpoint.dir;
-}
 
 // The decoder as training builds it, on the CPU: import and export only move weights.
 struct CpuModel {
@@ -74,11 +65,11 @@ void check_hf_inputs(const std::string& command, const config::Experiment& e,
   // The architecture and RoPE checks read only config.json and the safetensors headers.
   const std::vector<SafetensorsEntry> hf = list_safetensors_dir(options.hf_dir);
   check_hf_config(options.hf_dir, e.model, stores_lm_head(hf));
-  const auto previous = previous_run_files(run_dir_of(e, options), checkpoint_dir_of(e, options));
+  const RunPaths paths = RunPaths::of(e, options.run_dir);
+  const auto previous = previous_run_files(paths.run_dir, paths.checkpoint_dir);
   if (!previous.empty()) {
-    throw UserError(run_dir_of(e, options) +
-                    " already holds checkpoints or other files of a run (" + previous.front() +
-                    "); import into a new --run-dir");
+    throw UserError(paths.run_dir + " already holds checkpoints or other files of a run (" +
+                    previous.front() + "); import into a new --run-dir");
   }
 }
 
@@ -104,7 +95,7 @@ void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
   }
   optimizer.sync_model_from_masters();
 
-  const std::string run_dir = run_dir_of(e, options);
+  const std::string run_dir = RunPaths::of(e, options.run_dir).run_dir;
   if (groups.world_rank() == 0) {
     std::error_code error;
     fs::create_directories(run_dir, error);
@@ -112,7 +103,7 @@ void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
     write_file_atomically((fs::path(run_dir) / "config.pbtxt").string(), e.resolved_text);
   }
   groups.world().barrier();
-  Checkpointer checkpointer(checkpoint_dir_of(e, options), e, groups.world());
+  Checkpointer checkpointer(RunPaths::of(e, options.run_dir).checkpoint_dir, e, groups.world());
   checkpointer.save(ResumeState{}, optimizer);
   if (groups.world_rank() == 0) {
     if (!rope_changes.empty()) {
@@ -130,7 +121,7 @@ void export_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
                const HfOptions& options) {
   CpuModel cpu(e, groups);
   MasterWeightOptimizer optimizer(cpu.parameters, e.optimizer);
-  Checkpointer checkpointer(checkpoint_dir_of(e, options), e, groups.world());
+  Checkpointer checkpointer(RunPaths::of(e, options.run_dir).checkpoint_dir, e, groups.world());
   const auto found = checkpointer.find(options.checkpoint, "--checkpoint");
   if (!found) throw UserError("--checkpoint auto: no checkpoint under " + checkpointer.dir());
   if (groups.world_rank() == 0) {
