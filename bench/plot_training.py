@@ -92,7 +92,7 @@ def main():
         axis.grid(alpha=0.3)
         axis.legend()
     left.set_ylabel("training tokens/s")
-    right.set_ylabel("MFU (dense-equivalent FLOPs), %")
+    right.set_ylabel("MFU (executed FLOPs), %")
     for r in rows:
         if "sparse_over_dense" in r:
             left.annotate(f"{r['sparse_over_dense']:.2f}x", (r["tokens"] / 1024, r["tokens_per_s"]),

@@ -17,7 +17,7 @@ import os
 import re
 import sys
 
-SUMMARY_KEYS = ["final_loss", "steps", "tokens_per_second_mean", "model_tflops_mean", "mfu_mean",
+SUMMARY_KEYS = ["final_loss", "steps", "tokens_per_second_mean", "executed_tflops_mean", "mfu_mean",
                 "attention_density_mean", "wall_seconds"]
 CONTEXT_FIELD = "train.sequence_length"
 

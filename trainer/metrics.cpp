@@ -25,8 +25,8 @@ void MetricsLog::write(const StepMetrics& m) {
   line << "{\"step\": " << m.step << ", \"loss\": " << number(m.loss, "%.6f")
        << ", \"lr\": " << number(m.lr, "%.6g") << ", \"grad_norm\": " << number(m.grad_norm, "%.6g")
        << ", \"tokens_per_second\": " << number(m.tokens_per_second, "%.1f")
-       << ", \"model_tflops\": " << number(m.model_tflops, "%.4f")
        << ", \"executed_tflops\": " << number(m.executed_tflops, "%.4f")
+       << ", \"dense_equivalent_tflops\": " << number(m.dense_equivalent_tflops, "%.4f")
        << ", \"mfu\": " << (m.mfu < 0 ? std::string("null") : number(m.mfu, "%.5f"))
        << ", \"attention_density\": " << number(m.attention_density, "%.5f")
        << ", \"imbalance\": " << number(m.imbalance, "%.4f")
@@ -43,7 +43,7 @@ std::string MetricsLog::console_line(const StepMetrics& m, int total_steps) {
   std::snprintf(line, sizeof(line),
                 "step %5d/%d | loss %.4f | lr %.3e | grad norm %.3f | tokens/s %.0f | "
                 "TF/s %.2f%s | density %.3f",
-                m.step, total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_second, m.model_tflops,
+                m.step, total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_second, m.executed_tflops,
                 mfu, m.attention_density);
   return line;
 }

@@ -14,9 +14,9 @@ struct StepMetrics {
   int step = 0;
   double loss = 0, lr = 0, grad_norm = 0;
   double tokens_per_second = 0;
-  double model_tflops = 0;       // dense-equivalent model TFLOP/s over the whole job
-  double executed_tflops = 0;    // what attention actually executed (sparse) plus the rest
-  double mfu = -1;               // dense-equivalent, of the GPUs' bf16 peak; -1 on CPU
+  double executed_tflops = 0;    // FLOP/s executed: the attended pairs of the sparse pattern
+  double dense_equivalent_tflops = 0;  // as if attention were dense (causal), for comparison
+  double mfu = -1;               // executed FLOP/s over the GPUs' bf16 peak; -1 on CPU
   double attention_density = 0;  // attended / dense-causal pairs, mean over layers and ranks
   double imbalance = 1;          // max / mean attention work over context-parallel ranks
   double step_seconds = 0;

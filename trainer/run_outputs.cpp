@@ -95,7 +95,8 @@ void write_summary(const std::string& run_dir, const TrainResult& result, const 
        << ", \"first_step\": " << result.first_step
        << ", \"skipped_steps\": " << result.skipped_steps
        << ", \"tokens_per_second_mean\": " << mean(totals.tokens_per_second)
-       << ", \"model_tflops_mean\": " << mean(totals.model_tflops)
+       << ", \"executed_tflops_mean\": " << mean(totals.executed_tflops)
+       << ", \"dense_equivalent_tflops_mean\": " << mean(totals.dense_equivalent_tflops)
        << ", \"mfu_mean\": " << (on_gpu ? std::to_string(mean(totals.mfu)) : "null")
        << ", \"attention_density_mean\": " << mean(totals.density)
        << ", \"wall_seconds\": " << wall_seconds << "}\n";

@@ -29,11 +29,13 @@ void report_profile(Profiler& profiler, parallel::Communicator& world, const std
 
 // Means over the steps this call ran, for <run dir>/summary.json.
 struct RunTotals {
-  double tokens_per_second = 0, model_tflops = 0, mfu = 0, density = 0;
+  double tokens_per_second = 0, executed_tflops = 0, dense_equivalent_tflops = 0, mfu = 0,
+         density = 0;
   int steps = 0;
   void add(const StepMetrics& m) {
     tokens_per_second += m.tokens_per_second;
-    model_tflops += m.model_tflops;
+    executed_tflops += m.executed_tflops;
+    dense_equivalent_tflops += m.dense_equivalent_tflops;
     mfu += m.mfu;
     density += m.attention_density;
     ++steps;

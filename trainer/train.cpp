@@ -46,9 +46,11 @@ namespace fs = std::filesystem;
 // bf16 dense tensor-core peak of one H100/H200 SXM, for MFU.
 constexpr double kHopperPeakTflops = 989.0;
 
-// FLOPs of one training step, dense-equivalent: 6 x matmul parameters per token, plus causal
-// attention 2 x S^2 x hidden per layer and sequence forward, backward counted as 2.5 x forward
-// (five matmuls against the forward's two, as FlashAttention's benchmarks count it).
+// FLOPs of one training step: 6 x matmul parameters per token, plus causal attention
+// 2 x S^2 x hidden per layer and sequence forward, backward counted as 2.5 x forward (five matmuls
+// against the forward's two, as FlashAttention's benchmarks count it). `executed` scales the
+// attention term by the density of attended (query, key) pairs; `dense` is the dense-equivalent
+// figure, as if every causal pair were computed.
 struct StepFlops {
   double dense = 0, executed = 0;
 };
@@ -397,9 +399,9 @@ void TrainingRun::report_step(int step, const StepOutcome& outcome, double secon
   const double mean_work = outcome.attended_total / groups_.world_size();
   m.imbalance = mean_work > 0 ? outcome.attended_max / mean_work : 1.0;
   const StepFlops flops = step_flops(e_, m.attention_density);
-  m.model_tflops = flops.dense / seconds / 1e12;
   m.executed_tflops = flops.executed / seconds / 1e12;
-  if (device_.is_cuda()) m.mfu = m.model_tflops / (kHopperPeakTflops * groups_.world_size());
+  m.dense_equivalent_tflops = flops.dense / seconds / 1e12;
+  if (device_.is_cuda()) m.mfu = m.executed_tflops / (kHopperPeakTflops * groups_.world_size());
   result_.losses.push_back(outcome.loss);
   run_totals_.add(m);
   if (rank_ == 0) {
@@ -409,7 +411,8 @@ void TrainingRun::report_step(int step, const StepOutcome& outcome, double secon
       tensorboard_->add_scalar("train/lr", m.lr, step);
       tensorboard_->add_scalar("train/grad_norm", m.grad_norm, step);
       tensorboard_->add_scalar("perf/tokens_per_second", m.tokens_per_second, step);
-      tensorboard_->add_scalar("perf/model_tflops", m.model_tflops, step);
+      tensorboard_->add_scalar("perf/executed_tflops", m.executed_tflops, step);
+      tensorboard_->add_scalar("perf/dense_equivalent_tflops", m.dense_equivalent_tflops, step);
       if (m.mfu >= 0) tensorboard_->add_scalar("perf/mfu", m.mfu, step);
       tensorboard_->add_scalar("attention/density", m.attention_density, step);
       tensorboard_->add_scalar("attention/imbalance", m.imbalance, step);
