@@ -65,7 +65,10 @@ int main(int argc, char** argv) {
   const auto grad_bf16 = at::randn({elements}).mul_(1e-2).to(at::kBFloat16);
   const auto grad_fp32 = grad_bf16.to(at::kFloat);
   auto weights = at::empty({elements}, at::kBFloat16);
-  config::OptimizerConfig optimizer;
+  config::OptimizerConfig optimizer{};
+  optimizer.beta1 = 0.9;
+  optimizer.beta2 = 0.95;
+  optimizer.eps = 1e-8;
   optimizer.weight_decay = 0.1;
   trainer::HostAdamWStep step;
   step.lr = 1e-4;

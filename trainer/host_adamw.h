@@ -29,7 +29,7 @@ struct HostAdamWStep {
   int64_t step = 1;          // AdamW's step count (bias corrections), from 1
   double grad_scale = 1;     // gradient clipping's factor, applied after the SR-STE term
   double sr_ste_lambda = 0;  // > 0: adds lambda x the pruned master weights to the gradient
-  config::OptimizerConfig optimizer;
+  config::OptimizerConfig optimizer{};
 };
 
 // One slice: every tensor 1-d of the same length on the CPU; master, moments fp32; grad fp32,
