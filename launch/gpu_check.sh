@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a GPU machine: build once, run the GPU tests and the benchmarks, print a short table last.
-# Logs and JSON go to $OUT (the device tool's output folder) or gpu-check/ here.
+# Logs and JSON go to $OUT when it is set, else gpu-check/ here.
 #   launch/gpu_check.sh [bench lengths, default 16384,32768,131072]
 # Environment: TRAIN_RUNS (1B training runs, below; "" for none), QUALITY=TOKENS:STEPS (dense vs
 # sparse quality check), BENCH=0 (skip the attention benchmarks), FLEX=0 (skip FlexAttention),
