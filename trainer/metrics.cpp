@@ -43,8 +43,8 @@ std::string MetricsLog::console_line(const StepMetrics& m, int total_steps) {
   std::snprintf(line, sizeof(line),
                 "step %5d/%d | loss %.4f | lr %.3e | grad norm %.3f | tokens/s %.0f | "
                 "TF/s %.2f%s | density %.3f",
-                m.step, total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_second, m.executed_tflops,
-                mfu, m.attention_density);
+                m.step, total_steps, m.loss, m.lr, m.grad_norm, m.tokens_per_second,
+                m.executed_tflops, mfu, m.attention_density);
   return line;
 }
 
