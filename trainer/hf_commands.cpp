@@ -95,7 +95,8 @@ void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
   }
   optimizer.sync_model_from_masters();
 
-  const std::string run_dir = RunPaths::of(e, options.run_dir).run_dir;
+  const RunPaths paths = RunPaths::of(e, options.run_dir);
+  const std::string& run_dir = paths.run_dir;
   if (groups.world_rank() == 0) {
     std::error_code error;
     fs::create_directories(run_dir, error);
@@ -103,7 +104,7 @@ void import_hf(const config::Experiment& e, parallel::ProcessGroups& groups,
     write_file_atomically((fs::path(run_dir) / "config.pbtxt").string(), e.resolved_text);
   }
   groups.world().barrier();
-  Checkpointer checkpointer(RunPaths::of(e, options.run_dir).checkpoint_dir, e, groups.world());
+  Checkpointer checkpointer(paths.checkpoint_dir, e, groups.world());
   checkpointer.save(ResumeState{}, optimizer);
   if (groups.world_rank() == 0) {
     if (!rope_changes.empty()) {

@@ -171,9 +171,8 @@ TrainingRun::TrainingRun(const config::Experiment& e, parallel::ProcessGroups& g
   // the slow or failing rank of a large job.
   char rank_file[32];
   std::snprintf(rank_file, sizeof(rank_file), "rank_%05d.log", rank_);
-  fs::create_directories(fs::path(paths_.run_dir) / "logs");
-  rank_log_ =
-      std::make_unique<AppendFile>((fs::path(paths_.run_dir) / "logs" / rank_file).string());
+  fs::create_directories(paths_.file("logs"));
+  rank_log_ = std::make_unique<AppendFile>((fs::path(paths_.file("logs")) / rank_file).string());
   watchdog_ = std::make_unique<Watchdog>(rank_, e.parallel.collective_timeout_s);
 
   const int64_t length = e.train.sequence_length;
