@@ -1,7 +1,7 @@
 """Sharded model state on one GPU: training runs of the ~1.1B model (stage 0 against stage 1 with
-the optimizer offloaded to the host, at 128K tokens) and of the Qwen2.5-3B and Llama-3-8B shapes
-(stage 3 with offload: dense against sparse at 64K for the 3B shape, then sparse at the longest
-context `sparsering plan` says fits), each with its measured peak memory against the prediction of
+the optimizer offloaded to the host, at 32K and 128K tokens) and of the Qwen2.5-3B and Llama-3-8B
+shapes (stage 3 with offload: dense against sparse at 64K, and at 128K for the 3B shape, then
+sparse at the longest context `sparsering plan` says fits), each with its measured peak memory against the prediction of
 `sparsering plan` and the time of the optimizer step (the host AdamW when offloaded).
 
     bench/model_state_gpu.py --binary build/sparsering [--suite 1b,3b,8b] [--json FILE]
@@ -20,17 +20,23 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name -> (config, [(tokens, attention kind, steps, extra --set values)])
+OFFLOAD = ["parallel.zero_stage=1", "optimizer.offload=CPU"]
 SUITES = {
     "1b": ("llama_1b.pbtxt", [
+        (32768, "SPARSE", 4, []),
+        (32768, "SPARSE", 4, OFFLOAD),
         (131072, "SPARSE", 3, []),
-        (131072, "SPARSE", 3, ["parallel.zero_stage=1", "optimizer.offload=CPU"]),
+        (131072, "SPARSE", 3, OFFLOAD),
     ]),
     "3b": ("qwen2_5_3b_shape.pbtxt", [
         (65536, "DENSE", 3, []),
         (65536, "SPARSE", 3, []),
+        (131072, "DENSE", 3, []),
+        (131072, "SPARSE", 3, []),
         ("longest", "SPARSE", 2, []),
     ]),
     "8b": ("llama3_8b_shape.pbtxt", [
+        (65536, "DENSE", 2, []),
         (65536, "SPARSE", 2, []),
         ("longest", "SPARSE", 2, []),
     ]),

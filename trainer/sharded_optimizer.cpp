@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "trainer/flat_adamw.h"
+#include "trainer/pinned_host_memory.h"
 #include "trainer/host_adamw.h"
 #include "trainer/nm_mask.h"
 #include "trainer/nm_sparsity.h"
@@ -49,15 +50,19 @@ ShardedOptimizer::ShardedOptimizer(const config::Experiment& experiment,
   }
   // Pinned host memory lets the gradient and weight copies of an offloaded GPU run overlap.
   const bool pin = state_device_.is_cpu() && parameters.front().is_cuda();
-  const auto fp32 = at::TensorOptions().dtype(at::kFloat).device(state_device_).pinned_memory(pin);
+  const auto fp32 = at::TensorOptions().dtype(at::kFloat).device(state_device_);
+  auto state_zeros = [&](int64_t numel, at::ScalarType dtype) {
+    return state_device_.is_cpu() ? exact_pinned_zeros(numel, dtype, pin)
+                                  : at::zeros({numel}, fp32.dtype(dtype));
+  };
   at::NoGradGuard no_grad;
   for (const FlatBucket& bucket : layout_.buckets()) {
     Shard shard;
     shard.bucket = &bucket;
     shard.pieces = layout_.pieces(bucket, mesh_.rank());
-    shard.master = at::zeros({bucket.shard_numel}, fp32);
-    shard.exp_avg = at::zeros({bucket.shard_numel}, fp32);
-    shard.exp_avg_sq = at::zeros({bucket.shard_numel}, fp32);
+    shard.master = state_zeros(bucket.shard_numel, at::kFloat);
+    shard.exp_avg = state_zeros(bucket.shard_numel, at::kFloat);
+    shard.exp_avg_sq = state_zeros(bucket.shard_numel, at::kFloat);
     // Offloaded, the reduced gradient slice waits on the GPU in the model's dtype (2 bytes per
     // element instead of 4 on the host) and is widened chunk by chunk in step().
     shard.grad = offload_ ? at::zeros({bucket.shard_numel}, parameters.front().options())
@@ -69,7 +74,7 @@ ShardedOptimizer::ShardedOptimizer(const config::Experiment& experiment,
                                                                                 piece.length));
     }
     if (nm_sparsity_) {
-      shard.keep = at::ones({bucket.shard_numel}, fp32.dtype(at::kByte));
+      shard.keep = state_zeros(bucket.shard_numel, at::kByte).fill_(1);
     }
     const bool layer = bucket.name.rfind("block", 0) == 0;
     shard.gathered_on_use = stage_ == 3 && layer;
