@@ -1,10 +1,12 @@
 """Sharded model state on one GPU: training runs of the ~1.1B model (stage 0 against stage 1 with
 the optimizer offloaded to the host, at 32K and 128K tokens) and of the Qwen2.5-3B and Llama-3-8B
 shapes (stage 3 with offload: dense against sparse at 64K, and at 128K for the 3B shape, then
-sparse at the longest context `sparsering plan` says fits), each with its measured peak memory against the prediction of
-`sparsering plan` and the time of the optimizer step (the host AdamW when offloaded).
+sparse at the longest context `sparsering plan` says fits), each with its measured peak memory
+against the prediction of `sparsering plan` and the time of the optimizer step (the host AdamW
+when offloaded).
 
-    bench/model_state_gpu.py --binary build/sparsering [--suite 1b,3b,8b] [--json FILE]
+    bench/model_state_gpu.py --binary build/sparsering [--suite 1b,3b,8b] [--only 131072,longest]
+                             [--json FILE]
 
 tokens/s is the mean of the profiled steps (every step after the first); peak memory and the
 optimizer phase come from `train --profile`. A run that runs out of memory is a row saying so.
@@ -101,6 +103,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--binary", default=os.path.join(ROOT, "build", "sparsering"))
     parser.add_argument("--suite", default="1b,3b,8b", help="comma-separated: 1b, 3b, 8b")
+    parser.add_argument("--only", default="",
+                        help="comma-separated token counts (or 'longest') to run; default all")
     parser.add_argument("--json", default="model_state_gpu.json")
     parser.add_argument("--log", default="model_state_gpu.log")
     parser.add_argument("--run-root", default="/tmp/model_state_gpu")
@@ -114,6 +118,8 @@ def main():
             config_name, runs = SUITES[suite]
             config = os.path.join(ROOT, "configs", config_name)
             for tokens, kind, steps, extra in runs:
+                if arguments.only and str(tokens) not in arguments.only.split(","):
+                    continue
                 overrides = [f"attention.kind={kind}", *extra]
                 if tokens == "longest":
                     # The planner's longest context, rounded down to a multiple of 16K tokens.

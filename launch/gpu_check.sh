@@ -6,7 +6,8 @@
 # sparse quality check), BENCH=0 (skip the attention benchmarks), FLEX=0 (skip FlexAttention),
 # HOST_ADAMW=0 (skip the host AdamW benchmark),
 # TESTS=0 (skip the GPU tests: a second call on a warm machine that only measures),
-# MODEL_STATE=1b,3b,8b (sharded state and offload), HF_FAMILY=1 (families against transformers),
+# MODEL_STATE=1b,3b,8b (sharded state and offload; MODEL_STATE_ONLY=131072,longest runs only those
+# context lengths), HF_FAMILY=1 (families against transformers),
 # QUALITY_SETTING=default (the quality protocol, launch/quality.sh).
 set -uo pipefail
 
@@ -178,17 +179,6 @@ if [ -n "${QUALITY:-}" ]; then
   done
 fi
 
-# Sharded model state on this GPU (bench/model_state_gpu.py): MODEL_STATE="1b,3b,8b" or a subset.
-if [ -n "${MODEL_STATE:-}" ]; then
-  echo "== model state ($MODEL_STATE)"
-  if "$python" "$root/bench/model_state_gpu.py" --binary "$build/sparsering" --suite "$MODEL_STATE" \
-       --json "$out/model_state_gpu.json" --log "$out/model_state_gpu.log"; then
-    status+=("model_state|ok|model_state_gpu.json")
-  else
-    status+=("model_state|FAILED|see model_state_gpu.log")
-  fi
-fi
-
 # Hugging Face families against transformers in bf16 (bench/hf_family_gpu.py): HF_FAMILY=1.
 if [ "${HF_FAMILY:-0}" = 1 ]; then
   echo "== Hugging Face families"
@@ -197,6 +187,18 @@ if [ "${HF_FAMILY:-0}" = 1 ]; then
     status+=("hf_family|ok|hf_family_gpu.json")
   else
     status+=("hf_family|FAILED|see the output above")
+  fi
+fi
+
+# Sharded model state on this GPU (bench/model_state_gpu.py): MODEL_STATE="1b,3b,8b" or a subset.
+if [ -n "${MODEL_STATE:-}" ]; then
+  echo "== model state ($MODEL_STATE)"
+  if "$python" "$root/bench/model_state_gpu.py" --binary "$build/sparsering" --suite "$MODEL_STATE" \
+       --only "${MODEL_STATE_ONLY:-}" \
+       --json "$out/model_state_gpu.json" --log "$out/model_state_gpu.log"; then
+    status+=("model_state|ok|model_state_gpu.json")
+  else
+    status+=("model_state|FAILED|see model_state_gpu.log")
   fi
 fi
 
