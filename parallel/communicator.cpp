@@ -42,7 +42,7 @@ class MpiPendingTransfers : public PendingTransfers {
     if (!requests_.empty()) MPI_Waitall(requests_.size(), requests_.data(), MPI_STATUSES_IGNORE);
   }
   void wait() override {
-    MPI_CHECK(MPI_Waitall(requests_.size(), requests_.data(), MPI_STATUSES_IGNORE));
+    SPARSERING_MPI_CHECK(MPI_Waitall(requests_.size(), requests_.data(), MPI_STATUSES_IGNORE));
     requests_.clear();
     keep_alive_.clear();
   }
@@ -56,9 +56,9 @@ class MpiPendingTransfers : public PendingTransfers {
 
 Communicator::Communicator(std::string name, MPI_Comm comm, bool use_nccl)
     : name_(std::move(name)) {
-  MPI_CHECK(MPI_Comm_dup(comm, &comm_));
-  MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
-  MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  SPARSERING_MPI_CHECK(MPI_Comm_dup(comm, &comm_));
+  SPARSERING_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  SPARSERING_MPI_CHECK(MPI_Comm_size(comm_, &size_));
   if (use_nccl) nccl_ = std::make_unique<NcclBackend>(name_, comm_, rank_, size_);
 }
 
@@ -90,7 +90,7 @@ void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
                              "' all_reduce: CPU reductions need fp32, "
                              "fp64 or integer tensors");
   }
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), tensor.numel(),
+  SPARSERING_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), tensor.numel(),
                           mpi_type(tensor.scalar_type()), op == ReduceOp::kSum ? MPI_SUM : MPI_MAX,
                           comm_));
 }
@@ -98,7 +98,7 @@ void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
 void Communicator::broadcast(at::Tensor& tensor, int root) {
   check_tensor(tensor, "broadcast");
   if (on_nccl(tensor)) return nccl_->broadcast(tensor, root);
-  MPI_CHECK(
+  SPARSERING_MPI_CHECK(
       MPI_Bcast(tensor.data_ptr(), tensor.numel(), mpi_type(tensor.scalar_type()), root, comm_));
 }
 
@@ -111,7 +111,7 @@ at::Tensor Communicator::all_gather(const at::Tensor& tensor) {
     nccl_->all_gather(tensor, gathered);
   } else {
     const auto type = mpi_type(tensor.scalar_type());
-    MPI_CHECK(MPI_Allgather(tensor.data_ptr(), tensor.numel(), type, gathered.data_ptr(),
+    SPARSERING_MPI_CHECK(MPI_Allgather(tensor.data_ptr(), tensor.numel(), type, gathered.data_ptr(),
                             tensor.numel(), type, comm_));
   }
   return gathered;
@@ -127,7 +127,7 @@ at::Tensor Communicator::reduce_scatter(const at::Tensor& tensor) {
   if (on_nccl(tensor)) {
     nccl_->reduce_scatter(tensor, out);
   } else {
-    MPI_CHECK(MPI_Reduce_scatter_block(tensor.data_ptr(), out.data_ptr(), out.numel(),
+    SPARSERING_MPI_CHECK(MPI_Reduce_scatter_block(tensor.data_ptr(), out.data_ptr(), out.numel(),
                                        mpi_type(tensor.scalar_type()), MPI_SUM, comm_));
   }
   return out;
@@ -146,7 +146,7 @@ std::unique_ptr<PendingTransfers> Communicator::start_all_gather(const at::Tenso
   if (on_nccl(tensor)) return nccl_->start_all_gather(tensor, gathered);
   std::vector<MPI_Request> requests(1);
   const auto type = mpi_type(tensor.scalar_type());
-  MPI_CHECK(MPI_Iallgather(tensor.data_ptr(), tensor.numel(), type, gathered.data_ptr(),
+  SPARSERING_MPI_CHECK(MPI_Iallgather(tensor.data_ptr(), tensor.numel(), type, gathered.data_ptr(),
                            tensor.numel(), type, comm_, &requests[0]));
   return std::make_unique<MpiPendingTransfers>(std::move(requests),
                                                std::vector<at::Tensor>{tensor, gathered});
@@ -168,20 +168,20 @@ std::unique_ptr<PendingTransfers> Communicator::start_transfers(
   for (size_t i = 0; i < receives.size(); ++i) {
     const Transfer& t = receives[i];
     requests.emplace_back();
-    MPI_CHECK(MPI_Irecv(t.tensor.data_ptr(), t.tensor.numel(), mpi_type(t.tensor.scalar_type()),
+    SPARSERING_MPI_CHECK(MPI_Irecv(t.tensor.data_ptr(), t.tensor.numel(), mpi_type(t.tensor.scalar_type()),
                         t.peer, static_cast<int>(i), comm_, &requests.back()));
     keep_alive.push_back(t.tensor);
   }
   for (size_t i = 0; i < sends.size(); ++i) {
     const Transfer& t = sends[i];
     requests.emplace_back();
-    MPI_CHECK(MPI_Isend(t.tensor.data_ptr(), t.tensor.numel(), mpi_type(t.tensor.scalar_type()),
+    SPARSERING_MPI_CHECK(MPI_Isend(t.tensor.data_ptr(), t.tensor.numel(), mpi_type(t.tensor.scalar_type()),
                         t.peer, static_cast<int>(i), comm_, &requests.back()));
     keep_alive.push_back(t.tensor);
   }
   return std::make_unique<MpiPendingTransfers>(std::move(requests), std::move(keep_alive));
 }
 
-void Communicator::barrier() { MPI_CHECK(MPI_Barrier(comm_)); }
+void Communicator::barrier() { SPARSERING_MPI_CHECK(MPI_Barrier(comm_)); }
 
 }  // namespace sparsering::parallel

@@ -5,7 +5,6 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "parallel/checks.h"
-#include "parallel/cuda_checks.h"
 
 namespace sparsering::parallel {
 namespace {
@@ -41,7 +40,7 @@ class NcclPendingTransfers : public PendingTransfers {
       : done_(done), keep_alive_(std::move(keep_alive)) {}
   ~NcclPendingTransfers() override { cudaEventDestroy(done_); }
   void wait() override {
-    CUDA_CHECK(cudaStreamWaitEvent(current_stream(), done_, 0));
+    SPARSERING_CUDA_CHECK(cudaStreamWaitEvent(current_stream(), done_, 0));
     keep_alive_.clear();
   }
 
@@ -60,9 +59,9 @@ struct NcclBackend::State {
 NcclBackend::NcclBackend(const std::string& name, MPI_Comm comm, int rank, int size)
     : state_(std::make_unique<State>()), name_(name) {
   ncclUniqueId id;
-  if (rank == 0) NCCL_CHECK(ncclGetUniqueId(&id));
-  MPI_CHECK(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm));
-  NCCL_CHECK(ncclCommInitRank(&state_->comm, size, id, rank));
+  if (rank == 0) SPARSERING_NCCL_CHECK(ncclGetUniqueId(&id));
+  SPARSERING_MPI_CHECK(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, comm));
+  SPARSERING_NCCL_CHECK(ncclCommInitRank(&state_->comm, size, id, rank));
 }
 
 NcclBackend::~NcclBackend() {
@@ -70,23 +69,23 @@ NcclBackend::~NcclBackend() {
 }
 
 void NcclBackend::all_reduce(at::Tensor& tensor, ReduceOp op) {
-  NCCL_CHECK(ncclAllReduce(
+  SPARSERING_NCCL_CHECK(ncclAllReduce(
       tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor.scalar_type()),
       op == ReduceOp::kSum ? ncclSum : ncclMax, state_->comm, current_stream()));
 }
 
 void NcclBackend::broadcast(at::Tensor& tensor, int root) {
-  NCCL_CHECK(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(),
+  SPARSERING_NCCL_CHECK(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(),
                            nccl_type(tensor.scalar_type()), root, state_->comm, current_stream()));
 }
 
 void NcclBackend::all_gather(const at::Tensor& tensor, at::Tensor& gathered) {
-  NCCL_CHECK(ncclAllGather(tensor.data_ptr(), gathered.data_ptr(), tensor.numel(),
+  SPARSERING_NCCL_CHECK(ncclAllGather(tensor.data_ptr(), gathered.data_ptr(), tensor.numel(),
                            nccl_type(tensor.scalar_type()), state_->comm, current_stream()));
 }
 
 void NcclBackend::reduce_scatter(const at::Tensor& tensor, at::Tensor& out) {
-  NCCL_CHECK(ncclReduceScatter(tensor.data_ptr(), out.data_ptr(), out.numel(),
+  SPARSERING_NCCL_CHECK(ncclReduceScatter(tensor.data_ptr(), out.data_ptr(), out.numel(),
                                nccl_type(tensor.scalar_type()), ncclSum, state_->comm,
                                current_stream()));
 }
@@ -96,18 +95,18 @@ std::unique_ptr<PendingTransfers> NcclBackend::start_all_gather(const at::Tensor
   cudaStream_t comm_stream = state_->stream.stream();
   // The gather may only read what the compute stream has written so far.
   cudaEvent_t ready, done;
-  CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
-  CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-  CUDA_CHECK(cudaEventRecord(ready, current_stream()));
-  CUDA_CHECK(cudaStreamWaitEvent(comm_stream, ready, 0));
-  CUDA_CHECK(cudaEventDestroy(ready));
-  NCCL_CHECK(ncclAllGather(tensor.data_ptr(), gathered.data_ptr(), tensor.numel(),
+  SPARSERING_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+  SPARSERING_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  SPARSERING_CUDA_CHECK(cudaEventRecord(ready, current_stream()));
+  SPARSERING_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, ready, 0));
+  SPARSERING_CUDA_CHECK(cudaEventDestroy(ready));
+  SPARSERING_NCCL_CHECK(ncclAllGather(tensor.data_ptr(), gathered.data_ptr(), tensor.numel(),
                            nccl_type(tensor.scalar_type()), state_->comm, comm_stream));
   // Neither buffer may be reused by the caching allocator before the gather is done.
   for (const at::Tensor* t : {&tensor, &gathered}) {
     c10::cuda::CUDACachingAllocator::recordStream(t->storage().data_ptr(), state_->stream);
   }
-  CUDA_CHECK(cudaEventRecord(done, comm_stream));
+  SPARSERING_CUDA_CHECK(cudaEventRecord(done, comm_stream));
   return std::make_unique<NcclPendingTransfers>(done, std::vector<at::Tensor>{tensor, gathered});
 }
 
@@ -116,29 +115,29 @@ std::unique_ptr<PendingTransfers> NcclBackend::start_transfers(
   cudaStream_t comm_stream = state_->stream.stream();
   // The transfers may only read what the compute stream has written so far.
   cudaEvent_t ready, done;
-  CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
-  CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-  CUDA_CHECK(cudaEventRecord(ready, current_stream()));
-  CUDA_CHECK(cudaStreamWaitEvent(comm_stream, ready, 0));
-  CUDA_CHECK(cudaEventDestroy(ready));
+  SPARSERING_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+  SPARSERING_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  SPARSERING_CUDA_CHECK(cudaEventRecord(ready, current_stream()));
+  SPARSERING_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, ready, 0));
+  SPARSERING_CUDA_CHECK(cudaEventDestroy(ready));
   std::vector<at::Tensor> keep_alive;
-  NCCL_CHECK(ncclGroupStart());
+  SPARSERING_NCCL_CHECK(ncclGroupStart());
   for (const Transfer& t : sends) {
-    NCCL_CHECK(ncclSend(t.tensor.data_ptr(), t.tensor.numel(), nccl_type(t.tensor.scalar_type()),
+    SPARSERING_NCCL_CHECK(ncclSend(t.tensor.data_ptr(), t.tensor.numel(), nccl_type(t.tensor.scalar_type()),
                         t.peer, state_->comm, comm_stream));
     keep_alive.push_back(t.tensor);
   }
   for (const Transfer& t : receives) {
-    NCCL_CHECK(ncclRecv(t.tensor.data_ptr(), t.tensor.numel(), nccl_type(t.tensor.scalar_type()),
+    SPARSERING_NCCL_CHECK(ncclRecv(t.tensor.data_ptr(), t.tensor.numel(), nccl_type(t.tensor.scalar_type()),
                         t.peer, state_->comm, comm_stream));
     keep_alive.push_back(t.tensor);
   }
-  NCCL_CHECK(ncclGroupEnd());
+  SPARSERING_NCCL_CHECK(ncclGroupEnd());
   // Memory the comm stream uses must not be reused by the caching allocator before it is done.
   for (const at::Tensor& t : keep_alive) {
     c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), state_->stream);
   }
-  CUDA_CHECK(cudaEventRecord(done, comm_stream));
+  SPARSERING_CUDA_CHECK(cudaEventRecord(done, comm_stream));
   return std::make_unique<NcclPendingTransfers>(done, std::move(keep_alive));
 }
 

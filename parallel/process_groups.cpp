@@ -11,9 +11,9 @@ namespace {
 
 std::unique_ptr<Communicator> split(const std::string& name, int color, int key, bool use_nccl) {
   MPI_Comm comm;
-  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, color, key, &comm));
+  SPARSERING_MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, color, key, &comm));
   auto communicator = std::make_unique<Communicator>(name, comm, use_nccl);
-  MPI_CHECK(MPI_Comm_free(&comm));
+  SPARSERING_MPI_CHECK(MPI_Comm_free(&comm));
   return communicator;
 }
 
@@ -21,9 +21,9 @@ std::unique_ptr<Communicator> split(const std::string& name, int color, int key,
 
 MpiSession::MpiSession(int* argc, char*** argv) {
   int provided = 0;
-  MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
-  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_));
-  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size_));
+  SPARSERING_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+  SPARSERING_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_));
+  SPARSERING_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size_));
 }
 
 MpiSession::~MpiSession() {
@@ -39,17 +39,17 @@ void MpiSession::abort(int exit_code) {
 
 int ProcessGroups::local_rank() {
   MPI_Comm node;
-  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  SPARSERING_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
   int rank = 0;
-  MPI_CHECK(MPI_Comm_rank(node, &rank));
-  MPI_CHECK(MPI_Comm_free(&node));
+  SPARSERING_MPI_CHECK(MPI_Comm_rank(node, &rank));
+  SPARSERING_MPI_CHECK(MPI_Comm_free(&node));
   return rank;
 }
 
 ProcessGroups::ProcessGroups(MeshShape shape, bool use_nccl) : shape_(shape) {
   int world_rank = 0, world_size = 1;
-  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
-  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size));
+  SPARSERING_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
+  SPARSERING_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size));
   const int cp = shape.context_parallel, dp = shape.data_parallel;
   if (cp * dp != world_size) {
     throw std::invalid_argument("mesh dp " + std::to_string(dp) + " x cp " + std::to_string(cp) +

@@ -15,7 +15,7 @@
 #include <cuda_runtime.h>
 #include <nvtx3/nvToolsExt.h>
 
-#include "parallel/cuda_checks.h"
+#include "parallel/checks.h"
 #endif
 
 #include "trainer/profile_report.h"
@@ -156,12 +156,12 @@ struct Profiler::State {
     if (on_cuda) {
       if (free_events.empty()) {
         cudaEvent_t event = nullptr;
-        CUDA_CHECK(cudaEventCreate(&event));
+        SPARSERING_CUDA_CHECK(cudaEventCreate(&event));
         free_events.push_back(event);
       }
       mark.event = free_events.back();
       free_events.pop_back();
-      CUDA_CHECK(cudaEventRecord(mark.event, c10::cuda::getCurrentCUDAStream(device.index())));
+      SPARSERING_CUDA_CHECK(cudaEventRecord(mark.event, c10::cuda::getCurrentCUDAStream(device.index())));
     }
 #endif
     mark.host = SteadyClock::now();
@@ -184,7 +184,7 @@ struct Profiler::State {
     if (on_cuda) {
       cudaEvent_t end = step.marks.back().event;
       if (wait) {
-        CUDA_CHECK(cudaEventSynchronize(end));
+        SPARSERING_CUDA_CHECK(cudaEventSynchronize(end));
         return true;
       }
       const cudaError_t status = cudaEventQuery(end);
@@ -194,7 +194,7 @@ struct Profiler::State {
         (void)cudaGetLastError();
         return false;
       }
-      CUDA_CHECK(status);
+      SPARSERING_CUDA_CHECK(status);
     }
 #endif
     return true;
@@ -209,10 +209,10 @@ struct Profiler::State {
       // Offsets within a step from the step's first event: cudaEventElapsedTime returns float
       // milliseconds, too coarse for microseconds when measured from an origin minutes ago.
       float step_begin_ms = 0;
-      CUDA_CHECK(cudaEventElapsedTime(&step_begin_ms, origin_event, step.marks.front().event));
+      SPARSERING_CUDA_CHECK(cudaEventElapsedTime(&step_begin_ms, origin_event, step.marks.front().event));
       for (const Mark& mark : step.marks) {
         float offset_ms = 0;
-        CUDA_CHECK(cudaEventElapsedTime(&offset_ms, step.marks.front().event, mark.event));
+        SPARSERING_CUDA_CHECK(cudaEventElapsedTime(&offset_ms, step.marks.front().event, mark.event));
         times.push_back(1e3 * (static_cast<double>(step_begin_ms) + offset_ms));
       }
       return times;
@@ -279,10 +279,10 @@ Profiler::Profiler(int rank, const c10::Device& device, int first_step, int num_
   }
 #ifdef SPARSERING_WITH_CUDA
   if (state_->on_cuda) {
-    CUDA_CHECK(cudaEventCreate(&state_->origin_event));
-    CUDA_CHECK(
+    SPARSERING_CUDA_CHECK(cudaEventCreate(&state_->origin_event));
+    SPARSERING_CUDA_CHECK(
         cudaEventRecord(state_->origin_event, c10::cuda::getCurrentCUDAStream(device.index())));
-    CUDA_CHECK(cudaEventSynchronize(state_->origin_event));
+    SPARSERING_CUDA_CHECK(cudaEventSynchronize(state_->origin_event));
   }
 #endif
   state_->origin_host = SteadyClock::now();
