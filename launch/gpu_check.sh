@@ -121,7 +121,7 @@ for spec in $train_runs; do
         ;;&
       full)
         extra+=(--set nm_sparsity.enabled=true --set nm_sparsity.n=2 --set nm_sparsity.m=4
-                --set nm_sparsity.layers=gate_proj,up_proj,down_proj
+                --set "nm_sparsity.layers=gate_proj,up_proj,down_proj"
                 --set nm_sparsity.mode=MDGF_LINEAR --set nm_sparsity.kappa=0.01
                 --set checkpoint.every_steps=2 --set checkpoint.keep_last=2
                 --set logging.tensorboard=true) ;;
@@ -141,8 +141,8 @@ for spec in $train_runs; do
     last=$(grep -E '^step +[0-9]+/' "$out/train.log" | tail -1)
     note=${last#*|}
     if [[ " $flags " == *full* ]]; then
-      checkpoints=$(ls "/tmp/$name/checkpoints" | grep -c step)
-      events=$(ls "/tmp/$name/tensorboard" | grep -c tfevents)
+      checkpoints=$(find "/tmp/$name/checkpoints" -maxdepth 1 -name '*step*' | wc -l)
+      events=$(find "/tmp/$name/tensorboard" -maxdepth 1 -name '*tfevents*' | wc -l)
       note="$note | $checkpoints checkpoints, $events event file(s)"
     fi
     status+=("$name|ok|$note")

@@ -91,8 +91,8 @@ void Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
                              "fp64 or integer tensors");
   }
   SPARSERING_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, tensor.data_ptr(), tensor.numel(),
-                          mpi_type(tensor.scalar_type()), op == ReduceOp::kSum ? MPI_SUM : MPI_MAX,
-                          comm_));
+                                     mpi_type(tensor.scalar_type()),
+                                     op == ReduceOp::kSum ? MPI_SUM : MPI_MAX, comm_));
 }
 
 void Communicator::broadcast(at::Tensor& tensor, int root) {
@@ -112,7 +112,7 @@ at::Tensor Communicator::all_gather(const at::Tensor& tensor) {
   } else {
     const auto type = mpi_type(tensor.scalar_type());
     SPARSERING_MPI_CHECK(MPI_Allgather(tensor.data_ptr(), tensor.numel(), type, gathered.data_ptr(),
-                            tensor.numel(), type, comm_));
+                                       tensor.numel(), type, comm_));
   }
   return gathered;
 }
@@ -128,7 +128,7 @@ at::Tensor Communicator::reduce_scatter(const at::Tensor& tensor) {
     nccl_->reduce_scatter(tensor, out);
   } else {
     SPARSERING_MPI_CHECK(MPI_Reduce_scatter_block(tensor.data_ptr(), out.data_ptr(), out.numel(),
-                                       mpi_type(tensor.scalar_type()), MPI_SUM, comm_));
+                                                  mpi_type(tensor.scalar_type()), MPI_SUM, comm_));
   }
   return out;
 }
@@ -147,7 +147,7 @@ std::unique_ptr<PendingTransfers> Communicator::start_all_gather(const at::Tenso
   std::vector<MPI_Request> requests(1);
   const auto type = mpi_type(tensor.scalar_type());
   SPARSERING_MPI_CHECK(MPI_Iallgather(tensor.data_ptr(), tensor.numel(), type, gathered.data_ptr(),
-                           tensor.numel(), type, comm_, &requests[0]));
+                                      tensor.numel(), type, comm_, &requests[0]));
   return std::make_unique<MpiPendingTransfers>(std::move(requests),
                                                std::vector<at::Tensor>{tensor, gathered});
 }
@@ -168,15 +168,17 @@ std::unique_ptr<PendingTransfers> Communicator::start_transfers(
   for (size_t i = 0; i < receives.size(); ++i) {
     const Transfer& t = receives[i];
     requests.emplace_back();
-    SPARSERING_MPI_CHECK(MPI_Irecv(t.tensor.data_ptr(), t.tensor.numel(), mpi_type(t.tensor.scalar_type()),
-                        t.peer, static_cast<int>(i), comm_, &requests.back()));
+    SPARSERING_MPI_CHECK(MPI_Irecv(t.tensor.data_ptr(), t.tensor.numel(),
+                                   mpi_type(t.tensor.scalar_type()), t.peer, static_cast<int>(i),
+                                   comm_, &requests.back()));
     keep_alive.push_back(t.tensor);
   }
   for (size_t i = 0; i < sends.size(); ++i) {
     const Transfer& t = sends[i];
     requests.emplace_back();
-    SPARSERING_MPI_CHECK(MPI_Isend(t.tensor.data_ptr(), t.tensor.numel(), mpi_type(t.tensor.scalar_type()),
-                        t.peer, static_cast<int>(i), comm_, &requests.back()));
+    SPARSERING_MPI_CHECK(MPI_Isend(t.tensor.data_ptr(), t.tensor.numel(),
+                                   mpi_type(t.tensor.scalar_type()), t.peer, static_cast<int>(i),
+                                   comm_, &requests.back()));
     keep_alive.push_back(t.tensor);
   }
   return std::make_unique<MpiPendingTransfers>(std::move(requests), std::move(keep_alive));

@@ -76,18 +76,20 @@ void NcclBackend::all_reduce(at::Tensor& tensor, ReduceOp op) {
 
 void NcclBackend::broadcast(at::Tensor& tensor, int root) {
   SPARSERING_NCCL_CHECK(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(),
-                           nccl_type(tensor.scalar_type()), root, state_->comm, current_stream()));
+                                      nccl_type(tensor.scalar_type()), root, state_->comm,
+                                      current_stream()));
 }
 
 void NcclBackend::all_gather(const at::Tensor& tensor, at::Tensor& gathered) {
   SPARSERING_NCCL_CHECK(ncclAllGather(tensor.data_ptr(), gathered.data_ptr(), tensor.numel(),
-                           nccl_type(tensor.scalar_type()), state_->comm, current_stream()));
+                                      nccl_type(tensor.scalar_type()), state_->comm,
+                                      current_stream()));
 }
 
 void NcclBackend::reduce_scatter(const at::Tensor& tensor, at::Tensor& out) {
   SPARSERING_NCCL_CHECK(ncclReduceScatter(tensor.data_ptr(), out.data_ptr(), out.numel(),
-                               nccl_type(tensor.scalar_type()), ncclSum, state_->comm,
-                               current_stream()));
+                                          nccl_type(tensor.scalar_type()), ncclSum, state_->comm,
+                                          current_stream()));
 }
 
 std::unique_ptr<PendingTransfers> NcclBackend::start_all_gather(const at::Tensor& tensor,
@@ -101,7 +103,7 @@ std::unique_ptr<PendingTransfers> NcclBackend::start_all_gather(const at::Tensor
   SPARSERING_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, ready, 0));
   SPARSERING_CUDA_CHECK(cudaEventDestroy(ready));
   SPARSERING_NCCL_CHECK(ncclAllGather(tensor.data_ptr(), gathered.data_ptr(), tensor.numel(),
-                           nccl_type(tensor.scalar_type()), state_->comm, comm_stream));
+                                      nccl_type(tensor.scalar_type()), state_->comm, comm_stream));
   // Neither buffer may be reused by the caching allocator before the gather is done.
   for (const at::Tensor* t : {&tensor, &gathered}) {
     c10::cuda::CUDACachingAllocator::recordStream(t->storage().data_ptr(), state_->stream);
@@ -123,13 +125,15 @@ std::unique_ptr<PendingTransfers> NcclBackend::start_transfers(
   std::vector<at::Tensor> keep_alive;
   SPARSERING_NCCL_CHECK(ncclGroupStart());
   for (const Transfer& t : sends) {
-    SPARSERING_NCCL_CHECK(ncclSend(t.tensor.data_ptr(), t.tensor.numel(), nccl_type(t.tensor.scalar_type()),
-                        t.peer, state_->comm, comm_stream));
+    SPARSERING_NCCL_CHECK(ncclSend(t.tensor.data_ptr(), t.tensor.numel(),
+                                   nccl_type(t.tensor.scalar_type()), t.peer, state_->comm,
+                                   comm_stream));
     keep_alive.push_back(t.tensor);
   }
   for (const Transfer& t : receives) {
-    SPARSERING_NCCL_CHECK(ncclRecv(t.tensor.data_ptr(), t.tensor.numel(), nccl_type(t.tensor.scalar_type()),
-                        t.peer, state_->comm, comm_stream));
+    SPARSERING_NCCL_CHECK(ncclRecv(t.tensor.data_ptr(), t.tensor.numel(),
+                                   nccl_type(t.tensor.scalar_type()), t.peer, state_->comm,
+                                   comm_stream));
     keep_alive.push_back(t.tensor);
   }
   SPARSERING_NCCL_CHECK(ncclGroupEnd());

@@ -39,7 +39,8 @@ void MpiSession::abort(int exit_code) {
 
 int ProcessGroups::local_rank() {
   MPI_Comm node;
-  SPARSERING_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  SPARSERING_MPI_CHECK(
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
   int rank = 0;
   SPARSERING_MPI_CHECK(MPI_Comm_rank(node, &rank));
   SPARSERING_MPI_CHECK(MPI_Comm_free(&node));

@@ -161,7 +161,8 @@ struct Profiler::State {
       }
       mark.event = free_events.back();
       free_events.pop_back();
-      SPARSERING_CUDA_CHECK(cudaEventRecord(mark.event, c10::cuda::getCurrentCUDAStream(device.index())));
+      SPARSERING_CUDA_CHECK(
+          cudaEventRecord(mark.event, c10::cuda::getCurrentCUDAStream(device.index())));
     }
 #endif
     mark.host = SteadyClock::now();
@@ -209,10 +210,12 @@ struct Profiler::State {
       // Offsets within a step from the step's first event: cudaEventElapsedTime returns float
       // milliseconds, too coarse for microseconds when measured from an origin minutes ago.
       float step_begin_ms = 0;
-      SPARSERING_CUDA_CHECK(cudaEventElapsedTime(&step_begin_ms, origin_event, step.marks.front().event));
+      SPARSERING_CUDA_CHECK(
+          cudaEventElapsedTime(&step_begin_ms, origin_event, step.marks.front().event));
       for (const Mark& mark : step.marks) {
         float offset_ms = 0;
-        SPARSERING_CUDA_CHECK(cudaEventElapsedTime(&offset_ms, step.marks.front().event, mark.event));
+        SPARSERING_CUDA_CHECK(
+            cudaEventElapsedTime(&offset_ms, step.marks.front().event, mark.event));
         times.push_back(1e3 * (static_cast<double>(step_begin_ms) + offset_ms));
       }
       return times;

@@ -5,10 +5,10 @@
 #include <numeric>
 
 #include "trainer/flat_adamw.h"
-#include "trainer/pinned_host_memory.h"
 #include "trainer/host_adamw.h"
 #include "trainer/nm_mask.h"
 #include "trainer/nm_sparsity.h"
+#include "trainer/pinned_host_memory.h"
 
 namespace sparsering::trainer {
 namespace {
