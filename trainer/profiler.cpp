@@ -8,16 +8,7 @@
 #include <stdexcept>
 #include <utility>
 
-#ifdef SPARSERING_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime.h>
-#include <nvtx3/nvToolsExt.h>
-
-#include "parallel/checks.h"
-#endif
-
+#include "trainer/device_timeline.h"
 #include "trainer/profile_report.h"
 
 namespace sparsering::trainer {
@@ -29,9 +20,7 @@ using SteadyClock = std::chrono::steady_clock;
 // device time is known once the device has passed it.
 struct Mark {
   SteadyClock::time_point host;
-#ifdef SPARSERING_WITH_CUDA
-  cudaEvent_t event = nullptr;
-#endif
+  device_timeline::Event event = nullptr;
 };
 
 struct RecordedInterval {
@@ -93,15 +82,7 @@ RankProfile RankProfile::from_row(const double* row, size_t num_phases) {
 }
 
 int64_t peak_memory_bytes(const c10::Device& device) {
-#ifdef SPARSERING_WITH_CUDA
-  if (device.is_cuda()) {
-    const c10::DeviceIndex index =
-        device.has_index() ? device.index() : c10::cuda::current_device();
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
-    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
-        .peak;
-  }
-#endif
+  if (device.is_cuda()) return device_timeline::peak_allocated_bytes(device);
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
@@ -124,10 +105,8 @@ struct Profiler::State {
   std::vector<StepProfile> resolved;
   std::string deferred_error;  // from end_phase, which must not throw
 
-#ifdef SPARSERING_WITH_CUDA
-  cudaEvent_t origin_event = nullptr;
-  std::vector<cudaEvent_t> free_events;  // creating events costs more than recording them
-#endif
+  device_timeline::Event origin_event = nullptr;
+  std::vector<device_timeline::Event> free_events;  // creating events costs more than recording
 
   State(int rank, const c10::Device& device, int first_step, int num_steps,
         std::vector<PhaseDefinition> phases)
@@ -152,75 +131,44 @@ struct Profiler::State {
   int add_mark() {
     current.marks.emplace_back();
     Mark& mark = current.marks.back();
-#ifdef SPARSERING_WITH_CUDA
     if (on_cuda) {
-      if (free_events.empty()) {
-        cudaEvent_t event = nullptr;
-        SPARSERING_CUDA_CHECK(cudaEventCreate(&event));
-        free_events.push_back(event);
-      }
+      if (free_events.empty()) free_events.push_back(device_timeline::create());
       mark.event = free_events.back();
       free_events.pop_back();
-      SPARSERING_CUDA_CHECK(
-          cudaEventRecord(mark.event, c10::cuda::getCurrentCUDAStream(device.index())));
+      device_timeline::record(mark.event, device);
     }
-#endif
     mark.host = SteadyClock::now();
     return static_cast<int>(current.marks.size()) - 1;
   }
 
   void release_events(RecordedStep& step) {
-#ifdef SPARSERING_WITH_CUDA
     for (Mark& mark : step.marks) {
       if (mark.event != nullptr) free_events.push_back(mark.event);
       mark.event = nullptr;
     }
-#endif
     step.marks.clear();
   }
 
   // Whether the device has passed the end of `step`; with `wait`, waits until it has.
   bool passed(const RecordedStep& step, bool wait) {
-#ifdef SPARSERING_WITH_CUDA
-    if (on_cuda) {
-      cudaEvent_t end = step.marks.back().event;
-      if (wait) {
-        SPARSERING_CUDA_CHECK(cudaEventSynchronize(end));
-        return true;
-      }
-      const cudaError_t status = cudaEventQuery(end);
-      if (status == cudaErrorNotReady) {
-        // Not an error, but some runtimes also leave it as the last error: clear it so that the
-        // next checked CUDA call elsewhere does not report it (as torch's CUDAEvent::query does).
-        (void)cudaGetLastError();
-        return false;
-      }
-      SPARSERING_CUDA_CHECK(status);
-    }
-#endif
-    return true;
+    return !on_cuda || device_timeline::passed(step.marks.back().event, wait);
   }
 
   // Microseconds since the origin of every mark of `step` (the device has passed them).
   std::vector<double> mark_times_us(const RecordedStep& step) const {
     std::vector<double> times;
     times.reserve(step.marks.size());
-#ifdef SPARSERING_WITH_CUDA
     if (on_cuda) {
-      // Offsets within a step from the step's first event: cudaEventElapsedTime returns float
+      // Offsets within a step from the step's first event: CUDA's elapsed times are float
       // milliseconds, too coarse for microseconds when measured from an origin minutes ago.
-      float step_begin_ms = 0;
-      SPARSERING_CUDA_CHECK(
-          cudaEventElapsedTime(&step_begin_ms, origin_event, step.marks.front().event));
+      const double step_begin_ms =
+          device_timeline::elapsed_ms(origin_event, step.marks.front().event);
       for (const Mark& mark : step.marks) {
-        float offset_ms = 0;
-        SPARSERING_CUDA_CHECK(
-            cudaEventElapsedTime(&offset_ms, step.marks.front().event, mark.event));
-        times.push_back(1e3 * (static_cast<double>(step_begin_ms) + offset_ms));
+        const double offset_ms = device_timeline::elapsed_ms(step.marks.front().event, mark.event);
+        times.push_back(1e3 * (step_begin_ms + offset_ms));
       }
       return times;
     }
-#endif
     for (const Mark& mark : step.marks) {
       times.push_back(std::chrono::duration<double, std::micro>(mark.host - origin_host).count());
     }
@@ -258,13 +206,10 @@ struct Profiler::State {
   }
 
   ~State() {
-#ifdef SPARSERING_WITH_CUDA
-    // Events the device has not reached yet may be destroyed: CUDA frees them once it does.
     release_events(current);
     for (RecordedStep& step : unresolved) release_events(step);
-    for (cudaEvent_t event : free_events) cudaEventDestroy(event);
-    if (origin_event != nullptr) cudaEventDestroy(origin_event);
-#endif
+    for (device_timeline::Event event : free_events) device_timeline::destroy(event);
+    device_timeline::destroy(origin_event);
   }
 };
 
@@ -280,14 +225,11 @@ Profiler::Profiler(int rank, const c10::Device& device, int first_step, int num_
       }
     }
   }
-#ifdef SPARSERING_WITH_CUDA
   if (state_->on_cuda) {
-    SPARSERING_CUDA_CHECK(cudaEventCreate(&state_->origin_event));
-    SPARSERING_CUDA_CHECK(
-        cudaEventRecord(state_->origin_event, c10::cuda::getCurrentCUDAStream(device.index())));
-    SPARSERING_CUDA_CHECK(cudaEventSynchronize(state_->origin_event));
+    state_->origin_event = device_timeline::create();
+    device_timeline::record(state_->origin_event, device);
+    device_timeline::passed(state_->origin_event, /*wait=*/true);
   }
-#endif
   state_->origin_host = SteadyClock::now();
   state_->origin_unix_us =
       std::chrono::duration<double, std::micro>(std::chrono::system_clock::now().time_since_epoch())
@@ -307,19 +249,14 @@ void Profiler::begin_step(int step) {
   s.current.step = step;
   s.add_mark();
   s.step_open = true;
-#ifdef SPARSERING_WITH_CUDA
-  const std::string name = "step " + std::to_string(step);
-  nvtxRangePushA(name.c_str());
-#endif
+  device_timeline::push_range(("step " + std::to_string(step)).c_str());
 }
 
 void Profiler::end_step() {
   State& s = *state_;
   if (!s.step_open) return;
-#ifdef SPARSERING_WITH_CUDA
   // The step's range and those of phases left open, so that Nsight's ranges stay balanced.
-  for (size_t range = 0; range <= s.open.size(); ++range) nvtxRangePop();
-#endif
+  for (size_t range = 0; range <= s.open.size(); ++range) device_timeline::pop_range();
   s.step_open = false;
   if (!s.open.empty()) {
     const std::string phase = s.phases[s.open.back().phase].name;
@@ -348,18 +285,14 @@ bool Profiler::begin_phase(const char* name) {
   for (const OpenPhase& outer : s.open) phase.counted = phase.counted && outer.phase != phase.phase;
   phase.begin_mark = s.add_mark();
   s.open.push_back(phase);
-#ifdef SPARSERING_WITH_CUDA
-  nvtxRangePushA(name);
-#endif
+  device_timeline::push_range(name);
   return true;
 }
 
 void Profiler::end_phase() noexcept {
   State& s = *state_;
   if (!s.step_open || s.open.empty()) return;
-#ifdef SPARSERING_WITH_CUDA
-  nvtxRangePop();
-#endif
+  device_timeline::pop_range();
   const OpenPhase phase = s.open.back();
   s.open.pop_back();
   RecordedInterval interval;
