@@ -9,8 +9,10 @@
 namespace sparsering::trainer {
 namespace {
 
-const std::vector<std::string> kCommands = {"train", "eval",      "bench",     "world-size",
-                                            "sweep", "import-hf", "export-hf", "plan"};
+// The benchmarks are the programs under bench/ (attention_bench, host_adamw_bench, ...), run by
+// launch/gpu_check.sh; the binary has no `bench` command.
+const std::vector<std::string> kCommands = {"train",     "eval",      "world-size", "sweep",
+                                            "import-hf", "export-hf", "plan"};
 
 // A whole number in [1, max] for `flag`, else UserError.
 int positive_int(const std::string& flag, const std::string& text, int max) {
@@ -29,7 +31,6 @@ const char* kProgramUsage =
     "commands:\n"
     "  train       train a model (run under mpirun; see launch/train.sh)\n"
     "  eval        evaluate a checkpoint: held-out perplexity, needle / recall accuracy\n"
-    "  bench       benchmark attention and training throughput (not in this build yet)\n"
     "  world-size  print the number of ranks a config needs (dp x cp)\n"
     "  sweep       expand and check a sweep file (launch/sweep.sh runs it)\n"
     "  import-hf   Hugging Face Llama/Qwen2 safetensors -> a step-0 checkpoint to train on\n"
@@ -156,10 +157,6 @@ std::string usage(const std::string& command) {
            "  --max-shard-size SIZE   most tensor bytes per file: bytes, or with kB, MB or GB\n"
            "                          (powers of 1000, as transformers; default 5GB)\n"
            "  --help                  this text\n";
-  }
-  if (command == "bench") {
-    return "usage: sparsering " + command +
-           " [options]\n\nNot in this build yet: the command exits with status 2.\n";
   }
   if (command == "world-size") {
     return std::string(

@@ -56,9 +56,6 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
     if (leader) std::cout << trainer::usage(line.command);
     return 0;
   }
-  if (line.command == "bench") {
-    throw UserError("`sparsering " + line.command + "` is not in this build yet");
-  }
   if (line.command == "sweep") {
     const config::Sweep sweep = config::load_sweep_file(line.sweep_path);
     if (leader) {

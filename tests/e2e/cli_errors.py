@@ -35,7 +35,7 @@ with temporary_directory() as tmp:
         (mpirun + [binary, "train", "--set", "train.steps=-1"], 2, "train.steps = -1"),
         (mpirun + [binary, "train", "--set", "optimizer.lrr=1"], 2, "has no field 'lrr'"),
         (mpirun + [binary, "train"], 2, "launch 2 ranks"),
-        (mpirun + [binary, "bench"], 2, "not in this build"),
+        (mpirun + [binary, "bench"], 2, "unknown command 'bench'"),
         (mpirun + [binary, "eval"], 2, "needs --checkpoint"),
         (mpirun + [binary, "train", "--help"], 0, "usage: mpirun"),
         (mpirun + [binary, "--help"], 0, "commands:"),
