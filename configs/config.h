@@ -51,6 +51,7 @@ struct ParallelConfig {
   LayoutKind layout;
   int grad_bucket_mb, collective_timeout_s;
   int zero_stage;
+  int head_parallel_size;
 };
 
 enum class NMMode { kSte, kSrSte, kMdgfLinear, kMdgfExponential, kSdgfStepwise, kSdgfGeometric };

@@ -49,6 +49,22 @@ TokenLayout::TokenLayout(config::LayoutKind kind, int64_t num_blocks, int block_
   }
 }
 
+TokenLayout TokenLayout::merged(int group) const {
+  if (group < 1 || world_ % group != 0) {
+    throw std::invalid_argument("layout: a group of " + std::to_string(group) +
+                                " ranks does not divide the " + std::to_string(world_) + " ranks");
+  }
+  TokenLayout result = *this;
+  result.world_ = world_ / group;
+  result.blocks_.clear();
+  for (int rank = 0; rank < result.world_; ++rank) {
+    std::vector<at::Tensor> parts(blocks_.begin() + rank * group,
+                                  blocks_.begin() + (rank + 1) * group);
+    result.blocks_.push_back(at::cat(parts));
+  }
+  return result;
+}
+
 at::Tensor TokenLayout::positions_of(int rank) const {
   const auto offsets = at::arange(block_size_, at::kLong);
   return (blocks_[rank].to(at::kLong).unsqueeze(1) * block_size_ + offsets.unsqueeze(0))

@@ -33,6 +33,10 @@ class TokenLayout {
   at::Tensor shard(const at::Tensor& sequence, int rank) const;
   // Inverse of shard: scatters every rank's [world, batch, local, ...] tokens into the sequence.
   at::Tensor unshard(const at::Tensor& gathered) const;
+  // The layout of world / group ranks in which rank j holds the blocks of ranks j x group ...
+  // j x group + group - 1 of this one, in that order: what a head-parallel group of `group`
+  // consecutive ranks holds together after its all-to-all (parallel/head_all_to_all.h).
+  TokenLayout merged(int group) const;
 
  private:
   config::LayoutKind kind_;

@@ -29,5 +29,7 @@ class ObservedPhase {
 
 // The phase name the ring reports its waits under.
 constexpr const char* kRingCommunicationPhase = "ring_communication_exposed";
+// The phase of the head-parallel all-to-alls around the ring (forward).
+constexpr const char* kHeadAllToAllPhase = "head_all_to_all";
 
 }  // namespace sparsering::parallel

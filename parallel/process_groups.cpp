@@ -56,27 +56,38 @@ ProcessGroups::ProcessGroups(MeshShape shape, bool use_nccl) : shape_(shape) {
     throw std::invalid_argument("mesh dp " + std::to_string(dp) + " x cp " + std::to_string(cp) +
                                 " does not match the " + std::to_string(world_size) + " ranks");
   }
-  const int inner_size = shape.intra_ring == 0 ? cp : shape.intra_ring;
-  if (cp % inner_size != 0) {
-    throw std::invalid_argument("inner ring size " + std::to_string(inner_size) +
+  const int u = shape.head_parallel;
+  if (u < 1 || cp % u != 0) {
+    throw std::invalid_argument("head-parallel size " + std::to_string(u) +
                                 " does not divide cp " + std::to_string(cp));
+  }
+  const int ring = cp / u;
+  const int inner_size = shape.intra_ring == 0 ? ring : shape.intra_ring;
+  if (ring % inner_size != 0) {
+    throw std::invalid_argument("inner ring size " + std::to_string(inner_size) +
+                                " does not divide the ring's " + std::to_string(ring) + " ranks");
   }
   const int dp_rank = world_rank / cp, cp_rank = world_rank % cp;
   world_ = std::make_unique<Communicator>("world", MPI_COMM_WORLD, use_nccl);
   dp_ = split("dp", cp_rank, dp_rank, use_nccl);
   cp_ = split("cp", dp_rank, cp_rank, use_nccl);
-  if (inner_size == cp) {
-    // Flat ring: the inner ring is the whole cp group; reuse its communicators.
-    return;
+  // Head groups are runs of u consecutive cp ranks; the ring links the ranks with the same
+  // position in their head group (ring rank = cp rank / u).
+  const int head_group = cp_rank / u, head_rank = cp_rank % u;
+  if (u > 1) {
+    heads_ = split("cp-heads", dp_rank * cp + head_group, head_rank, use_nccl);
+    ring_ = split("cp-ring", dp_rank * cp + head_rank, head_group, use_nccl);
   }
-  const int node = cp_rank / inner_size, local = cp_rank % inner_size;
-  inner_ = split("cp-inner", dp_rank * cp + node, local, use_nccl);
-  outer_ = split("cp-outer", dp_rank * cp + local, node, use_nccl);
+  if (inner_size == ring) return;  // flat ring: the inner ring is the whole ring
+  const int node = head_group / inner_size, local = head_group % inner_size;
+  inner_ = split("cp-inner", (dp_rank * u + head_rank) * ring + node, local, use_nccl);
+  outer_ = split("cp-outer", (dp_rank * u + head_rank) * ring + local, node, use_nccl);
 }
 
 RingGroups ProcessGroups::ring_groups() {
-  if (!inner_) return {cp_.get(), cp_.get(), nullptr};
-  return {cp_.get(), inner_.get(), outer_.get()};
+  Communicator* ring = ring_ ? ring_.get() : cp_.get();
+  if (!inner_) return {ring, ring, nullptr, heads_.get()};
+  return {ring, inner_.get(), outer_.get(), heads_.get()};
 }
 
 }  // namespace sparsering::parallel

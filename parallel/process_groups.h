@@ -28,7 +28,8 @@ class MpiSession {
 struct MeshShape {
   int data_parallel = 1;
   int context_parallel = 1;
-  int intra_ring = 0;  // 0 = flat ring
+  int intra_ring = 0;     // ring ranks of the inner ring; 0 = flat ring
+  int head_parallel = 1;  // u: consecutive cp ranks that exchange heads; the ring has cp / u
 };
 
 class ProcessGroups {
@@ -53,7 +54,7 @@ class ProcessGroups {
 
  private:
   MeshShape shape_;
-  std::unique_ptr<Communicator> world_, dp_, cp_, inner_, outer_;
+  std::unique_ptr<Communicator> world_, dp_, cp_, heads_, ring_, inner_, outer_;
 };
 
 }  // namespace sparsering::parallel

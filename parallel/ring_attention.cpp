@@ -8,6 +8,7 @@
 
 #include "kernels/cudnn_attention.h"
 #include "kernels/sparse_attention.h"
+#include "parallel/head_all_to_all.h"
 #include "parallel/plain_steps.h"
 
 namespace sparsering::parallel {
@@ -291,7 +292,9 @@ int64_t dense_pairs(const at::Tensor& q_block_ids, int64_t heads_x_batch, int bl
 }  // namespace
 
 RingAttention::RingAttention(RingAttentionConfig config, RingGroups groups, TokenLayout layout)
-    : config_(config), groups_(groups), layout_(std::move(layout)) {
+    : config_(config),
+      groups_(groups),
+      layout_(groups.heads != nullptr ? layout.merged(groups.heads->size()) : std::move(layout)) {
   const int outer = groups_.outer ? groups_.outer->size() : 1;
   if (groups_.cp == nullptr || groups_.inner == nullptr ||
       groups_.inner->size() * outer != groups_.cp->size() ||
@@ -345,6 +348,27 @@ kernels::VerticalSlashPattern RingAttention::estimate_pattern(const at::Tensor& 
 
 at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   bool estimate, bool dense, const at::Tensor& q_key_starts) {
+  if (!head_parallel()) return attend(q, k, v, estimate, dense, q_key_starts);
+  Communicator& heads = *groups_.heads;
+  at::Tensor q_heads, k_heads, v_heads, key_starts;
+  {
+    ObservedPhase phase(observer_, kHeadAllToAllPhase);
+    q_heads = heads_to_tokens(q, heads);
+    // K/V split by head when u divides their heads; else each K/V head is repeated for its
+    // query heads first (as without GQA), which costs heads / kv_heads times their traffic.
+    const bool repeat = k.size(2) % heads.size() != 0;
+    const int64_t ratio = q.size(2) / k.size(2);
+    k_heads = heads_to_tokens(repeat ? k.repeat_interleave(ratio, 2).contiguous() : k, heads);
+    v_heads = heads_to_tokens(repeat ? v.repeat_interleave(ratio, 2).contiguous() : v, heads);
+    if (q_key_starts.defined()) key_starts = gather_tokens(q_key_starts, heads);
+  }
+  const auto out = attend(q_heads, k_heads, v_heads, estimate, dense, key_starts);
+  ObservedPhase phase(observer_, kHeadAllToAllPhase);
+  return tokens_to_heads(out, heads);
+}
+
+at::Tensor RingAttention::attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 bool estimate, bool dense, const at::Tensor& q_key_starts) {
   const int cp_rank = groups_.cp->rank();
   const bool dense_pattern = dense || !config_.sparse;
   kernels::VerticalSlashPattern pattern;

@@ -46,12 +46,16 @@ struct RingAttentionStats {
   }
 };
 
-// The context-parallel group and its two levels. A flat ring has inner = cp and no outer ring.
-// Ranks are numbered node-major: cp rank = outer rank x inner size + inner rank.
+// The ring's groups and its two levels. A flat ring has inner = cp and no outer ring. Ranks are
+// numbered node-major: ring rank = outer rank x inner size + inner rank. With head parallelism
+// (parallel.head_parallel_size u > 1) the context-parallel group of size cp is u x (cp / u):
+// `heads` holds u consecutive cp ranks, and `cp` is the ring over the cp / u head groups (the
+// ranks with the same position in theirs), so the ring's rank r is cp rank r x u + heads rank.
 struct RingGroups {
   Communicator* cp = nullptr;
   Communicator* inner = nullptr;
   Communicator* outer = nullptr;  // nullptr for the flat ring
+  Communicator* heads = nullptr;  // nullptr (or size 1) without head parallelism
 };
 
 class RingAttention {
@@ -65,19 +69,28 @@ class RingAttention {
   // masking) is int32 [batch, local_tokens] on q's device, in this rank's layout order like its
   // positions: the global position of the first token of each query's document; the query then
   // attends only keys from there up to itself, on every kv shard, in forward and backward.
-  // Undefined = plain causal attention. The pattern estimate ignores documents.
+  // Undefined = plain causal attention. The pattern estimate ignores documents. With head
+  // parallelism q, k and v first go through the head all-to-all (parallel/head_all_to_all.h; K/V
+  // heads repeated to the query heads when u does not divide them) and the output comes back.
   at::Tensor forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool estimate,
                      bool dense, const at::Tensor& q_key_starts = {});
 
-  // The pattern estimated from q and k, identical on every rank of the ring.
+  // The pattern estimated from q and k (after the head all-to-all), identical on every rank of
+  // the ring.
   kernels::VerticalSlashPattern estimate_pattern(const at::Tensor& q, const at::Tensor& k);
 
   const RingAttentionStats& stats() const { return stats_; }
   // Waits for ring transfers are reported to `observer` as kRingCommunicationPhase.
   void set_phase_observer(PhaseObserver* observer) { observer_ = observer; }
+  // The ring's layout: the context-parallel layout, merged over each head group.
   const TokenLayout& layout() const { return layout_; }
 
  private:
+  bool head_parallel() const { return groups_.heads != nullptr && groups_.heads->size() > 1; }
+  // Attention over the ring of q, k and v as this rank holds them for the ring.
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool estimate,
+                    bool dense, const at::Tensor& q_key_starts);
+
   RingAttentionConfig config_;
   RingGroups groups_;
   TokenLayout layout_;

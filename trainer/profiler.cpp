@@ -47,6 +47,7 @@ std::vector<PhaseDefinition> training_step_phases() {
   return {{"data", "data"},
           {"attention", "compute"},
           {"ring_communication_exposed", "communication"},
+          {"head_all_to_all", "communication"},
           {"mlp", "compute"},
           {"loss", "compute"},
           {"backward", "compute"},

@@ -244,12 +244,26 @@ void TrainingRun::resume() {
   result_.first_step = resumed.step + 1;
 }
 
+// ", heads u x ring r" for head-parallel runs, with the K/V repetition the split costs.
+std::string head_parallel_description(const config::Experiment& e) {
+  const int u = e.parallel.head_parallel_size;
+  if (u <= 1) return "";
+  std::string text = ", head-parallel " + std::to_string(u) + " x ring " +
+                     std::to_string(e.parallel.context_parallel_size / u);
+  if (e.model.num_kv_heads % u != 0) {
+    text += ", K/V heads repeated " + std::to_string(e.model.num_kv_heads) + " -> " +
+            std::to_string(e.model.num_heads) + " for the all-to-all (" +
+            std::to_string(e.model.num_heads / e.model.num_kv_heads) + "x their traffic)";
+  }
+  return text;
+}
+
 TrainResult TrainingRun::run() {
   if (rank_ == 0) {
     std::cout << "sparsering: training '" << e_.name << "' on " << groups_.world_size()
               << " rank(s) (dp " << e_.parallel.data_parallel_size << " x cp "
               << e_.parallel.context_parallel_size << ", " << parallel::layout_name(layout_->kind())
-              << " layout), device " << device_.str() << ", data: " << source_->description()
+              << " layout" << head_parallel_description(e_) << "), device " << device_.str() << ", data: " << source_->description()
               << (e_.data.document_mask ? ", document masking" : "") << ", run dir "
               << paths_.run_dir << std::endl;
   }
