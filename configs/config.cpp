@@ -188,16 +188,17 @@ void validate(const proto::Experiment& e, const std::string& source) {
             parallel.data_parallel_size(), "must be >= 1");
   v.require(cp >= 1, "parallel.context_parallel_size", cp, "must be >= 1");
   const int u = parallel.head_parallel_size();
-  v.require(u >= 1 && cp % u == 0 && e.model().num_heads() % u == 0,
-            "parallel.head_parallel_size", u,
+  v.require(u >= 1 && cp % u == 0 && e.model().num_heads() % u == 0, "parallel.head_parallel_size",
+            u,
             "must divide parallel.context_parallel_size (" + std::to_string(cp) +
                 ") and model.num_heads (" + std::to_string(e.model().num_heads()) + ")");
   const int ring = u >= 1 && cp % u == 0 ? cp / u : cp;
-  v.require(parallel.intra_node_ring_size() == 0 ||
-                (parallel.intra_node_ring_size() >= 1 && ring % parallel.intra_node_ring_size() == 0),
+  v.require(parallel.intra_node_ring_size() == 0 || (parallel.intra_node_ring_size() >= 1 &&
+                                                     ring % parallel.intra_node_ring_size() == 0),
             "parallel.intra_node_ring_size", parallel.intra_node_ring_size(),
             "must be 0 (flat ring) or divide the ring's ranks, parallel.context_parallel_size / "
-            "parallel.head_parallel_size (" + std::to_string(ring) + ")");
+            "parallel.head_parallel_size (" +
+                std::to_string(ring) + ")");
   v.require(parallel.grad_bucket_mb() >= 1, "parallel.grad_bucket_mb", parallel.grad_bucket_mb(),
             "must be >= 1");
   v.require(parallel.collective_timeout_s() >= 1, "parallel.collective_timeout_s",

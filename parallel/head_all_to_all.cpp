@@ -12,7 +12,8 @@ namespace {
 // chunks[i] (contiguous, equal shapes) goes to rank i; returns what every rank sent here, in rank
 // order. One round per shift s = 1..u-1 (send to rank + s, receive from rank - s): an ordered
 // pair of ranks meets in one round only, so all rounds can be in flight together.
-std::vector<at::Tensor> exchange_chunks(const std::vector<at::Tensor>& chunks, Communicator& group) {
+std::vector<at::Tensor> exchange_chunks(const std::vector<at::Tensor>& chunks,
+                                        Communicator& group) {
   const int u = group.size(), me = group.rank();
   std::vector<at::Tensor> received(u);
   received[me] = chunks[me];

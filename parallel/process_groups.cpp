@@ -58,8 +58,8 @@ ProcessGroups::ProcessGroups(MeshShape shape, bool use_nccl) : shape_(shape) {
   }
   const int u = shape.head_parallel;
   if (u < 1 || cp % u != 0) {
-    throw std::invalid_argument("head-parallel size " + std::to_string(u) +
-                                " does not divide cp " + std::to_string(cp));
+    throw std::invalid_argument("head-parallel size " + std::to_string(u) + " does not divide cp " +
+                                std::to_string(cp));
   }
   const int ring = cp / u;
   const int inner_size = shape.intra_ring == 0 ? ring : shape.intra_ring;

@@ -80,6 +80,8 @@ class RingAttention {
   kernels::VerticalSlashPattern estimate_pattern(const at::Tensor& q, const at::Tensor& k);
 
   const RingAttentionStats& stats() const { return stats_; }
+  // The last estimated pattern (for this rank's heads after the head all-to-all).
+  const kernels::VerticalSlashPattern& pattern() const { return pattern_; }
   // Waits for ring transfers are reported to `observer` as kRingCommunicationPhase.
   void set_phase_observer(PhaseObserver* observer) { observer_ = observer; }
   // The ring's layout: the context-parallel layout, merged over each head group.

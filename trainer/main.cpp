@@ -91,8 +91,7 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
     // Weights move through the CPU only: no accelerator, MPI collectives.
     parallel::ProcessGroups groups(
         {experiment.parallel.data_parallel_size, experiment.parallel.context_parallel_size,
-         experiment.parallel.intra_node_ring_size,
-         experiment.parallel.head_parallel_size},
+         experiment.parallel.intra_node_ring_size, experiment.parallel.head_parallel_size},
         /*use_nccl=*/false);
     if (line.command == "import-hf") {
       trainer::import_hf(experiment, groups, hf_options);
@@ -104,8 +103,7 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
   const at::Device device = trainer::select_device(experiment);
   parallel::ProcessGroups groups(
       {experiment.parallel.data_parallel_size, experiment.parallel.context_parallel_size,
-       experiment.parallel.intra_node_ring_size,
-         experiment.parallel.head_parallel_size},
+       experiment.parallel.intra_node_ring_size, experiment.parallel.head_parallel_size},
       /*use_nccl=*/device.is_cuda());
   if (line.command == "eval") {
     trainer::evaluate(experiment, groups, device, eval_options);

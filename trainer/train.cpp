@@ -263,7 +263,8 @@ TrainResult TrainingRun::run() {
     std::cout << "sparsering: training '" << e_.name << "' on " << groups_.world_size()
               << " rank(s) (dp " << e_.parallel.data_parallel_size << " x cp "
               << e_.parallel.context_parallel_size << ", " << parallel::layout_name(layout_->kind())
-              << " layout" << head_parallel_description(e_) << "), device " << device_.str() << ", data: " << source_->description()
+              << " layout" << head_parallel_description(e_) << "), device " << device_.str()
+              << ", data: " << source_->description()
               << (e_.data.document_mask ? ", document masking" : "") << ", run dir "
               << paths_.run_dir << std::endl;
   }

@@ -1,8 +1,9 @@
 // Ring attention on 2, 4 and 8 MPI ranks equals single-process attention with the same global
 // mask: outputs and the gradients of q, k and v, for every layout, dense and sparse, flat and
 // hierarchical rings, with and without document masking (random document boundaries per
-// sequence). Every rank builds the same global inputs from one seed and checks its own shard;
-// comparisons are non-fatal so no rank leaves a collective early.
+// sequence), and for every head-parallel split u x (ranks / u) with GQA ratios 1, 4 and 8. Every
+// rank builds the same global inputs from one seed and checks its own shard; comparisons are
+// non-fatal so no rank leaves a collective early.
 //
 // With SPARSERING_TEST_DEVICE=cuda (launch/gpu_check.sh on the GPU machine) the same cases run on
 // one GPU per rank: bf16 CUDA kernels, K/V travelling over NCCL, tolerances of bf16.
@@ -30,15 +31,19 @@ using config::LayoutKind;
 struct RingCase {
   LayoutKind layout;
   bool sparse;
-  int inner;           // 0 = flat ring
-  bool documents;      // document masking
-  bool cudnn = false;  // dense pattern's plain steps through cuDNN (GPU only)
+  int inner;              // 0 = flat ring
+  bool documents;         // document masking
+  bool cudnn = false;     // dense pattern's plain steps through cuDNN (GPU only)
+  int head_parallel = 1;  // u: ranks exchanging heads; the ring runs over ranks / u
+  int64_t heads = 4, kv_heads = 2;
 };
 
 std::string case_name(const RingCase& c) {
   return std::string(parallel::layout_name(c.layout)) + (c.sparse ? "/sparse" : "/dense") +
          (c.inner ? "/hierarchical-inner" + std::to_string(c.inner) : "/flat") +
-         (c.documents ? "/documents" : "") + (c.cudnn ? "/cudnn" : "");
+         (c.documents ? "/documents" : "") + (c.cudnn ? "/cudnn" : "") + "/heads" +
+         std::to_string(c.heads) + "-kv" + std::to_string(c.kv_heads) + "/u" +
+         std::to_string(c.head_parallel);
 }
 
 // Random document starts of each sequence (the same on every rank): a few cuts anywhere, one
@@ -92,27 +97,41 @@ TestDevice test_device() {
 #endif
 }
 
+// The groups as parallel::ProcessGroups builds them: head groups of u consecutive ranks, the
+// ring over the ranks with the same position in theirs, its inner and outer levels.
 class RingGroupsForTest {
  public:
-  RingGroupsForTest(int inner, bool nccl = false) {
-    cp_ = std::make_unique<parallel::Communicator>("cp", MPI_COMM_WORLD, nccl);
+  RingGroupsForTest(int inner, int u, bool nccl = false) {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (u > 1) {
+      heads_ = split("heads", rank / u, rank % u, nccl);
+      cp_ = split("ring", rank % u, rank / u, nccl);
+    } else {
+      cp_ = std::make_unique<parallel::Communicator>("cp", MPI_COMM_WORLD, nccl);
+    }
     if (inner == 0 || inner == cp_->size()) return;
     const int node = cp_->rank() / inner, local = cp_->rank() % inner;
-    MPI_Comm inner_comm, outer_comm;
-    MPI_Comm_split(MPI_COMM_WORLD, node, local, &inner_comm);
-    MPI_Comm_split(MPI_COMM_WORLD, local, node, &outer_comm);
-    inner_ = std::make_unique<parallel::Communicator>("inner", inner_comm, nccl);
-    outer_ = std::make_unique<parallel::Communicator>("outer", outer_comm, nccl);
-    MPI_Comm_free(&inner_comm);
-    MPI_Comm_free(&outer_comm);
+    const int base = (rank % u) * cp_->size();
+    inner_ = split("inner", base + node, local, nccl);
+    outer_ = split("outer", base + local, node, nccl);
   }
   parallel::RingGroups groups() {
-    if (!inner_) return {cp_.get(), cp_.get(), nullptr};
-    return {cp_.get(), inner_.get(), outer_.get()};
+    if (!inner_) return {cp_.get(), cp_.get(), nullptr, heads_.get()};
+    return {cp_.get(), inner_.get(), outer_.get(), heads_.get()};
   }
+  parallel::Communicator* heads() { return heads_.get(); }
 
  private:
-  std::unique_ptr<parallel::Communicator> cp_, inner_, outer_;
+  static std::unique_ptr<parallel::Communicator> split(const char* name, int color, int key,
+                                                       bool nccl) {
+    MPI_Comm comm;
+    MPI_Comm_split(MPI_COMM_WORLD, color, key, &comm);
+    auto communicator = std::make_unique<parallel::Communicator>(name, comm, nccl);
+    MPI_Comm_free(&comm);
+    return communicator;
+  }
+  std::unique_ptr<parallel::Communicator> cp_, heads_, inner_, outer_;
 };
 
 void run_case(const RingCase& c) {
@@ -121,7 +140,7 @@ void run_case(const RingCase& c) {
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   const TestDevice device = test_device();
-  const int64_t batch = 2, heads = 4, kv_heads = 2, dim = device.dim;
+  const int64_t batch = 2, heads = c.heads, kv_heads = c.kv_heads, dim = device.dim;
   const int block = device.block;
   const int64_t blocks = 4 * world, length = blocks * block;
   const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
@@ -136,7 +155,7 @@ void run_case(const RingCase& c) {
   const auto v = input({batch, length, kv_heads, dim});
   const auto dout = input({batch, length, heads, dim});
 
-  RingGroupsForTest groups(c.inner, device.gpu);
+  RingGroupsForTest groups(c.inner, c.head_parallel, device.gpu);
   parallel::TokenLayout layout(c.layout, blocks, block, world);
   parallel::RingAttentionConfig config;
   config.sparse = c.sparse;
@@ -168,9 +187,20 @@ void run_case(const RingCase& c) {
       ring.forward(q_local, k_local, v_local, /*estimate=*/true, /*dense=*/false, key_starts);
   (out * local(dout).detach()).sum().backward();
 
-  // The reference uses the same pattern over the whole sequence, on one process.
-  auto pattern = c.sparse ? ring.estimate_pattern(q_local.detach(), k_local.detach())
-                          : kernels::dense_pattern(heads, length, block, at::kCPU);
+  // The reference uses the same pattern over the whole sequence, on one process: with head
+  // parallelism every head group's pattern, gathered in head order.
+  auto pattern = c.sparse ? ring.pattern() : kernels::dense_pattern(heads, length, block, at::kCPU);
+  if (c.sparse && groups.heads() != nullptr) {
+    auto gather = [&](const at::Tensor& part) {
+      return groups.heads()->all_gather(part.contiguous()).flatten(0, 1);
+    };
+    // Groups may select different numbers of columns: pad to the widest with -1 (no column).
+    auto width = at::tensor({pattern.columns.size(1)}, at::kLong);
+    groups.heads()->all_reduce(width, parallel::ReduceOp::kMax);
+    const int64_t pad = width.item<int64_t>() - pattern.columns.size(1);
+    pattern.columns = gather(at::constant_pad_nd(pattern.columns.cpu(), {0, pad}, -1));
+    pattern.block_diagonals = gather(pattern.block_diagonals.to(at::kByte)).to(at::kBool);
+  }
   pattern.columns = pattern.columns.cpu();
   pattern.block_diagonals = pattern.block_diagonals.cpu();
   auto mask = testing::global_pattern_mask(pattern).unsqueeze(0);
@@ -217,9 +247,9 @@ void run_case(const RingCase& c) {
     MPI_Allreduce(MPI_IN_PLACE, work.data_ptr(), 2, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     EXPECT_LT(work[0].item<int64_t>(), work[1].item<int64_t>());
   }
-  if (c.layout == LayoutKind::kContiguous && rank == 0 && world > 1) {
+  if (c.layout == LayoutKind::kContiguous && rank == 0 && world > c.head_parallel) {
     // Rank 0 holds the first blocks: every other shard lies after all its queries.
-    EXPECT_EQ(ring.stats().skipped_shards, world - 1);
+    EXPECT_EQ(ring.stats().skipped_shards, world / c.head_parallel - 1);
   }
 }
 
@@ -243,12 +273,47 @@ TEST(RingAttention, EqualsSingleProcessAttentionForEveryLayoutAndRing) {
   }
 }
 
+TEST(RingAttention, HeadParallelSplitsEqualSingleProcessAttention) {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  // Every split u x r of the ranks with u > 1; GQA ratios 1, 4 and 8 (8 query heads, so u = 8
+  // divides them); kv heads 1 and 2 are not divisible by every u: repeated before the exchange.
+  for (int u = 2; u <= world; u *= 2) {
+    for (int64_t kv_heads : {8, 2, 1}) {
+      for (bool sparse : {false, true}) {
+        // Document masks with GQA ratio 4 only (8 ranks on 2 CI cores make every case count).
+        for (bool documents : {false, true}) {
+          if (documents && kv_heads != 2) continue;
+          RingCase c{LayoutKind::kBalanced, sparse, /*inner=*/0, documents};
+          c.head_parallel = u;
+          c.heads = 8;
+          c.kv_heads = kv_heads;
+          run_case(c);
+        }
+      }
+    }
+    // Other layouts and the hierarchical ring over the remaining ranks.
+    for (LayoutKind layout : {LayoutKind::kContiguous, LayoutKind::kZigzag}) {
+      RingCase c{layout, /*sparse=*/true, /*inner=*/0, /*documents=*/true};
+      c.head_parallel = u;
+      c.heads = 8;
+      run_case(c);
+    }
+    if (world / u >= 4) {
+      RingCase c{LayoutKind::kBalanced, /*sparse=*/true, /*inner=*/2, /*documents=*/false};
+      c.head_parallel = u;
+      c.heads = 8;
+      run_case(c);
+    }
+  }
+}
+
 TEST(RingAttention, ReusesThePatternWhenNotReestimating) {
   if (test_device().gpu) GTEST_SKIP() << "device-independent bookkeeping: checked on CPU";
   int world = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  RingGroupsForTest groups(0);
+  RingGroupsForTest groups(0, 1);
   const int block = 16;
   parallel::TokenLayout layout(LayoutKind::kBalanced, 4 * world, block, world);
   parallel::RingAttentionConfig config;
