@@ -86,6 +86,10 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
       {"train.sequence_length=320", "train.sequence_length", "multiple of 2 x"},
       {"train.sequence_length=8192", "train.sequence_length", "max_context"},
       {"parallel.intra_node_ring_size=3", "parallel.intra_node_ring_size", "divide"},
+      // tiny: cp 2, 4 heads: u must divide both.
+      {"parallel.head_parallel_size=3", "parallel.head_parallel_size", "must divide"},
+      {"parallel.head_parallel_size=0", "parallel.head_parallel_size", "must divide"},
+      {"parallel.head_parallel_size=4", "parallel.head_parallel_size", "context_parallel_size (2)"},
       {"optimizer.lr=0", "optimizer.lr", "in (0, 1]"},
       {"optimizer.beta2=1", "optimizer.beta2", "[0, 1)"},
       {"schedule.min_lr_ratio=2", "schedule.min_lr_ratio", "[0, 1]"},
@@ -112,6 +116,10 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
         << rule.override_text << ": " << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << "one line: " << message;
   }
+  // With head parallelism the inner ring counts ring ranks: cp 2 = 2 x ring 1 has no inner 2.
+  const auto ring = error_of({"parallel.head_parallel_size=2", "parallel.intra_node_ring_size=2"});
+  EXPECT_NE(ring.find("parallel.intra_node_ring_size"), std::string::npos) << ring;
+  EXPECT_NE(ring.find("the ring's ranks"), std::string::npos) << ring;
 }
 
 TEST(Config, RopeScalingAndBiasesAreModelFields) {

@@ -4,7 +4,10 @@ sequences, 4 data-parallel x 2 context-parallel ranks x 2 sequences, and sparse 
 document masking on token shards of many short documents, 1 rank x 8 sequences equals 2
 data-parallel x 4 context-parallel ranks x 4 sequences (each rank's document starts follow its
 layout), sparse attention on 1 rank equals a 4-rank ring, and the dense losses differ from those
-of the same data without the mask."""
+of the same data without the mask. Head-parallel (Ulysses) splits of the 4 context-parallel ranks
+give the same losses too: 2 x ring 2 and 4 x ring 1 (K/V heads repeated: 4 heads, 2 kv heads)
+for sparse attention, 2 data-parallel x (2 x ring 2) for dense, and the profile shows the
+all-to-all as its own phase."""
 import os
 import random
 import sys
@@ -52,7 +55,16 @@ document_splits = {
     "documents_sparse_cp1": masked + sparse + ["--set", "parallel.context_parallel_size=1"],
     "documents_sparse_cp4": masked + sparse + ["--set", "parallel.context_parallel_size=4"],
     "unmasked_cp1_mb8": ["--set", "train.sequence_length=512"] + cp1_mb8,
+    "documents_sparse_u2_cp4": masked + sparse + ["--set", "parallel.context_parallel_size=4",
+                                                  "--set", "parallel.head_parallel_size=2",
+                                                  "--profile"],
+    "documents_sparse_u4_cp4": masked + sparse + ["--set", "parallel.context_parallel_size=4",
+                                                  "--set", "parallel.head_parallel_size=4"],
+    "documents_dp2_u2_cp4_mb4": masked + ["--set", "parallel.data_parallel_size=2", "--set",
+                                          "parallel.context_parallel_size=4", "--set",
+                                          "parallel.head_parallel_size=2"],
 }
+outputs = {}
 results = {}
 with temporary_directory() as tmp:
     shards = document_shards(os.path.join(tmp, "shards"))
@@ -63,10 +75,14 @@ with temporary_directory() as tmp:
         process = train(binary, source, run_dir, *common, *options)
         check(process.returncode == 0, f"{name}: exit {process.returncode}", process)
         results[name] = losses(run_dir)
+        outputs[name] = process
         print(name, results[name])
 for a, b in (("dp1_cp1_mb8", "dp4_cp2_mb2"), ("sparse_cp1", "sparse_cp2"),
              ("documents_cp1_mb8", "documents_dp2_cp4_mb4"),
-             ("documents_sparse_cp1", "documents_sparse_cp4")):
+             ("documents_sparse_cp1", "documents_sparse_cp4"),
+             ("documents_sparse_cp1", "documents_sparse_u2_cp4"),
+             ("documents_sparse_cp1", "documents_sparse_u4_cp4"),
+             ("documents_cp1_mb8", "documents_dp2_u2_cp4_mb4")):
     for step, (x, y) in enumerate(zip(results[a], results[b]), 1):
         check(abs(x - y) <= 1e-4 * abs(x), f"step {step}: {a} loss {x} != {b} loss {y}")
 # The mask changes what is computed: the same data without it trains to other losses.
@@ -74,4 +90,7 @@ difference = max(abs(x - y) / abs(x) for x, y in
                  zip(results["documents_cp1_mb8"], results["unmasked_cp1_mb8"]))
 check(difference > 5e-4, f"document mask on and off give the same losses (max relative "
       f"difference {difference:.2e})")
+check("head_all_to_all" in outputs["documents_sparse_u2_cp4"].stdout,
+      "the profile of a head-parallel run has no head_all_to_all phase",
+      outputs["documents_sparse_u2_cp4"])
 print("PASSED")
