@@ -15,8 +15,8 @@
 #include <functional>
 #include <string>
 
-#include "trainer/flat_adamw.h"
-#include "trainer/host_adamw.h"
+#include "trainer/state/flat_adamw.h"
+#include "trainer/state/host_adamw.h"
 
 namespace {
 

@@ -1,12 +1,12 @@
 // host_adamw (the offloaded optimizer's fused host pass) against its reference twin: the SR-STE
 // term added to the gradient, clipping's factor applied, then flat_adamw_step (torch AdamW's
 // operations one at a time). fp32, bf16 and fp16 gradients; outputs poisoned with NaN first.
-#include "trainer/host_adamw.h"
+#include "trainer/state/host_adamw.h"
 
 #include <gtest/gtest.h>
 
 #include "configs/config.h"
-#include "trainer/flat_adamw.h"
+#include "trainer/state/flat_adamw.h"
 
 namespace sparsering::trainer {
 namespace {

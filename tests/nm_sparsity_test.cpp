@@ -1,7 +1,7 @@
 // N:M weight sparsity with progressive gradient flow (trainer/nm_*.h, docs/algorithms.md, 4): mask
 // invariants, beta schedules, gradients of every mode and semantics against hand-computed ones,
 // the SR-STE term, hard pruning, checkpoint state and the model's use of the effective weights.
-#include "trainer/nm_sparsity.h"
+#include "trainer/nm/nm_sparsity.h"
 
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
@@ -13,9 +13,9 @@
 
 #include "configs/user_error.h"
 #include "parallel/process_groups.h"
-#include "trainer/model.h"
-#include "trainer/nm_mask.h"
-#include "trainer/nm_schedule.h"
+#include "trainer/model/model.h"
+#include "trainer/nm/nm_mask.h"
+#include "trainer/nm/nm_schedule.h"
 
 namespace sparsering {
 namespace {

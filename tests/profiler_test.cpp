@@ -1,6 +1,6 @@
 // Profiler (CPU timing) and its report: nested scopes, the disabled paths, the Chrome trace parsed
 // back as JSON, and summary numbers that add up.
-#include "trainer/profiler.h"
+#include "trainer/profiling/profiler.h"
 
 #include <gtest/gtest.h>
 
@@ -16,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-#include "trainer/profile_report.h"
+#include "trainer/profiling/profile_report.h"
 
 namespace sparsering::trainer {
 namespace {

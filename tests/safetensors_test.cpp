@@ -1,5 +1,5 @@
 // safetensors reading/writing and the Hugging Face name, shape and config.json mapping.
-#include "trainer/safetensors.h"
+#include "trainer/hf/safetensors.h"
 
 #include <gtest/gtest.h>
 
@@ -8,7 +8,7 @@
 #include "configs/config.h"
 #include "configs/user_error.h"
 #include "data_test_util.h"
-#include "trainer/hf_weights.h"
+#include "trainer/hf/hf_weights.h"
 
 namespace sparsering {
 namespace {

@@ -6,10 +6,10 @@
 #include <cmath>
 
 #include "data/synthetic.h"
-#include "trainer/activation_checkpoint.h"
-#include "trainer/chunked_loss.h"
 #include "trainer/micro_batch.h"
-#include "trainer/model.h"
+#include "trainer/model/activation_checkpoint.h"
+#include "trainer/model/chunked_loss.h"
+#include "trainer/model/model.h"
 #include "trainer/schedule.h"
 
 namespace sparsering {

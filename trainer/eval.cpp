@@ -15,13 +15,13 @@
 #include "configs/user_error.h"
 #include "data/batch_source.h"
 #include "data/synthetic.h"
-#include "trainer/atomic_file.h"
-#include "trainer/checkpoint.h"
+#include "trainer/checkpoint/atomic_file.h"
+#include "trainer/checkpoint/checkpoint.h"
 #include "trainer/logits_dump.h"
-#include "trainer/nm_sparsity.h"
-#include "trainer/optimizer.h"
+#include "trainer/nm/nm_sparsity.h"
 #include "trainer/run_paths.h"
 #include "trainer/sequence_scorer.h"
+#include "trainer/state/optimizer.h"
 #include "trainer/watchdog.h"
 
 namespace sparsering::trainer {

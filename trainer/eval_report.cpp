@@ -7,7 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "trainer/json.h"
+#include "trainer/hf/json.h"
 
 namespace sparsering::trainer {
 namespace {

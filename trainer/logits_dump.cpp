@@ -2,9 +2,9 @@
 
 #include <torch/torch.h>
 
+#include "trainer/hf/safetensors.h"
 #include "trainer/micro_batch.h"
-#include "trainer/model_setup.h"
-#include "trainer/safetensors.h"
+#include "trainer/model/model_setup.h"
 
 namespace sparsering::trainer {
 

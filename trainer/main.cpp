@@ -11,9 +11,9 @@
 #include "parallel/process_groups.h"
 #include "trainer/cli.h"
 #include "trainer/eval.h"
-#include "trainer/hf_commands.h"
+#include "trainer/hf/hf_commands.h"
 #include "trainer/interrupt.h"
-#include "trainer/memory_plan.h"
+#include "trainer/state/memory_plan.h"
 #include "trainer/sweep_listing.h"
 #include "trainer/train.h"
 

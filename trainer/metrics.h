@@ -6,7 +6,7 @@
 #include <utility>
 #include <vector>
 
-#include "trainer/atomic_file.h"
+#include "trainer/checkpoint/atomic_file.h"
 
 namespace sparsering::trainer {
 

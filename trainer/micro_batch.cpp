@@ -3,7 +3,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "trainer/chunked_loss.h"
+#include "trainer/model/chunked_loss.h"
 
 namespace sparsering::trainer {
 namespace {

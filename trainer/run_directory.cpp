@@ -14,7 +14,7 @@
 #include <sstream>
 
 #include "configs/user_error.h"
-#include "trainer/atomic_file.h"
+#include "trainer/checkpoint/atomic_file.h"
 
 namespace sparsering::trainer {
 namespace {

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "configs/user_error.h"
-#include "trainer/atomic_file.h"
-#include "trainer/profile_report.h"
+#include "trainer/checkpoint/atomic_file.h"
+#include "trainer/profiling/profile_report.h"
 
 namespace sparsering::trainer {
 

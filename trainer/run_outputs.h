@@ -8,9 +8,9 @@
 #include "configs/config.h"
 #include "parallel/communicator.h"
 #include "trainer/metrics.h"
-#include "trainer/profiler.h"
+#include "trainer/profiling/profiler.h"
+#include "trainer/state/training_optimizer.h"
 #include "trainer/train.h"
-#include "trainer/training_optimizer.h"
 
 namespace sparsering::trainer {
 

@@ -2,9 +2,9 @@
 
 #include <torch/torch.h>
 
-#include "trainer/chunked_loss.h"
 #include "trainer/micro_batch.h"
-#include "trainer/model_setup.h"
+#include "trainer/model/chunked_loss.h"
+#include "trainer/model/model_setup.h"
 
 namespace sparsering::trainer {
 

@@ -9,7 +9,7 @@
 #include "configs/config.h"
 #include "data/batch_source.h"
 #include "parallel/process_groups.h"
-#include "trainer/model.h"
+#include "trainer/model/model.h"
 
 namespace sparsering::trainer {
 

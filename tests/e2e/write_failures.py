@@ -1,4 +1,4 @@
-"""Checked writes: a full disk (simulated with SPARSERING_WRITE_FAULT, trainer/atomic_file.h) ends
+"""Checked writes: a full disk (simulated with SPARSERING_WRITE_FAULT, trainer/checkpoint/atomic_file.h) ends
 the run with status 2 and one line naming the file and the space needed; nothing written before
 is damaged (metrics keep whole lines, `latest` keeps naming a loadable checkpoint, summary.json
 exists only for a complete run); an unwritable run directory is found before step 1."""

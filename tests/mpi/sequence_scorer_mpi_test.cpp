@@ -13,9 +13,9 @@
 #include "data/synthetic.h"
 #include "parallel/layout.h"
 #include "tests/attention_reference.h"
-#include "trainer/chunked_loss.h"
 #include "trainer/micro_batch.h"
-#include "trainer/model_setup.h"
+#include "trainer/model/chunked_loss.h"
+#include "trainer/model/model_setup.h"
 #include "trainer/sequence_scorer.h"
 
 namespace sparsering {

@@ -7,10 +7,10 @@
 
 #include "configs/config.h"
 #include "parallel/communicator.h"
-#include "trainer/model.h"
-#include "trainer/nm_sparsity.h"
-#include "trainer/replicated_optimizer.h"
-#include "trainer/sharded_optimizer.h"
+#include "trainer/model/model.h"
+#include "trainer/nm/nm_sparsity.h"
+#include "trainer/state/replicated_optimizer.h"
+#include "trainer/state/sharded_optimizer.h"
 
 namespace sparsering::trainer {
 namespace {
