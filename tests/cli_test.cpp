@@ -92,6 +92,34 @@ TEST(CommandLine, RejectsBadInputWithOneLine) {
   }
 }
 
+TEST(CommandLine, EveryOptionInTheHelpIsAcceptedAndNoOther) {
+  // Help and parser come from one table: each flag a command's help lists parses for it (its
+  // value may still be refused, never the flag), and a flag of another command does not.
+  for (const char* command :
+       {"train", "eval", "world-size", "sweep", "import-hf", "export-hf", "plan"}) {
+    const std::string text = trainer::usage(command);
+    int listed = 0;
+    for (size_t at = text.find("\n  --"); at != std::string::npos;
+         at = text.find("\n  --", at + 1)) {
+      const std::string flag = text.substr(at + 3, text.find_first_of(" \n", at + 3) - at - 3);
+      if (flag == "--help") continue;
+      ++listed;
+      // "--flag VALUE   help" or "--switch   help".
+      const size_t after = at + 3 + flag.size();
+      const bool has_value = text[after] == ' ' && text[after + 1] != ' ';
+      try {
+        trainer::parse_command_line(has_value ? std::vector<std::string>{command, flag, "x"}
+                                              : std::vector<std::string>{command, flag});
+      } catch (const UserError& error) {
+        EXPECT_EQ(std::string(error.what()).find("unknown option"), std::string::npos)
+            << command << " " << flag << ": " << error.what();
+      }
+    }
+    EXPECT_GT(listed, 0) << command;
+    EXPECT_EQ(text.find("--hf-dir") == std::string::npos, std::string(command) != "import-hf");
+  }
+}
+
 TEST(CommandLine, EveryCommandHasUsage) {
   for (const char* command : {"train", "eval", "world-size", ""}) {
     EXPECT_NE(trainer::usage(command).find("usage:"), std::string::npos) << command;

@@ -2,17 +2,13 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <utility>
 
 #include "configs/user_error.h"
 
 namespace sparsering::trainer {
 namespace {
-
-// The benchmarks are the programs under bench/ (attention_bench, host_adamw_bench, ...), run by
-// launch/gpu_check.sh; the binary has no `bench` command.
-const std::vector<std::string> kCommands = {"train",     "eval",      "world-size", "sweep",
-                                            "import-hf", "export-hf", "plan"};
 
 // A whole number in [1, max] for `flag`, else UserError.
 int positive_int(const std::string& flag, const std::string& text, int max) {
@@ -24,26 +20,6 @@ int positive_int(const std::string& flag, const std::string& text, int max) {
   }
   return std::stoi(text);
 }
-
-const char* kProgramUsage =
-    "usage: sparsering <command> [options]\n"
-    "\n"
-    "commands:\n"
-    "  train       train a model (run under mpirun; see launch/train.sh)\n"
-    "  eval        evaluate a checkpoint: held-out perplexity, needle / recall accuracy\n"
-    "  world-size  print the number of ranks a config needs (dp x cp)\n"
-    "  sweep       expand and check a sweep file (launch/sweep.sh runs it)\n"
-    "  import-hf   Hugging Face Llama/Qwen2 safetensors -> a step-0 checkpoint to train on\n"
-    "  export-hf   a checkpoint -> Hugging Face config.json + model.safetensors\n"
-    "  plan        per-rank memory of a run and the longest context that fits a GPU\n"
-    "\n"
-    "`sparsering <command> --help` describes a command's options.\n";
-
-const char* kConfigOptions =
-    "  --config PATH       experiment file in protobuf text format (configs/*.pbtxt);\n"
-    "                      default: the embedded configs/tiny.pbtxt\n"
-    "  --set FIELD=VALUE   override one field, e.g. --set train.steps=50 (repeatable);\n"
-    "                      the schema is configs/sparsering.proto\n";
 
 // "5GB", "200kB", "1000": bytes in powers of 1000, as transformers' max_shard_size.
 int64_t parse_byte_size(const std::string& flag, const std::string& text) {
@@ -66,135 +42,295 @@ int64_t parse_byte_size(const std::string& flag, const std::string& text) {
   return std::stoll(digits) * unit;
 }
 
+// One command: its usage line and what it does (the options come from kOptions).
+struct CommandSpec {
+  const char* name;
+  const char* summary;      // one line in `sparsering --help`
+  const char* usage;        // "usage: ..." line(s)
+  const char* description;  // paragraph(s) after the usage line; may be empty
+};
+
+const std::vector<CommandSpec> kCommandSpecs = {
+    {"train", "train a model (run under mpirun; see launch/train.sh)",
+     "usage: mpirun -np <dp x cp> sparsering train [options]",
+     "Trains the experiment and writes <run dir>/config.pbtxt (the resolved config)\n"
+     "and <run dir>/metrics.jsonl (one JSON object per step).\n"},
+    {"eval", "evaluate a checkpoint: held-out perplexity, needle / recall accuracy",
+     "usage: mpirun -np <dp x cp> sparsering eval --checkpoint auto|PATH [options]",
+     "Loads a checkpoint into the model as training builds it and evaluates it without\n"
+     "gradients: mean loss and perplexity on held-out sequences of data.source (from\n"
+     "sequence index 2^40, which no training run reaches); for PASSKEY, passkey\n"
+     "accuracy over needle depth x context length (train.sequence_length, its half and\n"
+     "quarter), also drawn as <run dir>/needle_heatmap.ppm; for ASSOCIATIVE_RECALL,\n"
+     "recall accuracy. Prints a table and writes <run dir>/eval.json. The model and\n"
+     "dp x cp must be the checkpoint's; other fields may differ (e.g. --set\n"
+     "train.sequence_length=8192 to test longer contexts, data.path for held-out\n"
+     "shards).\n"},
+    {"world-size", "print the number of ranks a config needs (dp x cp)",
+     "usage: sparsering world-size [options]", "Prints dp x cp of the config.\n"},
+    {"sweep", "expand and check a sweep file (launch/sweep.sh runs it)",
+     "usage: sparsering sweep --sweep FILE [--print-runs | --print-name]",
+     "Expands a sweep file (schema: configs/sweep.proto) into runs, loads and validates\n"
+     "every run's config, and prints the runs as a table.\n"},
+    {"import-hf", "Hugging Face Llama/Qwen2 safetensors -> a step-0 checkpoint to train on",
+     "usage: mpirun -np <dp x cp> sparsering import-hf --hf-dir DIR [options]",
+     "Reads a Hugging Face Llama / Llama 3.x or Qwen2 / Qwen2.5 model directory\n"
+     "(config.json and model.safetensors, or shards with model.safetensors.index.json;\n"
+     "F32/F16/BF16, one tensor at a time), checks config.json against the model config\n"
+     "(a mismatch prints the --set overrides that match it; RoPE types default, linear,\n"
+     "llama3 and yarn; model.rope_override=true keeps the config's RoPE for context\n"
+     "extension) and every tensor's shape, and writes a step-0 checkpoint to\n"
+     "<run dir>/checkpoints. `sparsering train --resume auto` with the same config and\n"
+     "run dir continues training from it. Unsupported features (sliding windows, other\n"
+     "RoPE types, MLP biases) are refused by name.\n"},
+    {"export-hf", "a checkpoint -> Hugging Face config.json + model.safetensors",
+     "usage: mpirun -np <dp x cp> sparsering export-hf --checkpoint auto|PATH --out DIR\n"
+     "       [options]",
+     "Writes a checkpoint's weights as a Hugging Face model (Qwen2 with\n"
+     "model.attention_bias, else Llama; the resolved RoPE in config.json):\n"
+     "DIR/config.json and DIR/model.safetensors, or shards of at most --max-shard-size\n"
+     "with model.safetensors.index.json, in the model's dtype (train.dtype).\n"},
+    {"plan", "per-rank memory of a run and the longest context that fits a GPU",
+     "usage: sparsering plan [--config C] [--world-size N] [--gpu-memory GiB]",
+     "Prints the per-rank bytes of weights, gradients and optimizer state (GPU and\n"
+     "host) under parallel.zero_stage and optimizer.offload, the activation bytes per\n"
+     "token and the total at train.sequence_length, computed from the config without\n"
+     "allocating; with --gpu-memory, the longest context that fits. `train --profile`\n"
+     "measures the same breakdown.\n"},
+};
+
+// One option: the commands that take it, its help and what it sets. Parsing and help text both
+// come from this table, so an option cannot be documented without being accepted or vice versa.
+struct OptionSpec {
+  const char* flag;
+  const char* value;  // the value's name in the help; nullptr for a switch
+  std::vector<std::string> commands;
+  const char* help;  // lines after the first are indented under it
+  std::function<void(CommandLine&, const std::string& flag, const std::string& value)> apply;
+};
+
+const std::vector<std::string> kConfigCommands = {"train",     "eval",      "world-size",
+                                                  "import-hf", "export-hf", "plan"};
+
+const std::vector<OptionSpec>& options() {
+  static const std::vector<OptionSpec> table = {
+      {"--config", "PATH", kConfigCommands,
+       "experiment file in protobuf text format (configs/*.pbtxt);\n"
+       "default: the embedded configs/tiny.pbtxt",
+       [](CommandLine& line, const std::string&, const std::string& value) {
+         if (!std::filesystem::is_regular_file(value)) {
+           throw UserError(value + ": config file not found; check the path");
+         }
+         line.config_path = value;
+       }},
+      {"--set", "FIELD=VALUE", kConfigCommands,
+       "override one field, e.g. --set train.steps=50 (repeatable);\n"
+       "the schema is configs/sparsering.proto",
+       [](CommandLine& line, const std::string&, const std::string& value) {
+         line.overrides.push_back(value);
+       }},
+      {"--run-dir",
+       "DIR",
+       {"train", "eval", "import-hf", "export-hf"},
+       "the run's directory: outputs, checkpoints, results\n"
+       "(default <train.runs_root>/<name>)",
+       [](CommandLine& line, const std::string&, const std::string& value) {
+         line.run_dir = value;
+       }},
+      {"--resume",
+       "auto|PATH",
+       {"train"},
+       "continue from the newest intact checkpoint of the run dir\n"
+       "(auto: start fresh when there is none) or from PATH",
+       [](CommandLine& line, const std::string&, const std::string& value) {
+         line.resume = value;
+       }},
+      {"--overwrite",
+       nullptr,
+       {"train"},
+       "the run dir holds a previous run: move its files aside into\n"
+       "<run dir>/overwritten-<time>/ and start fresh (without it,\n"
+       "or --resume, such a run dir is refused)",
+       [](CommandLine& line, const std::string&, const std::string&) { line.overwrite = true; }},
+      {"--profile",
+       nullptr,
+       {"train"},
+       "per-phase timing of profiling.num_steps steps from\n"
+       "profiling.start_step: summary table, <run dir>/trace.json",
+       [](CommandLine& line, const std::string&, const std::string&) {
+         line.overrides.push_back("profiling.enabled=true");
+       }},
+      {"--checkpoint",
+       "auto|PATH",
+       {"eval", "export-hf"},
+       "the newest intact checkpoint of the run dir, or a step_*\n"
+       "directory or checkpoint directory",
+       [](CommandLine& line, const std::string&, const std::string& value) {
+         line.checkpoint = value;
+       }},
+      {"--attention",
+       "MODE",
+       {"eval"},
+       "dense, sparse (the configured pattern budgets) or both,\n"
+       "side by side on the same weights (default attention.kind)",
+       [](CommandLine& line, const std::string&, const std::string& value) {
+         if (value != "dense" && value != "sparse" && value != "both") {
+           throw UserError("--attention " + value + ": must be dense, sparse or both");
+         }
+         line.attention = value;
+       }},
+      {"--eval-sequences",
+       "N",
+       {"eval"},
+       "held-out sequences, and samples per needle-grid cell\n(default 8)",
+       [](CommandLine& line, const std::string& flag, const std::string& value) {
+         line.eval_sequences = positive_int(flag, value, 1 << 20);
+       }},
+      {"--logits-out",
+       "FILE",
+       {"eval"},
+       "also write the logits of every position of the first\n"
+       "train.micro_batch_size held-out sequences (safetensors:\n"
+       "logits.<mode>, tokens, document_starts)",
+       [](CommandLine& line, const std::string&, const std::string& value) {
+         line.logits_out = value;
+       }},
+      {"--hf-dir",
+       "DIR",
+       {"import-hf"},
+       "the Hugging Face model directory",
+       [](CommandLine& line, const std::string&, const std::string& value) {
+         line.hf_dir = value;
+       }},
+      {"--out",
+       "DIR",
+       {"export-hf"},
+       "where config.json and the safetensors go",
+       [](CommandLine& line, const std::string&, const std::string& value) {
+         line.out_dir = value;
+       }},
+      {"--max-shard-size",
+       "SIZE",
+       {"export-hf"},
+       "most tensor bytes per file: bytes, or with kB, MB or GB\n"
+       "(powers of 1000, as transformers; default 5GB)",
+       [](CommandLine& line, const std::string& flag, const std::string& value) {
+         line.max_shard_bytes = parse_byte_size(flag, value);
+       }},
+      {"--world-size",
+       "N",
+       {"plan"},
+       "ranks of the job (default dp x cp of the config); N other\n"
+       "than dp x cp sets parallel.data_parallel_size = N / cp",
+       [](CommandLine& line, const std::string& flag, const std::string& value) {
+         line.plan_world_size = positive_int(flag, value, 1 << 20);
+       }},
+      {"--gpu-memory",
+       "GiB",
+       {"plan"},
+       "memory of one GPU, e.g. 80 (H100) or 141 (H200)",
+       [](CommandLine& line, const std::string& flag, const std::string& value) {
+         line.gpu_memory_gib = positive_int(flag, value, 1 << 16);
+       }},
+      {"--sweep",
+       "FILE",
+       {"sweep"},
+       "the sweep, e.g. configs/sweeps/tiny_layouts.pbtxt",
+       [](CommandLine& line, const std::string&, const std::string& value) {
+         if (!std::filesystem::is_regular_file(value)) {
+           throw UserError(value + ": sweep file not found; check the path");
+         }
+         line.sweep_path = value;
+       }},
+      {"--print-runs",
+       nullptr,
+       {"sweep"},
+       "one line per run for launch/sweep.sh, tab-separated:\n"
+       "run name, world size, base config, then its --set overrides",
+       [](CommandLine& line, const std::string&, const std::string&) { line.print_runs = true; }},
+      {"--print-name",
+       nullptr,
+       {"sweep"},
+       "the sweep's name only (its runs go to runs/<name>/)",
+       [](CommandLine& line, const std::string&, const std::string&) { line.print_name = true; }},
+  };
+  return table;
+}
+
+bool takes(const OptionSpec& option, const std::string& command) {
+  return std::find(option.commands.begin(), option.commands.end(), command) !=
+         option.commands.end();
+}
+
+const CommandSpec* find_command(const std::string& name) {
+  for (const CommandSpec& spec : kCommandSpecs) {
+    if (name == spec.name) return &spec;
+  }
+  return nullptr;
+}
+
+// The options of `command` as aligned "  --flag VALUE   help" rows, --help last.
+std::string option_rows(const std::string& command) {
+  std::vector<std::pair<std::string, std::string>> rows;
+  for (const OptionSpec& option : options()) {
+    if (!takes(option, command)) continue;
+    rows.emplace_back(
+        std::string(option.flag) + (option.value ? std::string(" ") + option.value : std::string()),
+        option.help);
+  }
+  rows.emplace_back("--help", "this text");
+  size_t width = 0;
+  for (const auto& row : rows) width = std::max(width, row.first.size());
+  const std::string indent(2 + width + 3, ' ');
+  std::string text;
+  for (const auto& [name, help] : rows) {
+    text += "  " + name + std::string(width + 3 - name.size(), ' ');
+    size_t begin = 0;
+    for (size_t end = help.find('\n');; end = help.find('\n', begin)) {
+      text += (begin == 0 ? "" : indent) + help.substr(begin, end - begin) + "\n";
+      if (end == std::string::npos) break;
+      begin = end + 1;
+    }
+  }
+  return text;
+}
+
+std::string program_usage() {
+  std::string text = "usage: sparsering <command> [options]\n\ncommands:\n";
+  for (const CommandSpec& spec : kCommandSpecs) {
+    const std::string name = spec.name;
+    text += "  " + name + std::string(12 - name.size(), ' ') + spec.summary + "\n";
+  }
+  return text + "\n`sparsering <command> --help` describes a command's options.\n";
+}
+
+// Options a command cannot run without.
+void check_required(const CommandLine& line) {
+  if (line.help) return;
+  if (line.command == "eval" && line.checkpoint.empty()) {
+    throw UserError("`sparsering eval` needs --checkpoint auto|PATH; see `sparsering eval --help`");
+  }
+  if (line.command == "import-hf" && line.hf_dir.empty()) {
+    throw UserError("`sparsering import-hf` needs --hf-dir DIR; see `sparsering import-hf --help`");
+  }
+  if (line.command == "export-hf" && (line.checkpoint.empty() || line.out_dir.empty())) {
+    throw UserError(
+        "`sparsering export-hf` needs --checkpoint auto|PATH and --out DIR; see `sparsering "
+        "export-hf --help`");
+  }
+  if (line.command == "sweep" && line.sweep_path.empty()) {
+    throw UserError("`sparsering sweep` needs --sweep FILE; see `sparsering sweep --help`");
+  }
+}
+
 }  // namespace
 
 std::string usage(const std::string& command) {
-  if (command == "train") {
-    return std::string(
-               "usage: mpirun -np <dp x cp> sparsering train [options]\n"
-               "\n"
-               "Trains the experiment and writes <run dir>/config.pbtxt (the resolved config)\n"
-               "and <run dir>/metrics.jsonl (one JSON object per step).\n"
-               "\n"
-               "options:\n") +
-           kConfigOptions +
-           "  --run-dir DIR       output directory (default <train.runs_root>/<name>)\n"
-           "  --resume auto|PATH  continue from the newest intact checkpoint of the run dir\n"
-           "                      (auto: start fresh when there is none) or from PATH\n"
-           "  --overwrite         the run dir holds a previous run: move its files aside into\n"
-           "                      <run dir>/overwritten-<time>/ and start fresh (without it,\n"
-           "                      or --resume, such a run dir is refused)\n"
-           "  --profile           per-phase timing of profiling.num_steps steps from\n"
-           "                      profiling.start_step: summary table, <run dir>/trace.json\n"
-           "  --help              this text\n";
-  }
-  if (command == "eval") {
-    return std::string(
-               "usage: mpirun -np <dp x cp> sparsering eval --checkpoint auto|PATH [options]\n"
-               "\n"
-               "Loads a checkpoint into the model as training builds it and evaluates it without\n"
-               "gradients: mean loss and perplexity on held-out sequences of data.source (from\n"
-               "sequence index 2^40, which no training run reaches); for PASSKEY, passkey\n"
-               "accuracy over needle depth x context length (train.sequence_length, its half and\n"
-               "quarter), also drawn as <run dir>/needle_heatmap.ppm; for ASSOCIATIVE_RECALL,\n"
-               "recall accuracy. Prints a table and writes <run dir>/eval.json. The model and\n"
-               "dp x cp must be the checkpoint's; other fields may differ (e.g. --set\n"
-               "train.sequence_length=8192 to test longer contexts, data.path for held-out\n"
-               "shards).\n"
-               "\n"
-               "options:\n") +
-           kConfigOptions +
-           "  --checkpoint auto|PATH  the newest intact checkpoint of the run dir, or a step_*\n"
-           "                          directory or checkpoint directory\n"
-           "  --run-dir DIR           the training run's directory, where results go too\n"
-           "                          (default <train.runs_root>/<name>)\n"
-           "  --attention MODE        dense, sparse (the configured pattern budgets) or both,\n"
-           "                          side by side on the same weights (default attention.kind)\n"
-           "  --eval-sequences N      held-out sequences, and samples per needle-grid cell\n"
-           "                          (default 8)\n"
-           "  --logits-out FILE       also write the logits of every position of the first\n"
-           "                          train.micro_batch_size held-out sequences (safetensors:\n"
-           "                          logits.<mode>, tokens, document_starts)\n"
-           "  --help                  this text\n";
-  }
-  if (command == "import-hf") {
-    return std::string(
-               "usage: mpirun -np <dp x cp> sparsering import-hf --hf-dir DIR [options]\n"
-               "\n"
-               "Reads a Hugging Face Llama / Llama 3.x or Qwen2 / Qwen2.5 model directory\n"
-               "(config.json and model.safetensors, or shards with model.safetensors.index.json;\n"
-               "F32/F16/BF16, one tensor at a time), checks config.json against the model config\n"
-               "(a mismatch prints the --set overrides that match it; RoPE types default, linear,\n"
-               "llama3 and yarn; model.rope_override=true keeps the config's RoPE for context\n"
-               "extension) and every tensor's shape, and writes a step-0 checkpoint to\n"
-               "<run dir>/checkpoints. `sparsering train --resume auto` with the same config and\n"
-               "run dir continues training from it. Unsupported features (sliding windows, other\n"
-               "RoPE types, MLP biases) are refused by name.\n"
-               "\n"
-               "options:\n") +
-           kConfigOptions +
-           "  --hf-dir DIR   the Hugging Face model directory\n"
-           "  --run-dir DIR  the new run's directory (default <train.runs_root>/<name>)\n"
-           "  --help         this text\n";
-  }
-  if (command == "export-hf") {
-    return std::string(
-               "usage: mpirun -np <dp x cp> sparsering export-hf --checkpoint auto|PATH --out DIR\n"
-               "       [options]\n"
-               "\n"
-               "Writes a checkpoint's weights as a Hugging Face model (Qwen2 with\n"
-               "model.attention_bias, else Llama; the resolved RoPE in config.json):\n"
-               "DIR/config.json and DIR/model.safetensors, or shards of at most --max-shard-size\n"
-               "with model.safetensors.index.json, in the model's dtype (train.dtype).\n"
-               "\n"
-               "options:\n") +
-           kConfigOptions +
-           "  --checkpoint auto|PATH  the newest intact checkpoint of the run dir, or a step_*\n"
-           "                          directory or checkpoint directory\n"
-           "  --run-dir DIR           the training run's directory\n"
-           "                          (default <train.runs_root>/<name>)\n"
-           "  --out DIR               where config.json and the safetensors go\n"
-           "  --max-shard-size SIZE   most tensor bytes per file: bytes, or with kB, MB or GB\n"
-           "                          (powers of 1000, as transformers; default 5GB)\n"
-           "  --help                  this text\n";
-  }
-  if (command == "world-size") {
-    return std::string(
-               "usage: sparsering world-size [options]\n\nPrints dp x cp of the config.\n"
-               "\noptions:\n") +
-           kConfigOptions;
-  }
-  if (command == "plan") {
-    return std::string(
-               "usage: sparsering plan [--config C] [--world-size N] [--gpu-memory GiB]\n"
-               "\n"
-               "Prints the per-rank bytes of weights, gradients and optimizer state (GPU and\n"
-               "host) under parallel.zero_stage and optimizer.offload, the activation bytes per\n"
-               "token and the total at train.sequence_length, computed from the config without\n"
-               "allocating; with --gpu-memory, the longest context that fits. `train --profile`\n"
-               "measures the same breakdown.\n"
-               "\n"
-               "options:\n") +
-           kConfigOptions +
-           "  --world-size N      ranks of the job (default dp x cp of the config); N other\n"
-           "                      than dp x cp sets parallel.data_parallel_size = N / cp\n"
-           "  --gpu-memory GiB    memory of one GPU, e.g. 80 (H100) or 141 (H200)\n"
-           "  --help              this text\n";
-  }
-  if (command == "sweep") {
-    return "usage: sparsering sweep --sweep FILE [--print-runs | --print-name]\n"
-           "\n"
-           "Expands a sweep file (schema: configs/sweep.proto) into runs, loads and validates\n"
-           "every run's config, and prints the runs as a table.\n"
-           "\n"
-           "options:\n"
-           "  --sweep FILE   the sweep, e.g. configs/sweeps/tiny_layouts.pbtxt\n"
-           "  --print-runs   one line per run for launch/sweep.sh, tab-separated:\n"
-           "                 run name, world size, base config, then its --set overrides\n"
-           "  --print-name   the sweep's name only (its runs go to runs/<name>/)\n"
-           "  --help         this text\n";
-  }
-  return kProgramUsage;
+  const CommandSpec* spec = find_command(command);
+  if (spec == nullptr) return program_usage();
+  std::string text = std::string(spec->usage) + "\n\n";
+  if (*spec->description) text += std::string(spec->description) + "\n";
+  return text + "options:\n" + option_rows(command);
 }
 
 CommandLine parse_command_line(const std::vector<std::string>& arguments) {
@@ -207,87 +343,33 @@ CommandLine parse_command_line(const std::vector<std::string>& arguments) {
     return line;
   }
   line.command = arguments[0];
-  if (std::find(kCommands.begin(), kCommands.end(), line.command) == kCommands.end()) {
+  if (find_command(line.command) == nullptr) {
     throw UserError("unknown command '" + line.command + "'; run `sparsering --help` for the list");
   }
-  auto value_of = [&](size_t& i) -> const std::string& {
-    if (i + 1 >= arguments.size()) {
-      throw UserError(arguments[i] + " needs a value; see `sparsering " + line.command +
-                      " --help`");
-    }
-    return arguments[++i];
-  };
   for (size_t i = 1; i < arguments.size(); ++i) {
     const std::string& flag = arguments[i];
     if (flag == "--help" || flag == "-h") {
       line.help = true;
-    } else if (flag == "--config" && line.command != "sweep") {
-      line.config_path = value_of(i);
-      if (!std::filesystem::is_regular_file(line.config_path)) {
-        throw UserError(line.config_path + ": config file not found; check the path");
-      }
-    } else if (flag == "--set" && line.command != "sweep") {
-      line.overrides.push_back(value_of(i));
-    } else if (flag == "--run-dir" &&
-               (line.command == "train" || line.command == "eval" || line.command == "import-hf" ||
-                line.command == "export-hf")) {
-      line.run_dir = value_of(i);
-    } else if (flag == "--resume" && line.command == "train") {
-      line.resume = value_of(i);
-    } else if (flag == "--overwrite" && line.command == "train") {
-      line.overwrite = true;
-    } else if (flag == "--checkpoint" && (line.command == "eval" || line.command == "export-hf")) {
-      line.checkpoint = value_of(i);
-    } else if (flag == "--attention" && line.command == "eval") {
-      line.attention = value_of(i);
-      if (line.attention != "dense" && line.attention != "sparse" && line.attention != "both") {
-        throw UserError("--attention " + line.attention + ": must be dense, sparse or both");
-      }
-    } else if (flag == "--eval-sequences" && line.command == "eval") {
-      line.eval_sequences = positive_int(flag, value_of(i), 1 << 20);
-    } else if (flag == "--logits-out" && line.command == "eval") {
-      line.logits_out = value_of(i);
-    } else if (flag == "--max-shard-size" && line.command == "export-hf") {
-      line.max_shard_bytes = parse_byte_size(flag, value_of(i));
-    } else if (flag == "--hf-dir" && line.command == "import-hf") {
-      line.hf_dir = value_of(i);
-    } else if (flag == "--out" && line.command == "export-hf") {
-      line.out_dir = value_of(i);
-    } else if (flag == "--profile" && line.command == "train") {
-      line.overrides.push_back("profiling.enabled=true");
-    } else if (flag == "--world-size" && line.command == "plan") {
-      line.plan_world_size = positive_int(flag, value_of(i), 1 << 20);
-    } else if (flag == "--gpu-memory" && line.command == "plan") {
-      line.gpu_memory_gib = positive_int(flag, value_of(i), 1 << 16);
-    } else if (flag == "--sweep" && line.command == "sweep") {
-      line.sweep_path = value_of(i);
-      if (!std::filesystem::is_regular_file(line.sweep_path)) {
-        throw UserError(line.sweep_path + ": sweep file not found; check the path");
-      }
-    } else if (flag == "--print-runs" && line.command == "sweep") {
-      line.print_runs = true;
-    } else if (flag == "--print-name" && line.command == "sweep") {
-      line.print_name = true;
-    } else {
+      continue;
+    }
+    const auto& table = options();
+    const auto option = std::find_if(table.begin(), table.end(), [&](const OptionSpec& o) {
+      return flag == o.flag && takes(o, line.command);
+    });
+    if (option == table.end()) {
       throw UserError("unknown option '" + flag + "' for `sparsering " + line.command +
                       "`; see `sparsering " + line.command + " --help`");
     }
+    std::string value;
+    if (option->value != nullptr) {
+      if (i + 1 >= arguments.size()) {
+        throw UserError(flag + " needs a value; see `sparsering " + line.command + " --help`");
+      }
+      value = arguments[++i];
+    }
+    option->apply(line, flag, value);
   }
-  if (line.command == "eval" && line.checkpoint.empty() && !line.help) {
-    throw UserError("`sparsering eval` needs --checkpoint auto|PATH; see `sparsering eval --help`");
-  }
-  if (line.command == "import-hf" && line.hf_dir.empty() && !line.help) {
-    throw UserError("`sparsering import-hf` needs --hf-dir DIR; see `sparsering import-hf --help`");
-  }
-  if (line.command == "export-hf" && (line.checkpoint.empty() || line.out_dir.empty()) &&
-      !line.help) {
-    throw UserError(
-        "`sparsering export-hf` needs --checkpoint auto|PATH and --out DIR; see `sparsering "
-        "export-hf --help`");
-  }
-  if (line.command == "sweep" && line.sweep_path.empty() && !line.help) {
-    throw UserError("`sparsering sweep` needs --sweep FILE; see `sparsering sweep --help`");
-  }
+  check_required(line);
   return line;
 }
 
