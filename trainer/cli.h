@@ -9,8 +9,8 @@
 namespace sparsering::trainer {
 
 struct CommandLine {
-  std::string command;  // train | eval | world-size | sweep | import-hf | export-hf | plan
-  std::string config_path;             // empty = the embedded configs/tiny.pbtxt
+  std::string command;      // train | eval | world-size | sweep | import-hf | export-hf | plan
+  std::string config_path;  // empty = the embedded configs/tiny.pbtxt
   std::vector<std::string> overrides;  // --set path.to.field=value, in order
   std::string run_dir;
   std::string resume;       // --resume auto|PATH
