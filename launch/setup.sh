@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets SparseRing up on a fresh Debian 12 (or Ubuntu) machine and builds it:
-#   1. Debian packages: compiler, CMake, Ninja, ccache, Open MPI, protobuf, GoogleTest, Python venv
+#   1. Debian packages: compiler, CMake, Ninja, ccache, Open MPI, protobuf, GoogleTest, Python venv,
+#      clang-format and shellcheck (the style gate)
 #   2. LibTorch from PyPI (torch==2.11.0) in the project's virtual environment .venv/, and the
 #      Hugging Face tokenizers package (tokenizers==0.23.3) for launch/prepare_data.py, and
 #      matplotlib (matplotlib==3.11.2) for the plots of launch/sweep_summary.py
@@ -25,8 +26,9 @@ if [ "$(id -u)" -ne 0 ]; then
   sudo_cmd=(sudo)
 fi
 
+# clang-format and shellcheck: the style gate (launch/style_check.sh), part of the tests.
 packages=(g++ cmake ninja-build ccache pkg-config libopenmpi-dev openmpi-bin libprotobuf-dev
-          protobuf-compiler libgtest-dev)
+          protobuf-compiler libgtest-dev clang-format shellcheck)
 # A python3 that is not Debian's (pyenv, say) may already provide venv and pip.
 python3 -m venv --help >/dev/null 2>&1 || packages+=(python3 python3-venv python3-pip)
 missing=()

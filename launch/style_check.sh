@@ -3,18 +3,37 @@
 # Google, 100 columns) and every shell script is shellcheck clean at warning level.
 #   launch/style_check.sh        (needs clang-format and shellcheck on PATH)
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The source tree this script belongs to, through any symlink to launch/.
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 for tool in clang-format shellcheck; do
   command -v "$tool" >/dev/null ||
     { echo "style_check: error: $tool not found; install it (Debian: apt-get install $tool)" >&2; exit 2; }
 done
+# Tracked files in a git checkout; elsewhere (an exported tree) the same kinds of files found on
+# disk, outside build trees, the Python environment and run outputs.
+list_files() {
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files "$@"
+  else
+    local patterns=()
+    for pattern in "$@"; do
+      if [[ $pattern == */* ]]; then patterns+=(-o -path "./$pattern"); else patterns+=(-o -name "$pattern"); fi
+    done
+    find . \( -path ./build -o -path './build-*' -o -path ./.venv -o -path ./runs -o -path ./.git \) \
+      -prune -o -type f \( -false "${patterns[@]}" \) -print | sed 's|^\./||' | sort
+  fi
+}
 status=0
-mapfile -t sources < <(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
+mapfile -t sources < <(list_files '*.cpp' '*.h' '*.cu' '*.cuh')
+mapfile -t scripts < <(list_files '*.sh' '*.sbatch' .ci/run)
+if [ "${#sources[@]}" = 0 ] || [ "${#scripts[@]}" = 0 ]; then
+  echo "style_check: error: no sources found under $PWD; run it from a SparseRing tree" >&2
+  exit 2
+fi
 if ! clang-format --dry-run --Werror "${sources[@]}"; then
   echo "style_check: clang-format would change the files above; run clang-format -i on them" >&2
   status=1
 fi
-mapfile -t scripts < <(git ls-files '*.sh' '*.sbatch' .ci/run)
 if ! shellcheck -S warning "${scripts[@]}"; then
   echo "style_check: shellcheck found the problems above" >&2
   status=1
