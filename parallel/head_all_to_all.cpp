@@ -2,6 +2,7 @@
 
 #include <torch/autograd.h>
 
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -10,20 +11,22 @@ namespace sparsering::parallel {
 namespace {
 
 // chunks[i] (contiguous, equal shapes) goes to rank i; returns what every rank sent here, in rank
-// order. One round per shift s = 1..u-1 (send to rank + s, receive from rank - s): an ordered
-// pair of ranks meets in one round only, so all rounds can be in flight together.
+// order. Entry s - 1 of the sends goes to rank + s and entry s - 1 of the receives comes from
+// rank - s, so the peer's matching entry has the same index (as start_transfers pairs them); one
+// call puts every transfer in flight together (one NCCL group, or non-blocking MPI).
 std::vector<at::Tensor> exchange_chunks(const std::vector<at::Tensor>& chunks,
                                         Communicator& group) {
   const int u = group.size(), me = group.rank();
   std::vector<at::Tensor> received(u);
   received[me] = chunks[me];
-  std::vector<std::unique_ptr<PendingTransfers>> pending;
+  std::vector<Transfer> sends, receives;
   for (int shift = 1; shift < u; ++shift) {
     const int to = (me + shift) % u, from = (me - shift + u) % u;
     received[from] = at::empty_like(chunks[from]);
-    pending.push_back(group.start_transfers({{chunks[to], to}}, {{received[from], from}}));
+    sends.push_back({chunks[to], to});
+    receives.push_back({received[from], from});
   }
-  for (auto& transfers : pending) transfers->wait();
+  if (!sends.empty()) group.start_transfers(sends, receives)->wait();
   return received;
 }
 

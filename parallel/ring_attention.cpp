@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <optional>
 
 #include "kernels/cudnn_attention.h"
@@ -291,6 +292,8 @@ int64_t dense_pairs(const at::Tensor& q_block_ids, int64_t heads_x_batch, int bl
 
 }  // namespace
 
+int64_t kv_head_repeat(int64_t kv_heads, int64_t u) { return u / std::gcd(kv_heads, u); }
+
 RingAttention::RingAttention(RingAttentionConfig config, RingGroups groups, TokenLayout layout)
     : config_(config),
       groups_(groups),
@@ -354,12 +357,12 @@ at::Tensor RingAttention::forward(const at::Tensor& q, const at::Tensor& k, cons
   {
     ObservedPhase phase(observer_, kHeadAllToAllPhase);
     q_heads = heads_to_tokens(q, heads);
-    // K/V split by head when u divides their heads; else each K/V head is repeated for its
-    // query heads first (as without GQA), which costs heads / kv_heads times their traffic.
-    const bool repeat = k.size(2) % heads.size() != 0;
-    const int64_t ratio = q.size(2) / k.size(2);
-    k_heads = heads_to_tokens(repeat ? k.repeat_interleave(ratio, 2).contiguous() : k, heads);
-    v_heads = heads_to_tokens(repeat ? v.repeat_interleave(ratio, 2).contiguous() : v, heads);
+    // K/V split by head when u divides their heads; else each K/V head is first repeated the
+    // fewest times that make the count divisible by u, u / gcd(kv_heads, u) (a divisor of
+    // heads / kv_heads, as u divides heads), which multiplies their traffic by that factor.
+    const int64_t repeat = kv_head_repeat(k.size(2), heads.size());
+    k_heads = heads_to_tokens(repeat > 1 ? k.repeat_interleave(repeat, 2).contiguous() : k, heads);
+    v_heads = heads_to_tokens(repeat > 1 ? v.repeat_interleave(repeat, 2).contiguous() : v, heads);
     if (q_key_starts.defined()) key_starts = gather_tokens(q_key_starts, heads);
   }
   const auto out = attend(q_heads, k_heads, v_heads, estimate, dense, key_starts);

@@ -250,10 +250,11 @@ std::string head_parallel_description(const config::Experiment& e) {
   if (u <= 1) return "";
   std::string text = ", head-parallel " + std::to_string(u) + " x ring " +
                      std::to_string(e.parallel.context_parallel_size / u);
-  if (e.model.num_kv_heads % u != 0) {
+  const int64_t repeat = parallel::kv_head_repeat(e.model.num_kv_heads, u);
+  if (repeat > 1) {
     text += ", K/V heads repeated " + std::to_string(e.model.num_kv_heads) + " -> " +
-            std::to_string(e.model.num_heads) + " for the all-to-all (" +
-            std::to_string(e.model.num_heads / e.model.num_kv_heads) + "x their traffic)";
+            std::to_string(e.model.num_kv_heads * repeat) + " for the all-to-all (" +
+            std::to_string(repeat) + "x their traffic)";
   }
   return text;
 }

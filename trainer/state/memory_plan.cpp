@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include "parallel/ring_attention.h"
+
 namespace sparsering::trainer {
 namespace {
 
@@ -80,8 +82,14 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
   // measured on one H100, 0.86x of it for the ~1.1B model at 128K and 0.82x for the Qwen2.5-3B
   // shape at 64K, so the plan counts 1x (and the embedding output and its gradient).
   const int64_t h = m.hidden_size, f = m.ffn_hidden_size;
-  const int64_t kv = static_cast<int64_t>(m.num_kv_heads) * m.head_dim();
-  const double layer_saved = static_cast<double>(b * (7 * h + 2 * kv + 4 * f) + 4 * m.num_heads);
+  // Head parallelism (u > 1) repeats K/V heads when u does not divide them, and attention then
+  // holds the exchanged q/k/v and output besides the layer's own (the all-to-all's buffers).
+  const int u = e.parallel.head_parallel_size;
+  const int64_t kv = static_cast<int64_t>(m.num_kv_heads) * m.head_dim() *
+                     (u > 1 ? parallel::kv_head_repeat(m.num_kv_heads, u) : 1);
+  const double exchange = u > 1 ? static_cast<double>(2 * b * (2 * h + 2 * kv)) : 0.0;
+  const double layer_saved =
+      static_cast<double>(b * (7 * h + 2 * kv + 4 * f) + 4 * m.num_heads) + exchange;
   // With a ring (cp > 1): double-buffered K/V shards in the forward; in the backward K/V with
   // their fp32 dK/dV travelling alongside.
   const double ring =

@@ -8,7 +8,6 @@
 #include "trainer/nm/nm_sparsity.h"
 #include "trainer/state/flat_adamw.h"
 #include "trainer/state/host_adamw.h"
-#include "trainer/state/pinned_host_memory.h"
 
 namespace sparsering::trainer {
 namespace {
@@ -48,12 +47,12 @@ ShardedOptimizer::ShardedOptimizer(const config::Experiment& experiment,
     if (nm_sparsity_ && nm_sparsity_->covers(names[i])) sparse_names_[i] = names[i];
     shapes_.push_back(parameters[i].sizes().vec());
   }
-  // Pinned host memory lets the gradient and weight copies of an offloaded GPU run overlap.
-  const bool pin = state_device_.is_cpu() && parameters.front().is_cuda();
+  // Offloaded state stays in ordinary (pageable) host memory: every transfer between it and the
+  // GPU goes through HostStepPipeline's own page-locked chunk buffers, so locking 13 bytes per
+  // parameter (96 GB for an 8B model) would buy nothing and could fail on a smaller host.
   const auto fp32 = at::TensorOptions().dtype(at::kFloat).device(state_device_);
   auto state_zeros = [&](int64_t numel, at::ScalarType dtype) {
-    return state_device_.is_cpu() ? exact_pinned_zeros(numel, dtype, pin)
-                                  : at::zeros({numel}, fp32.dtype(dtype));
+    return at::zeros({numel}, fp32.dtype(dtype));
   };
   at::NoGradGuard no_grad;
   for (const FlatBucket& bucket : layout_.buckets()) {
