@@ -9,27 +9,11 @@ for tool in clang-format shellcheck; do
   command -v "$tool" >/dev/null ||
     { echo "style_check: error: $tool not found; install it (Debian: apt-get install $tool)" >&2; exit 2; }
 done
-# Tracked files in a git checkout; elsewhere (an exported tree) the same kinds of files found on
-# disk, outside build trees, the Python environment and run outputs.
-list_files() {
-  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    git ls-files "$@"
-  else
-    local patterns=()
-    for pattern in "$@"; do
-      if [[ $pattern == */* ]]; then patterns+=(-o -path "./$pattern"); else patterns+=(-o -name "$pattern"); fi
-    done
-    find . \( -path ./build -o -path './build-*' -o -path ./.venv -o -path ./runs -o -path ./.git \) \
-      -prune -o -type f \( -false "${patterns[@]}" \) -print | sed 's|^\./||' | sort
-  fi
-}
+git rev-parse --is-inside-work-tree >/dev/null 2>&1 ||
+  { echo "style_check: error: $PWD is not a git checkout; run it in a clone of SparseRing" >&2; exit 2; }
 status=0
-mapfile -t sources < <(list_files '*.cpp' '*.h' '*.cu' '*.cuh')
-mapfile -t scripts < <(list_files '*.sh' '*.sbatch' .ci/run)
-if [ "${#sources[@]}" = 0 ] || [ "${#scripts[@]}" = 0 ]; then
-  echo "style_check: error: no sources found under $PWD; run it from a SparseRing tree" >&2
-  exit 2
-fi
+mapfile -t sources < <(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
+mapfile -t scripts < <(git ls-files '*.sh' '*.sbatch' .ci/run)
 if ! clang-format --dry-run --Werror "${sources[@]}"; then
   echo "style_check: clang-format would change the files above; run clang-format -i on them" >&2
   status=1

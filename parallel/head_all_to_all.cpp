@@ -3,6 +3,7 @@
 #include <torch/autograd.h>
 
 #include <memory>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -30,68 +31,50 @@ std::vector<at::Tensor> exchange_chunks(const std::vector<at::Tensor>& chunks,
   return received;
 }
 
-at::Tensor heads_to_tokens_impl(const at::Tensor& x, Communicator& group) {
+// Splits dimension `split` of x into u chunks, chunk i to rank i, and joins what arrives along
+// dimension `join`: (split 2, join 1) turns heads into tokens, (1, 2) is its inverse.
+at::Tensor regroup(const at::Tensor& x, int64_t split, int64_t join, Communicator& group) {
   const int u = group.size();
-  const int64_t heads = x.size(2);
-  if (heads % u != 0) {
-    throw std::invalid_argument("head all-to-all: " + std::to_string(heads) +
-                                " heads do not split over " + std::to_string(u) + " ranks");
+  if (x.size(split) % u != 0) {
+    throw std::invalid_argument("head all-to-all: dimension " + std::to_string(split) + " (" +
+                                std::to_string(x.size(split)) + ") does not split over " +
+                                std::to_string(u) + " ranks");
   }
   std::vector<at::Tensor> chunks;
-  for (const auto& part : x.chunk(u, 2)) chunks.push_back(part.contiguous());
-  return at::cat(exchange_chunks(chunks, group), 1);
+  for (const auto& part : x.chunk(u, split)) chunks.push_back(part.contiguous());
+  return at::cat(exchange_chunks(chunks, group), join);
 }
 
-at::Tensor tokens_to_heads_impl(const at::Tensor& x, Communicator& group) {
-  const int u = group.size();
-  if (x.size(1) % u != 0) {
-    throw std::invalid_argument("head all-to-all: " + std::to_string(x.size(1)) +
-                                " tokens do not split over " + std::to_string(u) + " ranks");
-  }
-  std::vector<at::Tensor> chunks;
-  for (const auto& part : x.chunk(u, 1)) chunks.push_back(part.contiguous());
-  return at::cat(exchange_chunks(chunks, group), 2);
-}
-
-Communicator* group_of(torch::autograd::AutogradContext* ctx) {
-  return reinterpret_cast<Communicator*>(ctx->saved_data["group"].toInt());
-}
-
-class HeadsToTokens : public torch::autograd::Function<HeadsToTokens> {
+// regroup as an autograd op: its backward regroups the gradient the other way.
+class Regroup : public torch::autograd::Function<Regroup> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            Communicator* group) {
+                            int64_t split, int64_t join, Communicator* group) {
+    ctx->saved_data["split"] = split;
+    ctx->saved_data["join"] = join;
     ctx->saved_data["group"] = reinterpret_cast<int64_t>(group);
-    return heads_to_tokens_impl(x, *group);
+    return regroup(x, split, join, *group);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    return {tokens_to_heads_impl(grads[0].contiguous(), *group_of(ctx)), at::Tensor()};
-  }
-};
-
-class TokensToHeads : public torch::autograd::Function<TokensToHeads> {
- public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            Communicator* group) {
-    ctx->saved_data["group"] = reinterpret_cast<int64_t>(group);
-    return tokens_to_heads_impl(x, *group);
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    return {heads_to_tokens_impl(grads[0].contiguous(), *group_of(ctx)), at::Tensor()};
+    auto* group = reinterpret_cast<Communicator*>(ctx->saved_data["group"].toInt());
+    const auto gradient = regroup(grads[0].contiguous(), ctx->saved_data["join"].toInt(),
+                                  ctx->saved_data["split"].toInt(), *group);
+    return {gradient, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
 at::Tensor heads_to_tokens(const at::Tensor& x, Communicator& group) {
-  return HeadsToTokens::apply(x, &group);
+  return Regroup::apply(x, /*split=*/2, /*join=*/1, &group);
 }
 
 at::Tensor tokens_to_heads(const at::Tensor& x, Communicator& group) {
-  return TokensToHeads::apply(x, &group);
+  return Regroup::apply(x, /*split=*/1, /*join=*/2, &group);
 }
+
+int64_t kv_head_repeat(int64_t kv_heads, int64_t u) { return u / std::gcd(kv_heads, u); }
 
 at::Tensor gather_tokens(const at::Tensor& x, Communicator& group) {
   const auto gathered = group.all_gather(x.contiguous());  // [u, batch, local, ...]

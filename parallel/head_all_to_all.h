@@ -9,6 +9,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
+
 #include "parallel/communicator.h"
 
 namespace sparsering::parallel {
@@ -17,6 +19,9 @@ namespace sparsering::parallel {
 at::Tensor heads_to_tokens(const at::Tensor& x, Communicator& group);
 // [batch, u x local, heads / u, dim] -> [batch, local, heads, dim]: the inverse.
 at::Tensor tokens_to_heads(const at::Tensor& x, Communicator& group);
+// Times each K/V head is repeated before the exchange over u ranks: 1 when u divides kv_heads,
+// else u / gcd(kv_heads, u), the fewest that make the count divisible by u.
+int64_t kv_head_repeat(int64_t kv_heads, int64_t u);
 // [batch, local, ...] of every rank of `group`, concatenated along dimension 1 in rank order
 // (document starts, which every head shares; not differentiable).
 at::Tensor gather_tokens(const at::Tensor& x, Communicator& group);

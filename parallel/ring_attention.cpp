@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <optional>
 
 #include "kernels/cudnn_attention.h"
@@ -291,8 +290,6 @@ int64_t dense_pairs(const at::Tensor& q_block_ids, int64_t heads_x_batch, int bl
 }
 
 }  // namespace
-
-int64_t kv_head_repeat(int64_t kv_heads, int64_t u) { return u / std::gcd(kv_heads, u); }
 
 RingAttention::RingAttention(RingAttentionConfig config, RingGroups groups, TokenLayout layout)
     : config_(config),

@@ -51,10 +51,6 @@ struct RingAttentionStats {
 // (parallel.head_parallel_size u > 1) the context-parallel group of size cp is u x (cp / u):
 // `heads` holds u consecutive cp ranks, and `cp` is the ring over the cp / u head groups (the
 // ranks with the same position in theirs), so the ring's rank r is cp rank r x u + heads rank.
-// Times each K/V head is repeated before the head all-to-all over u ranks: 1 when u divides
-// kv_heads, else u / gcd(kv_heads, u).
-int64_t kv_head_repeat(int64_t kv_heads, int64_t u);
-
 struct RingGroups {
   Communicator* cp = nullptr;
   Communicator* inner = nullptr;

@@ -99,6 +99,30 @@ const std::vector<CommandSpec> kCommandSpecs = {
      "measures the same breakdown.\n"},
 };
 
+using Apply = std::function<void(CommandLine&, const std::string& flag, const std::string& value)>;
+
+// An option whose value is stored as given.
+Apply store(std::string CommandLine::*field) {
+  return [field](CommandLine& line, const std::string&, const std::string& value) {
+    line.*field = value;
+  };
+}
+
+// A path to an existing file (`what`: "config", "sweep").
+Apply store_file(std::string CommandLine::*field, const char* what) {
+  return [field, what](CommandLine& line, const std::string&, const std::string& value) {
+    if (!std::filesystem::is_regular_file(value)) {
+      throw UserError(value + ": " + what + " file not found; check the path");
+    }
+    line.*field = value;
+  };
+}
+
+// A switch.
+Apply enable(bool CommandLine::*field) {
+  return [field](CommandLine& line, const std::string&, const std::string&) { line.*field = true; };
+}
+
 // One option: the commands that take it, its help and what it sets. Parsing and help text both
 // come from this table, so an option cannot be documented without being accepted or vice versa.
 struct OptionSpec {
@@ -106,7 +130,7 @@ struct OptionSpec {
   const char* value;  // the value's name in the help; nullptr for a switch
   std::vector<std::string> commands;
   const char* help;  // lines after the first are indented under it
-  std::function<void(CommandLine&, const std::string& flag, const std::string& value)> apply;
+  Apply apply;
 };
 
 const std::vector<std::string> kConfigCommands = {"train",     "eval",      "world-size",
@@ -117,12 +141,7 @@ const std::vector<OptionSpec>& options() {
       {"--config", "PATH", kConfigCommands,
        "experiment file in protobuf text format (configs/*.pbtxt);\n"
        "default: the embedded configs/tiny.pbtxt",
-       [](CommandLine& line, const std::string&, const std::string& value) {
-         if (!std::filesystem::is_regular_file(value)) {
-           throw UserError(value + ": config file not found; check the path");
-         }
-         line.config_path = value;
-       }},
+       store_file(&CommandLine::config_path, "config")},
       {"--set", "FIELD=VALUE", kConfigCommands,
        "override one field, e.g. --set train.steps=50 (repeatable);\n"
        "the schema is configs/sparsering.proto",
@@ -134,24 +153,20 @@ const std::vector<OptionSpec>& options() {
        {"train", "eval", "import-hf", "export-hf"},
        "the run's directory: outputs, checkpoints, results\n"
        "(default <train.runs_root>/<name>)",
-       [](CommandLine& line, const std::string&, const std::string& value) {
-         line.run_dir = value;
-       }},
+       store(&CommandLine::run_dir)},
       {"--resume",
        "auto|PATH",
        {"train"},
        "continue from the newest intact checkpoint of the run dir\n"
        "(auto: start fresh when there is none) or from PATH",
-       [](CommandLine& line, const std::string&, const std::string& value) {
-         line.resume = value;
-       }},
+       store(&CommandLine::resume)},
       {"--overwrite",
        nullptr,
        {"train"},
        "the run dir holds a previous run: move its files aside into\n"
        "<run dir>/overwritten-<time>/ and start fresh (without it,\n"
        "or --resume, such a run dir is refused)",
-       [](CommandLine& line, const std::string&, const std::string&) { line.overwrite = true; }},
+       enable(&CommandLine::overwrite)},
       {"--profile",
        nullptr,
        {"train"},
@@ -165,9 +180,7 @@ const std::vector<OptionSpec>& options() {
        {"eval", "export-hf"},
        "the newest intact checkpoint of the run dir, or a step_*\n"
        "directory or checkpoint directory",
-       [](CommandLine& line, const std::string&, const std::string& value) {
-         line.checkpoint = value;
-       }},
+       store(&CommandLine::checkpoint)},
       {"--attention",
        "MODE",
        {"eval"},
@@ -192,23 +205,17 @@ const std::vector<OptionSpec>& options() {
        "also write the logits of every position of the first\n"
        "train.micro_batch_size held-out sequences (safetensors:\n"
        "logits.<mode>, tokens, document_starts)",
-       [](CommandLine& line, const std::string&, const std::string& value) {
-         line.logits_out = value;
-       }},
+       store(&CommandLine::logits_out)},
       {"--hf-dir",
        "DIR",
        {"import-hf"},
        "the Hugging Face model directory",
-       [](CommandLine& line, const std::string&, const std::string& value) {
-         line.hf_dir = value;
-       }},
+       store(&CommandLine::hf_dir)},
       {"--out",
        "DIR",
        {"export-hf"},
        "where config.json and the safetensors go",
-       [](CommandLine& line, const std::string&, const std::string& value) {
-         line.out_dir = value;
-       }},
+       store(&CommandLine::out_dir)},
       {"--max-shard-size",
        "SIZE",
        {"export-hf"},
@@ -236,23 +243,18 @@ const std::vector<OptionSpec>& options() {
        "FILE",
        {"sweep"},
        "the sweep, e.g. configs/sweeps/tiny_layouts.pbtxt",
-       [](CommandLine& line, const std::string&, const std::string& value) {
-         if (!std::filesystem::is_regular_file(value)) {
-           throw UserError(value + ": sweep file not found; check the path");
-         }
-         line.sweep_path = value;
-       }},
+       store_file(&CommandLine::sweep_path, "sweep")},
       {"--print-runs",
        nullptr,
        {"sweep"},
        "one line per run for launch/sweep.sh, tab-separated:\n"
        "run name, world size, base config, then its --set overrides",
-       [](CommandLine& line, const std::string&, const std::string&) { line.print_runs = true; }},
+       enable(&CommandLine::print_runs)},
       {"--print-name",
        nullptr,
        {"sweep"},
        "the sweep's name only (its runs go to runs/<name>/)",
-       [](CommandLine& line, const std::string&, const std::string&) { line.print_name = true; }},
+       enable(&CommandLine::print_name)},
   };
   return table;
 }

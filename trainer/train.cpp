@@ -19,6 +19,7 @@
 
 #include "configs/user_error.h"
 #include "data/batch_source.h"
+#include "parallel/head_all_to_all.h"
 #include "trainer/checkpoint/atomic_file.h"
 #include "trainer/checkpoint/checkpoint.h"
 #include "trainer/checkpoint/resume_compatibility.h"

@@ -20,6 +20,7 @@
 #include <torch/cuda.h>
 #endif
 
+#include "parallel/process_groups.h"
 #include "parallel/ring_attention.h"
 #include "tests/attention_reference.h"
 
@@ -97,43 +98,6 @@ TestDevice test_device() {
 #endif
 }
 
-// The groups as parallel::ProcessGroups builds them: head groups of u consecutive ranks, the
-// ring over the ranks with the same position in theirs, its inner and outer levels.
-class RingGroupsForTest {
- public:
-  RingGroupsForTest(int inner, int u, bool nccl = false) {
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    if (u > 1) {
-      heads_ = split("heads", rank / u, rank % u, nccl);
-      cp_ = split("ring", rank % u, rank / u, nccl);
-    } else {
-      cp_ = std::make_unique<parallel::Communicator>("cp", MPI_COMM_WORLD, nccl);
-    }
-    if (inner == 0 || inner == cp_->size()) return;
-    const int node = cp_->rank() / inner, local = cp_->rank() % inner;
-    const int base = (rank % u) * cp_->size();
-    inner_ = split("inner", base + node, local, nccl);
-    outer_ = split("outer", base + local, node, nccl);
-  }
-  parallel::RingGroups groups() {
-    if (!inner_) return {cp_.get(), cp_.get(), nullptr, heads_.get()};
-    return {cp_.get(), inner_.get(), outer_.get(), heads_.get()};
-  }
-  parallel::Communicator* heads() { return heads_.get(); }
-
- private:
-  static std::unique_ptr<parallel::Communicator> split(const char* name, int color, int key,
-                                                       bool nccl) {
-    MPI_Comm comm;
-    MPI_Comm_split(MPI_COMM_WORLD, color, key, &comm);
-    auto communicator = std::make_unique<parallel::Communicator>(name, comm, nccl);
-    MPI_Comm_free(&comm);
-    return communicator;
-  }
-  std::unique_ptr<parallel::Communicator> cp_, heads_, inner_, outer_;
-};
-
 void run_case(const RingCase& c) {
   SCOPED_TRACE(case_name(c));
   int world = 1, rank = 0;
@@ -155,7 +119,10 @@ void run_case(const RingCase& c) {
   const auto v = input({batch, length, kv_heads, dim});
   const auto dout = input({batch, length, heads, dim});
 
-  RingGroupsForTest groups(c.inner, c.head_parallel, device.gpu);
+  // The job's own groups: head groups of u consecutive ranks, the ring over the rest, flat or
+  // hierarchical.
+  parallel::ProcessGroups mesh({1, world, c.inner, c.head_parallel}, device.gpu);
+  const parallel::RingGroups groups = mesh.ring_groups();
   parallel::TokenLayout layout(c.layout, blocks, block, world);
   parallel::RingAttentionConfig config;
   config.sparse = c.sparse;
@@ -166,7 +133,7 @@ void run_case(const RingCase& c) {
   config.local_tokens = 8 * block / 16;
   config.estimation_queries = 16;
   config.cudnn_dense = c.cudnn;
-  parallel::RingAttention ring(config, groups.groups(), layout);
+  parallel::RingAttention ring(config, groups, layout);
 
   auto local = [&](const at::Tensor& t) {
     return layout.shard(t, rank).to(device.device, device.type).contiguous().requires_grad_(true);
@@ -190,13 +157,13 @@ void run_case(const RingCase& c) {
   // The reference uses the same pattern over the whole sequence, on one process: with head
   // parallelism every head group's pattern, gathered in head order.
   auto pattern = c.sparse ? ring.pattern() : kernels::dense_pattern(heads, length, block, at::kCPU);
-  if (c.sparse && groups.heads() != nullptr) {
+  if (c.sparse && groups.heads != nullptr) {
     auto gather = [&](const at::Tensor& part) {
-      return groups.heads()->all_gather(part.contiguous()).flatten(0, 1);
+      return groups.heads->all_gather(part.contiguous()).flatten(0, 1);
     };
     // Groups may select different numbers of columns: pad to the widest with -1 (no column).
     auto width = at::tensor({pattern.columns.size(1)}, at::kLong);
-    groups.heads()->all_reduce(width, parallel::ReduceOp::kMax);
+    groups.heads->all_reduce(width, parallel::ReduceOp::kMax);
     const int64_t pad = width.item<int64_t>() - pattern.columns.size(1);
     pattern.columns = gather(at::constant_pad_nd(pattern.columns.cpu(), {0, pad}, -1));
     pattern.block_diagonals = gather(pattern.block_diagonals.to(at::kByte)).to(at::kBool);
@@ -313,7 +280,8 @@ TEST(RingAttention, ReusesThePatternWhenNotReestimating) {
   int world = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  RingGroupsForTest groups(0, 1);
+  parallel::ProcessGroups mesh({1, world, 0, 1}, /*use_nccl=*/false);
+  const parallel::RingGroups groups = mesh.ring_groups();
   const int block = 16;
   parallel::TokenLayout layout(LayoutKind::kBalanced, 4 * world, block, world);
   parallel::RingAttentionConfig config;
@@ -323,7 +291,7 @@ TEST(RingAttention, ReusesThePatternWhenNotReestimating) {
   config.sink_tokens = 1;
   config.local_tokens = 1;
   config.estimation_queries = 8;
-  parallel::RingAttention ring(config, groups.groups(), layout);
+  parallel::RingAttention ring(config, groups, layout);
   torch::manual_seed(7);
   const int64_t local = layout.blocks_per_rank() * block;
   const auto q1 = at::randn({1, local, 2, 16}), k1 = at::randn({1, local, 2, 16});

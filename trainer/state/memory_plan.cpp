@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <sstream>
 
-#include "parallel/ring_attention.h"
+#include "parallel/head_all_to_all.h"
 
 namespace sparsering::trainer {
 namespace {
@@ -86,7 +86,7 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
   // holds the exchanged q/k/v and output besides the layer's own (the all-to-all's buffers).
   const int u = e.parallel.head_parallel_size;
   const int64_t kv = static_cast<int64_t>(m.num_kv_heads) * m.head_dim() *
-                     (u > 1 ? parallel::kv_head_repeat(m.num_kv_heads, u) : 1);
+                     parallel::kv_head_repeat(m.num_kv_heads, u);
   const double exchange = u > 1 ? static_cast<double>(2 * b * (2 * h + 2 * kv)) : 0.0;
   const double layer_saved =
       static_cast<double>(b * (7 * h + 2 * kv + 4 * f) + 4 * m.num_heads) + exchange;

@@ -51,17 +51,14 @@ ShardedOptimizer::ShardedOptimizer(const config::Experiment& experiment,
   // GPU goes through HostStepPipeline's own page-locked chunk buffers, so locking 13 bytes per
   // parameter (96 GB for an 8B model) would buy nothing and could fail on a smaller host.
   const auto fp32 = at::TensorOptions().dtype(at::kFloat).device(state_device_);
-  auto state_zeros = [&](int64_t numel, at::ScalarType dtype) {
-    return at::zeros({numel}, fp32.dtype(dtype));
-  };
   at::NoGradGuard no_grad;
   for (const FlatBucket& bucket : layout_.buckets()) {
     Shard shard;
     shard.bucket = &bucket;
     shard.pieces = layout_.pieces(bucket, mesh_.rank());
-    shard.master = state_zeros(bucket.shard_numel, at::kFloat);
-    shard.exp_avg = state_zeros(bucket.shard_numel, at::kFloat);
-    shard.exp_avg_sq = state_zeros(bucket.shard_numel, at::kFloat);
+    shard.master = at::zeros({bucket.shard_numel}, fp32);
+    shard.exp_avg = at::zeros({bucket.shard_numel}, fp32);
+    shard.exp_avg_sq = at::zeros({bucket.shard_numel}, fp32);
     // Offloaded, the reduced gradient slice waits on the GPU in the model's dtype (2 bytes per
     // element instead of 4 on the host) and is widened chunk by chunk in step().
     shard.grad = offload_ ? at::zeros({bucket.shard_numel}, parameters.front().options())
@@ -73,7 +70,7 @@ ShardedOptimizer::ShardedOptimizer(const config::Experiment& experiment,
                                                                                 piece.length));
     }
     if (nm_sparsity_) {
-      shard.keep = state_zeros(bucket.shard_numel, at::kByte).fill_(1);
+      shard.keep = at::ones({bucket.shard_numel}, fp32.dtype(at::kByte));
     }
     const bool layer = bucket.name.rfind("block", 0) == 0;
     shard.gathered_on_use = stage_ == 3 && layer;
