@@ -20,8 +20,8 @@ step.
 
 GQA: when u divides the kv heads, K/V travel unrepeated (kv_heads/u heads per rank), so a ring
 step carries the bytes of u = 1 while computing u times more. When it does not, each K/V head is
-repeated for its query heads before the all-to-all (as parallel/ring_attention.cpp does): K/V
-then have H/u heads per rank, which multiplies their all-to-all and ring traffic by H/kv_heads.
+repeated u / gcd(kv_heads, u) times before the all-to-all (as parallel/head_all_to_all.h says),
+which multiplies their all-to-all and ring traffic by that factor.
 
 The all-to-alls sit between the projections and attention, so they are counted as exposed. Each
 pass of a layer (forward, activation-checkpoint recomputation, backward) runs four: q, k, v in and
@@ -47,6 +47,7 @@ hierarchical and flat ring, against u = 1; --json writes both tables.
 import argparse
 import collections
 import json
+import math
 import sys
 
 # One H100, bench/RESULTS.md: executed-pair rates of the attention kernels (TF/s, forward+backward
@@ -114,11 +115,10 @@ def split_error(shape, ulysses, gpus_per_node):
 
 
 def kv_heads_per_rank(shape, ulysses):
-    """K/V heads a rank attends with after the all-to-all: repeated to H/u when u does not divide
-    the kv heads."""
-    if shape.kv_heads % ulysses == 0:
-        return shape.kv_heads // ulysses
-    return shape.heads // ulysses
+    """K/V heads a rank attends with after the all-to-all. When u does not divide the kv heads,
+    each is first repeated u / gcd(kv heads, u) times, as parallel/head_all_to_all.h does."""
+    repeat = ulysses // math.gcd(shape.kv_heads, ulysses)
+    return shape.kv_heads * repeat // ulysses
 
 
 def shard_bytes(shape, tokens, ring, ulysses, backward):

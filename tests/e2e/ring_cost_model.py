@@ -5,8 +5,8 @@ NVLink with nothing exposed; the shapes are those of their configs. Head paralle
 reproduces the committed predictions exactly; the all-to-all grows with u and has the expected
 bytes; u = cp runs no ring step; a flat ring runs cp/u steps of u times the compute on the same
 bytes, and a hierarchical one hides its inter-node hop behind the same compute for every u;
-K/V are repeated for GQA when u does not divide the kv heads; an invalid u is refused; the
-best-split table picks a valid u no slower than u = 1."""
+K/V heads are repeated u / gcd(kv, u) times when u does not divide the kv heads; an invalid u is
+refused; the best-split table picks a valid u no slower than u = 1."""
 import importlib.util
 import json
 import os
@@ -122,20 +122,21 @@ one_per_node = [model.step_time(1048576, 0.001, model.SPARSE_TFLOPS, 4, 8, 370, 
 check(one_per_node[0][1] > 0.0 and one_per_node[0] == one_per_node[1],
       f"with u = GPUs per node the hierarchical ring must equal the flat one: {one_per_node}")
 
-# GQA: Qwen2.5-3B has 2 kv heads of 16; u = 4 and 8 repeat K/V to 16 heads, so each ring step
-# and the K/V all-to-all carry heads / kv_heads = 8 times the K/V bytes; u = 2 does not.
+# GQA: Qwen2.5-3B has 2 kv heads of 16; u = 4 and 8 do not divide them, so each K/V head is
+# repeated u / gcd(2, u) = u / 2 times (to u heads, one per rank), and each ring step carries
+# u / 2 times the K/V bytes of u = 1; u = 2 divides them and repeats nothing.
 qwen = model.QWEN_3B
 check(model.shard_bytes(qwen, 1048576, 32, 2, False) == model.shard_bytes(qwen, 1048576, 64, 1,
                                                                          False),
       "u=2 divides Qwen's kv heads: no repetition")
 for u in (4, 8):
-    check(model.kv_heads_per_rank(qwen, u) == 16 // u, f"u={u}: Qwen's K/V must repeat to 16")
+    check(model.kv_heads_per_rank(qwen, u) == 1, f"u={u}: Qwen's K/V must repeat to u heads")
     check(model.shard_bytes(qwen, 1048576, 64 // u, u, False) ==
-          8 * model.shard_bytes(qwen, 1048576, 64, 1, False), f"u={u}: repeated K/V bytes")
+          u // 2 * model.shard_bytes(qwen, 1048576, 64, 1, False), f"u={u}: repeated K/V bytes")
 # All-to-all per step: 36 layers x 3 passes, each sending (u-1)/u of q, k, v and the output
-# (dO, dQ, dK, dV) in bf16, here 1M tokens over 8 GPUs; K/V of 2 heads with u = 2, repeated to 16
+# (dO, dQ, dK, dV) in bf16, here 1M tokens over 8 GPUs; K/V of 2 heads with u = 2, repeated to 4
 # with u = 4.
-for u, kv_heads in ((2, 2), (4, 16)):
+for u, kv_heads in ((2, 2), (4, 4)):
     expected = 36 * 3 * (1048576 / 8) * (2 * 16 + 2 * kv_heads) * 128 * 2 * (u - 1) / u / 370e9
     a2a = model.all_to_all_seconds(qwen, 1048576, 8, u, 370)
     check(abs(a2a - expected) <= 1e-12 * expected, f"Qwen u={u} all-to-all {a2a} s, not {expected}")
