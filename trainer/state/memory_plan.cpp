@@ -82,18 +82,19 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
   // measured on one H100, 0.86x of it for the ~1.1B model at 128K and 0.82x for the Qwen2.5-3B
   // shape at 64K, so the plan counts 1x (and the embedding output and its gradient).
   const int64_t h = m.hidden_size, f = m.ffn_hidden_size;
-  // Head parallelism (u > 1) repeats K/V heads when u does not divide them, and attention then
-  // holds the exchanged q/k/v and output besides the layer's own (the all-to-all's buffers).
+  const int64_t kv = static_cast<int64_t>(m.num_kv_heads) * m.head_dim();
+  // Head parallelism (u > 1): attention holds the exchanged q, k, v and output besides the
+  // layer's own, K/V repeated kv_head_repeat times when u does not divide their heads.
   const int u = e.parallel.head_parallel_size;
-  const int64_t kv = static_cast<int64_t>(m.num_kv_heads) * m.head_dim() *
-                     parallel::kv_head_repeat(m.num_kv_heads, u);
-  const double exchange = u > 1 ? static_cast<double>(2 * b * (2 * h + 2 * kv)) : 0.0;
+  const int64_t exchanged_kv = kv * parallel::kv_head_repeat(m.num_kv_heads, u);
+  const double exchange = u > 1 ? static_cast<double>(2 * b * (2 * h + 2 * exchanged_kv)) : 0.0;
   const double layer_saved =
       static_cast<double>(b * (7 * h + 2 * kv + 4 * f) + 4 * m.num_heads) + exchange;
-  // With a ring (cp > 1): double-buffered K/V shards in the forward; in the backward K/V with
-  // their fp32 dK/dV travelling alongside.
-  const double ring =
-      e.parallel.context_parallel_size > 1 ? static_cast<double>(kv * (4 * b + 8)) : 0.0;
+  // With a ring (cp / u > 1 ranks): double-buffered K/V shards in the forward; in the backward
+  // K/V with their fp32 dK/dV travelling alongside.
+  const double ring = e.parallel.context_parallel_size / u > 1
+                          ? static_cast<double>(exchanged_kv * (4 * b + 8))
+                          : 0.0;
   plan.activation_bytes_per_token =
       (m.activation_checkpointing ? m.num_layers * h * b + layer_saved
                                   : m.num_layers * layer_saved + layer_saved) +
