@@ -49,8 +49,9 @@ AttentionPartial sparse_attention_forward(const at::Tensor& q, const at::Tensor&
                                           const at::Tensor& v, const ShardBlocks& blocks,
                                           const SparseIndex& index, double softmax_scale) {
   check_inputs(q, k, v, blocks, index);
-  if (q.is_cuda()) return cuda_ops::sparse_attention_forward(q, k, v, blocks, index, softmax_scale);
-  return cpu::sparse_attention_forward(q, k, v, blocks, index, softmax_scale);
+  if (q.is_cuda())
+    return cuda_ops::sparse_attention_forward_cuda(q, k, v, blocks, index, softmax_scale);
+  return cpu::sparse_attention_forward_cpu(q, k, v, blocks, index, softmax_scale);
 }
 
 void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
@@ -63,16 +64,16 @@ void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, cons
                   dv.scalar_type() == at::kFloat,
               "sparse attention backward: gradient accumulators must be fp32");
   if (q.is_cuda()) {
-    cuda_ops::sparse_attention_backward(dout, q, k, v, out, lse, delta, blocks, index,
-                                        softmax_scale, deterministic, dq, dk, dv);
+    cuda_ops::sparse_attention_backward_cuda(dout, q, k, v, out, lse, delta, blocks, index,
+                                             softmax_scale, deterministic, dq, dk, dv);
     return;
   }
-  cpu::sparse_attention_backward(dout, q, k, v, lse, delta, blocks, index, softmax_scale, dq, dk,
-                                 dv);
+  cpu::sparse_attention_backward_cpu(dout, q, k, v, lse, delta, blocks, index, softmax_scale, dq,
+                                     dk, dv);
 }
 
 at::Tensor attention_delta(const at::Tensor& dout, const at::Tensor& out) {
-  if (dout.is_cuda()) return cuda_ops::attention_delta(dout, out);
+  if (dout.is_cuda()) return cuda_ops::attention_delta_cuda(dout, out);
   // [batch, tokens, heads, dim] -> [batch, heads, tokens]
   const auto type = dout.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return (dout.to(type) * out.to(type)).sum(-1).permute({0, 2, 1}).to(at::kFloat).contiguous();
@@ -83,10 +84,10 @@ void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_p
   TORCH_CHECK(out_acc.sizes() == out_part.sizes() && lse_acc.sizes() == lse_part.sizes(),
               "lse_merge: accumulator and partial shapes differ");
   if (out_acc.is_cuda()) {
-    cuda_ops::lse_merge(out_acc, lse_acc, out_part, lse_part);
+    cuda_ops::lse_merge_cuda(out_acc, lse_acc, out_part, lse_part);
     return;
   }
-  cpu::lse_merge(out_acc, lse_acc, out_part, lse_part);
+  cpu::lse_merge_cpu(out_acc, lse_acc, out_part, lse_part);
 }
 
 }  // namespace sparsering::kernels

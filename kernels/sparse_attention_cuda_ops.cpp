@@ -64,24 +64,26 @@ cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(
 
 }  // namespace
 
-AttentionPartial sparse_attention_forward(const at::Tensor& q, const at::Tensor& k,
-                                          const at::Tensor& v, const ShardBlocks& blocks,
-                                          const SparseIndex& index, double softmax_scale) {
+AttentionPartial sparse_attention_forward_cuda(const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const ShardBlocks& blocks,
+                                               const SparseIndex& index, double softmax_scale) {
   const c10::cuda::CUDAGuard guard(q.device());
   auto p = make_params(q, k, v, blocks, index, softmax_scale);
   AttentionPartial result{at::empty_like(q), at::empty({q.size(0), q.size(2), q.size(1)},
                                                        q.options().dtype(at::kFloat))};
   p.out = result.out.data_ptr();
   p.lse = result.lse.data_ptr<float>();
-  check_launch(kernels::sparse_attention_forward(p, current_stream()), "sparse_attention_forward");
+  check_launch(kernels::launch_sparse_attention_forward(p, current_stream()),
+               "launch_sparse_attention_forward");
   return result;
 }
 
-void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                               const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                               const at::Tensor& delta, const ShardBlocks& blocks,
-                               const SparseIndex& index, double softmax_scale, bool deterministic,
-                               at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+void sparse_attention_backward_cuda(const at::Tensor& dout, const at::Tensor& q,
+                                    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                    const at::Tensor& lse, const at::Tensor& delta,
+                                    const ShardBlocks& blocks, const SparseIndex& index,
+                                    double softmax_scale, bool deterministic, at::Tensor& dq,
+                                    at::Tensor& dk, at::Tensor& dv) {
   const c10::cuda::CUDAGuard guard(q.device());
   TORCH_CHECK(dout.is_contiguous() && out.is_contiguous() && lse.is_contiguous() &&
                   delta.is_contiguous() && dq.is_contiguous() && dk.is_contiguous() &&
@@ -111,27 +113,27 @@ void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, cons
     p.t_column_row_offsets = int32_data(index.t_column_row_offsets, "t_column_row_offsets");
     p.t_column_entries = int32_data(index.t_column_entries, "t_column_entries");
   }
-  check_launch(kernels::sparse_attention_backward(p, current_stream()),
-               "sparse_attention_backward");
+  check_launch(kernels::launch_sparse_attention_backward(p, current_stream()),
+               "launch_sparse_attention_backward");
 }
 
-at::Tensor attention_delta(const at::Tensor& dout, const at::Tensor& out) {
+at::Tensor attention_delta_cuda(const at::Tensor& dout, const at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(dout.device());
   TORCH_CHECK(dout.is_contiguous() && out.is_contiguous() && dout.sizes() == out.sizes(),
               "attention_delta: dout and out must be contiguous and of one shape");
   auto delta =
       at::empty({dout.size(0), dout.size(2), dout.size(1)}, dout.options().dtype(at::kFloat));
   check_launch(
-      kernels::attention_backward_delta(
+      kernels::launch_attention_backward_delta(
           delta.data_ptr<float>(), dout.data_ptr(), out.data_ptr(), element_type(dout),
           static_cast<int>(dout.size(0)), static_cast<int>(dout.size(1)),
           static_cast<int>(dout.size(2)), static_cast<int>(dout.size(3)), current_stream()),
-      "attention_backward_delta");
+      "launch_attention_backward_delta");
   return delta;
 }
 
-void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
-               const at::Tensor& lse_part) {
+void lse_merge_cuda(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
+                    const at::Tensor& lse_part) {
   const c10::cuda::CUDAGuard guard(out_acc.device());
   TORCH_CHECK(out_acc.scalar_type() == at::kFloat && lse_acc.scalar_type() == at::kFloat &&
                   lse_part.scalar_type() == at::kFloat,
@@ -139,29 +141,31 @@ void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_p
   TORCH_CHECK(out_acc.is_contiguous() && lse_acc.is_contiguous() && out_part.is_contiguous() &&
                   lse_part.is_contiguous(),
               "lse_merge: tensors must be contiguous");
-  check_launch(
-      kernels::lse_merge(out_acc.data_ptr<float>(), lse_acc.data_ptr<float>(), out_part.data_ptr(),
-                         lse_part.data_ptr<float>(), element_type(out_part),
-                         static_cast<int>(out_acc.size(0)), static_cast<int>(out_acc.size(1)),
-                         static_cast<int>(out_acc.size(2)), static_cast<int>(out_acc.size(3)),
-                         current_stream()),
-      "lse_merge");
+  check_launch(kernels::launch_lse_merge(out_acc.data_ptr<float>(), lse_acc.data_ptr<float>(),
+                                         out_part.data_ptr(), lse_part.data_ptr<float>(),
+                                         element_type(out_part), static_cast<int>(out_acc.size(0)),
+                                         static_cast<int>(out_acc.size(1)),
+                                         static_cast<int>(out_acc.size(2)),
+                                         static_cast<int>(out_acc.size(3)), current_stream()),
+               "launch_lse_merge");
 }
 
-SoftmaxRowStats softmax_row_stats(const at::Tensor& logits) {
+SoftmaxRowStats softmax_row_stats_cuda(const at::Tensor& logits) {
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto rows = logits.sizes().slice(0, 3);
   SoftmaxRowStats stats{at::empty(rows, logits.options()), at::empty(rows, logits.options())};
-  check_launch(kernels::softmax_row_stats(stats.max.data_ptr<float>(), stats.sum.data_ptr<float>(),
-                                          logits.data_ptr<float>(), stats.max.numel(),
-                                          logits.size(3), current_stream()),
-               "softmax_row_stats");
+  check_launch(kernels::launch_softmax_row_stats(
+                   stats.max.data_ptr<float>(), stats.sum.data_ptr<float>(),
+                   logits.data_ptr<float>(), stats.max.numel(), logits.size(3), current_stream()),
+               "launch_softmax_row_stats");
   return stats;
 }
 
-AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Tensor& row_max,
-                                         const at::Tensor& row_sum, const at::Tensor& q_positions,
-                                         const at::Tensor& k_positions, int64_t sequence_length) {
+AttentionMass attention_mass_from_logits_cuda(const at::Tensor& logits, const at::Tensor& row_max,
+                                              const at::Tensor& row_sum,
+                                              const at::Tensor& q_positions,
+                                              const at::Tensor& k_positions,
+                                              int64_t sequence_length) {
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t heads = logits.size(1);
   // The kernels write every element of both outputs.
@@ -182,8 +186,8 @@ AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Ten
   p.vertical = mass.vertical.data_ptr<float>();
   p.slash = mass.slash.data_ptr<float>();
   p.key_slot_of_position = key_slot_of_position.data_ptr<int32_t>();
-  check_launch(kernels::attention_mass_from_logits(p, current_stream()),
-               "attention_mass_from_logits");
+  check_launch(kernels::launch_attention_mass_from_logits(p, current_stream()),
+               "launch_attention_mass_from_logits");
   return mass;
 }
 

@@ -8,25 +8,28 @@
 
 namespace sparsering::kernels::cuda_ops {
 
-AttentionPartial sparse_attention_forward(const at::Tensor& q, const at::Tensor& k,
-                                          const at::Tensor& v, const ShardBlocks& blocks,
-                                          const SparseIndex& index, double softmax_scale);
+AttentionPartial sparse_attention_forward_cuda(const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const ShardBlocks& blocks,
+                                               const SparseIndex& index, double softmax_scale);
 
-void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                               const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                               const at::Tensor& delta, const ShardBlocks& blocks,
-                               const SparseIndex& index, double softmax_scale, bool deterministic,
-                               at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
+void sparse_attention_backward_cuda(const at::Tensor& dout, const at::Tensor& q,
+                                    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                    const at::Tensor& lse, const at::Tensor& delta,
+                                    const ShardBlocks& blocks, const SparseIndex& index,
+                                    double softmax_scale, bool deterministic, at::Tensor& dq,
+                                    at::Tensor& dk, at::Tensor& dv);
 
-at::Tensor attention_delta(const at::Tensor& dout, const at::Tensor& out);
+at::Tensor attention_delta_cuda(const at::Tensor& dout, const at::Tensor& out);
 
-void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
-               const at::Tensor& lse_part);
+void lse_merge_cuda(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
+                    const at::Tensor& lse_part);
 
-SoftmaxRowStats softmax_row_stats(const at::Tensor& logits);
+SoftmaxRowStats softmax_row_stats_cuda(const at::Tensor& logits);
 
-AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Tensor& row_max,
-                                         const at::Tensor& row_sum, const at::Tensor& q_positions,
-                                         const at::Tensor& k_positions, int64_t sequence_length);
+AttentionMass attention_mass_from_logits_cuda(const at::Tensor& logits, const at::Tensor& row_max,
+                                              const at::Tensor& row_sum,
+                                              const at::Tensor& q_positions,
+                                              const at::Tensor& k_positions,
+                                              int64_t sequence_length);
 
 }  // namespace sparsering::kernels::cuda_ops

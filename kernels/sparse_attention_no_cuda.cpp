@@ -13,21 +13,23 @@ namespace {
 }
 }  // namespace
 
-AttentionPartial sparse_attention_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                          const ShardBlocks&, const SparseIndex&, double) {
+AttentionPartial sparse_attention_forward_cuda(const at::Tensor&, const at::Tensor&,
+                                               const at::Tensor&, const ShardBlocks&,
+                                               const SparseIndex&, double) {
   no_cuda();
 }
-void sparse_attention_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const at::Tensor&, const ShardBlocks&, const SparseIndex&, double,
-                               bool, at::Tensor&, at::Tensor&, at::Tensor&) {
+void sparse_attention_backward_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const at::Tensor&, const ShardBlocks&, const SparseIndex&,
+                                    double, bool, at::Tensor&, at::Tensor&, at::Tensor&) {
   no_cuda();
 }
-at::Tensor attention_delta(const at::Tensor&, const at::Tensor&) { no_cuda(); }
-void lse_merge(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
-SoftmaxRowStats softmax_row_stats(const at::Tensor&) { no_cuda(); }
-AttentionMass attention_mass_from_logits(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, const at::Tensor&, int64_t) {
+at::Tensor attention_delta_cuda(const at::Tensor&, const at::Tensor&) { no_cuda(); }
+void lse_merge_cuda(at::Tensor&, at::Tensor&, const at::Tensor&, const at::Tensor&) { no_cuda(); }
+SoftmaxRowStats softmax_row_stats_cuda(const at::Tensor&) { no_cuda(); }
+AttentionMass attention_mass_from_logits_cuda(const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&, int64_t) {
   no_cuda();
 }
 

@@ -144,7 +144,7 @@ AttentionMass attention_mass(const at::Tensor& probabilities, const at::Tensor& 
 
 SoftmaxRowStats softmax_row_stats(const at::Tensor& logits) {
   check_logits(logits, "softmax_row_stats");
-  if (logits.is_cuda()) return cuda_ops::softmax_row_stats(logits);
+  if (logits.is_cuda()) return cuda_ops::softmax_row_stats_cuda(logits);
   return softmax_row_stats_cpu(logits);
 }
 
@@ -162,8 +162,8 @@ AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Ten
   TORCH_CHECK(sequence_length >= logits.size(3), "attention_mass_from_logits: sequence_length (",
               sequence_length, ") is shorter than the shard's ", logits.size(3), " keys");
   if (logits.is_cuda()) {
-    return cuda_ops::attention_mass_from_logits(logits, row_max, row_sum, q_positions, k_positions,
-                                                sequence_length);
+    return cuda_ops::attention_mass_from_logits_cuda(logits, row_max, row_sum, q_positions,
+                                                     k_positions, sequence_length);
   }
   return attention_mass_from_logits_cpu(logits, row_max, row_sum, q_positions, k_positions,
                                         sequence_length);

@@ -164,13 +164,14 @@ TEST(DataConfig, VocabularyRulesMatchTheTasks) {
 }
 
 TEST(DataConfig, LengthRulesMatchTheTasks) {
-  // tiny's train.sequence_length is 256: recall fits exactly at 2 x (100 + 28) tokens.
+  // At 256 tokens recall fits exactly at 2 x (100 + 28) tokens.
+  const std::string length = "train.sequence_length=256";
   EXPECT_EQ(config_error({"data.source=PASSKEY", "data.passkey_digits=18"}), "");
   ASSERT_EQ(data::associative_recall_min_length(100, 28), 256);
-  EXPECT_EQ(config_error({"data.source=ASSOCIATIVE_RECALL", "data.recall_pairs=100",
+  EXPECT_EQ(config_error({length, "data.source=ASSOCIATIVE_RECALL", "data.recall_pairs=100",
                           "data.recall_queries=28", "model.vocab_size=217"}),
             "");
-  EXPECT_NE(config_error({"data.source=ASSOCIATIVE_RECALL", "data.recall_pairs=100",
+  EXPECT_NE(config_error({length, "data.source=ASSOCIATIVE_RECALL", "data.recall_pairs=100",
                           "data.recall_queries=29", "model.vocab_size=217"})
                 .find("train.sequence_length >= 2 x (recall_pairs + recall_queries)"),
             std::string::npos);

@@ -31,7 +31,10 @@ TEST(Config, EmbeddedTinyLoadsWithItsValues) {
   EXPECT_EQ(e.model.num_layers, 2);
   EXPECT_EQ(e.parallel.context_parallel_size, 2);
   EXPECT_EQ(e.parallel.layout, config::LayoutKind::kBalanced);
-  EXPECT_EQ(e.train.steps, 200);
+  EXPECT_EQ(e.train.steps, 150);
+  EXPECT_EQ(e.train.sequence_length, 1024);
+  EXPECT_EQ(e.attention.kind, config::AttentionKind::kSparse);
+  EXPECT_EQ(e.attention.dense_warmup_steps, 20);
   EXPECT_NE(e.resolved_text.find("rope_theta: 10000"), std::string::npos);  // defaults shown
 }
 
@@ -104,7 +107,7 @@ TEST(Config, ValidationRulesNameFieldValueAndRule) {
       {"attention.vertical_fraction=1.5", "attention.vertical_fraction", "[0, 1]"},
       {"attention.estimation_queries=0", "attention.estimation_queries", "[1,"},
       {"train.steps=0", "train.steps", "> 0"},
-      {"data.copy_period=256", "data.copy_period", "[1, train.sequence_length)"},
+      {"data.copy_period=1024", "data.copy_period", "[1, train.sequence_length)"},
       {"name=a/b", "name", "directory name"},
       {"model.rope_scaling_factor=2", "model.rope_scaling_factor", "model.rope_type=LINEAR"},
       {"model.rope_attention_factor=-1", "model.rope_attention_factor", ">= 0"},

@@ -12,6 +12,7 @@
 #include "trainer/cli.h"
 #include "trainer/eval.h"
 #include "trainer/hf/hf_commands.h"
+#include "trainer/host_allocator.h"
 #include "trainer/interrupt.h"
 #include "trainer/state/memory_plan.h"
 #include "trainer/sweep_listing.h"
@@ -116,6 +117,7 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
 }  // namespace
 
 int main(int argc, char** argv) {
+  trainer::keep_freed_host_memory();
   parallel::MpiSession mpi(&argc, &argv);
   trainer::install_interrupt_handlers(mpi.world_rank());
   bool collectives_started = false;

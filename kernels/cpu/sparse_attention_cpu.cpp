@@ -29,13 +29,19 @@ at::Tensor heads_first(const at::Tensor& t, int64_t heads, at::ScalarType type) 
   return group == 1 ? x : x.repeat_interleave(group, 1);
 }
 
-// Probabilities P = exp(S - lse) under the mask; rows with lse = -inf are all zero.
-at::Tensor probabilities(const at::Tensor& q, const at::Tensor& k, const at::Tensor& mask,
-                         const at::Tensor& lse, double scale) {
-  auto scores = at::matmul(q, k.transpose(-1, -2)) * scale;
-  const auto safe_lse = at::where(at::isinf(lse), at::zeros_like(lse), lse).to(scores.dtype());
-  auto p = at::exp(scores - safe_lse.unsqueeze(-1));
-  return p.masked_fill(mask.logical_not(), 0);
+// exp(S - lse) in place over masked scores (masked entries -inf, so they become 0); rows whose
+// lse is -inf (no key at all) come out all zero instead of NaN.
+at::Tensor& exponentiate_(at::Tensor& masked_scores, const at::Tensor& lse) {
+  const auto safe_lse = at::where(at::isinf(lse), at::zeros_like(lse), lse);
+  return masked_scores.sub_(safe_lse.to(masked_scores.dtype()).unsqueeze(-1)).exp_();
+}
+
+// Scale * Q K^T with the keys outside the mask at -inf.
+at::Tensor masked_scores(const at::Tensor& q, const at::Tensor& k, const at::Tensor& mask,
+                         double scale) {
+  return at::matmul(q, k.transpose(-1, -2))
+      .mul_(scale)
+      .masked_fill_(mask.logical_not(), -std::numeric_limits<double>::infinity());
 }
 
 }  // namespace
@@ -75,28 +81,27 @@ at::Tensor attention_mask(const ShardBlocks& blocks, const SparseIndex& index, i
   return tokens.logical_and(in_document);
 }
 
-AttentionPartial sparse_attention_forward(const at::Tensor& q, const at::Tensor& k,
-                                          const at::Tensor& v, const ShardBlocks& blocks,
-                                          const SparseIndex& index, double softmax_scale) {
+AttentionPartial sparse_attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const ShardBlocks& blocks,
+                                              const SparseIndex& index, double softmax_scale) {
   const int64_t batch = q.size(0), q_tokens = q.size(1), heads = q.size(2);
   const auto type = compute_type(q);
   const auto mask = attention_mask(blocks, index, batch, heads, q_tokens, k.size(1));
   const auto qh = heads_first(q, heads, type);
   const auto kh = heads_first(k, heads, type);
   const auto vh = heads_first(v, heads, type);
-  auto scores = (at::matmul(qh, kh.transpose(-1, -2)) * softmax_scale)
-                    .masked_fill(mask.logical_not(), -std::numeric_limits<double>::infinity());
+  auto scores = masked_scores(qh, kh, mask, softmax_scale);
   const auto lse = at::logsumexp(scores, -1);
-  const auto p = probabilities(qh, kh, mask, lse, softmax_scale);
+  const auto& p = exponentiate_(scores, lse);
   const auto out = at::matmul(p, vh).permute({0, 2, 1, 3}).to(q.scalar_type()).contiguous();
   return {out, lse.to(at::kFloat).contiguous()};
 }
 
-void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                               const at::Tensor& v, const at::Tensor& lse, const at::Tensor& delta,
-                               const ShardBlocks& blocks, const SparseIndex& index,
-                               double softmax_scale, at::Tensor& dq, at::Tensor& dk,
-                               at::Tensor& dv) {
+void sparse_attention_backward_cpu(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                   const at::Tensor& v, const at::Tensor& lse,
+                                   const at::Tensor& delta, const ShardBlocks& blocks,
+                                   const SparseIndex& index, double softmax_scale, at::Tensor& dq,
+                                   at::Tensor& dk, at::Tensor& dv) {
   const int64_t batch = q.size(0), q_tokens = q.size(1), heads = q.size(2);
   const int64_t kv_heads = k.size(2), k_tokens = k.size(1), dim = q.size(3);
   const auto type = compute_type(q);
@@ -105,9 +110,10 @@ void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, cons
   const auto kh = heads_first(k, heads, type);
   const auto vh = heads_first(v, heads, type);
   const auto doh = heads_first(dout, heads, type);
-  const auto p = probabilities(qh, kh, mask, lse, softmax_scale);
+  auto scores = masked_scores(qh, kh, mask, softmax_scale);
+  const auto& p = exponentiate_(scores, lse);
   // dS = P * (dO V^T - delta): the softmax Jacobian with delta = rowsum(dO * O) (FA2, eq. in 3.1).
-  const auto ds = p * (at::matmul(doh, vh.transpose(-1, -2)) - delta.to(type).unsqueeze(-1));
+  const auto ds = at::matmul(doh, vh.transpose(-1, -2)).sub_(delta.to(type).unsqueeze(-1)).mul_(p);
   const auto dqh = at::matmul(ds, kh) * softmax_scale;
   const auto dkh = at::matmul(ds.transpose(-1, -2), qh) * softmax_scale;
   const auto dvh = at::matmul(p.transpose(-1, -2), doh);
@@ -120,8 +126,8 @@ void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, cons
   dv.add_(group_sum(dvh).to(dv.scalar_type()));
 }
 
-void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
-               const at::Tensor& lse_part) {
+void lse_merge_cpu(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
+                   const at::Tensor& lse_part) {
   const auto type = compute_type(out_acc);
   const auto la = lse_acc.to(type), lb = lse_part.to(type);
   const auto m = at::maximum(la, lb);

@@ -12,17 +12,17 @@ namespace sparsering::kernels::cpu {
 at::Tensor attention_mask(const ShardBlocks& blocks, const SparseIndex& index, int64_t batch,
                           int64_t heads, int64_t q_tokens, int64_t k_tokens);
 
-AttentionPartial sparse_attention_forward(const at::Tensor& q, const at::Tensor& k,
-                                          const at::Tensor& v, const ShardBlocks& blocks,
-                                          const SparseIndex& index, double softmax_scale);
+AttentionPartial sparse_attention_forward_cpu(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const ShardBlocks& blocks,
+                                              const SparseIndex& index, double softmax_scale);
 
-void sparse_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                               const at::Tensor& v, const at::Tensor& lse, const at::Tensor& delta,
-                               const ShardBlocks& blocks, const SparseIndex& index,
-                               double softmax_scale, at::Tensor& dq, at::Tensor& dk,
-                               at::Tensor& dv);
+void sparse_attention_backward_cpu(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                   const at::Tensor& v, const at::Tensor& lse,
+                                   const at::Tensor& delta, const ShardBlocks& blocks,
+                                   const SparseIndex& index, double softmax_scale, at::Tensor& dq,
+                                   at::Tensor& dk, at::Tensor& dv);
 
-void lse_merge(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
-               const at::Tensor& lse_part);
+void lse_merge_cpu(at::Tensor& out_acc, at::Tensor& lse_acc, const at::Tensor& out_part,
+                   const at::Tensor& lse_part);
 
 }  // namespace sparsering::kernels::cpu

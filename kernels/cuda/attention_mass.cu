@@ -239,8 +239,8 @@ cudaError_t validate_mass_params(const AttentionMassParams& p) {
 
 }  // namespace
 
-cudaError_t softmax_row_stats(float* row_max, float* row_sum, const float* logits, int64_t rows,
-                              int64_t k_tokens, cudaStream_t stream) {
+cudaError_t launch_softmax_row_stats(float* row_max, float* row_sum, const float* logits,
+                                     int64_t rows, int64_t k_tokens, cudaStream_t stream) {
   if (rows < 0 || k_tokens < 0 || rows > INT_MAX) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   if (row_max == nullptr || row_sum == nullptr || (k_tokens > 0 && logits == nullptr)) {
@@ -257,7 +257,7 @@ cudaError_t softmax_row_stats(float* row_max, float* row_sum, const float* logit
   return cudaGetLastError();
 }
 
-cudaError_t attention_mass_from_logits(const AttentionMassParams& p, cudaStream_t stream) {
+cudaError_t launch_attention_mass_from_logits(const AttentionMassParams& p, cudaStream_t stream) {
   if (const cudaError_t invalid = validate_mass_params(p); invalid != cudaSuccess) return invalid;
   if (p.heads == 0 || p.sequence_length == 0) return cudaSuccess;
   const size_t output_bytes = sizeof(float) * p.heads * p.sequence_length;

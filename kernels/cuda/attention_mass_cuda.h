@@ -16,8 +16,8 @@ namespace sparsering::kernels {
 // [rows, k_tokens] contiguous: row_max[r] = max_j l[r, j] and row_sum[r] = sum_j exp(l[r, j] -
 // row_max[r]), both fp32 [rows]. Entries may be -inf; a row without a finite entry gets
 // row_max = -inf and row_sum = 0 (never NaN). Each row is read once.
-cudaError_t softmax_row_stats(float* row_max, float* row_sum, const float* logits, int64_t rows,
-                              int64_t k_tokens, cudaStream_t stream);
+cudaError_t launch_softmax_row_stats(float* row_max, float* row_sum, const float* logits,
+                                     int64_t rows, int64_t k_tokens, cudaStream_t stream);
 
 // One attention-mass call: the logits of `queries` sampled queries against this shard's keys and
 // the softmax statistics of their rows over the whole sequence (all shards).
@@ -47,6 +47,6 @@ struct AttentionMassParams {
 // Keys after their query must have l = -inf (sample_logits masks them): their probability is
 // zero, so they belong to no diagonal. Positions are trusted to lie in [0, sequence_length);
 // ones outside are skipped rather than written out of bounds.
-cudaError_t attention_mass_from_logits(const AttentionMassParams& p, cudaStream_t stream);
+cudaError_t launch_attention_mass_from_logits(const AttentionMassParams& p, cudaStream_t stream);
 
 }  // namespace sparsering::kernels

@@ -126,9 +126,9 @@ cudaError_t launch_merge(float* out_acc, float* lse_acc, const void* out_part,
 
 }  // namespace
 
-cudaError_t lse_merge(float* out_acc, float* lse_acc, const void* out_part, const float* lse_part,
-                      ElementType type, int batch, int tokens, int heads, int head_dim,
-                      cudaStream_t stream) {
+cudaError_t launch_lse_merge(float* out_acc, float* lse_acc, const void* out_part,
+                             const float* lse_part, ElementType type, int batch, int tokens,
+                             int heads, int head_dim, cudaStream_t stream) {
   if (head_dim != 64 && head_dim != 128) return cudaErrorInvalidValue;
   if (type != ElementType::kBFloat16 && type != ElementType::kFloat16) {
     return cudaErrorInvalidValue;

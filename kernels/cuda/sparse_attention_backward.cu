@@ -1631,8 +1631,8 @@ cudaError_t launch_delta(float* delta, const void* dout, const void* out, int to
 
 }  // namespace
 
-cudaError_t sparse_attention_backward(const SparseAttentionBackwardParams& bp,
-                                      cudaStream_t stream) {
+cudaError_t launch_sparse_attention_backward(const SparseAttentionBackwardParams& bp,
+                                             cudaStream_t stream) {
   const SparseAttentionParams& p = bp.forward;
   const cudaError_t err = validate_sparse_attention_params(p);
   if (err != cudaSuccess) return err;
@@ -1659,9 +1659,9 @@ cudaError_t sparse_attention_backward(const SparseAttentionBackwardParams& bp,
               : launch_backward_for_mask<__half, 128>(bp, stream);
 }
 
-cudaError_t attention_backward_delta(float* delta, const void* dout, const void* out,
-                                     ElementType type, int batch, int tokens, int heads,
-                                     int head_dim, cudaStream_t stream) {
+cudaError_t launch_attention_backward_delta(float* delta, const void* dout, const void* out,
+                                            ElementType type, int batch, int tokens, int heads,
+                                            int head_dim, cudaStream_t stream) {
   if (head_dim != 64 && head_dim != 128) return cudaErrorInvalidValue;
   if (type != ElementType::kBFloat16 && type != ElementType::kFloat16) {
     return cudaErrorInvalidValue;

@@ -25,14 +25,14 @@ cudaError_t validate_sparse_attention_params(const SparseAttentionParams& p);
 // included) get out = 0 and lse = -inf. Also requires out (16-byte aligned) and lse to be
 // non-null. Forward and backward run a document-masking instantiation when p.q_key_start is set
 // and the unmasked one otherwise.
-cudaError_t sparse_attention_forward(const SparseAttentionParams& p, cudaStream_t stream);
+cudaError_t launch_sparse_attention_forward(const SparseAttentionParams& p, cudaStream_t stream);
 
 // delta[b, h, t] = sum_d dout[b, t, h, d] * out[b, t, h, d] in fp32, the row term of the softmax
 // backward (FlashAttention-2, Alg. 2, line 4). dout/out: [batch, tokens, heads, head_dim] of
 // `type`, 16-byte aligned; delta: [batch, heads, tokens]. head_dim in {64, 128}.
-cudaError_t attention_backward_delta(float* delta, const void* dout, const void* out,
-                                     ElementType type, int batch, int tokens, int heads,
-                                     int head_dim, cudaStream_t stream);
+cudaError_t launch_attention_backward_delta(float* delta, const void* dout, const void* out,
+                                            ElementType type, int batch, int tokens, int heads,
+                                            int head_dim, cudaStream_t stream);
 
 // Backward of one call: adds this shard's gradients into p.dq, p.dk and p.dv (fp32, which the
 // caller zeroes once). p.forward.lse must be the final (merged) lse and p.delta the output of
@@ -42,7 +42,8 @@ cudaError_t attention_backward_delta(float* delta, const void* dout, const void*
 // FlashAttention-2's way: one CTA per kv block keeps dK/dV in registers and adds dQ with fp32
 // atomics; without it, a query-block-outer schedule adds dK/dV with atomics. The vertical columns
 // always add dK/dV with atomics outside deterministic mode. Requires dq/dk/dv 8-byte aligned.
-cudaError_t sparse_attention_backward(const SparseAttentionBackwardParams& p, cudaStream_t stream);
+cudaError_t launch_sparse_attention_backward(const SparseAttentionBackwardParams& p,
+                                             cudaStream_t stream);
 
 // Merges one partial attention result into an fp32 accumulator by log-sum-exp:
 //   lse = max + log(exp(lse_acc - max) + exp(lse_part - max)),
@@ -51,8 +52,8 @@ cudaError_t sparse_attention_backward(const SparseAttentionBackwardParams& p, cu
 // out_acc unchanged). out_acc: fp32 [batch, tokens, heads, head_dim]; out_part: `type`, same
 // shape; lse_acc/lse_part: [batch, heads, tokens]. head_dim in {64, 128}; out_acc and out_part
 // 16-byte aligned.
-cudaError_t lse_merge(float* out_acc, float* lse_acc, const void* out_part, const float* lse_part,
-                      ElementType type, int batch, int tokens, int heads, int head_dim,
-                      cudaStream_t stream);
+cudaError_t launch_lse_merge(float* out_acc, float* lse_acc, const void* out_part,
+                             const float* lse_part, ElementType type, int batch, int tokens,
+                             int heads, int head_dim, cudaStream_t stream);
 
 }  // namespace sparsering::kernels

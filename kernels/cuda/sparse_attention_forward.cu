@@ -734,7 +734,7 @@ cudaError_t validate_sparse_attention_params(const SparseAttentionParams& p) {
   return cudaSuccess;
 }
 
-cudaError_t sparse_attention_forward(const SparseAttentionParams& p, cudaStream_t stream) {
+cudaError_t launch_sparse_attention_forward(const SparseAttentionParams& p, cudaStream_t stream) {
   const cudaError_t err = validate_sparse_attention_params(p);
   if (err != cudaSuccess) return err;
   if (p.batch == 0 || p.q_tokens == 0) return cudaSuccess;

@@ -4,7 +4,7 @@ refused with the reason."""
 import json
 import os
 
-from e2e_common import arguments, check, environment, losses, run, temporary_directory, train
+from e2e_common import SMALL_DENSE, arguments, check, environment, losses, run, temporary_directory, train
 
 binary, source = arguments()
 common = ["--set", "train.steps=40", "--set", "checkpoint.every_steps=10",
@@ -15,8 +15,8 @@ def train_with_fault(run_dir, fault, *options):
     env = environment(binary)
     env["SPARSERING_FAULT"] = fault
     command = [os.path.join(source, "launch", "train.sh"),
-               os.path.join(source, "configs", "tiny.pbtxt"), "--run-dir", run_dir, *common,
-               *options]
+               os.path.join(source, "configs", "tiny.pbtxt"), "--run-dir", run_dir, *SMALL_DENSE,
+               *common, *options]
     import subprocess
     print("+ SPARSERING_FAULT=" + fault, " ".join(command), flush=True)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

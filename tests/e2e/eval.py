@@ -5,10 +5,10 @@ import json
 import math
 import os
 
-from e2e_common import arguments, check, run, temporary_directory, train
+from e2e_common import SMALL_DENSE, arguments, check, run, temporary_directory, train
 
 binary, source = arguments()
-passkey = ["--set", "data.source=PASSKEY"]
+passkey = [*SMALL_DENSE, "--set", "data.source=PASSKEY"]
 
 
 def evaluate(run_dir, *options):

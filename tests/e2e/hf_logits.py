@@ -11,7 +11,7 @@ running python or in the source tree's .venv; without it, a note and exit 0."""
 import os
 import sys
 
-from e2e_common import arguments, check, run, temporary_directory
+from e2e_common import SMALL_DENSE, arguments, check, run, temporary_directory
 
 binary, source = arguments()
 try:
@@ -57,7 +57,7 @@ def runs(index):
 
 def sparsering(ranks, command, *options):
     return run(["mpirun", "-np", str(ranks), "--oversubscribe", "--bind-to", "none", binary,
-                command, *options], binary)
+                command, *SMALL_DENSE, *options], binary)
 
 
 def relative_error(ours, theirs):

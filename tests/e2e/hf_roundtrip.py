@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 
-from e2e_common import arguments, check, losses, run, temporary_directory, train
+from e2e_common import SMALL_DENSE, arguments, check, losses, run, temporary_directory, train
 
 binary, source = arguments()
 venv_python = os.path.join(source, ".venv", "bin", "python")
@@ -28,7 +28,8 @@ if (os.path.exists(venv_python) and not os.environ.get("SPARSERING_HF_ROUNDTRIP_
 
 
 def sparsering(command, *options):
-    return run(["mpirun", "-np", "2", "--bind-to", "none", binary, command, *options], binary)
+    return run(["mpirun", "-np", "2", "--bind-to", "none", binary, command, *SMALL_DENSE,
+                *options], binary)
 
 
 def safetensors_files(directory):

@@ -6,7 +6,7 @@ import os
 import struct
 import subprocess
 
-from e2e_common import (arguments, check, environment, losses, run, temporary_directory,
+from e2e_common import (SMALL_DENSE, arguments, check, environment, losses, run, temporary_directory,
                         train)
 
 binary, source = arguments()
@@ -42,7 +42,7 @@ with temporary_directory() as tmp:
     env["SPARSERING_FAULT"] = "kill:step:0:6"
     command = [os.path.join(source, "launch", "train.sh"),
                os.path.join(source, "configs", "tiny.pbtxt"), "--run-dir", resumed_dir,
-               "--set", "train.steps=10", *nm]
+               *SMALL_DENSE, "--set", "train.steps=10", *nm]
     process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     check(process.returncode != 0, "the killed run must fail", process)
     process = train(binary, source, resumed_dir, "--set", "train.steps=10", *nm, "--resume",
@@ -52,7 +52,7 @@ with temporary_directory() as tmp:
 
     out = os.path.join(tmp, "hf")
     process = run(["mpirun", "-np", "2", binary, "export-hf", "--checkpoint", "auto", "--run-dir",
-                   run_dir, "--out", out, *nm], binary)
+                   run_dir, "--out", out, *SMALL_DENSE, *nm], binary)
     check(process.returncode == 0, "export-hf failed", process)
     check("strictly N:M" in process.stdout, "export must say it wrote strict N:M weights", process)
     tensors = read_safetensors(os.path.join(out, "model.safetensors"))

@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from e2e_common import arguments, check, environment, losses, temporary_directory, train
+from e2e_common import SMALL_DENSE, arguments, check, environment, losses, temporary_directory, train
 
 binary, source = arguments()
 common = ["--set", "train.steps=4", "--set", "checkpoint.every_steps=2",
@@ -70,7 +70,7 @@ with temporary_directory() as tmp:
     locked = os.path.join(tmp, "locked")
     first = subprocess.Popen(
         [os.path.join(source, "launch", "train.sh"), os.path.join(source, "configs", "tiny.pbtxt"),
-         "--run-dir", locked, "--set", "train.steps=100000", "--set", "logging.log_every=100000"],
+         "--run-dir", locked, *SMALL_DENSE, "--set", "train.steps=100000", "--set", "logging.log_every=100000"],
         env=environment(binary), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not os.path.exists(os.path.join(locked, "metrics.jsonl")) and time.time() < deadline:

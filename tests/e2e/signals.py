@@ -5,14 +5,14 @@ import signal
 import subprocess
 import time
 
-from e2e_common import arguments, check, environment, temporary_directory, train
+from e2e_common import SMALL_DENSE, arguments, check, environment, temporary_directory, train
 
 binary, source = arguments()
 
 
 def start(run_dir, *options):
     command = [os.path.join(source, "launch", "train.sh"),
-               os.path.join(source, "configs", "tiny.pbtxt"), "--run-dir", run_dir,
+               os.path.join(source, "configs", "tiny.pbtxt"), "--run-dir", run_dir, *SMALL_DENSE,
                "--set", "train.steps=100000", "--set", "logging.log_every=100000",
                "--set", "checkpoint.every_steps=2", *options]
     print("+", " ".join(command), flush=True)

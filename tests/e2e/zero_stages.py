@@ -16,10 +16,10 @@ import os
 import shutil
 import struct
 
-from e2e_common import arguments, check, losses, run, temporary_directory, train
+from e2e_common import SMALL_DENSE, arguments, check, losses, run, temporary_directory, train
 
 binary, source = arguments()
-common = ["--set", "train.steps=6", "--set", "schedule.warmup_steps=1", "--set",
+common = [*SMALL_DENSE, "--set", "train.steps=6", "--set", "schedule.warmup_steps=1", "--set",
           "model.activation_checkpointing=true", "--set", "train.sequence_length=1024",
           "--set", "train.micro_batch_size=2", "--set", "checkpoint.every_steps=3"]
 

@@ -116,10 +116,10 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
     const auto k_shard = layout.shard(k, source).contiguous();
     const auto v_shard = layout.shard(v, source).contiguous();
     // Reference in fp32 on the same rounded inputs.
-    const auto part_cpu = kernels::cpu::sparse_attention_forward(
+    const auto part_cpu = kernels::cpu::sparse_attention_forward_cpu(
         q_local.to(c.type).to(at::kFloat), k_shard.to(c.type).to(at::kFloat),
         v_shard.to(c.type).to(at::kFloat), blocks_cpu, index_cpu, scale);
-    kernels::cpu::lse_merge(out_acc_cpu, lse_acc_cpu, part_cpu.out, part_cpu.lse);
+    kernels::cpu::lse_merge_cpu(out_acc_cpu, lse_acc_cpu, part_cpu.out, part_cpu.lse);
     const auto q_gpu = q_local.to(c.type).to(cuda);
     const auto k_gpu = k_shard.to(c.type).to(cuda), v_gpu = v_shard.to(c.type).to(cuda);
     poison_forward_outputs(q_gpu);
