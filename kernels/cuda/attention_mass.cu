@@ -15,11 +15,11 @@
 #include <cstdint>
 
 #include "attention_mass_cuda.h"
+#include "device_constants.cuh"
 
 namespace sparsering::kernels {
 namespace {
 
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 // Independent 16-byte loads each thread issues before folding them in: without them the row

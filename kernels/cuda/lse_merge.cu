@@ -8,8 +8,9 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
+#include "device_constants.cuh"
+#include "device_convert.cuh"
 #include "sparse_attention_cuda.h"
 
 namespace sparsering::kernels {
@@ -19,25 +20,7 @@ namespace {
 // kernels
 // ================================================================================================
 
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kBlock = 256;
-
-template <typename Element>
-__device__ __forceinline__ float2 unpack2(uint32_t v);
-
-template <>
-__device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t v) {
-  __nv_bfloat162 x;
-  memcpy(&x, &v, sizeof(x));
-  return __bfloat1622float2(x);
-}
-
-template <>
-__device__ __forceinline__ float2 unpack2<__half>(uint32_t v) {
-  __half2 x;
-  memcpy(&x, &v, sizeof(x));
-  return __half22float2(x);
-}
 
 // w1 o1 + w2 o2, where a side with weight 0 (empty, or its exponential underflowed) is dropped
 // rather than multiplied, so that whatever its output holds cannot turn into NaN.

@@ -34,10 +34,13 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
+#include "device_constants.cuh"
+#include "device_convert.cuh"
+#include "device_ptx.cuh"
 #include "sparse_attention_cuda.h"
-#include "wgmma.cuh"
+#include "sparse_attention_forward_tiles.cuh"
+#include "sparse_attention_forward_wgmma.cuh"
 
 namespace sparsering::kernels {
 namespace {
@@ -45,10 +48,6 @@ namespace {
 // ================================================================================================
 // kernels
 // ================================================================================================
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr unsigned kFullMask = 0xffffffffu;
 
 // Tile shape of one kernel instantiation: kWarps warps of kMBlocks m16 row blocks each, kKeys keys
 // per kv tile, kStages K/V buffers.
@@ -84,140 +83,6 @@ struct ForwardSmem {
   static_assert(C::kKeys * kChunksPerRow % C::kThreads == 0, "kv tile copy must split evenly");
   static_assert(C::kRows * kChunksPerRow % C::kThreads == 0, "q tile copy must split evenly");
 };
-
-__device__ __forceinline__ uint32_t smem_address(const void* ptr) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
-
-// 16-byte global -> shared copy that bypasses L1; when !valid the destination is zero-filled
-// (src-size 0), which keeps padded rows of a gathered column chunk finite for the P V product.
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)),
-               "l"(gmem), "r"(src_bytes));
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// Waits until at most kPending of this thread's committed copy groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-// d += a * b for one m16n8k16 tile, fp32 accumulators.
-template <typename Element>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                          uint32_t b1);
-
-template <>
-__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
-                                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <>
-__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4],
-                                                  uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats -> one register of two elements; `lo` lands in the low half (the lower column).
-template <typename Element>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  uint32_t r;
-  memcpy(&r, &v, sizeof(r));
-  return r;
-}
-
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  const __half2 v = __floats2half2_rn(lo, hi);
-  uint32_t r;
-  memcpy(&r, &v, sizeof(r));
-  return r;
-}
-
-// One kv tile of a query tile's walk, resolved to where its keys live.
-struct KeyTile {
-  int it;      // index in the walk; >= KeyTiles::num_tiles when the walk is over
-  int token0;  // block tile: local token of its first key
-  int pos0;    // block tile: global position of its first key; -1 for a column chunk
-};
-
-// The kv tiles one query tile visits, in order: the kKeys-key sub-tiles of its active blocks
-// (block_size / kKeys per block), then its vertical columns in chunks of kKeys. Block tiles whose
-// first key lies after the tile's last query are causally empty and skipped by resolve(). Only
-// offsets are kept: the index pointers are read from the kernel parameters when needed, which
-// leaves the registers to the accumulators.
-template <int kKeys>
-struct KeyTiles {
-  int block_begin;   // this row's active kv blocks: p.block_cols[block_begin ..]
-  int column_begin;  // this row's vertical columns: p.column_indices[column_begin ..]
-  int tiles_per_block;
-  int num_block_tiles;
-  int num_columns;
-  int num_tiles;
-  int q_last;  // global position of the query tile's last row
-
-  // First tile >= it that may hold a visible key.
-  __device__ KeyTile resolve(const SparseAttentionParams& p, int it) const {
-    while (it < num_block_tiles) {
-      const int block = p.block_cols[block_begin + it / tiles_per_block];
-      const int offset = (it % tiles_per_block) * kKeys;
-      const int pos0 = p.k_block_ids[block] * p.block_size + offset;
-      if (pos0 <= q_last) return {it, block * p.block_size + offset, pos0};
-      ++it;
-    }
-    return {it, 0, -1};
-  }
-};
-
-template <int kKeys>
-__device__ __forceinline__ KeyTiles<kKeys> make_key_tiles(const SparseAttentionParams& p, int b,
-                                                          int h, int qb, int q_pos0, int rows) {
-  const int64_t row =
-      (static_cast<int64_t>(b) * p.num_heads + h) * (p.q_tokens / p.block_size) + qb;
-  const int block_begin = p.block_row_offsets[row];
-  const int block_end = p.block_row_offsets[row + 1];
-  const int column_begin = p.column_row_offsets[row];
-  const int column_end = p.column_row_offsets[row + 1];
-  KeyTiles<kKeys> tiles;
-  tiles.block_begin = block_begin;
-  tiles.column_begin = column_begin;
-  tiles.tiles_per_block = p.block_size / kKeys;
-  tiles.num_block_tiles = (block_end - block_begin) * tiles.tiles_per_block;
-  tiles.num_columns = column_end - column_begin;
-  tiles.num_tiles = tiles.num_block_tiles + (tiles.num_columns + kKeys - 1) / kKeys;
-  tiles.q_last = q_pos0 + rows - 1;
-  return tiles;
-}
 
 // Copies kv tile `tile` into one stage (cp.async, not committed). A column chunk also gets the
 // global position of each key in kpos_dst: padding rows are zero-filled and get position INT_MAX
@@ -650,8 +515,6 @@ __global__ void __launch_bounds__(C::kThreads)
     }
   }
 }
-
-#include "sparse_attention_forward_wgmma.cuh"
 
 // ================================================================================================
 // launcher

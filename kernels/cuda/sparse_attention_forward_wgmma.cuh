@@ -8,10 +8,21 @@
 // block's last row, and block starts are multiples of 128 like the query block's, so a kept block
 // starts at or before the first row of either warpgroup; column chunks are never skipped. So no
 // wgmma sits in a branch (ptxas serializes wgmma in branches it cannot prove warp-uniform).
-// Included by sparse_attention_forward.cu
-// inside its anonymous namespace, after the helpers it shares (KeyTiles, cp_async_16, pack2); that
-// file includes wgmma.cuh at the top.
+// sparse_attention_forward.cu launches it.
 #pragma once
+
+#include <cfloat>
+#include <climits>
+#include <cstdint>
+
+#include "device_constants.cuh"
+#include "device_convert.cuh"
+#include "device_ptx.cuh"
+#include "sparse_attention_cuda.h"
+#include "sparse_attention_forward_tiles.cuh"
+#include "wgmma.cuh"
+
+namespace sparsering::kernels {
 
 constexpr int kFwdWgmmaRows = 128;
 constexpr int kFwdWgmmaKeys = 128;
@@ -320,3 +331,5 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     }
   }
 }
+
+}  // namespace sparsering::kernels
