@@ -2,9 +2,8 @@
 // head dim 128 and 128-key blocks: the same schedule and results as
 // sparse_attention_backward_kv_kernel, but each product is one warpgroup-wide wgmma chain reading
 // its operands straight from 128-byte-swizzled shared memory (wgmma.cuh), instead of mma.sync
-// tiles whose every fragment goes through ldmatrix. Included by sparse_attention_backward.cu inside
-// its anonymous namespace, after the helpers it shares (QueryTiles, transposed_block_tiles,
-// cp_async_16, pack2, pair_rows4, atomic_add4); that file includes wgmma.cuh at the top.
+// tiles whose every fragment goes through ldmatrix. sparse_attention_backward_kv.cu launches
+// it.
 //
 // Two warpgroups; warpgroup w owns keys 64 w .. +63 of the kv block. Per 64-query tile:
 //   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64n64, A and B K-major from shared memory)
@@ -15,6 +14,20 @@
 // With the keys as accumulator rows, P^T and dS^T feed the dV / dK products from registers with no
 // shared-memory round trip; only dS^T is staged, once, for dQ.
 #pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "device_atomics.cuh"
+#include "device_constants.cuh"
+#include "device_convert.cuh"
+#include "device_ptx.cuh"
+#include "sparse_attention_backward_kv_major.cuh"
+#include "sparse_attention_backward_tiles.cuh"
+#include "sparse_attention_cuda.h"
+#include "wgmma.cuh"
+
+namespace sparsering::kernels {
 
 constexpr int kWgmmaKeys = 128;
 constexpr int kWgmmaThreads = 256;  // two warpgroups
@@ -338,3 +351,5 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
     }
   }
 }
+
+}  // namespace sparsering::kernels
