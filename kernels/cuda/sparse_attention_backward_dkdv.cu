@@ -244,8 +244,7 @@ __global__ void __launch_bounds__(kThreads)
   if (tiles.next(0) >= tiles.num_tiles && column_begin == column_end) return;  // CTA-uniform
 
   const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
-  const int64_t kv_offset =
-      (static_cast<int64_t>(b) * p.k_tokens + k_token0) * kv_token_stride + kvh * kHeadDim;
+  const int64_t kv_offset = kv_tile_offset<kHeadDim, kTile>(p, kv_token_stride, k_tile, kvh, b);
   // K and V stay resident; their copy group completes inside the first accumulate_dkdv wait.
   load_kv_tile<Element, kHeadDim, kTile, kThreads>(p, kv_offset, sm.k, sm.v);
 

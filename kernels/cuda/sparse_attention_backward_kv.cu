@@ -367,8 +367,7 @@ __global__ void __launch_bounds__(2 * kKeys, 1)
   if (tiles.num_tiles == 0) return;  // no query tile meets this kv tile (CTA-uniform)
 
   const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
-  const int64_t kv_offset =
-      (static_cast<int64_t>(b) * p.k_tokens + k_tile * kKeys) * kv_token_stride + kvh * kHeadDim;
+  const int64_t kv_offset = kv_tile_offset<kHeadDim, kKeys>(p, kv_token_stride, k_tile, kvh, b);
   // K and V stay resident; their copy group completes inside the first query-tile wait.
   load_kv_tile<Element, kHeadDim, kKeys, kNumThreads>(p, kv_offset, sm.k, sm.v);
 

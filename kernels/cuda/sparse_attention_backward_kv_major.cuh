@@ -120,6 +120,16 @@ transposed_block_tiles(const SparseAttentionBackwardParams& bp, int k_tile, int 
   return tiles;
 }
 
+// The kv tile a kv-major CTA owns, kv tile k_tile of kKeys keys of kv head kvh in sequence b:
+// element offset of its first key in k, v, dk and dv ([batch, k_tokens, num_kv_heads, kHeadDim],
+// tokens token_stride elements apart).
+template <int kHeadDim, int kKeys>
+__device__ __forceinline__ int64_t kv_tile_offset(const SparseAttentionParams& p,
+                                                  int64_t token_stride, int k_tile, int kvh,
+                                                  int b) {
+  return (static_cast<int64_t>(b) * p.k_tokens + k_tile * kKeys) * token_stride + kvh * kHeadDim;
+}
+
 // Starts copying the kKeys K and V rows of the kv tile at element offset kv_offset into shared
 // memory with cp.async over kNumThreads threads, as one committed group.
 template <typename Element, int kHeadDim, int kKeys, int kNumThreads>

@@ -135,8 +135,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
 
   const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kWgmmaHeadDim;
   const int64_t kv_offset =
-      (static_cast<int64_t>(b) * p.k_tokens + k_tile * kWgmmaKeys) * kv_token_stride +
-      kvh * kWgmmaHeadDim;
+      kv_tile_offset<kWgmmaHeadDim, kWgmmaKeys>(p, kv_token_stride, k_tile, kvh, b);
   load_swizzled_rows<Element, kWgmmaKeys>(static_cast<const Element*>(p.k) + kv_offset,
                                           kv_token_stride, k_s);
   load_swizzled_rows<Element, kWgmmaKeys>(static_cast<const Element*>(p.v) + kv_offset,
