@@ -4,12 +4,14 @@
 
 namespace sparsering::kernels {
 
-inline constexpr int kTile = 64;  // query rows per tile and keys per kv tile
-inline constexpr int kWarps =
-    4;  // each warp owns 16 rows (query rows, or keys in the dK/dV kernel)
+// Query rows per tile and keys per kv tile.
+inline constexpr int kTile = 64;
+// Each warp owns 16 rows (query rows, or keys in the dK/dV kernel).
+inline constexpr int kWarps = 4;
 inline constexpr int kThreads = kWarps * 32;
 // Shared-memory buffers of the streamed tiles (cp.async double buffering). The dQ kernel takes its
-// own count as a template parameter (see launch_backward).
+// own count as a template parameter (see launch_query_major and launch_deterministic_dq in
+// sparse_attention_backward_dq.cu).
 inline constexpr int kStages = 2;
 
 // Shared-memory tile of kTile rows x kHeadDim elements. Each row is padded by 16 bytes so that the

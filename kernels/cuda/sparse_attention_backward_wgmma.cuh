@@ -143,7 +143,8 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1)
   cp_async_commit();
 
   // Index lookups of tile it + 2 are issued during tile it and handed over in tile_ring, as in
-  // accumulate_block_gradients (every entry is a causal pair of whole blocks: no tile is empty).
+  // accumulate_block_gradients of sparse_attention_backward_kv.cu (every entry is a causal pair of
+  // whole blocks: no tile is empty).
   if (threadIdx.x == 0) {
     tile_ring[0] = tiles.tile(0);
     if (tiles.num_tiles > 1) tile_ring[1] = tiles.tile(1);
