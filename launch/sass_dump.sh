@@ -14,6 +14,8 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 nvcc=$(command -v "${NVCC:-nvcc}" || echo /usr/local/cuda/bin/nvcc)
 # cuobjdump from CUOBJDUMP, PATH or nvcc's directory (a pip triton also ships one).
 cuobjdump=$(command -v "${CUOBJDUMP:-cuobjdump}" || echo "$(dirname "$nvcc")/cuobjdump")
+[ -x "$cuobjdump" ] ||
+  { echo "sass_dump: error: no cuobjdump on PATH or next to $nvcc; set CUOBJDUMP" >&2; exit 2; }
 # The compile line of the CMake build (build/compile_commands.json): kernels/CMakeLists.txt's flags,
 # the Release defaults, and the CUDA flags torch's CMake package sets for every CUDA target.
 flags=(-DONNX_NAMESPACE=onnx_c2 -gencode="arch=compute_${sm},code=sm_${sm}"
