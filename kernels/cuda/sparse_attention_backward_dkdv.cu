@@ -204,8 +204,8 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
 // tensor-core tile, however many of its keys it attends. Entries are processed in ascending
 // order and every sum has a fixed order: the result is bitwise reproducible.
 template <typename Element, int kHeadDim, bool kDocumentMask>
-__global__ void __launch_bounds__(kThreads)
-    sparse_attention_backward_dkdv_kernel(const SparseAttentionBackwardParams bp) {
+__global__ void __launch_bounds__(kThreads) sparse_attention_backward_dkdv_kernel(
+    const __grid_constant__ SparseAttentionBackwardParams bp) {
   using G = TileGeometry<kHeadDim>;
   constexpr int kDTiles = kHeadDim / 8;
   const SparseAttentionParams& p = bp.forward;

@@ -166,7 +166,7 @@ constexpr int dq_smem_bytes() {
 template <typename Element, int kHeadDim, bool kAccumulateKv, int kKvStages, bool kColumnsOnly,
           bool kDocumentMask>
 __global__ void __launch_bounds__(kThreads)
-    sparse_attention_backward_dq_kernel(const SparseAttentionBackwardParams bp) {
+    sparse_attention_backward_dq_kernel(const __grid_constant__ SparseAttentionBackwardParams bp) {
   using G = TileGeometry<kHeadDim>;
   constexpr int kDSteps = kHeadDim / 16;
   constexpr int kDTiles = kHeadDim / 8;

@@ -332,7 +332,7 @@ constexpr int kv_smem_bytes() {
 // and the short ones fill the tail.
 template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
 __global__ void __launch_bounds__(2 * kKeys, 1)
-    sparse_attention_backward_kv_kernel(const SparseAttentionBackwardParams bp) {
+    sparse_attention_backward_kv_kernel(const __grid_constant__ SparseAttentionBackwardParams bp) {
   using G = TileGeometry<kHeadDim>;
   constexpr int kNumThreads = 2 * kKeys;
   const SparseAttentionParams& p = bp.forward;

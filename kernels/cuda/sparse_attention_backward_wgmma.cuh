@@ -109,8 +109,8 @@ __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
 // schedule that waited for dV/dK before the dQ atomics, with a third barrier per tile, by 6-9%
 // (bench/results/*_s6*).
 template <typename Element, bool kDocumentMask>
-__global__ void __launch_bounds__(kWgmmaThreads, 1)
-    sparse_attention_backward_kv_wgmma_kernel(const SparseAttentionBackwardParams bp) {
+__global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv_wgmma_kernel(
+    const __grid_constant__ SparseAttentionBackwardParams bp) {
   const SparseAttentionParams& p = bp.forward;
   const int k_tile = blockIdx.x;
   const int kvh = blockIdx.y;
