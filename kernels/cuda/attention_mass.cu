@@ -138,7 +138,8 @@ __device__ __forceinline__ void stage_rows(StagedRow* staged, const AttentionMas
 }
 
 // grid (ceil(k_tokens / kThreads), heads): thread = (head, local key).
-__global__ void __launch_bounds__(kThreads) vertical_mass_kernel(const AttentionMassParams p) {
+__global__ void __launch_bounds__(kThreads)
+    vertical_mass_kernel(const __grid_constant__ AttentionMassParams p) {
   __shared__ StagedRow staged[kThreads];
   const int head = blockIdx.y;
   const int64_t key = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -165,7 +166,8 @@ __global__ void __launch_bounds__(kThreads) vertical_mass_kernel(const Attention
 }
 
 // grid (ceil(sequence_length / kThreads), heads): thread = (head, diagonal).
-__global__ void __launch_bounds__(kThreads) slash_mass_kernel(const AttentionMassParams p) {
+__global__ void __launch_bounds__(kThreads)
+    slash_mass_kernel(const __grid_constant__ AttentionMassParams p) {
   __shared__ StagedRow staged[kThreads];
   const int head = blockIdx.y;
   const int64_t diagonal = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
