@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <iostream>
+#include <string>
 
 #include "configs/config.h"
 #include "configs/sweep.h"
@@ -114,6 +115,10 @@ int run(const trainer::CommandLine& line, parallel::MpiSession& mpi, bool& colle
   return 0;
 }
 
+// One write for the whole line: under mpirun a line written in pieces can be split by Open MPI's
+// own abort notice, which arrives on the same terminal at the same moment.
+void print_error_line(const std::string& line) { std::cerr << (line + "\n") << std::flush; }
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -128,14 +133,14 @@ int main(int argc, char** argv) {
     // Input errors found before any collective are found identically by every rank: rank 0
     // reports and all exit. Later ones may be one rank's alone: that rank takes the job down.
     if (!collectives_started && mpi.world_rank() != 0) return 2;
-    std::cerr << "sparsering: error: " << error.what() << std::endl;
+    print_error_line(std::string("sparsering: error: ") + error.what());
     if (collectives_started && mpi.world_size() > 1) parallel::MpiSession::abort(2);
     return 2;
   } catch (const std::exception& error) {
     // Torch errors carry a C++ backtrace in what(); the message alone is the useful line.
     const auto* torch_error = dynamic_cast<const c10::Error*>(&error);
-    std::cerr << "sparsering: error on rank " << mpi.world_rank() << ": "
-              << (torch_error ? torch_error->what_without_backtrace() : error.what()) << std::endl;
+    print_error_line("sparsering: error on rank " + std::to_string(mpi.world_rank()) + ": " +
+                     (torch_error ? torch_error->what_without_backtrace() : error.what()));
     if (mpi.world_size() > 1) parallel::MpiSession::abort(1);
     return 1;
   }
