@@ -25,6 +25,7 @@ import sys
 import tempfile
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
@@ -68,7 +69,10 @@ def transformers_loss(model, tokens, dtype, attention, device):
     small enough that 128K x 4096 fp32 logits fit on the GPU)."""
     model = model.to(device, dtype)
     model.set_attn_implementation(attention)
-    with torch.no_grad():
+    # Fused sdpa backends only: the math fallback (the one fp32 would get) materialises the
+    # L x L scores, 64 GiB per head at 128K. Without a fused kernel this fails by name, not OOM.
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    with torch.no_grad(), sdpa_kernel(fused if device == "cuda" else [SDPBackend.MATH]):
         loss = model(tokens[None].to(device), labels=tokens[None].to(device)).loss.item()
     model.to("cpu", torch.float32)
     if device == "cuda":
