@@ -4,7 +4,8 @@ refused with the reason."""
 import json
 import os
 
-from e2e_common import SMALL_DENSE, arguments, check, environment, losses, run, temporary_directory, train
+from e2e_common import (SMALL_DENSE, arguments, check, environment, losses, run,
+                        temporary_directory, train)
 
 binary, source = arguments()
 common = ["--set", "train.steps=40", "--set", "checkpoint.every_steps=10",

@@ -6,8 +6,8 @@ import os
 import struct
 import subprocess
 
-from e2e_common import (SMALL_DENSE, arguments, check, environment, losses, run, temporary_directory,
-                        train)
+from e2e_common import (SMALL_DENSE, arguments, check, environment, losses, run,
+                        temporary_directory, train)
 
 binary, source = arguments()
 nm = ["--set", "nm_sparsity.enabled=true", "--set", "nm_sparsity.n=2", "--set", "nm_sparsity.m=4",

@@ -1,9 +1,10 @@
 """The README runs as written: every ```sh block of README.md, in order, in a fresh directory laid
 out like the repository (its launch/, configs/ and README.md, the build's binary as
 build/sparsering, .venv/), with step counts cut to a tenth (at least 2), 20 steps for trainings
-that give none, and the default's 20 dense warm-up steps cut to a tenth as well. The set-up and test commands (launch/setup.sh, ctest) are skipped: CI runs them
-itself before this test. Open MPI's run-as-root permission is removed from the environment, so
-the commands must work as root on their own, as a user would run them."""
+that give none, and the default's 20 dense warm-up steps cut to a tenth as well. The set-up and
+test commands (launch/setup.sh, ctest) are skipped: CI runs them itself before this test. Open
+MPI's run-as-root permission is removed from the environment, so the commands must work as root
+on their own, as a user would run them."""
 import json
 import os
 import re

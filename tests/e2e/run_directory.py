@@ -3,10 +3,12 @@
 --overwrite, which moves them aside; resume refuses settings that change the saved state's
 meaning and a step budget at or below the checkpoint's step; pruning keeps this run's steps."""
 import os
+import signal
 import subprocess
 import time
 
-from e2e_common import SMALL_DENSE, arguments, check, environment, losses, temporary_directory, train
+from e2e_common import (SMALL_DENSE, arguments, check, environment, losses, temporary_directory,
+                        train)
 
 binary, source = arguments()
 common = ["--set", "train.steps=4", "--set", "checkpoint.every_steps=2",
@@ -70,18 +72,27 @@ with temporary_directory() as tmp:
     locked = os.path.join(tmp, "locked")
     first = subprocess.Popen(
         [os.path.join(source, "launch", "train.sh"), os.path.join(source, "configs", "tiny.pbtxt"),
-         "--run-dir", locked, *SMALL_DENSE, "--set", "train.steps=100000", "--set", "logging.log_every=100000"],
-        env=environment(binary), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not os.path.exists(os.path.join(locked, "metrics.jsonl")) and time.time() < deadline:
-        time.sleep(0.5)
-    check(os.path.exists(os.path.join(locked, "metrics.jsonl")), "the first run did not start")
-    process = train(binary, source, locked, "--resume", "auto", "--set", "train.steps=100001")
-    one_error_line(process, "in use by another training")
-    check("pid" in process.stderr and "host" in process.stderr, "the holder must be named",
-          process)
-    first.terminate()  # SIGTERM to train.sh, which passes it on
-    out, err = first.communicate(timeout=120)
-    check(first.returncode == 143, f"SIGTERM must end with status 143, not {first.returncode}")
-    check(err.count("interrupted (SIGTERM)") == 1, f"one 'interrupted' line expected:\n{err}")
+         "--run-dir", locked, *SMALL_DENSE, "--set", "train.steps=100000",
+         "--set", "logging.log_every=100000"],
+        env=environment(binary), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(locked, "metrics.jsonl")) and time.time() < deadline:
+            time.sleep(0.5)
+        check(os.path.exists(os.path.join(locked, "metrics.jsonl")), "the first run did not start")
+        process = train(binary, source, locked, "--resume", "auto", "--set", "train.steps=100001")
+        one_error_line(process, "in use by another training")
+        check("pid" in process.stderr and "host" in process.stderr, "the holder must be named",
+              process)
+        first.terminate()  # SIGTERM to train.sh, which passes it on
+        out, err = first.communicate(timeout=120)
+        check(first.returncode == 143, f"SIGTERM must end with status 143, not {first.returncode}")
+        check(err.count("interrupted (SIGTERM)") == 1, f"one 'interrupted' line expected:\n{err}")
+    finally:
+        # A failed check above must not leave the 100000-step holder training: its whole
+        # process group (train.sh, mpirun and the ranks) goes.
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
 print("PASSED")

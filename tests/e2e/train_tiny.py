@@ -25,7 +25,8 @@ with temporary_directory() as tmp:
     for key in ("step", "loss", "lr", "grad_norm", "tokens_per_second", "attention_density"):
         check(key in records[0], f"metrics.jsonl lacks '{key}'")
     density = [record["attention_density"] for record in records]
-    check(all(d == 1.0 for d in density[:WARMUP]), f"warm-up steps must be dense: {density[:WARMUP]}")
+    check(all(d == 1.0 for d in density[:WARMUP]),
+          f"warm-up steps must be dense: {density[:WARMUP]}")
     sparse = density[WARMUP:]
     mean_density = sum(sparse) / len(sparse)
     print(f"mean attention density after the warm-up {mean_density:.3f}")

@@ -6,7 +6,8 @@ import json
 import os
 import subprocess
 
-from e2e_common import SMALL_DENSE, arguments, check, environment, losses, temporary_directory, train
+from e2e_common import (SMALL_DENSE, arguments, check, environment, losses, temporary_directory,
+                        train)
 
 binary, source = arguments()
 common = ["--set", "train.steps=4", "--set", "checkpoint.every_steps=2"]
