@@ -1,11 +1,11 @@
 """Checkpoints: 40 steps straight equal 20 + kill + resume + 20 exactly; a kill in the middle of
 writing a checkpoint leaves the previous one loadable; mismatched or corrupt checkpoints are
 refused with the reason."""
-import json
 import os
+import subprocess
 
-from e2e_common import (SMALL_DENSE, arguments, check, environment, losses, run,
-                        temporary_directory, train)
+from e2e_common import (arguments, check, environment, losses, temporary_directory, train,
+                        train_command)
 
 binary, source = arguments()
 common = ["--set", "train.steps=40", "--set", "checkpoint.every_steps=10",
@@ -15,10 +15,7 @@ common = ["--set", "train.steps=40", "--set", "checkpoint.every_steps=10",
 def train_with_fault(run_dir, fault, *options):
     env = environment(binary)
     env["SPARSERING_FAULT"] = fault
-    command = [os.path.join(source, "launch", "train.sh"),
-               os.path.join(source, "configs", "tiny.pbtxt"), "--run-dir", run_dir, *SMALL_DENSE,
-               *common, *options]
-    import subprocess
+    command = train_command(source, run_dir, *common, *options)
     print("+ SPARSERING_FAULT=" + fault, " ".join(command), flush=True)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 

@@ -8,6 +8,7 @@ of the same data without the mask. Head-parallel (Ulysses) splits of the 4 conte
 give the same losses too: 2 x ring 2 and 4 x ring 1 (K/V heads repeated: 4 heads, 2 kv heads)
 for sparse attention, 2 data-parallel x (2 x ring 2) for dense, and the profile shows the
 all-to-all as its own phase."""
+import json
 import os
 import random
 import sys
@@ -77,6 +78,10 @@ with temporary_directory() as tmp:
         results[name] = losses(run_dir)
         outputs[name] = process
         print(name, results[name])
+        if "sparse" in name:  # equal losses of two dense runs would prove nothing about sparse
+            with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+                density = [json.loads(line)["attention_density"] for line in f]
+            check(min(density) < 1, f"{name}: no step ran a sparse pattern: {density}")
 for a, b in (("dp1_cp1_mb8", "dp4_cp2_mb2"), ("sparse_cp1", "sparse_cp2"),
              ("documents_cp1_mb8", "documents_dp2_cp4_mb4"),
              ("documents_sparse_cp1", "documents_sparse_cp4"),

@@ -7,7 +7,7 @@ import struct
 import subprocess
 
 from e2e_common import (SMALL_DENSE, arguments, check, environment, losses, run,
-                        temporary_directory, train)
+                        temporary_directory, train, train_command)
 
 binary, source = arguments()
 nm = ["--set", "nm_sparsity.enabled=true", "--set", "nm_sparsity.n=2", "--set", "nm_sparsity.m=4",
@@ -40,9 +40,7 @@ with temporary_directory() as tmp:
     resumed_dir = os.path.join(tmp, "nm_resumed")
     env = environment(binary)
     env["SPARSERING_FAULT"] = "kill:step:0:6"
-    command = [os.path.join(source, "launch", "train.sh"),
-               os.path.join(source, "configs", "tiny.pbtxt"), "--run-dir", resumed_dir,
-               *SMALL_DENSE, "--set", "train.steps=10", *nm]
+    command = train_command(source, resumed_dir, "--set", "train.steps=10", *nm)
     process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     check(process.returncode != 0, "the killed run must fail", process)
     process = train(binary, source, resumed_dir, "--set", "train.steps=10", *nm, "--resume",

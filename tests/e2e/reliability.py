@@ -5,7 +5,7 @@ import os
 import subprocess
 import time
 
-from e2e_common import SMALL_DENSE, arguments, check, environment, losses, temporary_directory
+from e2e_common import arguments, check, environment, temporary_directory, train_command
 
 binary, source = arguments()
 
@@ -14,9 +14,7 @@ def train(run_dir, fault, *options):
     env = environment(binary)
     if fault:
         env["SPARSERING_FAULT"] = fault
-    command = [os.path.join(source, "launch", "train.sh"),
-               os.path.join(source, "configs", "tiny.pbtxt"), "--run-dir", run_dir,
-               *SMALL_DENSE, "--set", "train.steps=6", *options]
+    command = train_command(source, run_dir, "--set", "train.steps=6", *options)
     print("+ SPARSERING_FAULT=" + fault, " ".join(command), flush=True)
     start = time.time()
     process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -7,8 +7,8 @@ import signal
 import subprocess
 import time
 
-from e2e_common import (SMALL_DENSE, arguments, check, environment, losses, temporary_directory,
-                        train)
+from e2e_common import (arguments, check, environment, losses, temporary_directory, train,
+                        train_command)
 
 binary, source = arguments()
 common = ["--set", "train.steps=4", "--set", "checkpoint.every_steps=2",
@@ -71,9 +71,8 @@ with temporary_directory() as tmp:
     # The lock: a second training on a directory in use is refused, naming the holder.
     locked = os.path.join(tmp, "locked")
     first = subprocess.Popen(
-        [os.path.join(source, "launch", "train.sh"), os.path.join(source, "configs", "tiny.pbtxt"),
-         "--run-dir", locked, *SMALL_DENSE, "--set", "train.steps=100000",
-         "--set", "logging.log_every=100000"],
+        train_command(source, locked, "--set", "train.steps=100000",
+                      "--set", "logging.log_every=100000"),
         env=environment(binary), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:

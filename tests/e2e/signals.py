@@ -5,16 +5,15 @@ import signal
 import subprocess
 import time
 
-from e2e_common import SMALL_DENSE, arguments, check, environment, temporary_directory, train
+from e2e_common import arguments, check, environment, temporary_directory, train, train_command
 
 binary, source = arguments()
 
 
 def start(run_dir, *options):
-    command = [os.path.join(source, "launch", "train.sh"),
-               os.path.join(source, "configs", "tiny.pbtxt"), "--run-dir", run_dir, *SMALL_DENSE,
-               "--set", "train.steps=100000", "--set", "logging.log_every=100000",
-               "--set", "checkpoint.every_steps=2", *options]
+    command = train_command(source, run_dir, "--set", "train.steps=100000",
+                            "--set", "logging.log_every=100000",
+                            "--set", "checkpoint.every_steps=2", *options)
     print("+", " ".join(command), flush=True)
     return subprocess.Popen(command, env=environment(binary), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -3,6 +3,7 @@
 get one row per run with its swept values; a second call skips every finished run; --jobs-only
 prints one launch command per unfinished run; a bad axis value stops the sweep before any run."""
 import csv
+import json
 import os
 
 from e2e_common import arguments, check, run, temporary_directory
@@ -44,6 +45,10 @@ with temporary_directory() as tmp:
               f"{row['run']}: swept values {row['parallel.layout']}, {row['attention.kind']}")
         check(row["status"] == "finished" and row["steps"] == "20" and float(row["final_loss"]) > 0
               and float(row["tokens_per_second_mean"]) > 0, f"{row['run']}: bad summary {row}")
+        with open(os.path.join(sweep_dir, row["run"], "metrics.jsonl")) as f:
+            density = [json.loads(line)["attention_density"] for line in f]
+        check((min(density) < 1) == (kind == "SPARSE"),
+              f"{row['run']}: attention densities {density} do not match {kind}")
     with open(os.path.join(sweep_dir, "summary.md")) as f:
         table = [line for line in f if line.startswith("| tiny_layouts_")]
     check(len(table) == 6, f"summary.md should have 6 run rows, has {len(table)}")

@@ -6,8 +6,8 @@ import json
 import os
 import subprocess
 
-from e2e_common import (SMALL_DENSE, arguments, check, environment, losses, temporary_directory,
-                        train)
+from e2e_common import (arguments, check, environment, losses, temporary_directory, train,
+                        train_command)
 
 binary, source = arguments()
 common = ["--set", "train.steps=4", "--set", "checkpoint.every_steps=2"]
@@ -16,9 +16,7 @@ common = ["--set", "train.steps=4", "--set", "checkpoint.every_steps=2"]
 def train_with_write_fault(run_dir, fault, *options):
     env = environment(binary)
     env["SPARSERING_WRITE_FAULT"] = fault
-    command = [os.path.join(source, "launch", "train.sh"),
-               os.path.join(source, "configs", "tiny.pbtxt"), "--run-dir", run_dir,
-               *SMALL_DENSE, *options]
+    command = train_command(source, run_dir, *options)
     print("+ SPARSERING_WRITE_FAULT=" + fault, " ".join(command), flush=True)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
