@@ -15,109 +15,13 @@
 #include "device_constants.cuh"
 #include "device_convert.cuh"
 #include "device_ptx.cuh"
+#include "sparse_attention_backward_dq_walk.cuh"
 #include "sparse_attention_backward_launch.cuh"
 #include "sparse_attention_backward_tiles.cuh"
 #include "sparse_attention_cuda.h"
 
 namespace sparsering::kernels {
 namespace {
-
-// The kv tiles one query tile visits, in order: the kTile-key sub-tiles of its active blocks
-// (block_size / kTile per block), then its vertical columns in chunks of kTile. Block tiles whose
-// first key lies after the tile's last query are causally empty and skipped by next().
-struct KeyTiles {
-  const int32_t* block_cols;   // this row's active kv blocks (local ids)
-  const int32_t* columns;      // this row's vertical columns (local key tokens)
-  const int32_t* k_block_ids;  // local kv block -> global block id
-  int block_size;
-  int tiles_per_block;
-  int num_block_tiles;
-  int num_columns;
-  int num_tiles;
-  int q_pos0;  // global position of the tile's first query row
-
-  __device__ bool is_block(int it) const { return it < num_block_tiles; }
-  __device__ int block_token0(int it) const {
-    return block_cols[it / tiles_per_block] * block_size + (it % tiles_per_block) * kTile;
-  }
-  __device__ int block_pos0(int it) const {
-    return k_block_ids[block_cols[it / tiles_per_block]] * block_size +
-           (it % tiles_per_block) * kTile;
-  }
-  // First tile >= it that may hold a visible key.
-  __device__ int next(int it) const {
-    while (it < num_block_tiles && block_pos0(it) > q_pos0 + kTile - 1) ++it;
-    return it;
-  }
-  // A block tile entirely at or before the first query needs no causal mask; column chunks have
-  // arbitrary positions and padding, so they are always masked.
-  __device__ bool needs_mask(int it) const {
-    return !is_block(it) || block_pos0(it) + kTile - 1 > q_pos0;
-  }
-};
-
-// With columns_only the active blocks are left out (they are done by the per-kv-block kernel).
-__device__ __forceinline__ KeyTiles make_key_tiles(const SparseAttentionParams& p, int b, int h,
-                                                   int q_tile, bool columns_only) {
-  const int tiles_per_block = p.block_size / kTile;
-  const int qb = q_tile / tiles_per_block;
-  const int64_t row =
-      (static_cast<int64_t>(b) * p.num_heads + h) * (p.q_tokens / p.block_size) + qb;
-  const int block_begin = p.block_row_offsets[row];
-  const int block_end = p.block_row_offsets[row + 1];
-  const int column_begin = p.column_row_offsets[row];
-  const int column_end = p.column_row_offsets[row + 1];
-  KeyTiles tiles;
-  tiles.block_cols = p.block_cols + block_begin;
-  tiles.columns = p.column_indices + column_begin;
-  tiles.k_block_ids = p.k_block_ids;
-  tiles.block_size = p.block_size;
-  tiles.tiles_per_block = tiles_per_block;
-  tiles.num_block_tiles = columns_only ? 0 : (block_end - block_begin) * tiles_per_block;
-  tiles.num_columns = column_end - column_begin;
-  tiles.num_tiles = tiles.num_block_tiles + (tiles.num_columns + kTile - 1) / kTile;
-  tiles.q_pos0 = p.q_block_ids[qb] * p.block_size + (q_tile % tiles_per_block) * kTile;
-  return tiles;
-}
-
-// As in the forward, plus the local token of every key (-1 for padding) so that dK/dV rows of a
-// gathered column chunk can be scattered back.
-template <typename Element, int kHeadDim>
-__device__ __forceinline__ void load_key_tile(const KeyTiles& tiles, int it, const Element* k_head,
-                                              const Element* v_head, int64_t token_stride,
-                                              Element* k_dst, Element* v_dst, int* kpos_dst,
-                                              int* ktok_dst) {
-  using G = TileGeometry<kHeadDim>;
-  const bool is_block = tiles.is_block(it);
-  const int token0 = is_block ? tiles.block_token0(it) : 0;
-  const int pos0 = is_block ? tiles.block_pos0(it) : 0;
-  const int column0 = is_block ? 0 : (it - tiles.num_block_tiles) * kTile;
-#pragma unroll
-  for (int i = 0; i < G::kChunksPerThread; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kThreads;
-    const int r = c / G::kChunksPerRow;
-    const int chunk = c % G::kChunksPerRow;
-    int token = token0 + r;
-    bool valid = true;
-    if (!is_block) {
-      valid = column0 + r < tiles.num_columns;
-      token = valid ? tiles.columns[column0 + r] : 0;
-    }
-    const int64_t offset = token * token_stride + chunk * 8;
-    cp_async_16(k_dst + r * G::kStride + chunk * 8, k_head + offset, valid);
-    cp_async_16(v_dst + r * G::kStride + chunk * 8, v_head + offset, valid);
-    if (chunk == 0) {
-      int pos = pos0 + r;
-      if (!is_block) {
-        pos = valid ? tiles.k_block_ids[token / tiles.block_size] * tiles.block_size +
-                          token % tiles.block_size
-                    : INT_MAX;
-      }
-      kpos_dst[r] = pos;
-      ktok_dst[r] = valid ? token : -1;
-    }
-  }
-}
 
 // Adds scale * acc (a warp's 16 x kHeadDim mma accumulator) into the rows ktok_rows[0..16) of an
 // fp32 gradient with atomics, 4 values per lane and n-tile (pair_rows4); padding rows (token -1)
@@ -195,7 +99,7 @@ __global__ void __launch_bounds__(kThreads)
   const int b = blockIdx.z;
   const int q_token0 = q_tile * kTile;
   const int kvh = h / (p.num_heads / p.num_kv_heads);  // GQA
-  const KeyTiles tiles = make_key_tiles(p, b, h, q_tile, kColumnsOnly);
+  const BackwardKeyTiles tiles = make_backward_key_tiles(p, b, h, q_tile, kColumnsOnly);
   int it = tiles.next(0);
   if (it >= tiles.num_tiles) return;  // attends nothing here: no gradient (CTA-uniform exit)
 
@@ -219,7 +123,8 @@ __global__ void __launch_bounds__(kThreads)
     cp_async_16(do_s + r * G::kStride + chunk * 8, do_g + r * q_token_stride + chunk * 8, true);
   }
   cp_async_commit();
-  load_key_tile<Element, kHeadDim>(tiles, it, k_g, v_g, kv_token_stride, k_s, v_s, kpos_s, ktok_s);
+  load_backward_key_tile<Element, kHeadDim>(tiles, it, k_g, v_g, kv_token_stride, k_s, v_s, kpos_s,
+                                            ktok_s);
   cp_async_commit();
 
   // Row statistics of rows g and g + 8. lse is kept in log2 units; a row whose lse is -inf
@@ -260,9 +165,9 @@ __global__ void __launch_bounds__(kThreads)
     const int next = tiles.next(it + 1);
     const int next_stage = (stage + 1) % kKvStages;
     if (kKvStages == 2 && next < tiles.num_tiles) {
-      load_key_tile<Element, kHeadDim>(tiles, next, k_g, v_g, kv_token_stride,
-                                       k_s + next_stage * G::kElems, v_s + next_stage * G::kElems,
-                                       kpos_s + next_stage * kTile, ktok_s + next_stage * kTile);
+      load_backward_key_tile<Element, kHeadDim>(
+          tiles, next, k_g, v_g, kv_token_stride, k_s + next_stage * G::kElems,
+          v_s + next_stage * G::kElems, kpos_s + next_stage * kTile, ktok_s + next_stage * kTile);
     }
     // Possibly empty: keeps "all but the newest group" equal to "tile `it` and older" for wait<1>.
     cp_async_commit();
@@ -401,8 +306,8 @@ __global__ void __launch_bounds__(kThreads)
 
     __syncthreads();  // every warp is done with this stage (and P / dS) before they are refilled
     if (kKvStages == 1 && next < tiles.num_tiles) {
-      load_key_tile<Element, kHeadDim>(tiles, next, k_g, v_g, kv_token_stride, k_s, v_s, kpos_s,
-                                       ktok_s);
+      load_backward_key_tile<Element, kHeadDim>(tiles, next, k_g, v_g, kv_token_stride, k_s, v_s,
+                                                kpos_s, ktok_s);
       cp_async_commit();
     }
     stage = next_stage;
