@@ -178,21 +178,26 @@ VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_colum
 
   auto chosen_columns = at::zeros({heads, length}, bool_options);
   if (num_columns > 0) {
-    const auto top = std::get<1>(mass.vertical.topk(std::min(num_columns, length), 1));
+    const auto top = std::get<1>(
+        mass.vertical.topk(std::min(num_columns, length), 1, /*largest=*/true, /*sorted=*/false));
     chosen_columns.scatter_(1, top, true);
   }
   chosen_columns.slice(1, 0, std::min(sink_tokens, length)).fill_(true);
-  // Ascending positions of the chosen columns, padded with -1: sort "position or length".
+  // Ascending positions of the chosen columns, padded with -1: a chosen column's slot is the
+  // count of chosen columns before it (a prefix sum, far cheaper than sorting every position);
+  // the others go to a spare last slot that is cut off.
   const auto positions = at::arange(length, mass.vertical.options().dtype(at::kLong));
-  auto keyed = at::where(chosen_columns, positions.unsqueeze(0).expand({heads, length}),
-                         at::full({}, length, positions.options()));
-  const int64_t max_columns = chosen_columns.sum(1).max().item<int64_t>();
-  auto columns = std::get<0>(keyed.sort(1)).slice(1, 0, max_columns);
-  columns.masked_fill_(columns == length, -1);
+  const auto slot = chosen_columns.cumsum(1, at::kLong) - 1;
+  const int64_t max_columns = slot.select(1, length - 1).max().item<int64_t>() + 1;
+  auto columns = at::full({heads, max_columns + 1}, -1, positions.options());
+  columns.scatter_(1, at::where(chosen_columns, slot, at::full({}, max_columns, slot.options())),
+                   positions.unsqueeze(0).expand({heads, length}));
+  columns = columns.slice(1, 0, max_columns);
 
   auto chosen_diagonals = at::zeros({heads, length}, bool_options);
   if (num_diagonals > 0) {
-    const auto top = std::get<1>(mass.slash.topk(std::min(num_diagonals, length), 1));
+    const auto top = std::get<1>(
+        mass.slash.topk(std::min(num_diagonals, length), 1, /*largest=*/true, /*sorted=*/false));
     chosen_diagonals.scatter_(1, top, true);
   }
   chosen_diagonals.slice(1, 0, std::min(local_tokens, length)).fill_(true);
