@@ -4,8 +4,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <vector>
+
 #include "kernels/cuda/attention_mass_cuda.h"
 #include "kernels/cuda/sparse_attention_cuda.h"
+#include "kernels/cuda/sparse_index_cuda.h"
 
 namespace sparsering::kernels::cuda_ops {
 namespace {
@@ -189,6 +192,67 @@ AttentionMass attention_mass_from_logits_cuda(const at::Tensor& logits, const at
   check_launch(kernels::launch_attention_mass_from_logits(p, current_stream()),
                "launch_attention_mass_from_logits");
   return mass;
+}
+
+SparseIndex sparse_index_cuda(const SparseIndexInputs& in, bool transposed_blocks) {
+  const c10::cuda::CUDAGuard guard(in.block_diagonals.device());
+  TORCH_CHECK(
+      in.block_diagonals.scalar_type() == at::kBool && in.column_blocks.scalar_type() == at::kBool,
+      "CUDA sparse index: block_diagonals and column_blocks must be bool");
+  SparseIndexParams p;
+  p.q_block_ids = int32_data(in.q_block_ids, "q_block_ids");
+  p.k_block_ids = int32_data(in.k_block_ids, "k_block_ids");
+  p.block_diagonals = in.block_diagonals.data_ptr<bool>();
+  p.column_blocks = in.column_blocks.data_ptr<bool>();
+  p.columns = int32_data(in.columns, "columns");
+  p.column_slots = int32_data(in.column_slots, "column_slots");
+  p.column_tokens = int32_data(in.column_tokens, "column_tokens");
+  p.first_keys = int32_data(in.first_keys, "first_keys");
+  p.batch = static_cast<int>(in.batch);
+  p.heads = static_cast<int>(in.heads);
+  p.kv_heads = static_cast<int>(in.kv_heads);
+  p.block_size = static_cast<int>(in.block_size);
+  p.q_blocks = static_cast<int>(in.q_blocks);
+  p.k_blocks = static_cast<int>(in.k_blocks);
+  p.global_blocks = static_cast<int>(in.global_blocks);
+  p.num_columns = static_cast<int>(in.columns.size(1));
+  p.transposed_blocks = transposed_blocks;
+
+  // Count pass, row offsets, one host read of the three totals, fill pass.
+  const int64_t query_rows = in.batch * in.heads * in.q_blocks;
+  const int64_t t_rows = transposed_blocks ? in.batch * in.kv_heads * in.k_blocks : 0;
+  const auto int_options = in.q_block_ids.options();
+  const auto counts = at::empty({2 * query_rows + t_rows}, int_options);
+  p.block_counts = counts.data_ptr<int32_t>();
+  p.column_counts = p.block_counts + query_rows;
+  p.t_block_counts = transposed_blocks ? p.column_counts + query_rows : nullptr;
+  check_launch(launch_sparse_index_counts(p, current_stream()), "launch_sparse_index_counts");
+
+  SparseIndex index;
+  index.block_size = static_cast<int>(in.block_size);
+  index.block_row_offsets = row_offsets_of(counts.slice(0, 0, query_rows));
+  index.column_row_offsets = row_offsets_of(counts.slice(0, query_rows, 2 * query_rows));
+  std::vector<at::Tensor> totals{index.block_row_offsets.select(0, query_rows),
+                                 index.column_row_offsets.select(0, query_rows)};
+  if (transposed_blocks) {
+    index.t_block_row_offsets = row_offsets_of(counts.slice(0, 2 * query_rows));
+    totals.push_back(index.t_block_row_offsets.select(0, t_rows));
+  }
+  const auto sizes = at::stack(totals).cpu();
+  const auto* size = sizes.data_ptr<int32_t>();
+  index.block_cols = at::empty({size[0]}, int_options);
+  index.column_indices = at::empty({size[1]}, int_options);
+  p.block_row_offsets = index.block_row_offsets.data_ptr<int32_t>();
+  p.column_row_offsets = index.column_row_offsets.data_ptr<int32_t>();
+  p.block_cols = index.block_cols.data_ptr<int32_t>();
+  p.column_indices = index.column_indices.data_ptr<int32_t>();
+  if (transposed_blocks) {
+    index.t_block_entries = at::empty({size[2]}, int_options);
+    p.t_block_row_offsets = index.t_block_row_offsets.data_ptr<int32_t>();
+    p.t_block_entries = index.t_block_entries.data_ptr<int32_t>();
+  }
+  check_launch(launch_sparse_index_fill(p, current_stream()), "launch_sparse_index_fill");
+  return index;
 }
 
 }  // namespace sparsering::kernels::cuda_ops

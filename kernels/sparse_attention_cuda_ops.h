@@ -32,4 +32,8 @@ AttentionMass attention_mass_from_logits_cuda(const at::Tensor& logits, const at
                                               const at::Tensor& k_positions,
                                               int64_t sequence_length);
 
+// The rows of kernels/sparse_index.h on the GPU (kernels/cuda/sparse_index.cu); the transposed
+// columns are left to build_sparse_index.
+SparseIndex sparse_index_cuda(const SparseIndexInputs& in, bool transposed_blocks);
+
 }  // namespace sparsering::kernels::cuda_ops

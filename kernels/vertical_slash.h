@@ -1,13 +1,15 @@
-// Vertical-slash attention patterns (docs/algorithms.md, 1): estimation from a sample of queries,
-// selection of the top columns and diagonals per head, and conversion into the block-sparse index
-// of any (query shard, key/value shard) pair under any token layout. Written on ATen ops, so the
-// same code runs on CPU and GPU; the parts that need every rank's keys take and return plain
-// tensors that the ring layer (parallel/) combines with collectives.
+// Vertical-slash attention patterns (docs/algorithms.md, 1): estimation from a sample of queries
+// and selection of the top columns and diagonals per head; kernels/sparse_index.h turns a pattern
+// into the block-sparse index of any (query shard, key/value shard) pair under any token layout.
+// Written on ATen ops (with fused CUDA kernels for the softmax statistics and the attention
+// mass), so the same code runs on CPU and GPU; the parts that need every rank's keys take and
+// return plain tensors that the ring layer (parallel/) combines with collectives.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include "kernels/sparse_attention.h"
+#include "kernels/sparse_index.h"
 
 namespace sparsering::kernels {
 
@@ -69,22 +71,5 @@ AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Ten
 VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_columns,
                                     int64_t num_diagonals, int64_t sink_tokens,
                                     int64_t local_tokens, int block_size);
-
-// Which parts of the transposed index (kv block -> query blocks) to build: the GPU's fast
-// backward walks the transposed blocks; the deterministic backward also the transposed columns
-// (an expensive sort, so only when asked).
-enum class Transpose { kNone, kBlocks, kBlocksAndColumns };
-
-// The index of one (query shard, kv shard) pair, replicated over `batch`. Columns inside an
-// active block of their row are left to the block part, and a kv block made wholly of a head's
-// columns (the sink, for one) becomes an active block of every causal row: the same pairs. When
-// blocks.q_key_starts is defined (document masking), each (sequence, query block) row drops the kv
-// blocks and columns that lie entirely before the smallest key start of its queries: they would be
-// masked anyway, so this only saves work and the rows then differ per sequence.
-SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardBlocks& blocks,
-                               int64_t batch, int64_t kv_heads, Transpose transpose);
-
-// Attended (query, key) pairs of an index, counting blocks as full; for density figures.
-int64_t attended_pairs(const SparseIndex& index);
 
 }  // namespace sparsering::kernels

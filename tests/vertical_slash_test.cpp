@@ -7,6 +7,7 @@
 
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/sparse_attention_cpu.h"
@@ -92,6 +93,31 @@ TEST(AttentionMassFromLogits, ShardsCombinedLikeTheRingEqualTheWholeSequenceSoft
   auto units = at::full({heads}, static_cast<double>(batch * samples), at::kDouble);
   units[heads - 1] -= 1;
   EXPECT_TRUE(at::allclose(combined.vertical.sum(1).to(at::kDouble), units, 1e-5));
+}
+
+// The deterministic backward's transposed columns as they must be: row (b, kv head, key token)
+// lists q_head * q_blocks + qb of every column row holding that key, in ascending row order.
+// Returns the expected offsets and entries, from the column rows by plain loops.
+std::pair<at::Tensor, at::Tensor> expected_transposed_columns(const kernels::SparseIndex& index,
+                                                              int64_t batch, int64_t heads,
+                                                              int64_t kv_heads, int64_t q_blocks,
+                                                              int64_t k_tokens) {
+  std::vector<std::vector<int>> rows(batch * kv_heads * k_tokens);
+  for (int64_t row = 0; row < batch * heads * q_blocks; ++row) {
+    const int64_t b = row / (heads * q_blocks), h = row / q_blocks % heads, qb = row % q_blocks;
+    for (int c = index.column_row_offsets[row].item<int>();
+         c < index.column_row_offsets[row + 1].item<int>(); ++c) {
+      const int64_t key = index.column_indices[c].item<int>();
+      rows[(b * kv_heads + h / (heads / kv_heads)) * k_tokens + key].push_back(
+          static_cast<int>(h * q_blocks + qb));
+    }
+  }
+  std::vector<int> offsets{0}, entries;
+  for (const auto& row : rows) {
+    entries.insert(entries.end(), row.begin(), row.end());
+    offsets.push_back(static_cast<int>(entries.size()));
+  }
+  return {at::tensor(offsets, at::kInt), at::tensor(entries, at::kInt)};
 }
 
 // The (batch, head, query block, kv block) incidences of an index's CSR, and of its transposed
@@ -190,6 +216,10 @@ TEST_P(IndexUnderLayout, PairIndicesTileTheGlobalMask) {
       EXPECT_EQ(index.t_column_entries.numel(), index.column_indices.numel());
       EXPECT_EQ(index.t_block_row_offsets[-1].item<int>(), index.block_cols.numel());
       EXPECT_EQ(index.t_column_row_offsets[-1].item<int>(), index.column_indices.numel());
+      const auto [t_offsets, t_entries] = expected_transposed_columns(
+          index, 2, heads, kv_heads, layout.blocks_per_rank(), layout.blocks_per_rank() * block);
+      EXPECT_TRUE(index.t_column_row_offsets.equal(t_offsets));
+      EXPECT_TRUE(index.t_column_entries.equal(t_entries));
     }
   }
 }
