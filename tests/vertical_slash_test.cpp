@@ -301,6 +301,14 @@ TEST(DensePattern, IndexesEveryCausalBlock) {
       kernels::build_sparse_index(pattern, {ids, ids, {}}, 1, 1, kernels::Transpose::kNone);
   EXPECT_EQ(index.num_blocks(), 2 * 8 * 9 / 2);
   EXPECT_EQ(index.num_columns(), 0);
+  // With every transposed part: kv block kb is read by query blocks kb..7 of both heads.
+  const auto full = kernels::build_sparse_index(pattern, {ids, ids, {}}, 2, 1,
+                                                kernels::Transpose::kBlocksAndColumns);
+  EXPECT_EQ(full.num_blocks(), 2 * 2 * 8 * 9 / 2);
+  EXPECT_EQ(full.t_block_entries.numel(), full.num_blocks());
+  EXPECT_EQ(full.t_block_row_offsets[1].item<int>(), 2 * 8);
+  EXPECT_EQ(full.t_column_row_offsets.numel(), 2 * 8 * block + 1);
+  EXPECT_EQ(full.t_column_entries.numel(), 0);
 }
 
 }  // namespace

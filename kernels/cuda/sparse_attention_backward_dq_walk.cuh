@@ -10,6 +10,7 @@
 #include "device_ptx.cuh"
 #include "sparse_attention_backward_tiles.cuh"
 #include "sparse_attention_cuda.h"
+#include "sparse_index_row.cuh"
 
 namespace sparsering::kernels {
 
@@ -53,12 +54,7 @@ __device__ __forceinline__ BackwardKeyTiles make_backward_key_tiles(const Sparse
                                                                     bool columns_only) {
   const int tiles_per_block = p.block_size / kTile;
   const int qb = q_tile / tiles_per_block;
-  const int64_t row =
-      (static_cast<int64_t>(b) * p.num_heads + h) * (p.q_tokens / p.block_size) + qb;
-  const int block_begin = p.block_row_offsets[row];
-  const int block_end = p.block_row_offsets[row + 1];
-  const int column_begin = p.column_row_offsets[row];
-  const int column_end = p.column_row_offsets[row + 1];
+  const auto [block_begin, block_end, column_begin, column_end] = index_row(p, b, h, qb);
   BackwardKeyTiles tiles;
   tiles.block_cols = p.block_cols + block_begin;
   tiles.columns = p.column_indices + column_begin;

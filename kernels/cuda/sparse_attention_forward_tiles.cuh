@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "sparse_attention_cuda.h"
+#include "sparse_index_row.cuh"
 
 namespace sparsering::kernels {
 
@@ -47,12 +48,7 @@ struct KeyTiles {
 template <int kKeys>
 __device__ __forceinline__ KeyTiles<kKeys> make_key_tiles(const SparseAttentionParams& p, int b,
                                                           int h, int qb, int q_pos0, int rows) {
-  const int64_t row =
-      (static_cast<int64_t>(b) * p.num_heads + h) * (p.q_tokens / p.block_size) + qb;
-  const int block_begin = p.block_row_offsets[row];
-  const int block_end = p.block_row_offsets[row + 1];
-  const int column_begin = p.column_row_offsets[row];
-  const int column_end = p.column_row_offsets[row + 1];
+  const auto [block_begin, block_end, column_begin, column_end] = index_row(p, b, h, qb);
   KeyTiles<kKeys> tiles;
   tiles.block_begin = block_begin;
   tiles.column_begin = column_begin;

@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const Row r = row_of_warp(p, warp);
 
   int b, h = 0, qb = 0, kb = 0, candidates;
-  int group = p.heads / p.kv_heads;
+  const int group = p.heads / p.kv_heads;
   if (r.family == Family::kTransposedBlocks) {
     kb = static_cast<int>(r.row % p.k_blocks);
     h = static_cast<int>(r.row / p.k_blocks % p.kv_heads);  // the kv head here
@@ -162,9 +162,11 @@ cudaError_t validate(const SparseIndexParams& p, bool fill) {
       (p.num_columns > 0 && (!p.columns || !p.column_slots || !p.column_tokens))) {
     return cudaErrorInvalidValue;
   }
+  // The entry arrays may be null where a family has no entries (the fill pass writes only
+  // active candidates); the offsets always exist.
   if (fill) {
-    if (!p.block_row_offsets || !p.column_row_offsets || !p.block_cols || !p.column_indices ||
-        (p.transposed_blocks && (!p.t_block_row_offsets || !p.t_block_entries))) {
+    if (!p.block_row_offsets || !p.column_row_offsets ||
+        (p.transposed_blocks && !p.t_block_row_offsets)) {
       return cudaErrorInvalidValue;
     }
   } else if (!p.block_counts || !p.column_counts || (p.transposed_blocks && !p.t_block_counts)) {

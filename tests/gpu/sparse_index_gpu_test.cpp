@@ -51,6 +51,18 @@ void expect_equal(const at::Tensor& gpu, const at::Tensor& cpu, const char* what
       << what << ": " << gpu.numel() << " vs " << cpu.numel() << " entries";
 }
 
+void expect_same_index(const kernels::SparseIndex& got, const kernels::SparseIndex& expected) {
+  EXPECT_EQ(got.block_size, expected.block_size);
+  expect_equal(got.block_row_offsets, expected.block_row_offsets, "block_row_offsets");
+  expect_equal(got.block_cols, expected.block_cols, "block_cols");
+  expect_equal(got.column_row_offsets, expected.column_row_offsets, "column_row_offsets");
+  expect_equal(got.column_indices, expected.column_indices, "column_indices");
+  expect_equal(got.t_block_row_offsets, expected.t_block_row_offsets, "t_block_row_offsets");
+  expect_equal(got.t_block_entries, expected.t_block_entries, "t_block_entries");
+  expect_equal(got.t_column_row_offsets, expected.t_column_row_offsets, "t_column_row_offsets");
+  expect_equal(got.t_column_entries, expected.t_column_entries, "t_column_entries");
+}
+
 TEST_P(SparseIndexGpu, EqualsReferenceTwin) {
   const IndexCase c = GetParam();
   const int64_t length = c.blocks * c.block;
@@ -89,15 +101,7 @@ TEST_P(SparseIndexGpu, EqualsReferenceTwin) {
       poison_int32(expected);
       const auto got =
           kernels::build_sparse_index(pattern_gpu, gpu_blocks, c.batch, c.kv_heads, c.transpose);
-      EXPECT_EQ(got.block_size, expected.block_size);
-      expect_equal(got.block_row_offsets, expected.block_row_offsets, "block_row_offsets");
-      expect_equal(got.block_cols, expected.block_cols, "block_cols");
-      expect_equal(got.column_row_offsets, expected.column_row_offsets, "column_row_offsets");
-      expect_equal(got.column_indices, expected.column_indices, "column_indices");
-      expect_equal(got.t_block_row_offsets, expected.t_block_row_offsets, "t_block_row_offsets");
-      expect_equal(got.t_block_entries, expected.t_block_entries, "t_block_entries");
-      expect_equal(got.t_column_row_offsets, expected.t_column_row_offsets, "t_column_row_offsets");
-      expect_equal(got.t_column_entries, expected.t_column_entries, "t_column_entries");
+      expect_same_index(got, expected);
       checked_blocks += expected.num_blocks();
       checked_columns += expected.num_columns();
     }
@@ -105,6 +109,23 @@ TEST_P(SparseIndexGpu, EqualsReferenceTwin) {
   // Guards against a vacuous comparison: both parts of the index carry entries.
   EXPECT_GT(checked_blocks, 0);
   EXPECT_GT(checked_columns, 0);
+}
+
+// The dense pattern (every causal block, no columns: empty column rows) through both builders.
+TEST(SparseIndexGpuDense, EqualsReferenceTwin) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
+  const auto ids = at::arange(16, at::kInt);
+  const kernels::ShardBlocks cpu_blocks{ids, ids, {}};
+  const kernels::ShardBlocks gpu_blocks{ids.cuda(), ids.cuda(), {}};
+  const auto expected =
+      kernels::build_sparse_index(kernels::dense_pattern(4, 16 * 64, 64, at::kCPU), cpu_blocks, 2,
+                                  2, kernels::Transpose::kBlocksAndColumns);
+  const auto got =
+      kernels::build_sparse_index(kernels::dense_pattern(4, 16 * 64, 64, at::kCUDA), gpu_blocks, 2,
+                                  2, kernels::Transpose::kBlocksAndColumns);
+  EXPECT_EQ(expected.num_blocks(), 2 * 4 * 16 * 17 / 2);
+  EXPECT_EQ(expected.num_columns(), 0);
+  expect_same_index(got, expected);
 }
 
 using config::LayoutKind;
