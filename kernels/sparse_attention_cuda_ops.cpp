@@ -230,16 +230,17 @@ SparseIndex sparse_index_cuda(const SparseIndexInputs& in, bool transposed_block
 
   SparseIndex index;
   index.block_size = static_cast<int>(in.block_size);
-  index.block_row_offsets = row_offsets_of(counts.slice(0, 0, query_rows));
-  index.column_row_offsets = row_offsets_of(counts.slice(0, query_rows, 2 * query_rows));
-  std::vector<at::Tensor> totals{index.block_row_offsets.select(0, query_rows),
-                                 index.column_row_offsets.select(0, query_rows)};
+  std::vector<at::Tensor> totals(transposed_blocks ? 3 : 2);
+  index.block_row_offsets = row_offsets_of(counts.slice(0, 0, query_rows), &totals[0]);
+  index.column_row_offsets =
+      row_offsets_of(counts.slice(0, query_rows, 2 * query_rows), &totals[1]);
   if (transposed_blocks) {
-    index.t_block_row_offsets = row_offsets_of(counts.slice(0, 2 * query_rows));
-    totals.push_back(index.t_block_row_offsets.select(0, t_rows));
+    index.t_block_row_offsets = row_offsets_of(counts.slice(0, 2 * query_rows), &totals[2]);
   }
   const auto sizes = at::stack(totals).cpu();
-  const auto* size = sizes.data_ptr<int32_t>();
+  const auto* size = sizes.data_ptr<int64_t>();
+  check_index_entries(size[0], "block");  // the transposed blocks are the same entries
+  check_index_entries(size[1], "column");
   index.block_cols = at::empty({size[0]}, int_options);
   index.column_indices = at::empty({size[1]}, int_options);
   p.block_row_offsets = index.block_row_offsets.data_ptr<int32_t>();

@@ -1,5 +1,8 @@
 #include "kernels/sparse_index.h"
 
+#include <cstdint>
+#include <limits>
+
 #include "kernels/cpu/sparse_index_cpu.h"
 #include "kernels/sparse_attention_cuda_ops.h"
 #include "kernels/vertical_slash.h"
@@ -97,10 +100,20 @@ SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardB
   return index;
 }
 
-at::Tensor row_offsets_of(const at::Tensor& counts) {
+at::Tensor row_offsets_of(const at::Tensor& counts, at::Tensor* total) {
+  const auto sums = counts.reshape(-1).cumsum(0, at::kLong);
   auto offsets = at::zeros({counts.numel() + 1}, counts.options().dtype(at::kInt));
-  offsets.slice(0, 1).copy_(counts.reshape(-1).cumsum(0));
+  offsets.slice(0, 1).copy_(sums);
+  if (total) *total = counts.numel() > 0 ? sums[-1] : at::zeros({}, sums.options());
   return offsets;
+}
+
+void check_index_entries(int64_t entries, const char* part) {
+  TORCH_CHECK(entries <= std::numeric_limits<int32_t>::max(), "build_sparse_index: ", entries, " ",
+              part,
+              " entries in one shard pair exceed the kernels' int32 index; raise "
+              "parallel.context_parallel_size (shorter shards), attention.block_size, or lower "
+              "the column budget (attention.vertical_fraction / vertical_budget)");
 }
 
 int64_t attended_pairs(const SparseIndex& index) {

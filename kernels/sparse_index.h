@@ -27,8 +27,15 @@ enum class Transpose { kNone, kBlocks, kBlocksAndColumns };
 SparseIndex build_sparse_index(const VerticalSlashPattern& pattern, const ShardBlocks& blocks,
                                int64_t batch, int64_t kv_heads, Transpose transpose);
 
-// int32 CSR row offsets [n + 1] from n per-row entry counts (any integer type, any shape).
-at::Tensor row_offsets_of(const at::Tensor& counts);
+// int32 CSR row offsets [n + 1] from n per-row entry counts (any integer type, any shape). With
+// `total`, it receives the number of entries (int64, 0-dim, on the counts' device), summed before
+// any int32 rounding, for check_index_entries.
+at::Tensor row_offsets_of(const at::Tensor& counts, at::Tensor* total = nullptr);
+
+// The kernels index entries with int32 (sparse_attention_params.h): refuses `entries` of one part
+// of an index ("block", "column") beyond that, naming what shrinks it, instead of letting the
+// row offsets wrap.
+void check_index_entries(int64_t entries, const char* part);
 
 // Attended (query, key) pairs of an index, counting blocks as full; for density figures.
 int64_t attended_pairs(const SparseIndex& index);

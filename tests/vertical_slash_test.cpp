@@ -311,5 +311,23 @@ TEST(DensePattern, IndexesEveryCausalBlock) {
   EXPECT_EQ(full.t_column_entries.numel(), 0);
 }
 
+// Row offsets carry the entry count summed in int64; a count past int32 is refused by name
+// rather than wrapped into negative offsets.
+TEST(SparseIndexSize, EntriesBeyondInt32AreRefused) {
+  at::Tensor total;
+  const auto offsets = kernels::row_offsets_of(at::tensor({3, 0, 5}, at::kInt), &total);
+  EXPECT_TRUE(offsets.equal(at::tensor({0, 3, 3, 8}, at::kInt)));
+  EXPECT_EQ(total.item<int64_t>(), 8);
+  EXPECT_NO_THROW(kernels::check_index_entries(std::numeric_limits<int32_t>::max(), "block"));
+  try {
+    kernels::check_index_entries(int64_t{1} << 31, "column");
+    ADD_FAILURE() << "2^31 column entries were accepted";
+  } catch (const c10::Error& error) {
+    const std::string message = error.what_without_backtrace();
+    EXPECT_NE(message.find("2147483648 column entries"), std::string::npos) << message;
+    EXPECT_NE(message.find("parallel.context_parallel_size"), std::string::npos) << message;
+  }
+}
+
 }  // namespace
 }  // namespace sparsering

@@ -46,12 +46,17 @@ SparseIndex sparse_index_cpu(const SparseIndexInputs& in, bool transposed_blocks
 
   SparseIndex index;
   index.block_size = static_cast<int>(bs);
-  index.block_row_offsets = row_offsets_of(batch_blocks.sum(-1).expand({batch, heads, q_blocks}));
+  at::Tensor block_entries, column_entries;
+  index.block_row_offsets =
+      row_offsets_of(batch_blocks.sum(-1).expand({batch, heads, q_blocks}), &block_entries);
+  check_index_entries(block_entries.item<int64_t>(), "block");
   index.block_cols = every_sequence(at::arange(k_blocks, int_options)
                                         .view({1, 1, 1, k_blocks})
                                         .expand_as(batch_blocks)
                                         .masked_select(batch_blocks));
-  index.column_row_offsets = row_offsets_of(batch_columns.sum(-1).expand({batch, heads, q_blocks}));
+  index.column_row_offsets =
+      row_offsets_of(batch_columns.sum(-1).expand({batch, heads, q_blocks}), &column_entries);
+  check_index_entries(column_entries.item<int64_t>(), "column");
   index.column_indices = every_sequence(in.column_tokens.view({1, heads, 1, num_columns})
                                             .expand_as(batch_columns)
                                             .masked_select(batch_columns));
