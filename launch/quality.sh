@@ -20,7 +20,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${SPARSERING_BIN:-$root/build/sparsering}
-python=${PYTHON:-$root/.venv/bin/python3}
+python=$(command -v "${PYTHON:-$root/.venv/bin/python3}" || true)
 all_stages=(corpus pretrain dense sparse sparse_nm eval report)
 
 fail() {
@@ -60,7 +60,7 @@ for var in CORPUS_MAX_MB RETRIEVAL_FRACTION PRETRAIN_CONFIG EXTEND_CONFIG EXTEND
 done
 out=${out:-$root/runs/quality/$setting}
 [ -x "$bin" ] || fail "$bin not built; run launch/setup.sh first"
-[ -x "$python" ] || fail "$python not found; run launch/setup.sh first (or set PYTHON)"
+[ -n "$python" ] && [ -x "$python" ] || fail "${PYTHON:-$root/.venv/bin/python3} not found; run launch/setup.sh first (or set PYTHON)"
 cd "$root"
 
 start=$SECONDS
