@@ -48,6 +48,25 @@ check("does not fit" in replicated or longest(replicated) == 0,
 qwen_h100 = longest(plan("qwen2_5_3b_shape.pbtxt", "--gpu-memory", "80"))
 qwen_h200 = longest(plan("qwen2_5_3b_shape.pbtxt", "--gpu-memory", "141"))
 check(0 < qwen_h100 < qwen_h200, f"longest context {qwen_h100} on 80 GiB, {qwen_h200} on 141")
+
+
+def total_and_reserved(config, tokens, gpu_gib):
+    text = plan(config, "--gpu-memory", str(gpu_gib), "--set", f"train.sequence_length={tokens}")
+    total = re.search(r"at \d+ tokens \(\d+ per rank\)\s+([0-9.]+) GiB", text)
+    reserved = re.search(r"\(([0-9.]+) GiB reserved", text)
+    check(total is not None and reserved is not None, f"no total or reserve in:\n{text}")
+    return float(total.group(1)) + float(reserved.group(1))
+
+
+# The longest context is the last multiple of 2 x cp x block (256 tokens here) whose planned
+# total, with the reserve, fits the GPU.
+for config, gpu_gib in (("qwen2_5_3b_shape.pbtxt", 80), ("llama3_8b_shape.pbtxt", 141)):
+    tokens = longest(plan(config, "--gpu-memory", str(gpu_gib)))
+    inside = total_and_reserved(config, tokens, gpu_gib)
+    beyond = total_and_reserved(config, tokens + 256, gpu_gib)
+    check(inside <= gpu_gib + 0.01 and beyond > gpu_gib - 0.01,
+          f"{config}: longest context {tokens} plans {inside} GiB, {tokens + 256} plans {beyond} "
+          f"GiB on a {gpu_gib} GiB GPU")
 process = run([binary, "plan", "--config", os.path.join(source, "configs", "qwen2_5_3b_shape.pbtxt"),
                "--world-size", "3", "--set", "parallel.context_parallel_size=2"], binary)
 check(process.returncode == 2 and process.stderr.count("\n") == 1 and "--world-size" in

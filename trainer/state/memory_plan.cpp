@@ -11,9 +11,18 @@ namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
-// The CUDA context, NCCL's buffers and the caching allocator's fragmentation: memory the
-// allocator's own peak does not show but the GPU does not have for tensors.
+// The CUDA context and NCCL's buffers (fixed), and the caching allocator's fragmentation, which
+// grows with the size of the tensors it splits (4% of the GPU): memory the allocator's own peak
+// does not show but the GPU does not have for tensors. The Qwen2.5-3B shape's 208K-token plan
+// under a 3 GiB reserve alone ran out of memory on an 80 GB H100.
 constexpr int64_t kReservedBytes = 3LL << 30;
+constexpr double kFragmentationShare = 0.04;
+
+// During a recomputed layer's backward the layer's saved tensors are live together with the
+// gradients its backward makes (the SwiGLU's and attention's input gradients). 1.5x the saved set
+// fits the peaks measured on one H100 (2026-12-07; bench/RESULTS.md) over two to three context
+// lengths of the ~1.1B model and the Qwen2.5-3B and Llama-3-8B shapes, the plan 0-8% above them.
+constexpr double kBackwardLayerFactor = 1.5;
 
 struct ParameterCounts {
   int64_t per_layer = 0, other = 0;
@@ -77,10 +86,10 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
 
   // Activations per local token. A layer keeps its input (checkpointing) or every tensor autograd
   // saves: norms, q/k/v, attention output and its log-sum-exp, o_proj, the SwiGLU's gate, up,
-  // activation and product. The backward of one layer frees the saved tensors as it makes their
-  // gradients, so the recomputed layer plus its backward peaks near one layer's saved set:
-  // measured on one H100, 0.86x of it for the ~1.1B model at 128K and 0.82x for the Qwen2.5-3B
-  // shape at 64K, so the plan counts 1x (and the embedding output and its gradient).
+  // activation and product. The peak comes at one of two moments: at the loss (every layer's
+  // kept tensors plus the loss workspace) or in the first layer's backward (the same tensors,
+  // the loss workspace freed, plus one layer's saved set and its gradients,
+  // kBackwardLayerFactor x the saved set).
   const int64_t h = m.hidden_size, f = m.ffn_hidden_size;
   const int64_t kv = static_cast<int64_t>(m.num_kv_heads) * m.head_dim();
   // Head parallelism (u > 1): attention holds the exchanged q, k, v and output besides the
@@ -95,10 +104,12 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
   const double ring = e.parallel.context_parallel_size / u > 1
                           ? static_cast<double>(exchanged_kv * (4 * b + 8))
                           : 0.0;
-  plan.activation_bytes_per_token =
-      (m.activation_checkpointing ? m.num_layers * h * b + layer_saved
-                                  : m.num_layers * layer_saved + layer_saved) +
-      ring + 2 * h * b;
+  // The embedding output and its gradient, and what every layer keeps until its backward.
+  const double kept = static_cast<double>(2 * h * b) +
+                      (m.activation_checkpointing ? static_cast<double>(m.num_layers * h * b)
+                                                  : m.num_layers * layer_saved);
+  plan.loss_bytes_per_token = kept + ring;
+  plan.activation_bytes_per_token = kept + ring + kBackwardLayerFactor * layer_saved;
   const int64_t micro = e.train.micro_batch_size;
   plan.local_tokens =
       static_cast<int64_t>(e.train.sequence_length) / e.parallel.context_parallel_size;
@@ -108,18 +119,21 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
                             : plan.local_tokens * micro;
   plan.workspace_bytes = 2 * chunk * static_cast<int64_t>(m.vocab_size) * 4;
   const int64_t state = plan.weight_bytes + plan.gradient_bytes + plan.optimizer_bytes;
-  plan.total_bytes =
-      state + plan.workspace_bytes +
-      static_cast<int64_t>(plan.activation_bytes_per_token * micro * plan.local_tokens);
+  const double tokens = static_cast<double>(micro * plan.local_tokens);
+  plan.total_bytes = state + static_cast<int64_t>(
+                                 std::max(plan.workspace_bytes + plan.loss_bytes_per_token * tokens,
+                                          plan.activation_bytes_per_token * tokens));
   if (gpu_memory_bytes > 0) {
-    const double free_bytes =
-        static_cast<double>(gpu_memory_bytes - kReservedBytes - state - plan.workspace_bytes);
-    if (free_bytes > 0) {
-      const int64_t tokens =
-          static_cast<int64_t>(free_bytes / (plan.activation_bytes_per_token * micro));
+    plan.reserved_bytes =
+        kReservedBytes + static_cast<int64_t>(kFragmentationShare * gpu_memory_bytes);
+    const double free_bytes = static_cast<double>(gpu_memory_bytes - plan.reserved_bytes - state);
+    if (free_bytes > plan.workspace_bytes) {
+      const double fit = std::min((free_bytes - plan.workspace_bytes) / plan.loss_bytes_per_token,
+                                  free_bytes / plan.activation_bytes_per_token);
       // Contexts are multiples of 2 x cp x block (validation's rule).
       const int64_t unit = 2LL * e.parallel.context_parallel_size * e.attention.block_size;
-      plan.longest_context = tokens * e.parallel.context_parallel_size / unit * unit;
+      plan.longest_context =
+          static_cast<int64_t>(fit / micro) * e.parallel.context_parallel_size / unit * unit;
     }
   }
   return plan;
@@ -138,13 +152,15 @@ std::string memory_plan_table(const config::Experiment& e, const MemoryPlan& pla
   out << "  optimizer state (GPU)         " << gib(plan.optimizer_bytes) << "\n";
   out << "  optimizer state (host)        " << gib(plan.host_optimizer_bytes) << "\n";
   out << "  activations per token         " << plan.activation_bytes_per_token / 1024.0
-      << " KiB (x micro_batch_size " << e.train.micro_batch_size << ")\n";
-  out << "  loss workspace                " << gib(plan.workspace_bytes) << "\n";
+      << " KiB in the backward, " << plan.loss_bytes_per_token / 1024.0
+      << " KiB at the loss (x micro_batch_size " << e.train.micro_batch_size << ")\n";
+  out << "  loss workspace                " << gib(plan.workspace_bytes)
+      << " (freed before the backward)\n";
   out << "  at " << e.train.sequence_length << " tokens (" << plan.local_tokens << " per rank)     "
       << gib(plan.total_bytes) << "\n";
   if (gpu_memory_bytes > 0) {
-    out << "  longest context in " << gib(gpu_memory_bytes) << " per GPU (" << gib(kReservedBytes)
-        << " reserved for the CUDA context, NCCL and fragmentation): ";
+    out << "  longest context in " << gib(gpu_memory_bytes) << " per GPU ("
+        << gib(plan.reserved_bytes) << " reserved for the CUDA context, NCCL and fragmentation): ";
     if (plan.longest_context > 0) {
       out << plan.longest_context << " tokens\n";
     } else {

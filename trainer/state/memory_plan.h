@@ -18,8 +18,10 @@ struct MemoryPlan {
   int64_t gradient_bytes = 0;        // per rank, peak
   int64_t optimizer_bytes = 0;       // per rank, on the GPU
   int64_t host_optimizer_bytes = 0;  // per rank, offloaded to host memory
-  double activation_bytes_per_token = 0;  // per local token, per sequence of the micro-batch
-  int64_t workspace_bytes = 0;            // loss chunk and allocator slack, independent of length
+  double activation_bytes_per_token = 0;  // per local token and sequence, in the backward (peak)
+  double loss_bytes_per_token = 0;        // per local token and sequence, at the loss
+  int64_t workspace_bytes = 0;            // the loss chunk's logits and their gradient
+  int64_t reserved_bytes = 0;             // of gpu_memory_bytes: CUDA context, NCCL, fragmentation
   int64_t local_tokens = 0;               // tokens per rank at train.sequence_length
   int64_t total_bytes = 0;                // per rank at train.sequence_length
   int64_t longest_context = 0;  // tokens per sequence that fit `gpu_memory_bytes` (0: none)
