@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -56,7 +57,7 @@ void truncate_metrics(const std::string& path, int64_t last_step) {
 }
 
 void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir,
-                    const ModelStateBytes& model_state) {
+                    const ModelStateBytes& model_state, int64_t planned_peak_bytes) {
   RankProfile profile = profiler.rank_profile();
   profile.weight_bytes = model_state.weights;
   profile.gradient_bytes = model_state.gradients;
@@ -77,7 +78,20 @@ void report_profile(Profiler& profiler, parallel::Communicator& world, const std
     traces.emplace_back(reinterpret_cast<const char*>(all[r].data_ptr<uint8_t>()),
                         lengths[r][0].item<int64_t>());
   }
-  std::cout << format_profile_summary(summarize_profiles(profiler.phases(), ranks));
+  const ProfileSummary summary = summarize_profiles(profiler.phases(), ranks);
+  std::cout << format_profile_summary(summary);
+  const auto peaks = summary.peak_memory_bytes;
+  if (planned_peak_bytes > 0 && !peaks.empty()) {
+    // The planner's check: its prediction for this config beside the largest measured peak.
+    const double peak = static_cast<double>(*std::max_element(peaks.begin(), peaks.end()));
+    char line[160];
+    std::snprintf(line, sizeof(line),
+                  "memory plan (sparsering plan) %.2f GiB per rank; measured peak %.2f GiB (%.3f "
+                  "of the plan)\n",
+                  planned_peak_bytes / 1073741824.0, peak / 1073741824.0,
+                  peak / planned_peak_bytes);
+    std::cout << line;
+  }
   const std::string trace = (fs::path(run_dir) / "trace.json").string();
   write_chrome_trace(trace, traces);
   std::cout << "sparsering: Chrome trace (Perfetto) written to " << trace << std::endl;

@@ -23,9 +23,10 @@ void truncate_metrics(const std::string& path, int64_t last_step);
 
 // Every rank's profile and trace events to rank 0, which prints the summary table and writes
 // trace.json (Perfetto / chrome://tracing). Collective over `world`. `model_state` is this rank's
-// RankProfile memory breakdown: weight, gradient and optimizer-state bytes.
+// RankProfile memory breakdown: weight, gradient and optimizer-state bytes. A positive
+// `planned_peak_bytes` (the memory planner's per-rank total) is printed beside the measured peak.
 void report_profile(Profiler& profiler, parallel::Communicator& world, const std::string& run_dir,
-                    const ModelStateBytes& model_state);
+                    const ModelStateBytes& model_state, int64_t planned_peak_bytes);
 
 // Means over the steps this call ran, for <run dir>/summary.json.
 struct RunTotals {

@@ -35,6 +35,7 @@
 #include "trainer/run_outputs.h"
 #include "trainer/run_paths.h"
 #include "trainer/schedule.h"
+#include "trainer/state/memory_plan.h"
 #include "trainer/state/training_optimizer.h"
 #include "trainer/tensorboard/tensorboard_writer.h"
 #include "trainer/watchdog.h"
@@ -451,7 +452,13 @@ void TrainingRun::report_step(int step, const StepOutcome& outcome, double secon
 void TrainingRun::finish(std::chrono::steady_clock::time_point run_start) {
   if (profiler_) {
     profiler_->finish();
-    report_profile(*profiler_, groups_.world(), paths_.run_dir, optimizer_->memory());
+    // The plan models GPU memory (the caching allocator's peak); CPU runs have no plan to check.
+    const int64_t planned =
+        device_.is_cuda()
+            ? plan_memory(e_, e_.parallel.data_parallel_size * e_.parallel.context_parallel_size, 0)
+                  .total_bytes
+            : 0;
+    report_profile(*profiler_, groups_.world(), paths_.run_dir, optimizer_->memory(), planned);
   }
   if (rank_ == 0) {
     write_summary(
