@@ -22,7 +22,8 @@ status=()
 
 # Files that land in $out: attention_bench.{txt,json} (the host AdamW table appended),
 # flex_attention_bench.json, host_adamw_bench.json, gpu_tests.log, train.log, quality.log,
-# ring_gpu_tests.log, and the model-state, family and quality-protocol outputs below.
+# ring_gpu_tests.log, and the model-state, family and quality-protocol outputs below
+# (quality_report.md, quality_report.json, quality_eval.json, quality_plots/).
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== configure + build ($generator)"
 start=$(date +%s)
@@ -212,8 +213,16 @@ if [ -n "${QUALITY_SETTING:-}" ]; then
     status+=("quality_protocol|FAILED|see quality_protocol.log")
     tail -20 "$out/quality_protocol.log"
   fi
-  report=$(ls -t "$root"/runs/quality/"$QUALITY_SETTING"/report.md 2>/dev/null | head -1)
-  [ -n "$report" ] && cp "$report" "$out/quality_report.md" && cat "$report"
+  quality_dir=$root/runs/quality/$QUALITY_SETTING
+  if [ -f "$quality_dir/report.md" ]; then
+    # The report, its JSON, the evaluation and the plots: what bench/RESULTS.md quotes.
+    cp "$quality_dir/report.md" "$out/quality_report.md"
+    for file in report.json eval.json; do
+      [ -f "$quality_dir/$file" ] && cp "$quality_dir/$file" "$out/quality_$file"
+    done
+    [ -d "$quality_dir/plots" ] && cp -r "$quality_dir/plots" "$out/quality_plots"
+    cat "$quality_dir/report.md"
+  fi
 fi
 
 echo
