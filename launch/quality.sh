@@ -50,12 +50,13 @@ else
   setting_file=$root/configs/quality/$setting.env
   [ -f "$setting_file" ] || fail "--setting $setting: no $setting_file; give default, large, ci or an .env file"
 fi
-CORPUS_MAX_MB="" CORPUS_ARGS="" RETRIEVAL_FRACTION="" PRETRAIN_CONFIG="" EXTEND_CONFIG=""
-COMMON_SET="" PRETRAIN_SET="" EXTEND_SET="" EXTEND_LENGTH="" EXTEND_ROPE_THETA="" EVAL_ARGS=""
+CORPUS_MAX_MB="" CORPUS_ARGS="" RETRIEVAL_FRACTION="" PRETRAIN_RETRIEVAL_FRACTION=""
+PRETRAIN_CONFIG="" EXTEND_CONFIG="" COMMON_SET="" PRETRAIN_SET="" EXTEND_SET="" PRETRAIN_LENGTH=""
+EXTEND_LENGTH="" EXTEND_ROPE_THETA="" EVAL_ARGS=""
 # shellcheck disable=SC1090
 source "$setting_file"
-for var in CORPUS_MAX_MB RETRIEVAL_FRACTION PRETRAIN_CONFIG EXTEND_CONFIG EXTEND_LENGTH \
-           EXTEND_ROPE_THETA EVAL_ARGS; do
+for var in CORPUS_MAX_MB RETRIEVAL_FRACTION PRETRAIN_RETRIEVAL_FRACTION PRETRAIN_CONFIG \
+           EXTEND_CONFIG PRETRAIN_LENGTH EXTEND_LENGTH EXTEND_ROPE_THETA EVAL_ARGS; do
   [ -n "${!var}" ] || fail "$setting_file: $var is not set"
 done
 out=${out:-$root/runs/quality/$setting}
@@ -83,7 +84,7 @@ run_args() {
   local run=$1
   if [ "$run" = pretrain ]; then
     printf -- '--config\n%s\n' "$PRETRAIN_CONFIG"
-    printf -- '--set\ndata.path=%s\n' "$corpus/pretrain"
+    printf -- '--set\n%s\n' "data.path=$corpus/pretrain" "train.sequence_length=$PRETRAIN_LENGTH"
     sets "$COMMON_SET"
     sets "$PRETRAIN_SET"
     return
@@ -139,7 +140,9 @@ stage_corpus() {
   local extra
   read -r -a extra <<< "$CORPUS_ARGS"
   "$python" "$root/launch/quality_corpus.py" --output "$corpus" --max-mb "$CORPUS_MAX_MB" \
-    --extend-length "$EXTEND_LENGTH" --retrieval-fraction "$RETRIEVAL_FRACTION" "${extra[@]}"
+    --extend-length "$EXTEND_LENGTH" --retrieval-fraction "$RETRIEVAL_FRACTION" \
+    --pretrain-length "$PRETRAIN_LENGTH" \
+    --pretrain-retrieval-fraction "$PRETRAIN_RETRIEVAL_FRACTION" "${extra[@]}"
 }
 
 stage_pretrain() {

@@ -16,10 +16,11 @@ so long-context perplexity has long documents) are held out. Writes to --output:
   files.tsv      every file used: document, path, bytes, SHA-256
   manifest.json  sources, documents (split, bytes, tokens), the file list's SHA-256, shards
   tokenizer.json byte-level BPE of --vocab-size tokens trained on the training documents
-  pretrain/      the training documents as a token shard (*.srtok), each ending with <|endoftext|>
-  extend/        --extend-length-token sequences: the training documents cut to that length, with
-                 retrieval sequences (passkey, multi-key needles, key-value lookup; quality_tasks)
-                 mixed in as --retrieval-fraction of the tokens, aligned to whole sequences
+  pretrain/      --pretrain-length-token sequences: the training documents cut to that length,
+                 with retrieval sequences (passkey, multi-key needles, key-value lookup;
+                 quality_tasks) mixed in as --pretrain-retrieval-fraction of the tokens, aligned
+                 to whole sequences (0: the documents as they are, each ending with <|endoftext|>)
+  extend/        --extend-length-token sequences, the same with --retrieval-fraction
   heldout/       the held-out documents as a token shard
 Bad input ends with status 2 and one line.
 """
@@ -224,12 +225,12 @@ def write_shard(path, documents, vocab_size):
     return writer.token_count
 
 
-def extension_sequences(train_docs, enc, eos, length, fraction, seed):
+def mixed_sequences(train_docs, enc, eos, length, fraction, seed, label):
     """Yields lists of documents (token lists) that fill exactly `length` tokens each: pieces of
     the training stream, or a retrieval sequence (quality_tasks.TRAIN_TASKS) followed by stream
-    pieces, so retrieval tokens are about `fraction` of all."""
+    pieces, so retrieval tokens are about `fraction` of all. `label` seeds the draws."""
     stream = array.array("I", (t for doc in train_docs for t in doc))  # haystacks: training text
-    rng = quality_tasks.rng_for(seed, "extend")
+    rng = quality_tasks.rng_for(seed, label)
     names = sorted(quality_tasks.TRAIN_TASKS)
     doc_index, offset = 0, 0
     total = synthetic = 0
@@ -252,7 +253,7 @@ def extension_sequences(train_docs, enc, eos, length, fraction, seed):
         pieces = []
         if synthetic < fraction * (total + length):
             task = names[sum(counts.values()) % len(names)]
-            size = rng.randint(max(length // 8, 64), length)
+            size = rng.randint(min(length, max(length // 8, 256)), length)
             ids = quality_tasks.TRAIN_TASKS[task](enc, stream, rng, size - 1) + [eos]
             counts[task] += 1
             synthetic += len(ids)
@@ -262,6 +263,42 @@ def extension_sequences(train_docs, enc, eos, length, fraction, seed):
             return counts, synthetic, total
         total += length
         yield pieces + rest
+
+
+def write_mixed_shard(args, split, train_docs, enc, eos, vocab, length, fraction, option):
+    """The `split` shard of `length`-token sequences with `fraction` retrieval tokens."""
+    os.makedirs(os.path.join(args.output, split), exist_ok=True)
+    path = os.path.join(args.output, split, "shard_00000.srtok")
+    writer = ShardWriter(path, vocab)
+    # The extension keeps its historical seed label, so its data is unchanged by the pretraining
+    # mix.
+    generator = mixed_sequences(train_docs, enc, eos, length, fraction, args.seed,
+                                "extend" if split == "extend" else split)
+    sequences = 0
+    try:
+        while True:
+            try:
+                pieces = next(generator)
+            except StopIteration as stop:
+                counts, synthetic, total = stop.value
+                break
+            for piece in pieces:
+                writer.add_document(piece)
+            sequences += 1
+    except BaseException:
+        writer.abandon()
+        raise
+    if sequences == 0:
+        writer.abandon()
+        raise UserError(f"the training documents hold fewer than {length} tokens; raise --max-mb "
+                        f"or lower {option}")
+    writer.finish()
+    log(f"{split} shard: {sequences} sequences of {length} tokens, "
+        f"{100 * synthetic / max(total, 1):.1f}% retrieval tokens "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+    return {"path": path, "tokens": writer.token_count, "sequences": sequences,
+            "sequence_length": length, "retrieval_sequences": counts,
+            "retrieval_token_fraction": synthetic / max(total, 1)}
 
 
 def prepare(args):
@@ -296,44 +333,23 @@ def prepare(args):
         f"held-out tokens ({time.monotonic() - start:.0f} s)")
 
     shards = {}
-    for split, documents in (("pretrain", train_docs), ("heldout", held_docs)):
+    splits = [("heldout", held_docs)]
+    if args.pretrain_retrieval_fraction == 0:
+        splits.insert(0, ("pretrain", train_docs))
+    for split, documents in splits:
         os.makedirs(os.path.join(args.output, split), exist_ok=True)
         path = os.path.join(args.output, split, "shard_00000.srtok")
         shards[split] = {"path": path, "tokens": write_shard(path, documents, vocab),
                          "documents": len(documents)}
 
     enc = quality_tasks.Encoder(tokenizer)
-    os.makedirs(os.path.join(args.output, "extend"), exist_ok=True)
-    path = os.path.join(args.output, "extend", "shard_00000.srtok")
-    writer = ShardWriter(path, vocab)
-    generator = extension_sequences(train_docs, enc, eos, args.extend_length,
-                                    args.retrieval_fraction, args.seed)
-    sequences = 0
-    try:
-        while True:
-            try:
-                pieces = next(generator)
-            except StopIteration as stop:
-                counts, synthetic, total = stop.value
-                break
-            for piece in pieces:
-                writer.add_document(piece)
-            sequences += 1
-    except BaseException:
-        writer.abandon()
-        raise
-    if sequences == 0:
-        writer.abandon()
-        raise UserError(f"the training documents hold fewer than {args.extend_length} tokens; "
-                        "raise --max-mb or lower --extend-length")
-    writer.finish()
-    shards["extend"] = {"path": path, "tokens": writer.token_count, "sequences": sequences,
-                        "sequence_length": args.extend_length,
-                        "retrieval_sequences": counts,
-                        "retrieval_token_fraction": synthetic / max(total, 1)}
-    log(f"extension shard: {sequences} sequences of {args.extend_length} tokens, "
-        f"{100 * synthetic / max(total, 1):.1f}% retrieval tokens "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+    mixes = [("extend", args.extend_length, args.retrieval_fraction, "--extend-length")]
+    if args.pretrain_retrieval_fraction > 0:
+        mixes.insert(0, ("pretrain", args.pretrain_length, args.pretrain_retrieval_fraction,
+                         "--pretrain-length"))
+    for split, length, fraction, option in mixes:
+        shards[split] = write_mixed_shard(args, split, train_docs, enc, eos, vocab, length,
+                                          fraction, option)
 
     with open(tokenizer_path, "rb") as f:
         tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
@@ -371,6 +387,11 @@ def main():
                         help="tokens per sequence of the extension shard")
     parser.add_argument("--retrieval-fraction", type=float, default=0.15,
                         help="share of the extension tokens in retrieval sequences")
+    parser.add_argument("--pretrain-length", type=int, default=4096,
+                        help="tokens per sequence of the pretraining shard (with a mix)")
+    parser.add_argument("--pretrain-retrieval-fraction", type=float, default=0.0,
+                        help="share of the pretraining tokens in retrieval sequences (0: none, "
+                             "the documents as they are)")
     parser.add_argument("--seed", type=int, default=20)
     args = parser.parse_args()
     problems = []
@@ -382,6 +403,11 @@ def main():
         problems.append(f"--heldout-fraction {args.heldout_fraction}: must be in (0, 0.5)")
     if not 0 <= args.retrieval_fraction < 1:
         problems.append(f"--retrieval-fraction {args.retrieval_fraction}: must be in [0, 1)")
+    if not 0 <= args.pretrain_retrieval_fraction < 1:
+        problems.append(f"--pretrain-retrieval-fraction {args.pretrain_retrieval_fraction}: must "
+                        "be in [0, 1)")
+    if args.pretrain_length < 256:
+        problems.append(f"--pretrain-length {args.pretrain_length}: must be >= 256")
     if args.extend_length < 256:
         problems.append(f"--extend-length {args.extend_length}: must be >= 256")
     if problems:

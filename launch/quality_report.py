@@ -73,12 +73,14 @@ def build(out):
     lines = []
     corpus = manifest
     held = [d for d in corpus["documents"] if d["split"] == "heldout"]
+    shares = [f"{split} data {100 * corpus['shards'][split]['retrieval_token_fraction']:.1f}%"
+              for split in ("pretrain", "extend")
+              if "retrieval_token_fraction" in corpus["shards"][split]]
     lines.append(
         f"Corpus: {len(corpus['documents'])} documents ({len(held)} held out), "
         f"{corpus['files']:,} files, {corpus['bytes'] / 1e6:.1f} MB, files SHA-256 "
-        f"`{corpus['files_sha256'][:16]}`; BPE vocabulary {corpus['vocab_size']}; extension "
-        f"data {100 * corpus['shards']['extend']['retrieval_token_fraction']:.1f}% retrieval "
-        f"tokens.")
+        f"`{corpus['files_sha256'][:16]}`; BPE vocabulary {corpus['vocab_size']}; retrieval "
+        f"tokens: {', '.join(shares)}.")
     lines.append("")
 
     # Training runs.

@@ -1,6 +1,7 @@
 """The quality pipeline end to end at CI size (launch/quality.sh --setting ci: a tiny model, a
 ~1.5 MB corpus of this machine's text and code, 2 CPU ranks): the corpus records its files and
-their hash, holds documents out and mixes retrieval sequences into whole extension sequences;
+their hash, holds documents out and mixes retrieval sequences into whole pretraining and
+extension sequences;
 pretraining lowers the loss; each extension run starts from the pretrained weights (its first
 loss far below a fresh model's) with the raised rope_theta; sparse runs attend to fewer pairs;
 the N:M run exports strict 2:4 MLP weights; eval.json covers every model, task, length and
@@ -82,7 +83,7 @@ with temporary_directory() as tmp:
     check(process.returncode == 0, f"quality.sh exited {process.returncode}", process)
     print(f"pipeline: {seconds:.0f} s")
 
-    # Corpus: file list and hash, held-out documents, aligned extension sequences.
+    # Corpus: file list and hash, held-out documents, aligned pretraining and extension sequences.
     corpus = os.path.join(out, "corpus")
     with open(os.path.join(corpus, "manifest.json")) as f:
         manifest = json.load(f)
@@ -95,12 +96,13 @@ with temporary_directory() as tmp:
     check(splits.count("heldout") >= 1 and splits.count("train") > splits.count("heldout"),
           f"bad split: {splits}")
     check(manifest["vocab_size"] <= 1024, f"vocabulary {manifest['vocab_size']} > 1024")
-    extend = manifest["shards"]["extend"]
-    check(extend["tokens"] == extend["sequences"] * 1024,
-          "extension shard is not whole 1024-token sequences")
-    check(0.10 <= extend["retrieval_token_fraction"] <= 0.20 and
-          min(extend["retrieval_sequences"].values()) >= 1,
-          f"retrieval mix off: {extend}")
+    for split, length in (("pretrain", 256), ("extend", 1024)):
+        shard = manifest["shards"][split]
+        check(shard["tokens"] == shard["sequences"] * length,
+              f"{split} shard is not whole {length}-token sequences")
+        check(0.10 <= shard["retrieval_token_fraction"] <= 0.20 and
+              min(shard["retrieval_sequences"].values()) >= 1,
+              f"{split} retrieval mix off: {shard}")
 
     # Training: pretraining learns; extensions start from it; sparse attends to fewer pairs.
     runs = os.path.join(out, "runs")
