@@ -453,12 +453,8 @@ void TrainingRun::finish(std::chrono::steady_clock::time_point run_start) {
   if (profiler_) {
     profiler_->finish();
     // The plan models GPU memory (the caching allocator's peak); CPU runs have no plan to check.
-    const int64_t planned =
-        device_.is_cuda()
-            ? plan_memory(e_, e_.parallel.data_parallel_size * e_.parallel.context_parallel_size, 0)
-                  .total_bytes
-            : 0;
-    report_profile(*profiler_, groups_.world(), paths_.run_dir, optimizer_->memory(), planned);
+    report_profile(*profiler_, groups_.world(), paths_.run_dir, optimizer_->memory(),
+                   device_.is_cuda() ? planned_peak_bytes(e_) : 0);
   }
   if (rank_ == 0) {
     write_summary(

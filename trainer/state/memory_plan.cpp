@@ -139,6 +139,11 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
   return plan;
 }
 
+int64_t planned_peak_bytes(const config::Experiment& e) {
+  const int world = e.parallel.data_parallel_size * e.parallel.context_parallel_size;
+  return plan_memory(e, world, /*gpu_memory_bytes=*/0).total_bytes;
+}
+
 std::string memory_plan_table(const config::Experiment& e, const MemoryPlan& plan,
                               int64_t gpu_memory_bytes) {
   std::ostringstream out;

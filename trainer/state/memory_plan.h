@@ -31,6 +31,10 @@ struct MemoryPlan {
 MemoryPlan plan_memory(const config::Experiment& experiment, int world_size,
                        int64_t gpu_memory_bytes);
 
+// The per-rank total of the plan for the run as configured (dp x cp ranks): what a GPU run's
+// profile prints beside its measured peak.
+int64_t planned_peak_bytes(const config::Experiment& experiment);
+
 // The plan as a table for the terminal.
 std::string memory_plan_table(const config::Experiment& experiment, const MemoryPlan& plan,
                               int64_t gpu_memory_bytes);
