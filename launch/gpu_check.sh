@@ -213,7 +213,7 @@ if [ -n "${QUALITY_SETTING:-}" ]; then
     status+=("quality_protocol|FAILED|see quality_protocol.log")
     tail -20 "$out/quality_protocol.log"
   fi
-  quality_dir=$root/runs/quality/$QUALITY_SETTING
+  quality_dir=$root/runs/quality/$(basename "$QUALITY_SETTING" .env)  # quality.sh's default --out
   if [ -f "$quality_dir/report.md" ]; then
     # The report, its JSON, the evaluation and the plots: what bench/RESULTS.md quotes.
     cp "$quality_dir/report.md" "$out/quality_report.md"

@@ -134,8 +134,31 @@ export_hf() {  # the run's newest checkpoint -> out/hf/<run>, unless already exp
   echo "$latest" > "$out/hf/$run/.exported"
 }
 
+# A finished corpus is used only if it was built with this setting's corpus options.
+check_corpus_settings() {
+  local differ
+  differ=$("$python" - "$corpus/manifest.json" "$CORPUS_MAX_MB" "$EXTEND_LENGTH" \
+             "$RETRIEVAL_FRACTION" "$PRETRAIN_LENGTH" "$PRETRAIN_RETRIEVAL_FRACTION" <<'PY'
+import json, sys
+with open(sys.argv[1]) as f:
+    settings = json.load(f).get("settings", {})
+wanted = {"max_mb": float(sys.argv[2]), "extend_length": int(sys.argv[3]),
+          "retrieval_fraction": float(sys.argv[4]), "pretrain_length": int(sys.argv[5]),
+          "pretrain_retrieval_fraction": float(sys.argv[6])}
+print(", ".join(f"{k} {settings.get(k)} (setting: {v})"
+                for k, v in wanted.items() if settings.get(k) != v))
+PY
+  ) || fail "$corpus/manifest.json cannot be read; remove $corpus"
+  [ -z "$differ" ] ||
+    fail "$corpus was built with other corpus options ($differ); remove it or use another --out"
+}
+
 stage_corpus() {
-  if [ -f "$corpus/manifest.json" ]; then progress "corpus: done already ($corpus)"; return; fi
+  if [ -f "$corpus/manifest.json" ]; then
+    check_corpus_settings
+    progress "corpus: done already ($corpus)"
+    return
+  fi
   progress "corpus: collecting text and code, training the BPE, writing shards"
   local extra
   read -r -a extra <<< "$CORPUS_ARGS"
@@ -147,6 +170,7 @@ stage_corpus() {
 
 stage_pretrain() {
   [ -f "$corpus/manifest.json" ] || fail "no corpus in $corpus; run --stage corpus first"
+  check_corpus_settings
   if finished pretrain; then progress "pretrain: done already"; return; fi
   progress "pretrain: dense attention, $PRETRAIN_CONFIG"
   train pretrain
@@ -156,6 +180,7 @@ stage_extend() {
   local run=$1
   finished pretrain || fail "the pretrained model is not finished; run --stage pretrain first"
   if finished "$run"; then progress "$run: done already"; return; fi
+  check_corpus_settings
   if [ ! -d "$out/runs/$run/checkpoints" ]; then
     # Weights only: the pretrained checkpoint as a Hugging Face model with the extension's RoPE
     # base, imported as step 0 of the new run (fresh optimizer state and schedule).

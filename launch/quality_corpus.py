@@ -270,10 +270,9 @@ def write_mixed_shard(args, split, train_docs, enc, eos, vocab, length, fraction
     os.makedirs(os.path.join(args.output, split), exist_ok=True)
     path = os.path.join(args.output, split, "shard_00000.srtok")
     writer = ShardWriter(path, vocab)
-    # The extension keeps its historical seed label, so its data is unchanged by the pretraining
-    # mix.
-    generator = mixed_sequences(train_docs, enc, eos, length, fraction, args.seed,
-                                "extend" if split == "extend" else split)
+    # Each shard draws from its own seeded stream (labelled by the split), so adding the
+    # pretraining mix leaves the extension's draws as they were.
+    generator = mixed_sequences(train_docs, enc, eos, length, fraction, args.seed, split)
     sequences = 0
     try:
         while True:

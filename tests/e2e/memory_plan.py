@@ -43,15 +43,16 @@ replicated = plan("llama3_8b_shape.pbtxt", "--world-size", "8", "--gpu-memory", 
                   "parallel.zero_stage=0", "--set", "optimizer.offload=NONE")
 check(abs(gib(replicated, "optimizer state (GPU)") * 2**30 - 12 * p) < 0.02 * 12 * p,
       "stage 0 holds fp32 masters and both moments of every parameter")
-check("does not fit" in replicated or longest(replicated) == 0,
+check("leave no room" in replicated and longest(replicated) == 0,
       "the replicated 8B state cannot fit 80 GiB", None)
 qwen_h100 = longest(plan("qwen2_5_3b_shape.pbtxt", "--gpu-memory", "80"))
 qwen_h200 = longest(plan("qwen2_5_3b_shape.pbtxt", "--gpu-memory", "141"))
 check(0 < qwen_h100 < qwen_h200, f"longest context {qwen_h100} on 80 GiB, {qwen_h200} on 141")
 
 
-def total_and_reserved(config, tokens, gpu_gib):
-    text = plan(config, "--gpu-memory", str(gpu_gib), "--set", f"train.sequence_length={tokens}")
+def total_and_reserved(config, tokens, gpu_gib, sets=()):
+    text = plan(config, "--gpu-memory", str(gpu_gib), *sets, "--set",
+                f"train.sequence_length={tokens}", "--set", f"model.max_context={tokens}")
     total = re.search(r"at \d+ tokens \(\d+ per rank\)\s+([0-9.]+) GiB", text)
     reserved = re.search(r"\(([0-9.]+) GiB reserved", text)
     check(total is not None and reserved is not None, f"no total or reserve in:\n{text}")
@@ -60,13 +61,22 @@ def total_and_reserved(config, tokens, gpu_gib):
 
 # The longest context is the last multiple of 2 x cp x block (256 tokens here) whose planned
 # total, with the reserve, fits the GPU.
-for config, gpu_gib in (("qwen2_5_3b_shape.pbtxt", 80), ("llama3_8b_shape.pbtxt", 141)):
-    tokens = longest(plan(config, "--gpu-memory", str(gpu_gib)))
-    inside = total_and_reserved(config, tokens, gpu_gib)
-    beyond = total_and_reserved(config, tokens + 256, gpu_gib)
+# With loss_chunk_tokens=0 the loss's logits grow with the context too.
+for config, gpu_gib, extra in (("qwen2_5_3b_shape.pbtxt", 80, ()),
+                               ("llama3_8b_shape.pbtxt", 141, ()),
+                               ("qwen2_5_3b_shape.pbtxt", 80, ("model.loss_chunk_tokens=0",))):
+    sets = [item for value in extra for item in ("--set", value)]
+    tokens = longest(plan(config, "--gpu-memory", str(gpu_gib), *sets))
+    check(tokens > 0, f"{config} {extra}: no longest context on {gpu_gib} GiB")
+    inside = total_and_reserved(config, tokens, gpu_gib, sets)
+    beyond = total_and_reserved(config, tokens + 256, gpu_gib, sets)
     check(inside <= gpu_gib + 0.01 and beyond > gpu_gib - 0.01,
-          f"{config}: longest context {tokens} plans {inside} GiB, {tokens + 256} plans {beyond} "
-          f"GiB on a {gpu_gib} GiB GPU")
+          f"{config} {extra}: longest context {tokens} plans {inside} GiB, {tokens + 256} plans "
+          f"{beyond} GiB on a {gpu_gib} GiB GPU")
+# The model's own limit caps the longest context where memory would hold more.
+tiny = plan("tiny.pbtxt", "--gpu-memory", "80")
+check(longest(tiny) == 4096 and "model.max_context" in tiny,
+      f"tiny.pbtxt (max_context 4096) on 80 GiB:\n{tiny}")
 process = run([binary, "plan", "--config", os.path.join(source, "configs", "qwen2_5_3b_shape.pbtxt"),
                "--world-size", "3", "--set", "parallel.context_parallel_size=2"], binary)
 check(process.returncode == 2 and process.stderr.count("\n") == 1 and "--world-size" in

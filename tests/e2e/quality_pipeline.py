@@ -171,7 +171,17 @@ with temporary_directory() as tmp:
     check(process.returncode == 0 and process.stdout.count("done already") == 2,
           "a rerun did not skip the finished stages", process)
 
-    # Bad input: one line, status 2.
+    # Bad input: one line, status 2. A finished corpus built with other corpus options is
+    # refused, not silently reused.
+    with open(os.path.join(source, "configs", "quality", "ci.env")) as f:
+        other = f.read().replace("PRETRAIN_RETRIEVAL_FRACTION=0.15",
+                                 "PRETRAIN_RETRIEVAL_FRACTION=0.1")
+    check("PRETRAIN_RETRIEVAL_FRACTION=0.1\n" in other, "ci.env has no pretraining mix to change")
+    other_setting = os.path.join(tmp, "ci_other.env")
+    with open(other_setting, "w") as f:
+        f.write(other)
+    one_line_error(run([quality, "--setting", other_setting, "--out", out, "--stage", "pretrain"]),
+                   "corpus built with other options")
     one_line_error(run([quality, "--setting", "nope"]), "unknown setting")
     one_line_error(run([quality, "--stage", "train"]), "unknown stage")
     one_line_error(run([python, os.path.join(launch, "quality_corpus.py"), "--output",

@@ -42,10 +42,11 @@ std::vector<int64_t> random_document_starts(int64_t length, int block, uint64_t 
 
 // Leaves NaN-filled blocks of exactly the sizes of a forward's outputs in the caching allocator,
 // which hands them to the op's next allocations of those sizes (out, then lse): an element the
-// kernel does not write stays NaN.
+// kernel does not write stays NaN. Both are held until both exist, so the second is not cut from
+// the first's freed block.
 void poison_forward_outputs(const at::Tensor& q) {
-  at::full(q.sizes(), NAN, q.options());
-  at::full({q.size(0), q.size(2), q.size(1)}, NAN, q.options().dtype(at::kFloat));
+  const auto out = at::full(q.sizes(), NAN, q.options());
+  const auto lse = at::full({q.size(0), q.size(2), q.size(1)}, NAN, q.options().dtype(at::kFloat));
 }
 
 class SparseAttentionGpu : public ::testing::TestWithParam<GpuCase> {

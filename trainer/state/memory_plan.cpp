@@ -113,13 +113,16 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
   const int64_t micro = e.train.micro_batch_size;
   plan.local_tokens =
       static_cast<int64_t>(e.train.sequence_length) / e.parallel.context_parallel_size;
-  // The loss holds fp32 logits and their gradient for one chunk of tokens (0 = all).
-  const int64_t chunk = m.loss_chunk_tokens > 0
-                            ? std::min<int64_t>(m.loss_chunk_tokens, plan.local_tokens * micro)
-                            : plan.local_tokens * micro;
-  plan.workspace_bytes = 2 * chunk * static_cast<int64_t>(m.vocab_size) * 4;
+  // The loss holds fp32 logits and their gradient for one chunk of tokens, or for every token
+  // when loss_chunk_tokens is 0 (then they grow with the context like the activations).
+  const double logits_per_token = 2.0 * 4 * static_cast<double>(m.vocab_size);
+  const int64_t tokens_here = plan.local_tokens * micro;
+  plan.workspace_bytes = static_cast<int64_t>(
+      logits_per_token * (m.loss_chunk_tokens > 0
+                              ? std::min<int64_t>(m.loss_chunk_tokens, tokens_here)
+                              : tokens_here));
   const int64_t state = plan.weight_bytes + plan.gradient_bytes + plan.optimizer_bytes;
-  const double tokens = static_cast<double>(micro * plan.local_tokens);
+  const double tokens = static_cast<double>(tokens_here);
   plan.total_bytes = state + static_cast<int64_t>(
                                  std::max(plan.workspace_bytes + plan.loss_bytes_per_token * tokens,
                                           plan.activation_bytes_per_token * tokens));
@@ -127,13 +130,20 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
     plan.reserved_bytes =
         kReservedBytes + static_cast<int64_t>(kFragmentationShare * gpu_memory_bytes);
     const double free_bytes = static_cast<double>(gpu_memory_bytes - plan.reserved_bytes - state);
-    if (free_bytes > plan.workspace_bytes) {
-      const double fit = std::min((free_bytes - plan.workspace_bytes) / plan.loss_bytes_per_token,
-                                  free_bytes / plan.activation_bytes_per_token);
+    // At any length a chunked loss needs at most one whole chunk; an unchunked one grows.
+    const bool chunked = m.loss_chunk_tokens > 0;
+    const double fixed = chunked ? logits_per_token * m.loss_chunk_tokens : 0.0;
+    const double at_loss = plan.loss_bytes_per_token + (chunked ? 0.0 : logits_per_token);
+    if (free_bytes > fixed) {
+      const double fit =
+          std::min((free_bytes - fixed) / at_loss, free_bytes / plan.activation_bytes_per_token);
       // Contexts are multiples of 2 x cp x block (validation's rule).
       const int64_t unit = 2LL * e.parallel.context_parallel_size * e.attention.block_size;
       plan.longest_context =
           static_cast<int64_t>(fit / micro) * e.parallel.context_parallel_size / unit * unit;
+      // Past model.max_context the model cannot run whatever the memory.
+      plan.context_limited_by_model = plan.longest_context > m.max_context;
+      if (plan.context_limited_by_model) plan.longest_context = m.max_context / unit * unit;
     }
   }
   return plan;
@@ -167,10 +177,13 @@ std::string memory_plan_table(const config::Experiment& e, const MemoryPlan& pla
     out << "  longest context in " << gib(gpu_memory_bytes) << " per GPU ("
         << gib(plan.reserved_bytes) << " reserved for the CUDA context, NCCL and fragmentation): ";
     if (plan.longest_context > 0) {
-      out << plan.longest_context << " tokens\n";
+      out << plan.longest_context << " tokens"
+          << (plan.context_limited_by_model ? " (model.max_context; the memory holds more)" : "")
+          << "\n";
     } else {
-      out << "none: the model state alone does not fit; raise parallel.zero_stage, use "
-             "optimizer.offload=CPU or more ranks\n";
+      out << "none: the model state and the loss workspace leave no room for a context; raise "
+             "parallel.zero_stage, use optimizer.offload=CPU, more ranks or a smaller "
+             "model.loss_chunk_tokens\n";
     }
   }
   return out.str();

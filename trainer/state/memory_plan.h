@@ -25,6 +25,7 @@ struct MemoryPlan {
   int64_t local_tokens = 0;               // tokens per rank at train.sequence_length
   int64_t total_bytes = 0;                // per rank at train.sequence_length
   int64_t longest_context = 0;  // tokens per sequence that fit `gpu_memory_bytes` (0: none)
+  bool context_limited_by_model = false;  // longest_context is model.max_context, not memory
 };
 
 // `world_size` ranks (dp x cp taken from the config; the mesh over which stages 1-3 shard).
