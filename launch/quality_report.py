@@ -26,6 +26,10 @@ class UserError(Exception):
     pass
 
 
+# Suite accuracy below which a model has not learnt the tasks: gaps between such models are noise.
+WEAK_ACCURACY = 0.10
+
+
 def kilo(tokens):
     return f"{tokens // 1024}K" if tokens and tokens % 1024 == 0 else str(tokens)
 
@@ -147,6 +151,14 @@ def build(out):
                 + ", ".join(f"{kilo(x)} {g:+.1f}" for x, g in zip(lengths, gaps))
                 + f" points (target <= 2); perplexity {100 * min(ratios):+.1f}% to "
                 f"{100 * max(ratios):+.1f}% of dense per bucket (target within 2%).")
+        # A gap between two models that both fail the suite measures nothing: say where.
+        weak = [kilo(x) for x, d in zip(lengths, dense["suite"]["mean"])
+                if d < WEAK_ACCURACY]
+        if weak:
+            lines.append(
+                f"At {', '.join(weak)} the dense model scores below "
+                f"{100 * WEAK_ACCURACY:.0f}% on the suite, so the accuracy gaps there do not "
+                "tell the runs apart; the perplexity buckets still do.")
     report = {"lengths": lengths, "runs": speeds,
               "models": {n: {"suite": models[n]["suite"], "perplexity": models[n]["perplexity"],
                              "heatmap": models[n]["heatmap"]} for n in names},
