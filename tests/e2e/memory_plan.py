@@ -73,6 +73,20 @@ for config, gpu_gib, extra in (("qwen2_5_3b_shape.pbtxt", 80, ()),
     check(inside <= gpu_gib + 0.01 and beyond > gpu_gib - 0.01,
           f"{config} {extra}: longest context {tokens} plans {inside} GiB, {tokens + 256} plans "
           f"{beyond} GiB on a {gpu_gib} GiB GPU")
+# A context that does not fit one GPU: the smallest context-parallel size that makes it fit.
+text = plan("llama3_8b_shape.pbtxt", "--gpu-memory", "80", "--set", "train.sequence_length=524288")
+match = re.search(r"they fit at parallel.context_parallel_size=(\d+)", text)
+check(match is not None, f"no context-parallel suggestion for the 8B shape at 512K:\n{text}")
+cp = int(match.group(1))
+
+
+def fits(cp_size):
+    return total_and_reserved("llama3_8b_shape.pbtxt", 524288, 80,
+                              ["--set", f"parallel.context_parallel_size={cp_size}"]) <= 80.01
+
+
+check(cp > 1 and fits(cp) and not fits(cp // 2),
+      f"suggested context_parallel_size {cp}: fits {fits(cp)}, half of it fits {fits(cp // 2)}")
 # The model's own limit caps the longest context where memory would hold more.
 tiny = plan("tiny.pbtxt", "--gpu-memory", "80")
 check(longest(tiny) == 4096 and "model.max_context" in tiny,

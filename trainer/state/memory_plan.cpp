@@ -24,6 +24,9 @@ constexpr double kFragmentationShare = 0.04;
 // lengths of the ~1.1B model and the Qwen2.5-3B and Llama-3-8B shapes, the plan 0-8% above them.
 constexpr double kBackwardLayerFactor = 1.5;
 
+// The largest context-parallel size `plan` suggests for a context that does not fit.
+constexpr int kMaxContextParallel = 1024;
+
 struct ParameterCounts {
   int64_t per_layer = 0, other = 0;
   int64_t total(int layers) const { return per_layer * layers + other; }
@@ -149,6 +152,20 @@ MemoryPlan plan_memory(const config::Experiment& e, int world_size, int64_t gpu_
   return plan;
 }
 
+int smallest_fitting_context_parallel(const config::Experiment& e, int world_size,
+                                      int64_t gpu_memory_bytes) {
+  const int dp = std::max(1, world_size / e.parallel.context_parallel_size);
+  for (int cp = std::max(1, e.parallel.head_parallel_size); cp <= kMaxContextParallel; cp *= 2) {
+    // Validation's layout rule: whole 2 x cp blocks per sequence.
+    if (e.train.sequence_length % (2LL * cp * e.attention.block_size) != 0) break;
+    config::Experiment trial = e;
+    trial.parallel.context_parallel_size = cp;
+    const MemoryPlan plan = plan_memory(trial, dp * cp, gpu_memory_bytes);
+    if (plan.total_bytes + plan.reserved_bytes <= gpu_memory_bytes) return cp;
+  }
+  return 0;
+}
+
 int64_t planned_peak_bytes(const config::Experiment& e) {
   const int world = e.parallel.data_parallel_size * e.parallel.context_parallel_size;
   return plan_memory(e, world, /*gpu_memory_bytes=*/0).total_bytes;
@@ -184,6 +201,20 @@ std::string memory_plan_table(const config::Experiment& e, const MemoryPlan& pla
       out << "none: the model state and the loss workspace leave no room for a context; raise "
              "parallel.zero_stage, use optimizer.offload=CPU, more ranks or a smaller "
              "model.loss_chunk_tokens\n";
+    }
+    if (plan.total_bytes + plan.reserved_bytes > gpu_memory_bytes) {
+      // Context parallelism splits the activations and, under stages 1-3, the state too.
+      const int cp = smallest_fitting_context_parallel(e, plan.world_size, gpu_memory_bytes);
+      const int dp = std::max(1, plan.world_size / e.parallel.context_parallel_size);
+      out << "  " << e.train.sequence_length << " tokens do not fit " << gib(gpu_memory_bytes)
+          << " per GPU at context_parallel_size " << e.parallel.context_parallel_size << "; ";
+      if (cp > 0) {
+        out << "they fit at parallel.context_parallel_size=" << cp << " (" << dp * cp
+            << " ranks with data_parallel_size " << dp << ")\n";
+      } else {
+        out << "no context_parallel_size up to " << kMaxContextParallel
+            << " (of those the length allows) makes them fit\n";
+      }
     }
   }
   return out.str();

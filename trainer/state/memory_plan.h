@@ -32,6 +32,12 @@ struct MemoryPlan {
 MemoryPlan plan_memory(const config::Experiment& experiment, int world_size,
                        int64_t gpu_memory_bytes);
 
+// The smallest context-parallel size (u, 2u, 4u, ... up to 1024, u = head_parallel_size, the
+// data-parallel size of `world_size` kept) at which train.sequence_length fits
+// `gpu_memory_bytes` with the reserve; 0 if none does.
+int smallest_fitting_context_parallel(const config::Experiment& experiment, int world_size,
+                                      int64_t gpu_memory_bytes);
+
 // The per-rank total of the plan for the run as configured (dp x cp ranks): what a GPU run's
 // profile prints beside its measured peak.
 int64_t planned_peak_bytes(const config::Experiment& experiment);
