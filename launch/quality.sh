@@ -134,23 +134,22 @@ export_hf() {  # the run's newest checkpoint -> out/hf/<run>, unless already exp
   echo "$latest" > "$out/hf/$run/.exported"
 }
 
-# A finished corpus is used only if it was built with this setting's corpus options.
+# quality_corpus.py's arguments for this setting, one per line: what builds the corpus and what
+# a finished corpus is checked against.
+corpus_args() {
+  local extra
+  read -r -a extra <<< "$CORPUS_ARGS"
+  printf '%s\n' --output "$corpus" --max-mb "$CORPUS_MAX_MB" --extend-length "$EXTEND_LENGTH" \
+    --retrieval-fraction "$RETRIEVAL_FRACTION" --pretrain-length "$PRETRAIN_LENGTH" \
+    --pretrain-retrieval-fraction "$PRETRAIN_RETRIEVAL_FRACTION" "${extra[@]}"
+}
+
+# A finished corpus is used only if it was built with this setting's corpus options (the check
+# prints one line naming the first difference).
 check_corpus_settings() {
-  local differ
-  differ=$("$python" - "$corpus/manifest.json" "$CORPUS_MAX_MB" "$EXTEND_LENGTH" \
-             "$RETRIEVAL_FRACTION" "$PRETRAIN_LENGTH" "$PRETRAIN_RETRIEVAL_FRACTION" <<'PY'
-import json, sys
-with open(sys.argv[1]) as f:
-    settings = json.load(f).get("settings", {})
-wanted = {"max_mb": float(sys.argv[2]), "extend_length": int(sys.argv[3]),
-          "retrieval_fraction": float(sys.argv[4]), "pretrain_length": int(sys.argv[5]),
-          "pretrain_retrieval_fraction": float(sys.argv[6])}
-print(", ".join(f"{k} {settings.get(k)} (setting: {v})"
-                for k, v in wanted.items() if settings.get(k) != v))
-PY
-  ) || fail "$corpus/manifest.json cannot be read; remove $corpus"
-  [ -z "$differ" ] ||
-    fail "$corpus was built with other corpus options ($differ); remove it or use another --out"
+  local args
+  mapfile -t args < <(corpus_args)
+  "$python" "$root/launch/quality_corpus.py" "${args[@]}" --check-existing || exit 2
 }
 
 stage_corpus() {
@@ -160,12 +159,9 @@ stage_corpus() {
     return
   fi
   progress "corpus: collecting text and code, training the BPE, writing shards"
-  local extra
-  read -r -a extra <<< "$CORPUS_ARGS"
-  "$python" "$root/launch/quality_corpus.py" --output "$corpus" --max-mb "$CORPUS_MAX_MB" \
-    --extend-length "$EXTEND_LENGTH" --retrieval-fraction "$RETRIEVAL_FRACTION" \
-    --pretrain-length "$PRETRAIN_LENGTH" \
-    --pretrain-retrieval-fraction "$PRETRAIN_RETRIEVAL_FRACTION" "${extra[@]}"
+  local args
+  mapfile -t args < <(corpus_args)
+  "$python" "$root/launch/quality_corpus.py" "${args[@]}"
 }
 
 stage_pretrain() {

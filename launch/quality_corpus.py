@@ -354,7 +354,7 @@ def prepare(args):
         tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
     manifest = {
         "sources": [{"name": n, "root": r} for n, r in sources()],
-        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        "settings": corpus_settings(args),
         "files": n_files, "bytes": total_bytes, "files_sha256": corpus_sha,
         "tokenizer_sha256": tokenizer_sha, "vocab_size": vocab, "eos_id": eos,
         "documents": [{"name": d["name"], "split": d["split"], "files": len(d["files"]),
@@ -369,6 +369,26 @@ def prepare(args):
                os.path.join(args.output, "manifest.json"))
     log(f"done: {args.output}/manifest.json, files SHA-256 {corpus_sha[:16]}..., vocabulary "
         f"{vocab} ({time.monotonic() - start:.0f} s)")
+
+
+def corpus_settings(args):
+    """The options that decide the corpus's content (the manifest records them)."""
+    return {k: v for k, v in vars(args).items() if k not in ("output", "check_existing")}
+
+
+def check_existing(args):
+    """Exits 2 with one line unless OUTPUT/manifest.json was built with these options."""
+    path = os.path.join(args.output, "manifest.json")
+    try:
+        with open(path) as f:
+            built = json.load(f).get("settings", {})
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: {error}; remove {args.output}")
+    differ = [f"{k} {built.get(k)} (now {v})" for k, v in corpus_settings(args).items()
+              if built.get(k) != v]
+    if differ:
+        raise UserError(f"{args.output} was built with other corpus options: {', '.join(differ)}; "
+                        "remove it or use another output directory")
 
 
 def main():
@@ -392,6 +412,9 @@ def main():
                         help="share of the pretraining tokens in retrieval sequences (0: none, "
                              "the documents as they are)")
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--check-existing", action="store_true",
+                        help="build nothing: exit 2 unless --output holds a corpus built with "
+                             "these options")
     args = parser.parse_args()
     problems = []
     if args.max_mb <= 0 or args.doc_max_mb <= 0 or args.file_max_kb <= 0:
@@ -413,7 +436,10 @@ def main():
         sys.stderr.write(f"quality_corpus.py: error: {problems[0]}\n")
         sys.exit(2)
     try:
-        prepare(args)
+        if args.check_existing:
+            check_existing(args)
+        else:
+            prepare(args)
     except (UserError, quality_tasks.TaskError) as error:
         sys.stderr.write(f"quality_corpus.py: error: {error}\n")
         sys.exit(2)

@@ -40,6 +40,11 @@ ParameterCounts count_parameters(const config::ModelConfig& m) {
   return counts;
 }
 
+// The plan's total at train.sequence_length, with the reserve, within the GPU's memory.
+bool fits(const MemoryPlan& plan, int64_t gpu_memory_bytes) {
+  return plan.total_bytes + plan.reserved_bytes <= gpu_memory_bytes;
+}
+
 std::string gib(double bytes) {
   char text[32];
   std::snprintf(text, sizeof(text), "%.2f GiB", bytes / kGiB);
@@ -160,8 +165,7 @@ int smallest_fitting_context_parallel(const config::Experiment& e, int world_siz
     if (e.train.sequence_length % (2LL * cp * e.attention.block_size) != 0) break;
     config::Experiment trial = e;
     trial.parallel.context_parallel_size = cp;
-    const MemoryPlan plan = plan_memory(trial, dp * cp, gpu_memory_bytes);
-    if (plan.total_bytes + plan.reserved_bytes <= gpu_memory_bytes) return cp;
+    if (fits(plan_memory(trial, dp * cp, gpu_memory_bytes), gpu_memory_bytes)) return cp;
   }
   return 0;
 }
@@ -202,7 +206,7 @@ std::string memory_plan_table(const config::Experiment& e, const MemoryPlan& pla
              "parallel.zero_stage, use optimizer.offload=CPU, more ranks or a smaller "
              "model.loss_chunk_tokens\n";
     }
-    if (plan.total_bytes + plan.reserved_bytes > gpu_memory_bytes) {
+    if (!fits(plan, gpu_memory_bytes)) {
       // Context parallelism splits the activations and, under stages 1-3, the state too.
       const int cp = smallest_fitting_context_parallel(e, plan.world_size, gpu_memory_bytes);
       const int dp = std::max(1, plan.world_size / e.parallel.context_parallel_size);
