@@ -14,9 +14,12 @@ struct SparseIndex {
   at::Tensor block_cols;          // int32 local kv block ids
   at::Tensor column_row_offsets;  // int32 [batch * heads * q_blocks + 1]
   at::Tensor column_indices;      // int32 local key token ids outside the row's active blocks
-  // Transposed index for the deterministic dK/dV pass (see SparseAttentionBackwardParams);
-  // undefined until transpose_index() fills it.
+  // Transposed index of the GPU backward (see SparseAttentionBackwardParams); build_sparse_index
+  // fills the block part, or with the columns every part, on request.
   at::Tensor t_block_row_offsets, t_block_entries, t_column_row_offsets, t_column_entries;
+  // int32 [batch * kv_heads, capacity]: the column keys of each (sequence, kv head), ascending,
+  // -1 padded; capacity a multiple of kColumnKeyChunk (the deterministic column pass's chunks).
+  at::Tensor t_column_keys;
 
   int64_t num_blocks() const { return block_cols.numel(); }
   int64_t num_columns() const { return column_indices.numel(); }

@@ -115,6 +115,11 @@ void sparse_attention_backward_cuda(const at::Tensor& dout, const at::Tensor& q,
   if (index.t_column_row_offsets.defined()) {
     p.t_column_row_offsets = int32_data(index.t_column_row_offsets, "t_column_row_offsets");
     p.t_column_entries = int32_data(index.t_column_entries, "t_column_entries");
+    TORCH_CHECK(index.t_column_keys.defined() && index.t_column_keys.dim() == 2,
+                "sparse attention backward: the transposed columns come without t_column_keys "
+                "(build_sparse_index with Transpose::kBlocksAndColumns makes both)");
+    p.t_column_keys = int32_data(index.t_column_keys, "t_column_keys");
+    p.t_column_key_capacity = static_cast<int>(index.t_column_keys.size(1));
   }
   check_launch(kernels::launch_sparse_attention_backward(p, current_stream()),
                "launch_sparse_attention_backward");

@@ -74,6 +74,15 @@ struct SparseAttentionBackwardParams {
   const int32_t* t_block_entries = nullptr;
   const int32_t* t_column_row_offsets = nullptr;  // rows as above, over local key tokens:
   const int32_t* t_column_entries = nullptr;      // (b * num_kv_heads + kvh) * k_tokens + token
+  // [batch * num_kv_heads, t_column_key_capacity]: per (sequence, kv head), the local key tokens
+  // whose transposed column row is non-empty, ascending, padded with -1. The deterministic dK/dV
+  // pass over the columns runs one CTA per kColumnKeyChunk of them. The capacity is a multiple of
+  // kColumnKeyChunk (0 when the pair has no columns).
+  const int32_t* t_column_keys = nullptr;
+  int t_column_key_capacity = 0;
 };
+
+// Keys per chunk of t_column_keys (the deterministic column pass's kv tile).
+inline constexpr int kColumnKeyChunk = 64;
 
 }  // namespace sparsering::kernels

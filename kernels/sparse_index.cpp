@@ -1,10 +1,12 @@
 #include "kernels/sparse_index.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
 #include "kernels/cpu/sparse_index_cpu.h"
 #include "kernels/sparse_attention_cuda_ops.h"
+#include "kernels/sparse_attention_params.h"
 #include "kernels/vertical_slash.h"
 
 namespace sparsering::kernels {
@@ -12,6 +14,24 @@ namespace {
 
 // Integer division of an int64 tensor (operator/ on integer tensors is true division).
 at::Tensor divide(const at::Tensor& t, int64_t divisor) { return at::div(t, divisor, "floor"); }
+
+// The keys some query attends as a column, per (sequence, kv head) row of `attended` (bool
+// [rows, k_tokens]): ascending local tokens, -1 padded to a capacity that is a multiple of
+// kColumnKeyChunk. A kv head's rows hold at most `bound` such keys (its heads' column budgets), so
+// the capacity, and with it the deterministic column pass's grid, is known without reading the
+// device.
+at::Tensor column_keys(const at::Tensor& attended, int64_t bound) {
+  const int64_t rows = attended.size(0), k_tokens = attended.size(1);
+  const int64_t chunk = kColumnKeyChunk;
+  const int64_t capacity = (std::min(k_tokens, bound) + chunk - 1) / chunk * chunk;
+  const auto long_options = attended.options().dtype(at::kLong);
+  // Attended key i of a row goes to slot i; the others to a spill slot past the capacity.
+  const auto slot = at::where(attended, attended.to(at::kLong).cumsum(1) - 1,
+                              at::full({}, capacity, long_options));
+  auto keys = at::full({rows, capacity + 1}, -1, long_options);
+  keys.scatter_(1, slot, at::arange(k_tokens, long_options).expand({rows, k_tokens}));
+  return keys.slice(1, 0, capacity).to(at::kInt).contiguous();
+}
 
 // The deterministic backward's transposed columns, from the column rows: rows (sequence, kv
 // head, key token), entries q_head * q_blocks + qb in ascending row order (a stable sort of the
@@ -33,8 +53,11 @@ void add_transposed_columns(SparseIndex& index, const SparseIndexInputs& in) {
   const auto order = std::get<1>(key.sort(/*stable=*/true, 0, false));
   index.t_column_entries =
       (entry_heads * in.q_blocks + qb_of_entry).index_select(0, order).to(at::kInt).contiguous();
-  index.t_column_row_offsets =
-      row_offsets_of(at::bincount(key, {}, in.batch * in.kv_heads * k_tokens));
+  const int64_t kv_rows = in.batch * in.kv_heads;
+  const auto per_key = at::bincount(key, {}, kv_rows * k_tokens);
+  index.t_column_row_offsets = row_offsets_of(per_key);
+  index.t_column_keys = column_keys(per_key.view({kv_rows, k_tokens}) > 0,
+                                    (in.heads / in.kv_heads) * in.columns.size(1));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cpu/sparse_attention_cpu.h"
+#include "kernels/sparse_attention_params.h"
 #include "parallel/layout.h"
 #include "tests/attention_reference.h"
 
@@ -120,6 +121,29 @@ std::pair<at::Tensor, at::Tensor> expected_transposed_columns(const kernels::Spa
   return {at::tensor(offsets, at::kInt), at::tensor(entries, at::kInt)};
 }
 
+// The column keys the deterministic backward's chunks hold, from the transposed column offsets:
+// per (sequence, kv head) row, the tokens with entries, ascending, then -1 up to the capacity.
+void expect_column_keys(const kernels::SparseIndex& index, int64_t kv_rows, int64_t k_tokens) {
+  const auto keys = index.t_column_keys;
+  ASSERT_EQ(keys.dim(), 2);
+  ASSERT_EQ(keys.size(0), kv_rows);
+  EXPECT_EQ(keys.scalar_type(), at::kInt);
+  EXPECT_EQ(keys.size(1) % kernels::kColumnKeyChunk, 0);
+  for (int64_t row = 0; row < kv_rows; ++row) {
+    std::vector<int> expected;
+    for (int64_t token = 0; token < k_tokens; ++token) {
+      const int64_t t_row = row * k_tokens + token;
+      if (index.t_column_row_offsets[t_row + 1].item<int>() >
+          index.t_column_row_offsets[t_row].item<int>()) {
+        expected.push_back(static_cast<int>(token));
+      }
+    }
+    ASSERT_LE(static_cast<int64_t>(expected.size()), keys.size(1)) << "row " << row;
+    expected.resize(keys.size(1), -1);
+    EXPECT_TRUE(keys[row].equal(at::tensor(expected, at::kInt))) << "row " << row;
+  }
+}
+
 // The (batch, head, query block, kv block) incidences of an index's CSR, and of its transposed
 // CSR (rows (b, kv head, kv block), entries q_head * q_blocks + qb), as [B, H, QB, KB] bool.
 at::Tensor block_incidence(const kernels::SparseIndex& index, int64_t batch, int64_t heads,
@@ -220,6 +244,7 @@ TEST_P(IndexUnderLayout, PairIndicesTileTheGlobalMask) {
           index, 2, heads, kv_heads, layout.blocks_per_rank(), layout.blocks_per_rank() * block);
       EXPECT_TRUE(index.t_column_row_offsets.equal(t_offsets));
       EXPECT_TRUE(index.t_column_entries.equal(t_entries));
+      expect_column_keys(index, 2 * kv_heads, layout.blocks_per_rank() * block);
     }
   }
 }
@@ -283,6 +308,7 @@ TEST_P(IndexUnderLayout, DocumentKeyStartsPruneBlocksWithoutChangingVisiblePairs
           transposed_block_incidence(pruned, 2, heads, kv_heads, local_blocks, local_blocks)));
       EXPECT_EQ(pruned.t_column_entries.numel(), pruned.column_indices.numel());
       EXPECT_EQ(pruned.t_column_row_offsets[-1].item<int>(), pruned.column_indices.numel());
+      expect_column_keys(pruned, 2 * kv_heads, local);
       pruned_blocks += pruned.num_blocks();
       all_blocks += unpruned.num_blocks();
       pruned_columns += pruned.num_columns();
@@ -309,6 +335,7 @@ TEST(DensePattern, IndexesEveryCausalBlock) {
   EXPECT_EQ(full.t_block_row_offsets[1].item<int>(), 2 * 8);
   EXPECT_EQ(full.t_column_row_offsets.numel(), 2 * 8 * block + 1);
   EXPECT_EQ(full.t_column_entries.numel(), 0);
+  EXPECT_EQ(full.t_column_keys.numel(), 0);  // no columns: the column pass launches nothing
 }
 
 // Row offsets carry the entry count summed in int64; a count past int32 is refused by name

@@ -21,9 +21,9 @@
 //    over everything when the caller gives no transposed index; deterministic mode runs it for
 //    dQ alone.
 //  - per kv tile (deterministic mode): one CTA per 64-key tile and kv head walks the transposed
-//    index, keeps dK/dV in registers and writes them without atomics. Vertical columns come from
-//    the transposed column index, turned into one masked 64-key tile per query block (see
-//    sparse_attention_backward_dkdv_kernel).
+//    block index, keeps dK/dV in registers and writes them without atomics. Then one CTA per
+//    chunk of 64 gathered column keys walks their transposed column rows the same way, each query
+//    block as one tile masked to the chunk keys it attends, and adds into those keys' rows.
 // Matrix products use mma.sync.m16n8k16 with ldmatrix operands; streamed tiles are
 // double-buffered with cp.async (single-buffered where that doubles the CTAs per SM).
 // Document masking (p.q_key_start) is a template flag of every kernel, so the unmasked
@@ -33,8 +33,9 @@
 //
 // Files: the per-query-tile kernel and the delta pre-pass in sparse_attention_backward_dq.cu, the
 // per-kv-block kernels in sparse_attention_backward_kv.cu (mma.sync) and
-// sparse_attention_backward_wgmma.cuh (wgmma), the deterministic per-kv-tile kernel in
-// sparse_attention_backward_dkdv.cu; this file holds the launcher, which picks the schedule.
+// sparse_attention_backward_wgmma.cuh (wgmma), the deterministic per-kv-tile kernels in
+// sparse_attention_backward_dkdv.cu (active blocks) and sparse_attention_backward_dkdv_columns.cu
+// (gathered column keys); this file holds the launcher, which picks the schedule.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -71,9 +72,11 @@ cudaError_t launch_backward(const SparseAttentionBackwardParams& bp, cudaStream_
     return p.block_size == 128 ? launch_kv_major<Element, kHeadDim, 128, kDocumentMask>(bp, stream)
                                : launch_kv_major<Element, kHeadDim, 64, kDocumentMask>(bp, stream);
   }
-  const cudaError_t err = launch_deterministic_dq<Element, kHeadDim, kDocumentMask>(bp, stream);
+  cudaError_t err = launch_deterministic_dq<Element, kHeadDim, kDocumentMask>(bp, stream);
   if (err != cudaSuccess || p.k_tokens == 0) return err;
-  return launch_deterministic_dkdv<Element, kHeadDim, kDocumentMask>(bp, stream);
+  err = launch_deterministic_dkdv<Element, kHeadDim, kDocumentMask>(bp, stream);
+  if (err != cudaSuccess) return err;
+  return launch_deterministic_dkdv_columns<Element, kHeadDim, kDocumentMask>(bp, stream);
 }
 
 template <typename Element, int kHeadDim>
@@ -100,7 +103,9 @@ cudaError_t launch_sparse_attention_backward(const SparseAttentionBackwardParams
   }
   if (bp.deterministic && p.k_tokens > 0 &&
       (bp.t_block_row_offsets == nullptr || bp.t_column_row_offsets == nullptr ||
-       !aligned(p.lse, 16) || !aligned(bp.delta, 16))) {
+       bp.t_column_key_capacity < 0 || bp.t_column_key_capacity % kColumnKeyChunk != 0 ||
+       (bp.t_column_key_capacity > 0 && bp.t_column_keys == nullptr) || !aligned(p.lse, 16) ||
+       !aligned(bp.delta, 16))) {
     return cudaErrorInvalidValue;
   }
   const bool bf16 = p.element_type == ElementType::kBFloat16;

@@ -35,11 +35,15 @@ template <typename Element, int kHeadDim, bool kColumnsOnly, bool kDocumentMask>
 cudaError_t launch_query_major(const SparseAttentionBackwardParams& bp, cudaStream_t stream);
 
 // Deterministic mode: dQ per query tile (sparse_attention_backward_dq.cu), then dK/dV per kv tile
-// (sparse_attention_backward_dkdv.cu).
+// of the active blocks (sparse_attention_backward_dkdv.cu), then dK/dV per chunk of gathered
+// column keys added into the same rows (sparse_attention_backward_dkdv_columns.cu).
 template <typename Element, int kHeadDim, bool kDocumentMask>
 cudaError_t launch_deterministic_dq(const SparseAttentionBackwardParams& bp, cudaStream_t stream);
 template <typename Element, int kHeadDim, bool kDocumentMask>
 cudaError_t launch_deterministic_dkdv(const SparseAttentionBackwardParams& bp, cudaStream_t stream);
+template <typename Element, int kHeadDim, bool kDocumentMask>
+cudaError_t launch_deterministic_dkdv_columns(const SparseAttentionBackwardParams& bp,
+                                              cudaStream_t stream);
 
 // Non-deterministic dK/dV/dQ of the active blocks per kv tile of kKeys keys
 // (sparse_attention_backward_kv.cu; the wgmma kernel where it applies).

@@ -111,7 +111,7 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
     for (at::Tensor* t :
          {&index_gpu.block_row_offsets, &index_gpu.block_cols, &index_gpu.column_row_offsets,
           &index_gpu.column_indices, &index_gpu.t_block_row_offsets, &index_gpu.t_block_entries,
-          &index_gpu.t_column_row_offsets, &index_gpu.t_column_entries}) {
+          &index_gpu.t_column_row_offsets, &index_gpu.t_column_entries, &index_gpu.t_column_keys}) {
       *t = t->to(cuda);
     }
     const auto k_shard = layout.shard(k, source).contiguous();
@@ -165,9 +165,13 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   auto relative_error = [](const at::Tensor& got, const at::Tensor& truth) {
     return testing::max_abs_diff(got, truth) / (truth.abs().max().item<double>() + 1e-12);
   };
-  for (bool deterministic : {false, true}) {
+  // The deterministic gradients of the first pass, to compare the second pass with bitwise.
+  std::vector<at::Tensor> first_pass;
+  for (int pass = 0; pass < 3; ++pass) {
+    const bool deterministic = pass > 0;
     SCOPED_TRACE(deterministic ? "deterministic" : "atomic");
     auto dq = at::full(q_local.sizes(), NAN, at::TensorOptions().device(cuda)).zero_();
+    std::vector<at::Tensor> gradients;
     for (int source = 0; source < world; ++source) {
       auto& [blocks_gpu, index_gpu, k_shard, v_shard] = pairs[source];
       // dk and dv start at 1: the kernels add into them.
@@ -179,8 +183,16 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
                                          scale, deterministic, dq, dk, dv);
       EXPECT_LT(relative_error(dk - 1, layout.shard(k64.grad(), source)), 0.03) << "dk " << source;
       EXPECT_LT(relative_error(dv - 1, layout.shard(v64.grad(), source)), 0.03) << "dv " << source;
+      gradients.insert(gradients.end(), {dk, dv});
     }
     EXPECT_LT(relative_error(dq, q64.grad()), 0.03) << "dq";
+    gradients.push_back(dq);
+    if (pass == 1) first_pass = gradients;
+    if (pass == 2) {
+      for (size_t i = 0; i < gradients.size(); ++i) {
+        EXPECT_TRUE(gradients[i].equal(first_pass[i])) << "deterministic rerun, tensor " << i;
+      }
+    }
   }
   if (c.documents) {
     // Rows whose documents hide every key: exactly out 0 and lse -inf, as the twin gives.

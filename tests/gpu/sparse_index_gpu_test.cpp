@@ -61,6 +61,7 @@ void expect_same_index(const kernels::SparseIndex& got, const kernels::SparseInd
   expect_equal(got.t_block_entries, expected.t_block_entries, "t_block_entries");
   expect_equal(got.t_column_row_offsets, expected.t_column_row_offsets, "t_column_row_offsets");
   expect_equal(got.t_column_entries, expected.t_column_entries, "t_column_entries");
+  expect_equal(got.t_column_keys, expected.t_column_keys, "t_column_keys");
 }
 
 TEST_P(SparseIndexGpu, EqualsReferenceTwin) {
