@@ -7,7 +7,7 @@ against the prediction of `sparsering plan` and the time of the optimizer step (
 when offloaded).
 
     bench/model_state_gpu.py --binary build/sparsering [--suite 1b,3b,8b] [--only 131072,longest]
-                             [--json FILE]
+                             [--kinds sparse] [--json FILE]
 
 tokens/s is the mean of the profiled steps (every step after the first); peak memory and the
 optimizer phase come from `train --profile`. A run that runs out of memory is a row saying so.
@@ -108,6 +108,8 @@ def main():
     parser.add_argument("--suite", default="1b,3b,8b", help="comma-separated: 1b, 3b, 8b")
     parser.add_argument("--only", default="",
                         help="comma-separated token counts (or 'longest') to run; default all")
+    parser.add_argument("--kinds", default="",
+                        help="comma-separated attention kinds (dense, sparse) to run; default both")
     parser.add_argument("--json", default="model_state_gpu.json")
     parser.add_argument("--log", default="model_state_gpu.log")
     parser.add_argument("--run-root", default="/tmp/model_state_gpu")
@@ -122,6 +124,8 @@ def main():
             config = os.path.join(ROOT, "configs", config_name)
             for tokens, kind, steps, extra in runs:
                 if arguments.only and str(tokens) not in arguments.only.split(","):
+                    continue
+                if arguments.kinds and kind.lower() not in arguments.kinds.lower().split(","):
                     continue
                 overrides = [f"attention.kind={kind}", *extra]
                 if tokens == "longest":

@@ -7,7 +7,7 @@
 # HOST_ADAMW=0 (skip the host AdamW benchmark),
 # TESTS=0 (skip the GPU tests: a second call on a warm machine that only measures),
 # MODEL_STATE=1b,3b,8b (sharded state and offload; MODEL_STATE_ONLY=131072,longest runs only those
-# context lengths), HF_FAMILY=1 (families against transformers),
+# context lengths, MODEL_STATE_KINDS=sparse only those attention kinds), HF_FAMILY=1 (families against transformers),
 # QUALITY_SETTING=default (the quality protocol, launch/quality.sh).
 set -uo pipefail
 
@@ -195,7 +195,7 @@ fi
 if [ -n "${MODEL_STATE:-}" ]; then
   echo "== model state ($MODEL_STATE)"
   if "$python" "$root/bench/model_state_gpu.py" --binary "$build/sparsering" --suite "$MODEL_STATE" \
-       --only "${MODEL_STATE_ONLY:-}" \
+       --only "${MODEL_STATE_ONLY:-}" --kinds "${MODEL_STATE_KINDS:-}" \
        --json "$out/model_state_gpu.json" --log "$out/model_state_gpu.log"; then
     status+=("model_state|ok|model_state_gpu.json")
   else
