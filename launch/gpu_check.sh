@@ -7,7 +7,8 @@
 # HOST_ADAMW=0 (skip the host AdamW benchmark),
 # TESTS=0 (skip the GPU tests: a second call on a warm machine that only measures),
 # MODEL_STATE=1b,3b,8b (sharded state and offload; MODEL_STATE_ONLY=131072,longest runs only those
-# context lengths, MODEL_STATE_KINDS=sparse only those attention kinds), HF_FAMILY=1 (families against transformers),
+# context lengths, MODEL_STATE_KINDS=sparse only those attention kinds),
+# HF_FAMILY=1 (families against transformers),
 # QUALITY_SETTING=default (the quality protocol, launch/quality.sh).
 set -uo pipefail
 
