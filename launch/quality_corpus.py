@@ -254,7 +254,7 @@ def mixed_sequences(train_docs, enc, eos, length, fraction, seed, label):
         if synthetic < fraction * (total + length):
             task = names[sum(counts.values()) % len(names)]
             size = rng.randint(min(length, max(length // 8, 256)), length)
-            ids = quality_tasks.TRAIN_TASKS[task](enc, stream, rng, size - 1) + [eos]
+            ids = quality_tasks.TRAIN_TASKS[task](enc, stream, rng, size - 1)[0] + [eos]
             counts[task] += 1
             synthetic += len(ids)
             pieces.append(ids)

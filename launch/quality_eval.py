@@ -14,7 +14,11 @@ on a GPU, fp32 on the CPU) and measured on the same held-out data and the same s
               multi-value needles, variable tracking, common-word extraction, associative recall
               (launch/quality_tasks.py); haystacks are held-out text;
   heatmap     single-needle accuracy over --heatmap-depths depths x --lengths, --heatmap-samples
-              sequences per cell (the suite's single-needle score is the mean of its row).
+              sequences per cell (the suite's single-needle score is the mean of its row);
+  probe       the training mix's own retrieval tasks (passkey, multi-key needles, key-value
+              lookup) at each of --lengths, --samples sequences each, on held-out haystacks with
+              new values: in distribution, so it shows whether a model learnt retrieval at all
+              where the suite (other wording, keys and formats) shows nothing.
 Answers are scored by teacher-forced greedy decoding: an answer item is right when the model's
 argmax is the reference token at every one of its positions (what greedy generation would
 produce), a multi-item answer scores the fraction of items right. Writes --output (JSON) and
@@ -86,11 +90,17 @@ def build_samples(args, enc, stream):
                     enc, stream, quality_tasks.rng_for(args.seed, "needle", length, d, s),
                     length, depth)
                 for s in range(args.heatmap_samples)]
+    probe = {task: {length: [quality_tasks.probe_sample(
+                        task, enc, stream, quality_tasks.rng_for(args.seed, "probe", task, length, i),
+                        length) for i in range(args.samples)]
+                    for length in args.lengths}
+             for task in sorted(quality_tasks.TRAIN_TASKS)}
     for samples in [s for t in suite.values() for s in t.values()] + \
-            [s for row in heatmap.values() for s in row.values()]:
+            [s for row in heatmap.values() for s in row.values()] + \
+            [s for t in probe.values() for s in t.values()]:
         for sample in samples:
             assert len(sample.ids) == len(samples[0].ids), "samples of one cell differ in length"
-    return suite, heatmap, len(common_words)
+    return suite, heatmap, probe, len(common_words)
 
 
 class Evaluator:
@@ -215,7 +225,7 @@ def evaluate(args):
     stream = tokens.tolist()
 
     start = time.monotonic()
-    suite, heatmap, n_common = build_samples(args, enc, stream)
+    suite, heatmap, probe, n_common = build_samples(args, enc, stream)
     ppl_length = args.ppl_length or args.lengths[-1]
     long_docs = [(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])
                  if b - a >= ppl_length]
@@ -229,8 +239,9 @@ def evaluate(args):
         ppl_source = "windows of the concatenated held-out documents (none is long enough)"
         count = min(args.ppl_docs, len(stream) // ppl_length)
         ppl_sequences = [stream[i * ppl_length:(i + 1) * ppl_length] for i in range(count)]
-    log(f"{sum(len(v) for t in suite.values() for v in t.values())} suite and "
-        f"{sum(len(v) for r in heatmap.values() for v in r.values())} heatmap sequences, "
+    log(f"{sum(len(v) for t in suite.values() for v in t.values())} suite, "
+        f"{sum(len(v) for r in heatmap.values() for v in r.values())} heatmap and "
+        f"{sum(len(v) for t in probe.values() for v in t.values())} probe sequences, "
         f"{len(ppl_sequences)} perplexity sequences of {ppl_length} ({ppl_source}); "
         f"device {args.device} ({time.monotonic() - start:.0f} s)")
 
@@ -258,6 +269,11 @@ def evaluate(args):
         result["suite"] = {"lengths": args.lengths, "tasks": tasks,
                            "mean": [sum(t[i] for t in tasks.values()) / len(tasks)
                                     for i in range(len(args.lengths))]}
+        probe_tasks = {task: [evaluator.score(by_length[length]) for length in args.lengths]
+                       for task, by_length in probe.items()}
+        result["probe"] = {"lengths": args.lengths, "tasks": probe_tasks,
+                           "mean": [sum(t[i] for t in probe_tasks.values()) / len(probe_tasks)
+                                    for i in range(len(args.lengths))]}
         result["seconds"] = round(time.monotonic() - began, 1)
         results["models"][name] = result
         ppl = result["perplexity"]
@@ -265,6 +281,9 @@ def evaluate(args):
             f"{ppl[-1]['perplexity']:.2f} (last); suite mean "
             + ", ".join(f"{kilo(length)} {100 * m:.1f}%"
                         for length, m in zip(args.lengths, result["suite"]["mean"]))
+            + "; training-format probe "
+            + ", ".join(f"{kilo(length)} {100 * m:.1f}%"
+                        for length, m in zip(args.lengths, result["probe"]["mean"]))
             + f" ({result['seconds']:.0f} s)")
         del evaluator
         if args.device == "cuda":

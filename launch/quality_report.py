@@ -123,6 +123,21 @@ def build(out):
                          + " |")
     lines.append("")
 
+    # The training mix's own tasks on held-out text (older eval.json files have no probe).
+    if all("probe" in models[n] for n in names):
+        lines.append("Training-format retrieval probe (%), in distribution: the training mix's "
+                     "passkey, multi-key and key-value tasks on held-out text with new values:")
+        lines.append("")
+        probe_tasks = list(models[names[0]]["probe"]["tasks"])
+        lines.append("| model | " + " | ".join(f"{t} {kilo(x)}" for t in probe_tasks
+                                               for x in lengths) + " |")
+        lines.append("|---|" + "---|" * (len(probe_tasks) * len(lengths)))
+        for n in names:
+            lines.append(f"| {LABELS.get(n, n)} | "
+                         + " | ".join(percent(v) for t in probe_tasks
+                                      for v in models[n]["probe"]["tasks"][t]) + " |")
+        lines.append("")
+
     # Perplexity per position bucket.
     buckets = models[names[0]]["perplexity"]
     lines.append("Held-out perplexity per position bucket:")
@@ -146,11 +161,18 @@ def build(out):
                                                   models[n]["suite"]["mean"])]
             ratios = [s["perplexity"] / d["perplexity"] - 1
                       for d, s in zip(dense["perplexity"], models[n]["perplexity"])]
+            probe = ""
+            if "probe" in dense and "probe" in models[n]:
+                probe_gaps = [100 * (d - s) for d, s in zip(dense["probe"]["mean"],
+                                                            models[n]["probe"]["mean"])]
+                probe = ("; training-format probe gap "
+                         + ", ".join(f"{kilo(x)} {g:+.1f}" for x, g in zip(lengths, probe_gaps))
+                         + " points")
             lines.append(
                 f"{LABELS[n]} vs dense: suite mean accuracy gap (dense - sparse) "
                 + ", ".join(f"{kilo(x)} {g:+.1f}" for x, g in zip(lengths, gaps))
                 + f" points (target <= 2); perplexity {100 * min(ratios):+.1f}% to "
-                f"{100 * max(ratios):+.1f}% of dense per bucket (target within 2%).")
+                f"{100 * max(ratios):+.1f}% of dense per bucket (target within 2%){probe}.")
         # A gap between two models that both fail the suite measures nothing: say where.
         weak = [kilo(x) for x, d in zip(lengths, dense["suite"]["mean"])
                 if d < WEAK_ACCURACY]
@@ -161,7 +183,8 @@ def build(out):
                 "tell the runs apart; the perplexity buckets still do.")
     report = {"lengths": lengths, "runs": speeds,
               "models": {n: {"suite": models[n]["suite"], "perplexity": models[n]["perplexity"],
-                             "heatmap": models[n]["heatmap"]} for n in names},
+                             "heatmap": models[n]["heatmap"],
+                             "probe": models[n].get("probe")} for n in names},
               "corpus": {k: corpus[k] for k in ("files", "bytes", "files_sha256", "vocab_size")},
               "eval_settings": evaluation["settings"]}
     return "\n".join(lines) + "\n", report, names

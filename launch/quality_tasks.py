@@ -1,8 +1,10 @@
 """Retrieval sequences of the quality pipeline (launch/quality.sh), built at the token level.
 
 Two disjoint families share the helpers here:
-- the TRAINING mix (quality_corpus.py mixes it into the extension shards): passkey, multi-key
-  needles and key-value lookup in train-split haystacks;
+- the TRAINING mix (quality_corpus.py mixes it into the pretraining and extension shards):
+  passkey, multi-key needles and key-value lookup in train-split haystacks; quality_eval.py also
+  runs it as an in-distribution probe on held-out haystacks with new values, which tells a model
+  that never learnt retrieval from one whose retrieval does not transfer to the suite;
 - the EVALUATION suite (quality_eval.py), RULER-style: single needle, multi-key needles,
   multi-value needles, variable tracking, common-word extraction and associative recall in
   held-out haystacks.
@@ -136,6 +138,9 @@ def random_digits(rng, digits):
 # ---------------------------------------------------------------- training mix
 
 
+# Each returns (ids, answer spans) of exactly `length` tokens or fewer (kv_lookup).
+
+
 def train_passkey(enc, stream, rng, length):
     key = random_digits(rng, rng.choice((5, 6)))
     needle = enc(f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n")
@@ -143,7 +148,7 @@ def train_passkey(enc, stream, rng, length):
     answer = enc(" " + key)
     hay = haystack(stream, rng, fit(length, len(needle) + len(question) + len(answer), "passkey"))
     context, _ = insert_at_depths(hay, [(rng.random(), needle)])
-    return assemble(context, question, [answer], [])[0]
+    return assemble(context, question, [answer], [])
 
 
 def train_multikey(enc, stream, rng, length):
@@ -158,7 +163,7 @@ def train_multikey(enc, stream, rng, length):
     parts = sum(map(len, needles)) + len(question) + len(answer)
     hay = haystack(stream, rng, fit(length, parts, "multi-key needles"))
     context, _ = insert_at_depths(hay, [(rng.random(), n) for n in needles])
-    return assemble(context, question, [answer], [])[0]
+    return assemble(context, question, [answer], [])
 
 
 def train_kv_lookup(enc, stream, rng, length):
@@ -186,10 +191,10 @@ def train_kv_lookup(enc, stream, rng, length):
         del pairs[drop]
         target -= drop < target
     ids = head + [t for _, _, piece in pairs for t in piece]
-    ids, _ = assemble(ids, question, [answer], [])
+    ids, spans = assemble(ids, question, [answer], [])
     if len(ids) > length:
         raise TaskError(f"key-value lookup: {len(ids)} tokens do not fit in {length}")
-    return ids
+    return ids, spans
 
 
 TRAIN_TASKS = {"passkey": train_passkey, "multikey": train_multikey, "kv_lookup": train_kv_lookup}
@@ -368,6 +373,14 @@ EVAL_TASKS = {
     "common_words": eval_common_words,
     "associative_recall": eval_associative_recall,
 }
+
+
+def probe_sample(task, enc, stream, rng, length):
+    """One training-format sequence (TRAIN_TASKS[task]) as a scored Sample, padded at the front
+    with haystack to exactly `length` tokens (key-value lookup may come out shorter)."""
+    ids, spans = TRAIN_TASKS[task](enc, stream, rng, length)
+    pad = haystack(stream, rng, length - len(ids))
+    return Sample(pad + ids, [[p + len(pad) for p in span] for span in spans])
 
 
 def spread_depths(count):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -37,8 +38,21 @@ python = sys.executable
 
 launch = os.path.join(source, "launch")
 sys.path.insert(0, launch)
+import quality_tasks  # noqa: E402
 from quality_tasks import Sample  # noqa: E402
 from quality_eval import score_samples  # noqa: E402
+
+# The training-format probe: every task gives a sequence of exactly the length asked, whose
+# scored answer is the value its context states (characters as tokens).
+haystack_text = [ord(c) for c in "lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 60]
+for task in sorted(quality_tasks.TRAIN_TASKS):
+    probe = quality_tasks.probe_sample(task, lambda text: [ord(c) for c in text], haystack_text,
+                                       random.Random(task), 1500)
+    check(len(probe.ids) == 1500 and len(probe.items) == 1, f"probe {task}: shape")
+    answer = "".join(chr(probe.ids[p]) for p in probe.items[0]).strip()
+    context = "".join(chr(t) for t in probe.ids[:probe.items[0][0]])
+    check(answer and answer in context and probe.items[0][-1] == len(probe.ids) - 1,
+          f"probe {task}: answer {answer!r} is not stated in its context")
 
 # Scoring on fixed predictions: all items right, one of two wrong, set answers in any order.
 ids = [5, 6, 7, 8, 9, 10]
@@ -146,6 +160,10 @@ with temporary_directory() as tmp:
         check(all(0.0 <= v <= 1.0 for v in sum(tasks.values(), [])), f"{name}: accuracy range")
         heat = result["heatmap"]["accuracy"]
         check(len(heat) == 3 and all(len(row) == 3 for row in heat), f"{name}: heatmap shape")
+        probe = result["probe"]["tasks"]
+        check(sorted(probe) == ["kv_lookup", "multikey", "passkey"] and
+              all(len(v) == 3 and all(0.0 <= a <= 1.0 for a in v) for v in probe.values()),
+              f"{name}: training-format probe {probe}")
         buckets = result["perplexity"]
         check([b["start"] for b in buckets] == [0, 256, 512, 768] and
               all(math.isfinite(b["loss"]) and b["loss"] > 0 for b in buckets),
@@ -158,7 +176,8 @@ with temporary_directory() as tmp:
           "no table on stdout", process)
     with open(os.path.join(out, "report.md")) as f:
         report = f.read()
-    check("| sparse + N:M 2:4 MLP |" in report and "perplexity per position" in report,
+    check("| sparse + N:M 2:4 MLP |" in report and "perplexity per position" in report and
+          "Training-format retrieval probe" in report,
           "report.md incomplete")
     weak_dense = any(a < 0.10 for a in models["dense"]["suite"]["mean"])
     check(("do not tell the runs apart" in report) == weak_dense,
