@@ -47,14 +47,7 @@ __global__ void __launch_bounds__(kThreads) sparse_attention_backward_dkdv_kerne
 
   float dk[kDTiles][4];
   float dv[kDTiles][4];
-#pragma unroll
-  for (int dn = 0; dn < kDTiles; ++dn) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      dk[dn][e] = 0.f;
-      dv[dn][e] = 0.f;
-    }
-  }
+  zero_dkdv<kHeadDim>(dk, dv);
   const int key_pos[2] = {tiles.k_pos0 + warp * 16 + g, tiles.k_pos0 + warp * 16 + g + 8};
   accumulate_dkdv<Element, kHeadDim, kDocumentMask>(tiles, bp, b, sm, key_pos, dk, dv);
 

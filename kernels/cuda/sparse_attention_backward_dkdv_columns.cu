@@ -98,14 +98,7 @@ __global__ void __launch_bounds__(kThreads) sparse_attention_backward_dkdv_colum
 
   float dk[kDTiles][4];
   float dv[kDTiles][4];
-#pragma unroll
-  for (int dn = 0; dn < kDTiles; ++dn) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      dk[dn][e] = 0.f;
-      dv[dn][e] = 0.f;
-    }
-  }
+  zero_dkdv<kHeadDim>(dk, dv);
   QueryTiles tiles;
   tiles.entries = sm.entries;
   tiles.key_masks = sm.key_masks;

@@ -13,6 +13,7 @@
 
 #include "device_constants.cuh"
 #include "device_convert.cuh"
+#include "device_mask.cuh"
 #include "device_ptx.cuh"
 #include "sparse_attention_backward_kv_major.cuh"
 #include "sparse_attention_backward_tiles.cuh"
@@ -146,13 +147,13 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
           const int query = qc * kQueryChunk + n * 8 + 2 * t + (e & 1);
           const float lse = lse_tile[query];
           const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
-          const int key_position = key_pos[e >> 1];
           bool masked;
           if constexpr (kDocumentMask) {
-            masked = key_off[e >> 1] || key_position > q_pos0 + query ||
-                     key_position < key_start_tile[query];
+            masked = key_off[e >> 1] ||
+                     key_hidden_at<true>(key_pos[e >> 1], q_pos0 + query, key_start_tile + query);
           } else {
-            masked = mask && (key_off[e >> 1] || key_position > q_pos0 + query);
+            masked =
+                mask && (key_off[e >> 1] || key_hidden<false>(key_pos[e >> 1], q_pos0 + query, 0));
           }
           const float prob = masked ? 0.f : exp2f(st[n][e] * scale_log2 - lse2);
           st[n][e] = prob;
@@ -195,6 +196,20 @@ __device__ __forceinline__ void accumulate_dkdv(const QueryTiles& tiles,
     it = next;
   }
   cp_async_wait<0>();
+}
+
+// Zeroes the dK/dV accumulators of this thread before a kernel's passes.
+template <int kHeadDim>
+__device__ __forceinline__ void zero_dkdv(float (&dk)[kHeadDim / 8][4],
+                                          float (&dv)[kHeadDim / 8][4]) {
+#pragma unroll
+  for (int dn = 0; dn < kHeadDim / 8; ++dn) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      dk[dn][e] = 0.f;
+      dv[dn][e] = 0.f;
+    }
+  }
 }
 
 // Carves the frame of dkdv_smem_bytes out of dynamic shared memory.

@@ -14,6 +14,7 @@
 #include "device_atomics.cuh"
 #include "device_constants.cuh"
 #include "device_convert.cuh"
+#include "device_mask.cuh"
 #include "device_ptx.cuh"
 #include "sparse_attention_backward_dq_walk.cuh"
 #include "sparse_attention_backward_launch.cuh"
@@ -221,13 +222,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int n = 0; n < kKeyTiles; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        bool masked;
-        if constexpr (kDocumentMask) {
-          const int key_pos = kpos[n * 8 + 2 * t + (e & 1)];
-          masked = mask && (key_pos > q_pos_g + (e >> 1) * 8 || key_pos < key_start[e >> 1]);
-        } else {
-          masked = mask && kpos[n * 8 + 2 * t + (e & 1)] > q_pos_g + (e >> 1) * 8;
-        }
+        const bool masked =
+            mask && key_hidden<kDocumentMask>(kpos[n * 8 + 2 * t + (e & 1)], q_pos_g + (e >> 1) * 8,
+                                              key_start[e >> 1]);
         const float prob = masked ? 0.f : exp2f(s[n][e] * scale_log2 - lse2[e >> 1]);
         s[n][e] = prob;
         dpv[n][e] = prob * (dpv[n][e] - row_delta[e >> 1]);

@@ -11,6 +11,7 @@
 #include "device_atomics.cuh"
 #include "device_constants.cuh"
 #include "device_convert.cuh"
+#include "device_mask.cuh"
 #include "device_ptx.cuh"
 #include "sparse_attention_backward_kv_major.cuh"
 #include "sparse_attention_backward_launch.cuh"
@@ -209,9 +210,9 @@ __device__ __forceinline__ void accumulate_block_gradients(const QueryTiles& til
             const int key_pos = tiles.k_pos0 + 32 * wn + 8 * ni + 2 * t + c;
             bool masked;
             if constexpr (kDocumentMask) {
-              masked = key_pos > q_pos || key_pos < key_start;
+              masked = key_hidden<true>(key_pos, q_pos, key_start);
             } else {
-              masked = mask && key_pos > q_pos;
+              masked = mask && key_hidden<false>(key_pos, q_pos, 0);
             }
             const float prob = masked ? 0.f : exp2f(s[mi][ni][e] * scale_log2 - lse2);
             s[mi][ni][e] = prob;

@@ -21,6 +21,7 @@
 #include "device_atomics.cuh"
 #include "device_constants.cuh"
 #include "device_convert.cuh"
+#include "device_mask.cuh"
 #include "device_ptx.cuh"
 #include "sparse_attention_backward_kv_major.cuh"
 #include "sparse_attention_backward_tiles.cuh"
@@ -280,9 +281,9 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv
           const int key_pos = tiles.k_pos0 + key_row + 8 * h;
           bool masked;
           if constexpr (kDocumentMask) {
-            masked = key_pos > q_pos || key_pos < key_start;
+            masked = key_hidden<true>(key_pos, q_pos, key_start);
           } else {
-            masked = mask && key_pos > q_pos;
+            masked = mask && key_hidden<false>(key_pos, q_pos, 0);
           }
           const float prob = masked ? 0.f : exp2f(s[n][e] * scale_log2 - lse2);
           s[n][e] = prob;
