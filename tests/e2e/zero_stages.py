@@ -7,7 +7,7 @@ a kill -9 during a sharded save leaves the previous checkpoint loadable; a missi
 shard from another step are refused by name.
 
 Losses equal stage 0 to 1e-5 relative (1e-4 in bf16) and weights to 1e-4 of their largest magnitude
-(in bf16 1e-2 of it plus one Adam step, lr): the
+(in bf16 1e-2 of it, a few elements up to 2 lr more: see below): the
 stages sum the same gradients, but reduce-scatter and per-layer all-reduce add in another order
 than stage 0's bucketed all-reduce (bit-identical only on 2 ranks, where a sum has one order),
 and gradient norms are summed per slice. Resumed runs equal uninterrupted ones to 1e-4, as the
@@ -85,13 +85,18 @@ def same_losses(a, b, name, tolerance=1e-5):
         check(abs(x - y) <= tolerance * abs(x), f"{name}: step {step} loss {y} != {x}")
 
 
-def same_weights(a, b, name, tolerance, absolute=0.0):
+def same_weights(a, b, name, tolerance, outlier=0.0):
+    """Every element of every tensor within `tolerance` of the tensor's largest magnitude; with
+    `outlier`, a few elements (at most 1 in 1000, or 4) may exceed that by up to `outlier`."""
     for tensor, values in a.items():
         scale = max(abs(v) for v in values) or 1.0
-        worst = max(abs(x - y) for x, y in zip(values, b[tensor]))
-        check(worst <= tolerance * scale + absolute,
-              f"{name}: {tensor} differs by {worst:.3e} (scale {scale:.3e}, allowed "
-              f"{tolerance:g} x scale + {absolute:g})")
+        errors = [abs(x - y) for x, y in zip(values, b[tensor])]
+        over = [e for e in errors if e > tolerance * scale]
+        allowed = max(4, len(values) // 1000) if outlier else 0
+        check(len(over) <= allowed and max(errors) <= tolerance * scale + outlier,
+              f"{name}: {tensor}: {len(over)} of {len(values)} elements differ by more than "
+              f"{tolerance:g} x scale ({scale:.3e}), the largest by {max(errors):.3e} (allowed: "
+              f"{allowed} elements, by at most {outlier:g} more)")
 
 
 def learning_rate(config):
@@ -137,17 +142,19 @@ with temporary_directory() as tmp:
         directory = os.path.join(tmp, name)
         process = train(binary, source, directory, *common, *options, *sharded)
         check(process.returncode == 0, f"{name}: run failed", process)
-        # In bf16 a master that differs in its last fp32 bits can round to the neighbouring bf16
-        # weight, which moves the loss by about 1e-5 and an exported weight by one bf16 ulp. And
-        # a gradient element near zero (an embedding row few tokens touch) can round to another
-        # value, even another sign, while Adam normalises it to a step of up to lr either way:
-        # such an element may differ by one lr (how often depends on the CPU's summation order).
+        # In bf16 a master that differs in its last fp32 bits (the clipping norm is summed per
+        # slice) can round to the neighbouring bf16 weight, which moves the loss by about 1e-5 and
+        # an exported weight by one bf16 ulp. And a gradient element near zero (an embedding row
+        # few tokens touch) can then round to another value, even another sign, while Adam
+        # normalises it to a step of up to lr either way: a few such elements may differ by up to
+        # 2 lr (which elements depends on the CPU's arithmetic). A systematic error (a lost or
+        # doubled update on a slice) moves far more elements than that allowance.
         bf16 = "BFLOAT16" in " ".join(options)
         same_losses(reference_losses, losses(directory), name, tolerance=1e-4 if bf16 else 1e-5)
         tolerance = 1e-2 if bf16 else 1e-4
         same_weights(reference_weights, export(directory, ranks, options + sharded,
                                                directory + "_hf"), name, tolerance,
-                     absolute=learning_rate(os.path.join(source, "configs", "tiny.pbtxt"))
+                     outlier=2 * learning_rate(os.path.join(source, "configs", "tiny.pbtxt"))
                      if bf16 else 0.0)
         print(name, "equals stage 0", flush=True)
 
