@@ -25,6 +25,7 @@ struct GpuCase {
   bool sparse;
   at::ScalarType type;
   bool documents = false;  // document masking: two sequences with their own random documents
+  int64_t blocks_per_rank = 8;
 };
 
 // Document starts of a sequence of `length` tokens: boundaries inside blocks and on block edges,
@@ -61,7 +62,8 @@ class SparseAttentionGpu : public ::testing::TestWithParam<GpuCase> {
 TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   const GpuCase c = GetParam();
   const int world = 2, rank = 1;  // the second shard of a 2-rank ring: all pair kinds
-  const int64_t blocks = 8 * world, length = blocks * c.block, batch = c.documents ? 2 : 1;
+  const int64_t blocks = c.blocks_per_rank * world, length = blocks * c.block;
+  const int64_t batch = c.documents ? 2 : 1;
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.dim));
   at::manual_seed(21);
   const auto q = at::randn({batch, length, c.heads, c.dim});
@@ -214,8 +216,11 @@ INSTANTIATE_TEST_SUITE_P(
                       // head dim 128 with 128-token blocks (this and the zigzag case above): the
                       // wgmma forward and backward, GQA 4:1
                       GpuCase{8, 2, 128, 128, config::LayoutKind::kBalanced, false, at::kBFloat16},
-                      GpuCase{4, 4, 128, 128, config::LayoutKind::kContiguous, true,
-                              at::kBFloat16}));
+                      GpuCase{4, 4, 128, 128, config::LayoutKind::kContiguous, true, at::kBFloat16},
+                      // 32 heads x 20 query blocks: the deterministic column pass walks its
+                      // entries in more than one window of 512 entry ids
+                      GpuCase{32, 8, 64, 64, config::LayoutKind::kContiguous, true, at::kBFloat16,
+                              false, 20}));
 
 // Document masking through every kernel path: both block sizes and head dims, dense and sparse
 // (vertical columns), fp16 and bf16.
