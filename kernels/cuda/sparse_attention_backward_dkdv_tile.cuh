@@ -1,13 +1,12 @@
 // What the deterministic dK/dV kernels share (sparse_attention_backward_dkdv.cu: contiguous kv
 // tiles over the active blocks; sparse_attention_backward_dkdv_columns.cu: gathered chunks of
-// vertical-column keys): the shared-memory frame, the query-tile pipeline that accumulates dK/dV
-// in registers, the per-entry key masks of the column pass and the final write of dK/dV.
+// vertical-column keys): the shared-memory frame (with the column pass's entry window), the
+// query-tile pipeline that accumulates dK/dV in registers and the final write of dK/dV.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <climits>
 #include <cmath>
 #include <cstdint>
 
@@ -231,90 +230,6 @@ __device__ __forceinline__ DkdvSmem<Element, kHeadDim> dkdv_smem_frame(unsigned 
   sm.misc = sm.entries + kMaskSlots;
   sm.tile_ring = nullptr;
   return sm;
-}
-
-// The column pass walks the transposed column rows of its kTile keys: row_of(j) is the transposed
-// column row of key j ((b * num_kv_heads + kvh) * k_tokens + token), or -1 for a padding key.
-// column_entry_range finds the smallest and largest entry id of those rows (lo > hi when they are
-// empty), so that only windows holding entries are visited. CTA-wide; uses misc[1..2].
-template <typename RowOf>
-__device__ __forceinline__ void column_entry_range(const SparseAttentionBackwardParams& bp,
-                                                   const RowOf& row_of, int32_t* misc, int& lo,
-                                                   int& hi) {
-  const int warp = static_cast<int>(threadIdx.x) / 32;
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  if (threadIdx.x == 0) {
-    misc[1] = INT_MAX;
-    misc[2] = INT_MIN;
-  }
-  __syncthreads();
-  int lowest = INT_MAX;
-  int highest = INT_MIN;
-  for (int j = warp; j < kTile; j += kWarps) {
-    const int64_t row = row_of(j);
-    if (row < 0) continue;  // warp-uniform
-    const int c_end = bp.t_column_row_offsets[row + 1];
-    for (int c = bp.t_column_row_offsets[row] + lane; c < c_end; c += 32) {
-      const int entry = bp.t_column_entries[c];
-      lowest = min(lowest, entry);
-      highest = max(highest, entry);
-    }
-  }
-  lowest = __reduce_min_sync(kFullMask, lowest);
-  highest = __reduce_max_sync(kFullMask, highest);
-  if (lane == 0) {
-    atomicMin(&misc[1], lowest);
-    atomicMax(&misc[2], highest);
-  }
-  __syncthreads();
-  lo = misc[1];
-  hi = misc[2];
-}
-
-// The entries of window [window, window + kMaskSlots) that attend any of the kTile keys, ascending
-// in sm.entries, each with its 64-bit mask of attended keys in sm.key_masks; returns their number.
-// CTA-wide: call it only when every warp is done reading the previous window's entries and masks.
-template <typename Element, int kHeadDim, typename RowOf>
-__device__ __forceinline__ int build_column_window(const SparseAttentionBackwardParams& bp,
-                                                   const RowOf& row_of, int window,
-                                                   const DkdvSmem<Element, kHeadDim>& sm) {
-  const int warp = static_cast<int>(threadIdx.x) / 32;
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  for (int i = static_cast<int>(threadIdx.x); i < kMaskSlots; i += kThreads) sm.key_masks[i] = 0;
-  __syncthreads();
-  // Warp w sets bit j for keys j = w, w + 4, ...; the OR is order-independent.
-  for (int j = warp; j < kTile; j += kWarps) {
-    const int64_t row = row_of(j);
-    if (row < 0) continue;  // warp-uniform
-    const int c_end = bp.t_column_row_offsets[row + 1];
-    for (int c = bp.t_column_row_offsets[row] + lane; c < c_end; c += 32) {
-      const int slot = bp.t_column_entries[c] - window;
-      if (slot >= 0 && slot < kMaskSlots) {
-        atomicOr(reinterpret_cast<unsigned long long*>(&sm.key_masks[slot]), 1ull << j);
-      }
-    }
-  }
-  __syncthreads();
-  // Ordered in-place compaction by warp 0: a non-empty slot s moves to position
-  // (non-empty slots before s) <= s, read by the whole warp before any lane writes.
-  if (warp == 0) {
-    int count = 0;
-    for (int s0 = 0; s0 < kMaskSlots; s0 += 32) {
-      const uint64_t mask = sm.key_masks[s0 + lane];
-      const unsigned nonempty = __ballot_sync(kFullMask, mask != 0);
-      __syncwarp();
-      if (mask != 0) {
-        const int position = count + __popc(nonempty & ((1u << lane) - 1));
-        sm.key_masks[position] = mask;
-        sm.entries[position] = window + s0 + lane;
-      }
-      count += __popc(nonempty);
-      __syncwarp();
-    }
-    if (lane == 0) sm.misc[0] = count;
-  }
-  __syncthreads();
-  return sm.misc[0];
 }
 
 // dk[row] += scale * dK and dv[row] += dV for this thread's two accumulator rows (keys 16w + g and
