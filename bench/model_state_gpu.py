@@ -114,6 +114,9 @@ def main():
     parser.add_argument("--log", default="model_state_gpu.log")
     parser.add_argument("--run-root", default="/tmp/model_state_gpu")
     arguments = parser.parse_args()
+    unknown = set(arguments.kinds.lower().split(",")) - {"", "dense", "sparse"}
+    if unknown:
+        parser.error(f"--kinds {arguments.kinds}: must be dense, sparse or both, comma-separated")
     gpu_gib = gpu_memory_gib()
     rows = []
     with open(arguments.log, "w") as log:
