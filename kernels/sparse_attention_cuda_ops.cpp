@@ -118,6 +118,12 @@ void sparse_attention_backward_cuda(const at::Tensor& dout, const at::Tensor& q,
     TORCH_CHECK(index.t_column_keys.defined() && index.t_column_keys.dim() == 2,
                 "sparse attention backward: the transposed columns come without t_column_keys "
                 "(build_sparse_index with Transpose::kBlocksAndColumns makes both)");
+    // The column pass sizes its grid from this tensor's shape: a row per (sequence, kv head).
+    TORCH_CHECK(index.t_column_keys.size(0) ==
+                    static_cast<int64_t>(p.forward.batch) * p.forward.num_kv_heads,
+                "sparse attention backward: t_column_keys has ", index.t_column_keys.size(0),
+                " rows, expected batch * kv heads = ",
+                static_cast<int64_t>(p.forward.batch) * p.forward.num_kv_heads);
     p.t_column_keys = int32_data(index.t_column_keys, "t_column_keys");
     p.t_column_key_capacity = static_cast<int>(index.t_column_keys.size(1));
   }

@@ -151,28 +151,50 @@ def train_passkey(enc, stream, rng, length):
     return assemble(context, question, [answer], [])
 
 
+def ask_each(context, queries):
+    """context followed by every (question, answer) of `queries`; returns the ids and the
+    positions of each answer. Several questions per sequence give the training mix several
+    supervised retrievals per haystack instead of one (the one-question mix left the ~55M
+    pretraining at 0% even on its own format)."""
+    ids, spans = list(context), []
+    for question, answer in queries:
+        ids += question
+        spans.append(list(range(len(ids), len(ids) + len(answer))))
+        ids += answer
+    return ids, spans
+
+
 def train_multikey(enc, stream, rng, length):
+    """Four keyed needles, then a question for each key in a random order (as many as fit a
+    short sequence, at least one)."""
     keys = rng.sample(TRAIN_KEY_WORDS, 4)
     values = [random_digits(rng, 6) for _ in keys]
     needles = [enc(f"\nOne of the special magic numbers for {k} is: {v}.\n")
                for k, v in zip(keys, values)]
-    target = rng.randrange(len(keys))
-    question = enc(f"\nWhat is the special magic number for {keys[target]} mentioned in the "
-                   f"provided text? The special magic number for {keys[target]} is")
-    answer = enc(" " + values[target])
-    parts = sum(map(len, needles)) + len(question) + len(answer)
-    hay = haystack(stream, rng, fit(length, parts, "multi-key needles"))
+    queries = [(enc(f"\nWhat is the special magic number for {keys[i]} mentioned in the "
+                    f"provided text? The special magic number for {keys[i]} is"),
+                enc(" " + values[i])) for i in rng.sample(range(len(keys)), len(keys))]
+    def parts():
+        return sum(map(len, needles)) + sum(len(q) + len(a) for q, a in queries)
+
+    while parts() > length and len(queries) > 1:
+        queries.pop()
+    hay = haystack(stream, rng, fit(length, parts(), "multi-key needles"))
     context, _ = insert_at_depths(hay, [(rng.random(), n) for n in needles])
-    return assemble(context, question, [answer], [])
+    return ask_each(context, queries)
+
+
+KV_LOOKUP_QUERIES = 16
 
 
 def train_kv_lookup(enc, stream, rng, length):
-    """A JSON object of random hex keys and values, then one key to look up (no haystack)."""
+    """A JSON object of random hex keys and values, then up to KV_LOOKUP_QUERIES of its keys to
+    look up, each once (no haystack)."""
     def hex8():
         return "".join(rng.choice("0123456789abcdef") for _ in range(8))
 
-    head = enc("JSON data:\n{")
-    pairs, used = [], len(head)
+    head, close = enc("JSON data:\n{"), enc("}")
+    pairs, used = [], len(head) + len(close)
     while True:
         key, value = hex8(), hex8()
         piece = enc(f'"{key}": "{value}", ')
@@ -180,18 +202,24 @@ def train_kv_lookup(enc, stream, rng, length):
             break
         pairs.append((key, value, piece))
         used += len(piece)
-    target = rng.randrange(len(pairs))
-    question = enc(f'}}\nKey: "{pairs[target][0]}"\nThe value associated with the specified key '
-                   "is:")
-    answer = enc(f' "{pairs[target][1]}"')
-    # Drop pairs (never the queried one) until the question and answer fit.
-    while used + len(question) + len(answer) > length and len(pairs) > 1:
-        drop = len(pairs) - 1 if target != len(pairs) - 1 else 0
-        used -= len(pairs[drop][2])
-        del pairs[drop]
-        target -= drop < target
-    ids = head + [t for _, _, piece in pairs for t in piece]
-    ids, spans = assemble(ids, question, [answer], [])
+    asked = rng.sample(range(len(pairs)), min(KV_LOOKUP_QUERIES, len(pairs)))
+    queries = [(pairs[i], enc(f'\nKey: "{pairs[i][0]}"\nThe value associated with the specified '
+                              "key is:"), enc(f' "{pairs[i][1]}"')) for i in asked]
+    total = used + sum(len(q) + len(a) for _, q, a in queries)
+    # Make room for the questions: drop pairs nobody asks for, then the last questions (never
+    # the first, nor its pair).
+    asked_keys = {pair[0] for pair, _, _ in queries}
+    unasked = [pair for pair in pairs if pair[0] not in asked_keys]
+    while total > length and (unasked or len(queries) > 1):
+        if unasked:
+            pair = unasked.pop()
+        else:
+            pair, question, answer = queries.pop()
+            total -= len(question) + len(answer)
+        pairs.remove(pair)
+        total -= len(pair[2])
+    ids = head + [t for _, _, piece in pairs for t in piece] + close
+    ids, spans = ask_each(ids, [(q, a) for _, q, a in queries])
     if len(ids) > length:
         raise TaskError(f"key-value lookup: {len(ids)} tokens do not fit in {length}")
     return ids, spans

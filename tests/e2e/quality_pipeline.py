@@ -43,17 +43,23 @@ from quality_tasks import Sample  # noqa: E402
 from quality_eval import score_samples  # noqa: E402
 
 # The training-format probe: every task gives a sequence of exactly the length asked, whose
-# scored answer is the value its context states (characters as tokens).
+# scored answers are values its context states (characters as tokens), the last one ending the
+# sequence; multi-key needles ask each of their 4 keys here, key-value lookup several keys.
 haystack_text = [ord(c) for c in "lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 60]
+expected_items = {"passkey": (1, 1), "multikey": (4, 4),
+                  "kv_lookup": (2, quality_tasks.KV_LOOKUP_QUERIES)}
 for task in sorted(quality_tasks.TRAIN_TASKS):
     probe = quality_tasks.probe_sample(task, lambda text: [ord(c) for c in text], haystack_text,
                                        random.Random(task), 1500)
-    check(len(probe.ids) == 1500 and len(probe.items) == 1, f"probe {task}: shape")
-    answer = "".join(chr(probe.ids[p]) for p in probe.items[0]).strip()
-    context = "".join(chr(t) for t in probe.ids[:probe.items[0][0]])
-    check(answer and answer in context and probe.items[0][-1] == len(probe.ids) - 1,
-          f"probe {task}: answer {answer!r} is not stated in its context")
-
+    low, high = expected_items[task]
+    check(len(probe.ids) == 1500 and low <= len(probe.items) <= high,
+          f"probe {task}: shape ({len(probe.ids)} ids, {len(probe.items)} answers)")
+    check(probe.items[-1][-1] == len(probe.ids) - 1, f"probe {task}: the last answer ends it")
+    for item in probe.items:
+        answer = "".join(chr(probe.ids[p]) for p in item).strip()
+        context = "".join(chr(t) for t in probe.ids[:probe.items[0][0]])
+        check(answer and answer in context,
+              f"probe {task}: answer {answer!r} is not stated before the first question")
 # Scoring on fixed predictions: all items right, one of two wrong, set answers in any order.
 ids = [5, 6, 7, 8, 9, 10]
 sample = Sample(ids, [[2, 3], [4]])
