@@ -10,6 +10,7 @@
 # context lengths, MODEL_STATE_KINDS=sparse only those attention kinds),
 # HF_FAMILY=1 (families against transformers),
 # QUALITY_SETTING=default (the quality protocol, launch/quality.sh).
+# BUILD_TARGETS=sparsering builds only those targets (a measuring call that runs no GPU test).
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,13 +26,17 @@ status=()
 # flex_attention_bench.json, host_adamw_bench.json, gpu_tests.log, train.log, quality.log,
 # ring_gpu_tests.log, and the model-state, family and quality-protocol outputs below
 # (quality_report.md, quality_report.json, quality_eval.json, quality_plots/).
+if [ "${TESTS:-1}" = 1 ] && [ -n "${BUILD_TARGETS:-}" ]; then
+  echo "TESTS=1 needs the whole build; unset BUILD_TARGETS or pass TESTS=0"; exit 2
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== configure + build ($generator)"
 start=$(date +%s)
 build_log=$(mktemp)
 if cmake -S "$root" -B "$build" -G "$generator" -DCMAKE_BUILD_TYPE=Release \
      -DSPARSERING_PYTHON="$python" >"$build_log" 2>&1 &&
-   cmake --build "$build" -j "$(nproc)" >>"$build_log" 2>&1; then
+   cmake --build "$build" -j "$(nproc)" ${BUILD_TARGETS:+--target $BUILD_TARGETS} \
+     >>"$build_log" 2>&1; then
   status+=("build|ok|$(( $(date +%s) - start )) s")
 else
   cp "$build_log" "$out/build.log"
