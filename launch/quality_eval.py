@@ -123,11 +123,9 @@ class Evaluator:
         with self.torch.no_grad():
             return self.model.model(input_ids=ids).last_hidden_state
 
-    def predictions(self, samples):
-        """Per sample, the argmax token at every position (for the next position), as a dict
-        position -> predicted id of the token at that position, for its scored positions."""
+    def scored_logits(self, samples):
+        """Per sample: its scored positions (sorted) and the logits that predict them."""
         torch = self.torch
-        out = []
         length = len(samples[0].ids)
         batch_size = max(1, self.tokens_per_batch // length)
         for start in range(0, len(samples), batch_size):
@@ -138,12 +136,29 @@ class Evaluator:
                                    set(sample.set_items[0] if sample.set_items else []))
                 index = torch.tensor([p - 1 for p in positions], device=self.device)
                 with torch.no_grad():
-                    logits = self.model.lm_head(hidden[row, index])
-                out.append(dict(zip(positions, logits.argmax(-1).tolist())))
-        return out
+                    yield sample, positions, self.model.lm_head(hidden[row, index]).float()
+
+    def predictions(self, samples):
+        """Per sample, the argmax token at every position (for the next position), as a dict
+        position -> predicted id of the token at that position, for its scored positions."""
+        return [dict(zip(positions, logits.argmax(-1).tolist()))
+                for _, positions, logits in self.scored_logits(samples)]
 
     def score(self, samples):
         return score_samples(samples, self.predictions(samples))
+
+    def score_and_answer_loss(self, samples):
+        """The score and the mean loss (nats) of the answer tokens: the loss shows retrieval
+        being learnt (it falls below that of guessing the answer's characters) long before
+        whole answers come out right."""
+        predictions, total, count = [], 0.0, 0
+        for sample, positions, logits in self.scored_logits(samples):
+            predictions.append(dict(zip(positions, logits.argmax(-1).tolist())))
+            targets = self.torch.tensor([sample.ids[p] for p in positions], device=self.device)
+            total += self.torch.nn.functional.cross_entropy(logits, targets,
+                                                            reduction="sum").item()
+            count += len(positions)
+        return score_samples(samples, predictions), total / max(count, 1)
 
     def perplexity(self, sequences, bucket):
         torch = self.torch
@@ -269,11 +284,14 @@ def evaluate(args):
         result["suite"] = {"lengths": args.lengths, "tasks": tasks,
                            "mean": [sum(t[i] for t in tasks.values()) / len(tasks)
                                     for i in range(len(args.lengths))]}
-        probe_tasks = {task: [evaluator.score(by_length[length]) for length in args.lengths]
-                       for task, by_length in probe.items()}
+        probe_scored = {task: [evaluator.score_and_answer_loss(by_length[length])
+                               for length in args.lengths] for task, by_length in probe.items()}
+        probe_tasks = {task: [score for score, _ in cells] for task, cells in probe_scored.items()}
         result["probe"] = {"lengths": args.lengths, "tasks": probe_tasks,
                            "mean": [sum(t[i] for t in probe_tasks.values()) / len(probe_tasks)
-                                    for i in range(len(args.lengths))]}
+                                    for i in range(len(args.lengths))],
+                           "answer_loss": {task: [loss for _, loss in cells]
+                                           for task, cells in probe_scored.items()}}
         result["seconds"] = round(time.monotonic() - began, 1)
         results["models"][name] = result
         ppl = result["perplexity"]
@@ -284,7 +302,10 @@ def evaluate(args):
             + "; training-format probe "
             + ", ".join(f"{kilo(length)} {100 * m:.1f}%"
                         for length, m in zip(args.lengths, result["probe"]["mean"]))
-            + f" ({result['seconds']:.0f} s)")
+            + " (answer loss "
+            + ", ".join(f"{task} {min(losses):.2f}-{max(losses):.2f}"
+                        for task, losses in result["probe"]["answer_loss"].items())
+            + f" nats) ({result['seconds']:.0f} s)")
         del evaluator
         if args.device == "cuda":
             torch.cuda.empty_cache()

@@ -137,6 +137,19 @@ def build(out):
                          + " | ".join(percent(v) for t in probe_tasks
                                       for v in models[n]["probe"]["tasks"][t]) + " |")
         lines.append("")
+    if all("answer_loss" in models[n].get("probe", {}) for n in names):
+        lines.append("Probe answer loss (nats per answer token, lower is better; a model that "
+                     "does not retrieve scores about what guessing the characters costs, e.g. "
+                     "ln 10 = 2.30 per random digit):")
+        lines.append("")
+        lines.append("| model | " + " | ".join(f"{t} {kilo(x)}" for t in probe_tasks
+                                               for x in lengths) + " |")
+        lines.append("|---|" + "---|" * (len(probe_tasks) * len(lengths)))
+        for n in names:
+            lines.append(f"| {LABELS.get(n, n)} | "
+                         + " | ".join(f"{v:.2f}" for t in probe_tasks
+                                      for v in models[n]["probe"]["answer_loss"][t]) + " |")
+        lines.append("")
 
     # Perplexity per position bucket.
     buckets = models[names[0]]["perplexity"]
