@@ -17,8 +17,8 @@ so long-context perplexity has long documents) are held out. Writes to --output:
   manifest.json  sources, documents (split, bytes, tokens), the file list's SHA-256, shards
   tokenizer.json byte-level BPE of --vocab-size tokens trained on the training documents
   pretrain/      --pretrain-length-token sequences: the training documents cut to that length,
-                 with retrieval sequences (passkey, multi-key needles, key-value lookup;
-                 quality_tasks) mixed in as --pretrain-retrieval-fraction of the tokens, aligned
+                 with retrieval sequences (passkey, multi-key needles, key-value lookup,
+                 repeated random tokens; quality_tasks) mixed in as --pretrain-retrieval-fraction of the tokens, aligned
                  to whole sequences (0: the documents as they are, each ending with <|endoftext|>)
   extend/        --extend-length-token sequences, the same with --retrieval-fraction
   heldout/       the held-out documents as a token shard

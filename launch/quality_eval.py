@@ -16,9 +16,11 @@ on a GPU, fp32 on the CPU) and measured on the same held-out data and the same s
   heatmap     single-needle accuracy over --heatmap-depths depths x --lengths, --heatmap-samples
               sequences per cell (the suite's single-needle score is the mean of its row);
   probe       the training mix's own retrieval tasks (passkey, multi-key needles, key-value
-              lookup) at each of --lengths, --samples sequences each, on held-out haystacks with
-              new values: in distribution, so it shows whether a model learnt retrieval at all
-              where the suite (other wording, keys and formats) shows nothing.
+              lookup, repeated random tokens) at each of --lengths, --samples sequences each, on
+              held-out haystacks with new values: in distribution, so it shows whether a model
+              learnt retrieval at all where the suite (other wording, keys and formats) shows
+              nothing; with the accuracy, the answer tokens' mean loss, which falls before
+              whole answers come out right.
 Answers are scored by teacher-forced greedy decoding: an answer item is right when the model's
 argmax is the reference token at every one of its positions (what greedy generation would
 produce), a multi-item answer scores the fraction of items right. Writes --output (JSON) and

@@ -126,7 +126,8 @@ def build(out):
     # The training mix's own tasks on held-out text (older eval.json files have no probe).
     if all("probe" in models[n] for n in names):
         lines.append("Training-format retrieval probe (%), in distribution: the training mix's "
-                     "passkey, multi-key and key-value tasks on held-out text with new values:")
+                     "passkey, multi-key, key-value and repeated-token tasks on held-out text with "
+                     "new values:")
         lines.append("")
         probe_tasks = list(models[names[0]]["probe"]["tasks"])
         lines.append("| model | " + " | ".join(f"{t} {kilo(x)}" for t in probe_tasks

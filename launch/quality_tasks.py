@@ -225,7 +225,30 @@ def train_kv_lookup(enc, stream, rng, length):
     return ids, spans
 
 
-TRAIN_TASKS = {"passkey": train_passkey, "multikey": train_multikey, "kv_lookup": train_kv_lookup}
+REPEAT_ITEM_TOKENS = 8
+
+
+def train_repeat(enc, stream, rng, length):
+    """Tokens drawn at random from the text, then the same tokens again, scored in items of
+    REPEAT_ITEM_TOKENS. The second copy is predictable only by looking back for the token that
+    followed the current one (an induction head, the mechanism every retrieval task needs);
+    the needle tasks alone give too few such tokens for a small model to learn it."""
+    head, middle = enc("\nRandom tokens:\n"), enc("\nThe same tokens again:\n")
+    count = (length - len(head) - len(middle)) // 2
+    if count < REPEAT_ITEM_TOKENS:
+        raise TaskError(f"repeat: {length} tokens leave no room for {REPEAT_ITEM_TOKENS} tokens "
+                        "twice; use a longer sequence")
+    tokens = [int(stream[rng.randrange(len(stream))]) for _ in range(count)]
+    ids, spans = head + tokens + middle, []
+    for start in range(0, count, REPEAT_ITEM_TOKENS):
+        item = tokens[start:start + REPEAT_ITEM_TOKENS]
+        spans.append(list(range(len(ids), len(ids) + len(item))))
+        ids += item
+    return ids, spans
+
+
+TRAIN_TASKS = {"passkey": train_passkey, "multikey": train_multikey, "kv_lookup": train_kv_lookup,
+               "repeat": train_repeat}
 
 
 # ---------------------------------------------------------------- evaluation suite

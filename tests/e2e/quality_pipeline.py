@@ -44,10 +44,13 @@ from quality_eval import score_samples  # noqa: E402
 
 # The training-format probe: every task gives a sequence of exactly the length asked, whose
 # scored answers are values its context states (characters as tokens), the last one ending the
-# sequence; multi-key needles ask each of their 4 keys here, key-value lookup several keys.
+# sequence; multi-key needles ask each of their 4 keys here, key-value lookup several keys, the
+# repeated random tokens are scored in items of REPEAT_ITEM_TOKENS.
 haystack_text = [ord(c) for c in "lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 60]
+repeat_items = (1500 - 64) // (2 * quality_tasks.REPEAT_ITEM_TOKENS)
 expected_items = {"passkey": (1, 1), "multikey": (4, 4),
-                  "kv_lookup": (2, quality_tasks.KV_LOOKUP_QUERIES)}
+                  "kv_lookup": (2, quality_tasks.KV_LOOKUP_QUERIES),
+                  "repeat": (repeat_items, repeat_items + 4)}
 for task in sorted(quality_tasks.TRAIN_TASKS):
     probe = quality_tasks.probe_sample(task, lambda text: [ord(c) for c in text], haystack_text,
                                        random.Random(task), 1500)
@@ -167,9 +170,14 @@ with temporary_directory() as tmp:
         heat = result["heatmap"]["accuracy"]
         check(len(heat) == 3 and all(len(row) == 3 for row in heat), f"{name}: heatmap shape")
         probe = result["probe"]["tasks"]
-        check(sorted(probe) == ["kv_lookup", "multikey", "passkey"] and
+        check(sorted(probe) == sorted(quality_tasks.TRAIN_TASKS) and
               all(len(v) == 3 and all(0.0 <= a <= 1.0 for a in v) for v in probe.values()),
               f"{name}: training-format probe {probe}")
+        losses = result["probe"]["answer_loss"]
+        check(sorted(losses) == sorted(probe) and
+              all(len(v) == 3 and all(math.isfinite(x) and x > 0 for x in v)
+                  for v in losses.values()),
+              f"{name}: probe answer loss {losses}")
         buckets = result["perplexity"]
         check([b["start"] for b in buckets] == [0, 256, 512, 768] and
               all(math.isfinite(b["loss"]) and b["loss"] > 0 for b in buckets),
