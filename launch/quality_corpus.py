@@ -18,8 +18,9 @@ so long-context perplexity has long documents) are held out. Writes to --output:
   tokenizer.json byte-level BPE of --vocab-size tokens trained on the training documents
   pretrain/      --pretrain-length-token sequences: the training documents cut to that length,
                  with retrieval sequences (passkey, multi-key needles, key-value lookup,
-                 repeated random tokens; quality_tasks) mixed in as --pretrain-retrieval-fraction of the tokens, aligned
-                 to whole sequences (0: the documents as they are, each ending with <|endoftext|>)
+                 repeated random tokens; quality_tasks) mixed in as --pretrain-retrieval-fraction
+                 of the tokens, aligned to whole sequences, the tasks in turn as weighted by
+                 --retrieval-tasks (0: the documents as they are, each ending with <|endoftext|>)
   extend/        --extend-length-token sequences, the same with --retrieval-fraction
   heldout/       the held-out documents as a token shard
 Bad input ends with status 2 and one line.
@@ -225,13 +226,31 @@ def write_shard(path, documents, vocab_size):
     return writer.token_count
 
 
-def mixed_sequences(train_docs, enc, eos, length, fraction, seed, label):
+def parse_task_weights(text):
+    """{task: weight} of --retrieval-tasks (TASK=WEIGHT,...; every TRAIN_TASKS name, weight >= 0,
+    one at least > 0)."""
+    weights = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep or name not in quality_tasks.TRAIN_TASKS or not value.isdigit():
+            raise UserError(f"--retrieval-tasks {text}: give TASK=WEIGHT items (whole numbers) "
+                            f"for {', '.join(sorted(quality_tasks.TRAIN_TASKS))}")
+        weights[name] = int(value)
+    if set(weights) != set(quality_tasks.TRAIN_TASKS) or not any(weights.values()):
+        raise UserError(f"--retrieval-tasks {text}: name each of "
+                        f"{', '.join(sorted(quality_tasks.TRAIN_TASKS))} once, one weight > 0")
+    return weights
+
+
+def mixed_sequences(train_docs, enc, eos, length, fraction, weights, seed, label):
     """Yields lists of documents (token lists) that fill exactly `length` tokens each: pieces of
-    the training stream, or a retrieval sequence (quality_tasks.TRAIN_TASKS) followed by stream
-    pieces, so retrieval tokens are about `fraction` of all. `label` seeds the draws."""
+    the training stream, or a retrieval sequence (quality_tasks.TRAIN_TASKS, in turn by
+    `weights`) followed by stream pieces, so retrieval tokens are about `fraction` of all.
+    `label` seeds the draws."""
     stream = array.array("I", (t for doc in train_docs for t in doc))  # haystacks: training text
     rng = quality_tasks.rng_for(seed, label)
     names = sorted(quality_tasks.TRAIN_TASKS)
+    turns = [name for name in names for _ in range(weights[name])]
     doc_index, offset = 0, 0
     total = synthetic = 0
     counts = {name: 0 for name in names}
@@ -252,7 +271,7 @@ def mixed_sequences(train_docs, enc, eos, length, fraction, seed, label):
     while True:
         pieces = []
         if synthetic < fraction * (total + length):
-            task = names[sum(counts.values()) % len(names)]
+            task = turns[sum(counts.values()) % len(turns)]
             size = rng.randint(min(length, max(length // 8, 256)), length)
             ids = quality_tasks.TRAIN_TASKS[task](enc, stream, rng, size - 1)[0] + [eos]
             counts[task] += 1
@@ -272,7 +291,8 @@ def write_mixed_shard(args, split, train_docs, enc, eos, vocab, length, fraction
     writer = ShardWriter(path, vocab)
     # Each shard draws from its own seeded stream (labelled by the split), so adding the
     # pretraining mix leaves the extension's draws as they were.
-    generator = mixed_sequences(train_docs, enc, eos, length, fraction, args.seed, split)
+    generator = mixed_sequences(train_docs, enc, eos, length, fraction,
+                                parse_task_weights(args.retrieval_tasks), args.seed, split)
     sequences = 0
     try:
         while True:
@@ -411,6 +431,8 @@ def main():
     parser.add_argument("--pretrain-retrieval-fraction", type=float, default=0.0,
                         help="share of the pretraining tokens in retrieval sequences (0: none, "
                              "the documents as they are)")
+    parser.add_argument("--retrieval-tasks", default="kv_lookup=1,multikey=1,passkey=1,repeat=1",
+                        help="TASK=WEIGHT,...: how often each retrieval task comes in turn")
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--check-existing", action="store_true",
                         help="build nothing: exit 2 unless --output holds a corpus built with "
@@ -428,6 +450,10 @@ def main():
     if not 0 <= args.pretrain_retrieval_fraction < 1:
         problems.append(f"--pretrain-retrieval-fraction {args.pretrain_retrieval_fraction}: must "
                         "be in [0, 1)")
+    try:
+        parse_task_weights(args.retrieval_tasks)
+    except UserError as error:
+        problems.append(str(error))
     if args.pretrain_length < 256:
         problems.append(f"--pretrain-length {args.pretrain_length}: must be >= 256")
     if args.extend_length < 256:

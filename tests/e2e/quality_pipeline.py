@@ -63,6 +63,18 @@ for task in sorted(quality_tasks.TRAIN_TASKS):
         context = "".join(chr(t) for t in probe.ids[:probe.items[0][0]])
         check(answer and answer in context,
               f"probe {task}: answer {answer!r} is not stated before the first question")
+# The mix's task weights: every task named once, whole numbers, one weight above zero.
+import quality_corpus  # noqa: E402
+check(quality_corpus.parse_task_weights("kv_lookup=1,multikey=0,passkey=2,repeat=3") ==
+      {"kv_lookup": 1, "multikey": 0, "passkey": 2, "repeat": 3}, "task weights parse")
+for bad in ("repeat=2", "kv_lookup=1,multikey=1,passkey=1,repeat=x",
+            "kv_lookup=0,multikey=0,passkey=0,repeat=0", "kv_lookup=1,multikey=1,passkey=1,copy=1"):
+    try:
+        quality_corpus.parse_task_weights(bad)
+        check(False, f"--retrieval-tasks {bad} must be refused")
+    except quality_corpus.UserError as error:
+        check(str(error).startswith("--retrieval-tasks"), f"{bad}: {error}")
+
 # Scoring on fixed predictions: all items right, one of two wrong, set answers in any order.
 ids = [5, 6, 7, 8, 9, 10]
 sample = Sample(ids, [[2, 3], [4]])
