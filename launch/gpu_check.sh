@@ -10,7 +10,8 @@
 # context lengths, MODEL_STATE_KINDS=sparse only those attention kinds),
 # HF_FAMILY=1 (families against transformers),
 # QUALITY_SETTING=default (the quality protocol, launch/quality.sh).
-# BUILD_TARGETS=sparsering builds only those targets (a measuring call that runs no GPU test).
+# BUILD_TARGETS=sparsering builds only those targets (with TESTS=0 BENCH=0 HOST_ADAMW=0: a call
+# that runs only the trainer, e.g. MODEL_STATE or QUALITY_SETTING).
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,8 +27,9 @@ status=()
 # flex_attention_bench.json, host_adamw_bench.json, gpu_tests.log, train.log, quality.log,
 # ring_gpu_tests.log, and the model-state, family and quality-protocol outputs below
 # (quality_report.md, quality_report.json, quality_eval.json, quality_plots/).
-if [ "${TESTS:-1}" = 1 ] && [ -n "${BUILD_TARGETS:-}" ]; then
-  echo "TESTS=1 needs the whole build; unset BUILD_TARGETS or pass TESTS=0"; exit 2
+if [ -n "${BUILD_TARGETS:-}" ] &&
+   { [ "${TESTS:-1}" = 1 ] || [ "${BENCH:-1}" = 1 ] || [ "${HOST_ADAMW:-1}" = 1 ]; }; then
+  echo "BUILD_TARGETS builds only the trainer: pass TESTS=0 BENCH=0 HOST_ADAMW=0 with it"; exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== configure + build ($generator)"

@@ -232,9 +232,10 @@ def parse_task_weights(text):
     weights = {}
     for item in text.split(","):
         name, sep, value = item.strip().partition("=")
-        if not sep or name not in quality_tasks.TRAIN_TASKS or not value.isdigit():
-            raise UserError(f"--retrieval-tasks {text}: give TASK=WEIGHT items (whole numbers) "
-                            f"for {', '.join(sorted(quality_tasks.TRAIN_TASKS))}")
+        if not sep or name not in quality_tasks.TRAIN_TASKS or not value.isdecimal() or \
+                name in weights:
+            raise UserError(f"--retrieval-tasks {text}: give one TASK=WEIGHT item (a whole "
+                            f"number) for each of {', '.join(sorted(quality_tasks.TRAIN_TASKS))}")
         weights[name] = int(value)
     if set(weights) != set(quality_tasks.TRAIN_TASKS) or not any(weights.values()):
         raise UserError(f"--retrieval-tasks {text}: name each of "

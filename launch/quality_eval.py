@@ -138,7 +138,8 @@ class Evaluator:
                                    set(sample.set_items[0] if sample.set_items else []))
                 index = torch.tensor([p - 1 for p in positions], device=self.device)
                 with torch.no_grad():
-                    yield sample, positions, self.model.lm_head(hidden[row, index]).float()
+                    logits = self.model.lm_head(hidden[row, index]).float()
+                yield sample, positions, logits
 
     def predictions(self, samples):
         """Per sample, the argmax token at every position (for the next position), as a dict

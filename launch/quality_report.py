@@ -125,11 +125,10 @@ def build(out):
 
     # The training mix's own tasks on held-out text (older eval.json files have no probe).
     if all("probe" in models[n] for n in names):
-        lines.append("Training-format retrieval probe (%), in distribution: the training mix's "
-                     "passkey, multi-key, key-value and repeated-token tasks on held-out text with "
-                     "new values:")
-        lines.append("")
         probe_tasks = list(models[names[0]]["probe"]["tasks"])
+        lines.append("Training-format retrieval probe (%), in distribution: the training mix's "
+                     f"own tasks ({', '.join(probe_tasks)}) on held-out text with new values:")
+        lines.append("")
         lines.append("| model | " + " | ".join(f"{t} {kilo(x)}" for t in probe_tasks
                                                for x in lengths) + " |")
         lines.append("|---|" + "---|" * (len(probe_tasks) * len(lengths)))
@@ -140,8 +139,8 @@ def build(out):
         lines.append("")
     if all("answer_loss" in models[n].get("probe", {}) for n in names):
         lines.append("Probe answer loss (nats per answer token, lower is better; a model that "
-                     "does not retrieve scores about what guessing the characters costs, e.g. "
-                     "ln 10 = 2.30 per random digit):")
+                     "does not retrieve stays at the cost of guessing the answer's tokens, which "
+                     "falls towards 0 as retrieval is learnt):")
         lines.append("")
         lines.append("| model | " + " | ".join(f"{t} {kilo(x)}" for t in probe_tasks
                                                for x in lengths) + " |")

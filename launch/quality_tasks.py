@@ -2,7 +2,8 @@
 
 Two disjoint families share the helpers here:
 - the TRAINING mix (quality_corpus.py mixes it into the pretraining and extension shards):
-  passkey, multi-key needles and key-value lookup in train-split haystacks; quality_eval.py also
+  passkey, multi-key needles, key-value lookup and repeated random tokens in train-split
+  haystacks; quality_eval.py also
   runs it as an in-distribution probe on held-out haystacks with new values, which tells a model
   that never learnt retrieval from one whose retrieval does not transfer to the suite;
 - the EVALUATION suite (quality_eval.py), RULER-style: single needle, multi-key needles,
@@ -138,7 +139,7 @@ def random_digits(rng, digits):
 # ---------------------------------------------------------------- training mix
 
 
-# Each returns (ids, answer spans) of exactly `length` tokens or fewer (kv_lookup).
+# Each returns (ids, answer spans) of exactly `length` tokens or fewer (kv_lookup, repeat).
 
 
 def train_passkey(enc, stream, rng, length):
@@ -226,24 +227,38 @@ def train_kv_lookup(enc, stream, rng, length):
 
 
 REPEAT_ITEM_TOKENS = 8
+REPEAT_BLOCK_TOKENS = 512
 
 
 def train_repeat(enc, stream, rng, length):
-    """Tokens drawn at random from the text, then the same tokens again, scored in items of
-    REPEAT_ITEM_TOKENS. The second copy is predictable only by looking back for the token that
-    followed the current one (an induction head, the mechanism every retrieval task needs);
-    the needle tasks alone give too few such tokens for a small model to learn it."""
-    head, middle = enc("\nRandom tokens:\n"), enc("\nThe same tokens again:\n")
-    count = (length - len(head) - len(middle)) // 2
-    if count < REPEAT_ITEM_TOKENS:
-        raise TaskError(f"repeat: {length} tokens leave no room for {REPEAT_ITEM_TOKENS} tokens "
-                        "twice; use a longer sequence")
-    tokens = [int(stream[rng.randrange(len(stream))]) for _ in range(count)]
-    ids, spans = head + tokens + middle, []
-    for start in range(0, count, REPEAT_ITEM_TOKENS):
-        item = tokens[start:start + REPEAT_ITEM_TOKENS]
-        spans.append(list(range(len(ids), len(ids) + len(item))))
-        ids += item
+    """A block of distinct tokens drawn from the text, then the same block again as often as the
+    sequence holds, each copy scored in items of REPEAT_ITEM_TOKENS. The tokens of a block are
+    distinct, so each has one successor: the copies are predictable by looking back for the
+    current token and taking what followed it (an induction head, the mechanism every retrieval
+    task needs), and by nothing else. The needle tasks alone give too few such tokens for a small
+    model to learn it."""
+    head, again = enc("\nRandom tokens:\n"), enc("\nThe same tokens again:\n")
+    count = min(REPEAT_BLOCK_TOKENS, (length - len(head) - len(again)) // 2)
+    block, seen = [], set()
+    for _ in range(50 * max(count, 1)):  # a text with fewer distinct tokens gives a shorter block
+        if len(block) == count:
+            break
+        token = int(stream[rng.randrange(len(stream))])
+        if token not in seen:
+            seen.add(token)
+            block.append(token)
+    if len(block) < REPEAT_ITEM_TOKENS:
+        raise TaskError(f"repeat: {length} tokens of sequence and the haystack text leave fewer "
+                        f"than {REPEAT_ITEM_TOKENS} distinct tokens to repeat; use a longer "
+                        "sequence or a larger corpus")
+    ids, spans = head + block, []
+    while len(ids) + len(again) < length:
+        ids += again
+        copy = block[:length - len(ids)]
+        for start in range(0, len(copy), REPEAT_ITEM_TOKENS):
+            item = copy[start:start + REPEAT_ITEM_TOKENS]
+            spans.append(list(range(len(ids), len(ids) + len(item))))
+            ids += item
     return ids, spans
 
 

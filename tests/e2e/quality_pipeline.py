@@ -45,12 +45,11 @@ from quality_eval import score_samples  # noqa: E402
 # The training-format probe: every task gives a sequence of exactly the length asked, whose
 # scored answers are values its context states (characters as tokens), the last one ending the
 # sequence; multi-key needles ask each of their 4 keys here, key-value lookup several keys, the
-# repeated random tokens are scored in items of REPEAT_ITEM_TOKENS.
+# repeated block of distinct tokens is scored in items of REPEAT_ITEM_TOKENS.
 haystack_text = [ord(c) for c in "lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 60]
-repeat_items = (1500 - 64) // (2 * quality_tasks.REPEAT_ITEM_TOKENS)
 expected_items = {"passkey": (1, 1), "multikey": (4, 4),
                   "kv_lookup": (2, quality_tasks.KV_LOOKUP_QUERIES),
-                  "repeat": (repeat_items, repeat_items + 4)}
+                  "repeat": (2, 1500 // quality_tasks.REPEAT_ITEM_TOKENS)}
 for task in sorted(quality_tasks.TRAIN_TASKS):
     probe = quality_tasks.probe_sample(task, lambda text: [ord(c) for c in text], haystack_text,
                                        random.Random(task), 1500)
@@ -68,7 +67,9 @@ import quality_corpus  # noqa: E402
 check(quality_corpus.parse_task_weights("kv_lookup=1,multikey=0,passkey=2,repeat=3") ==
       {"kv_lookup": 1, "multikey": 0, "passkey": 2, "repeat": 3}, "task weights parse")
 for bad in ("repeat=2", "kv_lookup=1,multikey=1,passkey=1,repeat=x",
-            "kv_lookup=0,multikey=0,passkey=0,repeat=0", "kv_lookup=1,multikey=1,passkey=1,copy=1"):
+            "kv_lookup=0,multikey=0,passkey=0,repeat=0", "kv_lookup=1,multikey=1,passkey=1,copy=1",
+            "kv_lookup=1,multikey=1,passkey=1,repeat=\u00b2",
+            "kv_lookup=1,multikey=1,passkey=1,repeat=1,repeat=2"):
     try:
         quality_corpus.parse_task_weights(bad)
         check(False, f"--retrieval-tasks {bad} must be refused")
