@@ -141,19 +141,13 @@ class Evaluator:
                     logits = self.model.lm_head(hidden[row, index]).float()
                 yield sample, positions, logits
 
-    def predictions(self, samples):
-        """Per sample, the argmax token at every position (for the next position), as a dict
-        position -> predicted id of the token at that position, for its scored positions."""
-        return [dict(zip(positions, logits.argmax(-1).tolist()))
-                for _, positions, logits in self.scored_logits(samples)]
-
     def score(self, samples):
-        return score_samples(samples, self.predictions(samples))
+        return self.score_and_answer_loss(samples)[0]
 
     def score_and_answer_loss(self, samples):
         """The score and the mean loss (nats) of the answer tokens: the loss shows retrieval
-        being learnt (it falls below that of guessing the answer's characters) long before
-        whole answers come out right."""
+        being learnt (it falls below that of guessing the answer's tokens) long before whole
+        answers come out right. Predictions are per sample {scored position: argmax id}."""
         predictions, total, count = [], 0.0, 0
         for sample, positions, logits in self.scored_logits(samples):
             predictions.append(dict(zip(positions, logits.argmax(-1).tolist())))

@@ -65,6 +65,18 @@ def percent(value):
     return f"{100 * value:.1f}"
 
 
+def probe_table(lines, names, models, tasks, lengths, key, cell):
+    """Appends a markdown table of the probe's `key` (per task, per length) for every model."""
+    lines.append("| model | " + " | ".join(f"{t} {kilo(x)}" for t in tasks for x in lengths)
+                 + " |")
+    lines.append("|---|" + "---|" * (len(tasks) * len(lengths)))
+    for n in names:
+        lines.append(f"| {LABELS.get(n, n)} | "
+                     + " | ".join(cell(v) for t in tasks for v in models[n]["probe"][key][t])
+                     + " |")
+    lines.append("")
+
+
 def build(out):
     evaluation = load_json(os.path.join(out, "eval.json"), "eval")
     manifest = load_json(os.path.join(out, "corpus", "manifest.json"), "corpus")
@@ -129,27 +141,14 @@ def build(out):
         lines.append("Training-format retrieval probe (%), in distribution: the training mix's "
                      f"own tasks ({', '.join(probe_tasks)}) on held-out text with new values:")
         lines.append("")
-        lines.append("| model | " + " | ".join(f"{t} {kilo(x)}" for t in probe_tasks
-                                               for x in lengths) + " |")
-        lines.append("|---|" + "---|" * (len(probe_tasks) * len(lengths)))
-        for n in names:
-            lines.append(f"| {LABELS.get(n, n)} | "
-                         + " | ".join(percent(v) for t in probe_tasks
-                                      for v in models[n]["probe"]["tasks"][t]) + " |")
-        lines.append("")
+        probe_table(lines, names, models, probe_tasks, lengths, "tasks", percent)
     if all("answer_loss" in models[n].get("probe", {}) for n in names):
         lines.append("Probe answer loss (nats per answer token, lower is better; a model that "
                      "does not retrieve stays at the cost of guessing the answer's tokens, which "
                      "falls towards 0 as retrieval is learnt):")
         lines.append("")
-        lines.append("| model | " + " | ".join(f"{t} {kilo(x)}" for t in probe_tasks
-                                               for x in lengths) + " |")
-        lines.append("|---|" + "---|" * (len(probe_tasks) * len(lengths)))
-        for n in names:
-            lines.append(f"| {LABELS.get(n, n)} | "
-                         + " | ".join(f"{v:.2f}" for t in probe_tasks
-                                      for v in models[n]["probe"]["answer_loss"][t]) + " |")
-        lines.append("")
+        probe_table(lines, names, models, probe_tasks, lengths, "answer_loss",
+                    lambda v: f"{v:.2f}")
 
     # Perplexity per position bucket.
     buckets = models[names[0]]["perplexity"]

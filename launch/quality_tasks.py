@@ -3,9 +3,9 @@
 Two disjoint families share the helpers here:
 - the TRAINING mix (quality_corpus.py mixes it into the pretraining and extension shards):
   passkey, multi-key needles, key-value lookup and repeated random tokens in train-split
-  haystacks; quality_eval.py also
-  runs it as an in-distribution probe on held-out haystacks with new values, which tells a model
-  that never learnt retrieval from one whose retrieval does not transfer to the suite;
+  haystacks; quality_eval.py also runs it as an in-distribution probe on held-out haystacks with
+  new values, which tells a model that never learnt retrieval from one whose retrieval does not
+  transfer to the suite;
 - the EVALUATION suite (quality_eval.py), RULER-style: single needle, multi-key needles,
   multi-value needles, variable tracking, common-word extraction and associative recall in
   held-out haystacks.
