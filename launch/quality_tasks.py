@@ -227,6 +227,7 @@ def train_kv_lookup(enc, stream, rng, length):
 
 
 REPEAT_ITEM_TOKENS = 8
+REPEAT_MIN_BLOCK_TOKENS = 16
 REPEAT_BLOCK_TOKENS = 512
 
 
@@ -236,9 +237,18 @@ def train_repeat(enc, stream, rng, length):
     distinct, so each has one successor: the copies are predictable by looking back for the
     current token and taking what followed it (an induction head, the mechanism every retrieval
     task needs), and by nothing else. The needle tasks alone give too few such tokens for a small
-    model to learn it."""
+    model to learn it.
+
+    Block lengths are log-uniform in [REPEAT_MIN_BLOCK_TOKENS, REPEAT_BLOCK_TOKENS] (as far as the
+    sequence holds two copies). A short block recurs every few dozen tokens, so a head that
+    attends evenly over its causal prefix already puts a large share of its weight on earlier
+    copies of the current token: the gradient toward induction is strong from the first steps,
+    where one 512-token block in 4K tokens dilutes it ~30 times (the fixed 512-token block formed
+    no induction head in 600 pretraining steps). The long blocks make it look far back."""
     head, again = enc("\nRandom tokens:\n"), enc("\nThe same tokens again:\n")
-    count = min(REPEAT_BLOCK_TOKENS, (length - len(head) - len(again)) // 2)
+    most = max(1, min(REPEAT_BLOCK_TOKENS, (length - len(head) - len(again)) // 2))
+    least = min(REPEAT_MIN_BLOCK_TOKENS, most)
+    count = round(least * (most / least) ** rng.random())
     block, seen = [], set()
     for _ in range(50 * max(count, 1)):  # a text with fewer distinct tokens gives a shorter block
         if len(block) == count:
