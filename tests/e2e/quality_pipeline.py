@@ -5,7 +5,8 @@ extension sequences;
 pretraining lowers the loss; each extension run starts from the pretrained weights (its first
 loss far below a fresh model's) with the raised rope_theta; sparse runs attend to fewer pairs;
 the N:M run exports strict 2:4 MLP weights; eval.json covers every model, task, length and
-position bucket; the report has its tables and plots; finished stages are skipped on a rerun;
+position bucket; the report has its tables and plots; an interrupted pretraining resumes from
+its checkpoint; finished stages are skipped on a rerun;
 bad input to every tool is one line and status 2. Also checks the answer scoring on fixed
 predictions. Needs tokenizers and transformers (in the running python or the source tree's
 .venv); without them, a note and exit 0."""
@@ -112,11 +113,26 @@ def metrics(run_dir):
 quality = os.path.join(launch, "quality.sh")
 with temporary_directory() as tmp:
     out = os.path.join(tmp, "quality")
+    # A setting runs in parts: pretraining killed after its step-8 checkpoint (of 16) leaves that
+    # checkpoint and no summary, and the next call resumes there instead of starting over.
+    env["SPARSERING_FAULT"] = "kill:step:0:12"
+    process = run([quality, "--setting", "ci", "--out", out, "--stage", "corpus",
+                   "--stage", "pretrain"])
+    del env["SPARSERING_FAULT"]
+    pretrain_dir = os.path.join(out, "runs", "pretrain")
+    with open(os.path.join(pretrain_dir, "checkpoints", "latest")) as f:
+        latest = f.read().strip()
+    check(process.returncode != 0 and latest.endswith("step_00000008") and
+          not os.path.exists(os.path.join(pretrain_dir, "summary.json")),
+          f"a pretraining killed at step 12 exited {process.returncode} with latest {latest}",
+          process)
     began = time.monotonic()
     process = run([quality, "--setting", "ci", "--out", out])
     seconds = time.monotonic() - began
     print(process.stdout[-3000:])
     check(process.returncode == 0, f"quality.sh exited {process.returncode}", process)
+    check("resumed from" in process.stdout and "step_00000008" in process.stdout,
+          "the second call did not resume the interrupted pretraining at step 8", process)
     print(f"pipeline: {seconds:.0f} s")
 
     # Corpus: file list and hash, held-out documents, aligned pretraining and extension sequences.
