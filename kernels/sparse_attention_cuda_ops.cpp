@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/cuda/attention_mass_cuda.h"
+#include "kernels/cuda/pattern_select_cuda.h"
 #include "kernels/cuda/sparse_attention_cuda.h"
 #include "kernels/cuda/sparse_index_cuda.h"
 
@@ -203,6 +204,37 @@ AttentionMass attention_mass_from_logits_cuda(const at::Tensor& logits, const at
   check_launch(kernels::launch_attention_mass_from_logits(p, current_stream()),
                "launch_attention_mass_from_logits");
   return mass;
+}
+
+VerticalSlashPattern select_pattern_cuda(const AttentionMass& mass, int64_t num_columns,
+                                         int64_t num_diagonals, int64_t sink_tokens,
+                                         int64_t local_tokens, int block_size, int64_t width) {
+  const c10::cuda::CUDAGuard guard(mass.vertical.device());
+  const auto vertical = mass.vertical.to(at::kFloat).contiguous();
+  const auto slash = mass.slash.to(at::kFloat).contiguous();
+  const int64_t heads = vertical.size(0), length = vertical.size(1);
+  VerticalSlashPattern pattern;
+  pattern.block_size = block_size;
+  pattern.sequence_length = length;
+  // The kernel writes every slot of the columns and only sets block offsets.
+  pattern.columns = at::empty({heads, width}, vertical.options().dtype(at::kLong));
+  pattern.block_diagonals =
+      at::zeros({heads, length / block_size}, vertical.options().dtype(at::kBool));
+  PatternSelectParams p;
+  p.vertical = vertical.data_ptr<float>();
+  p.slash = slash.data_ptr<float>();
+  p.heads = static_cast<int>(heads);
+  p.length = length;
+  p.block_size = block_size;
+  p.num_columns = num_columns;
+  p.num_diagonals = num_diagonals;
+  p.sink_tokens = sink_tokens;
+  p.local_tokens = local_tokens;
+  p.width = width;
+  p.columns = pattern.columns.data_ptr<int64_t>();
+  p.block_diagonals = pattern.block_diagonals.data_ptr<bool>();
+  check_launch(kernels::launch_select_pattern(p, current_stream()), "launch_select_pattern");
+  return pattern;
 }
 
 SparseIndex sparse_index_cuda(const SparseIndexInputs& in, bool transposed_blocks) {

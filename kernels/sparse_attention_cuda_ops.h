@@ -32,6 +32,13 @@ AttentionMass attention_mass_from_logits_cuda(const at::Tensor& logits, const at
                                               const at::Tensor& k_positions,
                                               int64_t sequence_length);
 
+// select_pattern (kernels/vertical_slash.h) in one launch (kernels/cuda/pattern_select.cu);
+// num_columns, num_diagonals, sink_tokens and local_tokens already clamped to [0, length], and
+// `width` the columns' row width.
+VerticalSlashPattern select_pattern_cuda(const AttentionMass& mass, int64_t num_columns,
+                                         int64_t num_diagonals, int64_t sink_tokens,
+                                         int64_t local_tokens, int block_size, int64_t width);
+
 // The rows of kernels/sparse_index.h on the GPU (kernels/cuda/sparse_index.cu); the transposed
 // columns are left to build_sparse_index.
 SparseIndex sparse_index_cuda(const SparseIndexInputs& in, bool transposed_blocks);

@@ -32,6 +32,10 @@ AttentionMass attention_mass_from_logits_cuda(const at::Tensor&, const at::Tenso
                                               const at::Tensor&, int64_t) {
   no_cuda();
 }
+VerticalSlashPattern select_pattern_cuda(const AttentionMass&, int64_t, int64_t, int64_t, int64_t,
+                                         int, int64_t) {
+  no_cuda();
+}
 SparseIndex sparse_index_cuda(const SparseIndexInputs&, bool) { no_cuda(); }
 
 }  // namespace sparsering::kernels::cuda_ops

@@ -1,6 +1,9 @@
 #include "kernels/vertical_slash.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -154,52 +157,93 @@ AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Ten
                                         sequence_length);
 }
 
-VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_columns,
-                                    int64_t num_diagonals, int64_t sink_tokens,
-                                    int64_t local_tokens, int block_size) {
-  const int64_t heads = mass.vertical.size(0), length = mass.vertical.size(1);
-  const auto device = mass.vertical.device();
-  const auto bool_options = at::TensorOptions().dtype(at::kBool).device(device);
+namespace {
 
-  auto chosen_columns = at::zeros({heads, length}, bool_options);
-  if (num_columns > 0) {
-    const auto top = std::get<1>(
-        mass.vertical.topk(std::min(num_columns, length), 1, /*largest=*/true, /*sorted=*/false));
-    chosen_columns.scatter_(1, top, true);
-  }
-  chosen_columns.slice(1, 0, std::min(sink_tokens, length)).fill_(true);
-  // Ascending positions of the chosen columns, padded with -1: a chosen column's slot is the
-  // count of chosen columns before it (a prefix sum, far cheaper than sorting every position);
-  // the others go to a spare last slot that is cut off.
-  const auto positions = at::arange(length, mass.vertical.options().dtype(at::kLong));
-  const auto slot = chosen_columns.cumsum(1, at::kLong) - 1;
-  const int64_t max_columns = slot.select(1, length - 1).max().item<int64_t>() + 1;
-  auto columns = at::full({heads, max_columns + 1}, -1, positions.options());
-  columns.scatter_(1, at::where(chosen_columns, slot, at::full({}, max_columns, slot.options())),
-                   positions.unsqueeze(0).expand({heads, length}));
-  columns = columns.slice(1, 0, max_columns);
+// Order-preserving map of a float to uint32 (as kernels/cuda/pattern_select.cu): for non-NaN a,
+// b, a < b iff order_key(a) < order_key(b).
+uint32_t order_key(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return (bits & 0x80000000u) != 0 ? ~bits : (bits | 0x80000000u);
+}
 
-  auto chosen_diagonals = at::zeros({heads, length}, bool_options);
-  if (num_diagonals > 0) {
-    const auto top = std::get<1>(
-        mass.slash.topk(std::min(num_diagonals, length), 1, /*largest=*/true, /*sorted=*/false));
-    chosen_diagonals.scatter_(1, top, true);
+// The CPU twin of the kernel's choice: the top k entries of `row` by order key, ties to the
+// lower index, and the first `always` entries.
+std::vector<char> chosen_entries(const float* row, int64_t length, int64_t k, int64_t always) {
+  std::vector<char> chosen(length, 0);
+  if (k > 0) {
+    std::vector<uint32_t> keys(length);
+    for (int64_t i = 0; i < length; ++i) keys[i] = order_key(row[i]);
+    auto sorted = keys;
+    std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end(), std::greater<>());
+    const uint32_t threshold = sorted[k - 1];
+    int64_t take_equal = k - std::count_if(keys.begin(), keys.end(),
+                                           [threshold](uint32_t key) { return key > threshold; });
+    for (int64_t i = 0; i < length; ++i) {
+      chosen[i] = keys[i] > threshold || (keys[i] == threshold && take_equal-- > 0);
+    }
   }
-  chosen_diagonals.slice(1, 0, std::min(local_tokens, length)).fill_(true);
-  // Block offset d covers token diagonals (d-1)*bs+1 .. (d+1)*bs-1: count chosen ones there
-  // with a prefix sum.
+  std::fill(chosen.begin(), chosen.begin() + always, 1);
+  return chosen;
+}
+
+VerticalSlashPattern select_pattern_cpu(const AttentionMass& mass, int64_t num_columns,
+                                        int64_t num_diagonals, int64_t sink_tokens,
+                                        int64_t local_tokens, int block_size, int64_t width) {
+  const auto vertical = mass.vertical.to(at::kFloat).contiguous();
+  const auto slash = mass.slash.to(at::kFloat).contiguous();
+  const int64_t heads = vertical.size(0), length = vertical.size(1);
   const int64_t num_blocks = length / block_size;
-  auto prefix = at::zeros({heads, length + 1}, mass.vertical.options().dtype(at::kLong));
-  prefix.slice(1, 1).copy_(chosen_diagonals.to(at::kLong).cumsum(1));
-  const auto d = at::arange(num_blocks, positions.options());
-  const auto lo = (d * block_size - block_size + 1).clamp_min(0);
-  const auto hi = (d * block_size + block_size - 1).clamp_max(length - 1) + 1;
   VerticalSlashPattern pattern;
   pattern.block_size = block_size;
   pattern.sequence_length = length;
-  pattern.columns = columns.contiguous();
-  pattern.block_diagonals = (prefix.index_select(1, hi) - prefix.index_select(1, lo)) > 0;
+  pattern.columns = at::full({heads, width}, -1, at::kLong);
+  pattern.block_diagonals = at::zeros({heads, num_blocks}, at::kBool);
+  auto columns = pattern.columns.accessor<int64_t, 2>();
+  auto offsets = pattern.block_diagonals.accessor<bool, 2>();
+  for (int64_t h = 0; h < heads; ++h) {
+    const auto column =
+        chosen_entries(vertical.data_ptr<float>() + h * length, length, num_columns, sink_tokens);
+    for (int64_t i = 0, slot = 0; i < length; ++i) {
+      if (column[i]) columns[h][slot++] = i;
+    }
+    const auto diagonal =
+        chosen_entries(slash.data_ptr<float>() + h * length, length, num_diagonals, local_tokens);
+    for (int64_t i = 0; i < length; ++i) {
+      if (!diagonal[i]) continue;
+      const int64_t d = i / block_size;
+      if (d < num_blocks) offsets[h][d] = true;
+      if (i % block_size != 0 && d + 1 < num_blocks) offsets[h][d + 1] = true;
+    }
+  }
   return pattern;
+}
+
+}  // namespace
+
+VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_columns,
+                                    int64_t num_diagonals, int64_t sink_tokens,
+                                    int64_t local_tokens, int block_size) {
+  TORCH_CHECK(mass.vertical.dim() == 2 && mass.slash.sizes() == mass.vertical.sizes() &&
+                  mass.slash.device() == mass.vertical.device(),
+              "select_pattern: vertical and slash mass must be [heads, length] on one device, got ",
+              mass.vertical.sizes(), " and ", mass.slash.sizes());
+  TORCH_CHECK(block_size > 0, "select_pattern: block_size must be positive, got ", block_size);
+  const int64_t length = mass.vertical.size(1);
+  const auto clamp = [length](int64_t count) { return std::clamp<int64_t>(count, 0, length); };
+  num_columns = clamp(num_columns);
+  num_diagonals = clamp(num_diagonals);
+  sink_tokens = clamp(sink_tokens);
+  local_tokens = clamp(local_tokens);
+  // The most columns a head can get: the pattern's shape never depends on the mass, so the GPU
+  // path needs no host sync to size it.
+  const int64_t width = std::min(length, num_columns + sink_tokens);
+  if (mass.vertical.is_cuda()) {
+    return cuda_ops::select_pattern_cuda(mass, num_columns, num_diagonals, sink_tokens,
+                                         local_tokens, block_size, width);
+  }
+  return select_pattern_cpu(mass, num_columns, num_diagonals, sink_tokens, local_tokens, block_size,
+                            width);
 }
 
 }  // namespace sparsering::kernels

@@ -66,8 +66,11 @@ AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Ten
                                          const at::Tensor& row_sum, const at::Tensor& q_positions,
                                          const at::Tensor& k_positions, int64_t sequence_length);
 
-// Top `num_columns` columns and `num_diagonals` diagonals per head, plus the always-kept sink
-// columns [0, sink_tokens) and local diagonals [0, local_tokens).
+// Top `num_columns` columns and `num_diagonals` diagonals per head (by mass; equal masses go to
+// the lower position), plus the always-kept sink columns [0, sink_tokens) and local diagonals
+// [0, local_tokens); counts are clamped to [0, length]. The columns' rows are
+// min(length, num_columns + sink_tokens) wide whatever the mass (no host sync on a GPU), padded
+// with -1. On a GPU one kernel (kernels/cuda/pattern_select.cu) picks what the CPU twin picks.
 VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_columns,
                                     int64_t num_diagonals, int64_t sink_tokens,
                                     int64_t local_tokens, int block_size);

@@ -35,6 +35,34 @@ TEST(SelectPattern, KeepsTopColumnsDiagonalsSinkAndLocal) {
   }
 }
 
+// Equal masses go to the lower position, and the columns' rows are num_columns + sink_tokens wide
+// whatever the mass picks: here head 0's strongest column lies in the sink, so it ends with -1.
+TEST(SelectPattern, TiesGoToTheLowerPositionAndRowsHaveAFixedWidth) {
+  const int64_t length = 64;
+  kernels::AttentionMass mass{at::zeros({2, length}), at::zeros({2, length})};
+  mass.vertical[0][1] = 3.0;
+  mass.vertical[0].slice(0, 40, 64).fill_(1.0);
+  mass.vertical[1].slice(0, 10, 20).fill_(2.0);
+  mass.slash[0].slice(0, 30, 64).fill_(1.0);
+  const auto p = kernels::select_pattern(mass, /*num_columns=*/3, /*num_diagonals=*/2,
+                                         /*sink_tokens=*/2, /*local_tokens=*/0, /*block_size=*/16);
+  EXPECT_TRUE(
+      p.columns.equal(at::tensor({0, 1, 40, 41, -1, 0, 1, 10, 11, 12}, at::kLong).view({2, 5})))
+      << p.columns;
+  // Head 0: diagonals 30 and 31 (offsets 1 and 2); head 1: every diagonal ties at 0, so 0 and 1
+  // (offsets 0 and 1).
+  EXPECT_TRUE(p.block_diagonals.equal(
+      at::tensor({0, 1, 1, 0, 1, 1, 0, 0}, at::kInt).to(at::kBool).view({2, 4})))
+      << p.block_diagonals;
+  // Counts beyond the length are clamped; no top-k leaves only the sink.
+  const auto all = kernels::select_pattern(mass, 100, 100, 100, 100, 16);
+  EXPECT_TRUE(all.columns.equal(at::arange(length, at::kLong).expand({2, length})));
+  EXPECT_TRUE(all.block_diagonals.all().item<bool>());
+  const auto sink_only = kernels::select_pattern(mass, 0, 0, 2, 0, 16);
+  EXPECT_TRUE(sink_only.columns.equal(at::tensor({0, 1, 0, 1}, at::kLong).view({2, 2})));
+  EXPECT_FALSE(sink_only.block_diagonals.any().item<bool>());
+}
+
 TEST(AttentionMass, EveryQueryContributesOneUnitOfMass) {
   at::manual_seed(5);
   const int64_t length = 64, samples = 8;

@@ -128,5 +128,61 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionMassGpu,
                          ::testing::Values(MassCase{1, 3072, false}, MassCase{2, 3072, false},
                                            MassCase{2, 3001, false}, MassCase{1, 3072, true}));
 
+// The one-launch selection (kernels/cuda/pattern_select.cu) against its CPU twin on the same
+// mass: exactly the same columns (slots poisoned beforehand) and block offsets. Masses are
+// quantised to 64 levels so that many entries tie at the top-k threshold (ties go to the lower
+// position on both), and -0, +0 and +inf appear.
+struct SelectCase {
+  int64_t heads, length;
+  int block;
+  int64_t columns, diagonals, sink, local;
+};
+
+class SelectPatternGpu : public ::testing::TestWithParam<SelectCase> {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
+  }
+};
+
+TEST_P(SelectPatternGpu, MatchesCpuTwin) {
+  const SelectCase c = GetParam();
+  at::manual_seed(static_cast<uint64_t>(c.length + c.heads));
+  kernels::AttentionMass mass{at::randint(64, {c.heads, c.length}).to(at::kFloat).div_(64),
+                              at::randint(64, {c.heads, c.length}).to(at::kFloat).div_(64)};
+  mass.vertical[0][c.length / 3] = INFINITY;
+  mass.vertical[0][c.length / 2] = -0.f;
+  mass.slash[c.heads - 1].slice(0, 0, c.length / 2).zero_();
+  const auto expected =
+      kernels::select_pattern(mass, c.columns, c.diagonals, c.sink, c.local, c.block);
+  const auto options = at::TensorOptions().device(at::kCUDA);
+  {  // Poison the blocks the op will be handed for its outputs.
+    const auto columns = at::full(expected.columns.sizes(), 12345, options.dtype(at::kLong));
+    const auto offsets = at::ones(expected.block_diagonals.sizes(), options.dtype(at::kBool));
+  }
+  const auto got = kernels::select_pattern({mass.vertical.cuda(), mass.slash.cuda()}, c.columns,
+                                           c.diagonals, c.sink, c.local, c.block);
+  ASSERT_EQ(got.columns.sizes(), expected.columns.sizes());
+  EXPECT_TRUE(at::equal(got.columns.cpu(), expected.columns)) << "columns";
+  EXPECT_TRUE(at::equal(got.block_diagonals.cpu(), expected.block_diagonals)) << "block offsets";
+  // The width is fixed by the counts; every head gets at least its top k (guards against a
+  // vacuous comparison), and a diagonal budget marks block offsets.
+  const auto clamp = [&c](int64_t count) { return std::min(count, c.length); };
+  EXPECT_EQ(expected.columns.size(1), std::min(c.length, clamp(c.columns) + clamp(c.sink)));
+  if (expected.columns.size(1) > 0) {
+    EXPECT_GE(expected.columns.ge(0).sum(1).min().item<int64_t>(),
+              std::max(clamp(c.columns), clamp(c.sink)));
+  }
+  EXPECT_EQ(expected.block_diagonals.any().item<bool>(), c.diagonals + c.local > 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, SelectPatternGpu,
+    ::testing::Values(SelectCase{3, 1000, 64, 37, 11, 5, 64},          // length not a tile
+                      SelectCase{4, 8192, 128, 820, 16, 64, 1024},     // quality-extension budgets
+                      SelectCase{32, 131072, 128, 1024, 64, 64, 128},  // 128K, 32 heads
+                      SelectCase{2, 4096, 64, 0, 0, 0, 0},             // nothing
+                      SelectCase{2, 4096, 64, 5000, 4096, 4096, 9999}));  // everything
+
 }  // namespace
 }  // namespace sparsering
