@@ -71,6 +71,8 @@ AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Ten
 // [0, local_tokens); counts are clamped to [0, length]. The columns' rows are
 // min(length, num_columns + sink_tokens) wide whatever the mass (no host sync on a GPU), padded
 // with -1. On a GPU one kernel (kernels/cuda/pattern_select.cu) picks what the CPU twin picks.
+// Masses order by their float value (-0 just below +0; a NaN above +inf if its sign bit is clear,
+// below -inf if set), the same on both.
 VerticalSlashPattern select_pattern(const AttentionMass& mass, int64_t num_columns,
                                     int64_t num_diagonals, int64_t sink_tokens,
                                     int64_t local_tokens, int block_size);

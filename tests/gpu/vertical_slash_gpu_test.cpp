@@ -155,13 +155,13 @@ TEST_P(SelectPatternGpu, MatchesCpuTwin) {
   mass.slash[c.heads - 1].slice(0, 0, c.length / 2).zero_();
   const auto expected =
       kernels::select_pattern(mass, c.columns, c.diagonals, c.sink, c.local, c.block);
-  const auto options = at::TensorOptions().device(at::kCUDA);
-  {  // Poison the blocks the op will be handed for its outputs.
-    const auto columns = at::full(expected.columns.sizes(), 12345, options.dtype(at::kLong));
-    const auto offsets = at::ones(expected.block_diagonals.sizes(), options.dtype(at::kBool));
+  const kernels::AttentionMass mass_gpu{mass.vertical.cuda(), mass.slash.cuda()};
+  {  // Poison the block the op will be handed for its columns (its masses are already there).
+    const auto columns = at::full(expected.columns.sizes(), 12345,
+                                  at::TensorOptions().device(at::kCUDA).dtype(at::kLong));
   }
-  const auto got = kernels::select_pattern({mass.vertical.cuda(), mass.slash.cuda()}, c.columns,
-                                           c.diagonals, c.sink, c.local, c.block);
+  const auto got =
+      kernels::select_pattern(mass_gpu, c.columns, c.diagonals, c.sink, c.local, c.block);
   ASSERT_EQ(got.columns.sizes(), expected.columns.sizes());
   EXPECT_TRUE(at::equal(got.columns.cpu(), expected.columns)) << "columns";
   EXPECT_TRUE(at::equal(got.block_diagonals.cpu(), expected.block_diagonals)) << "block offsets";
