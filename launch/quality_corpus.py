@@ -227,19 +227,15 @@ def write_shard(path, documents, vocab_size):
 
 
 def parse_task_weights(text):
-    """{task: weight} of --retrieval-tasks (TASK=WEIGHT,...; every TRAIN_TASKS name, weight >= 0,
-    one at least > 0)."""
-    weights = {}
-    for item in text.split(","):
-        name, sep, value = item.strip().partition("=")
-        if not sep or name not in quality_tasks.TRAIN_TASKS or not value.isdecimal() or \
-                name in weights:
-            raise UserError(f"--retrieval-tasks {text}: give one TASK=WEIGHT item (a whole "
-                            f"number) for each of {', '.join(sorted(quality_tasks.TRAIN_TASKS))}")
-        weights[name] = int(value)
-    if set(weights) != set(quality_tasks.TRAIN_TASKS) or not any(weights.values()):
-        raise UserError(f"--retrieval-tasks {text}: name each of "
-                        f"{', '.join(sorted(quality_tasks.TRAIN_TASKS))} once, one weight > 0")
+    """{task: weight} of --retrieval-tasks (TASK=WEIGHT,...; every TRAIN_TASKS name once, whole
+    numbers, one at least > 0)."""
+    tasks = sorted(quality_tasks.TRAIN_TASKS)
+    items = [item.strip().partition("=") for item in text.split(",")]
+    weights = {name: int(value) for name, sep, value in items if sep and value.isdecimal()}
+    if sorted(name for name, _, _ in items) != tasks or len(weights) != len(tasks) or \
+            not any(weights.values()):
+        raise UserError(f"--retrieval-tasks {text}: give each of {', '.join(tasks)} once as "
+                        "TASK=WEIGHT (a whole number), one weight above 0")
     return weights
 
 
