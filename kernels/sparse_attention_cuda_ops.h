@@ -1,8 +1,12 @@
-// CUDA side of the sparse attention and pattern estimation ops: fills the kernels' parameters from
-// tensors and launches kernels/cuda/ on the current stream. In a build without nvcc these throw.
-// Callers (kernels/sparse_attention.cpp, kernels/vertical_slash.cpp) have checked shapes.
+// CUDA side of the sparse attention, pattern estimation and cross-entropy ops: fills the kernels'
+// parameters from tensors and launches kernels/cuda/ on the current stream. In a build without nvcc
+// these throw. Callers (kernels/sparse_attention.cpp, kernels/vertical_slash.cpp) have checked
+// shapes.
 #pragma once
 
+#include <optional>
+
+#include "kernels/cross_entropy.h"
 #include "kernels/sparse_attention.h"
 #include "kernels/vertical_slash.h"
 
@@ -42,5 +46,11 @@ VerticalSlashPattern select_pattern_cuda(const AttentionMass& mass, int64_t num_
 // The rows of kernels/sparse_index.h on the GPU (kernels/cuda/sparse_index.cu); the transposed
 // columns are left to build_sparse_index.
 SparseIndex sparse_index_cuda(const SparseIndexInputs& in, bool transposed_blocks);
+
+// cross_entropy_rows (kernels/cross_entropy.h) in one launch (kernels/cuda/cross_entropy.cu;
+// this op is kernels/cross_entropy_cuda_op.cpp).
+CrossEntropyRows cross_entropy_rows_cuda(const at::Tensor& logits, const at::Tensor& labels,
+                                         int64_t ignore_label, double grad_scale,
+                                         std::optional<at::ScalarType> grad_type);
 
 }  // namespace sparsering::kernels::cuda_ops

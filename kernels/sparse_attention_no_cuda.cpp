@@ -1,5 +1,5 @@
-// Built without nvcc: CUDA tensors reaching the sparse attention or pattern estimation ops are an
-// error, never a silent detour through the CPU twins.
+// Built without nvcc: CUDA tensors reaching the sparse attention, pattern estimation or
+// cross-entropy ops are an error, never a silent detour through the CPU twins.
 #include <c10/util/Exception.h>
 
 #include "kernels/sparse_attention_cuda_ops.h"
@@ -37,5 +37,9 @@ VerticalSlashPattern select_pattern_cuda(const AttentionMass&, int64_t, int64_t,
   no_cuda();
 }
 SparseIndex sparse_index_cuda(const SparseIndexInputs&, bool) { no_cuda(); }
+CrossEntropyRows cross_entropy_rows_cuda(const at::Tensor&, const at::Tensor&, int64_t, double,
+                                         std::optional<at::ScalarType>) {
+  no_cuda();
+}
 
 }  // namespace sparsering::kernels::cuda_ops

@@ -23,10 +23,10 @@ python=$( [ -x "$root/.venv/bin/python3" ] && echo "$root/.venv/bin/python3" || 
 generator=$(command -v ninja >/dev/null && echo Ninja || echo "Unix Makefiles")
 status=()
 
-# Files that land in $out: attention_bench.{txt,json} (the host AdamW table appended),
-# flex_attention_bench.json, host_adamw_bench.json, gpu_tests.log, train.log, quality.log,
-# ring_gpu_tests.log, and the model-state, family and quality-protocol outputs below
-# (quality_report.md, quality_report.json, quality_eval.json, quality_plots/).
+# Files that land in $out: attention_bench.{txt,json} (the host AdamW and loss tables appended),
+# flex_attention_bench.json, host_adamw_bench.json, cross_entropy_bench.json, gpu_tests.log,
+# train.log, quality.log, ring_gpu_tests.log, and the model-state, family and quality-protocol
+# outputs below (quality_report.md, quality_report.json, quality_eval.json, quality_plots/).
 if [ -n "${BUILD_TARGETS:-}" ] &&
    { [ "${TESTS:-1}" = 1 ] || [ "${BENCH:-1}" = 1 ] || [ "${HOST_ADAMW:-1}" = 1 ]; }; then
   echo "BUILD_TARGETS builds only the trainer: pass TESTS=0 BENCH=0 HOST_ADAMW=0 with it"; exit 2
@@ -105,6 +105,20 @@ else
   status+=("host_adamw_bench|FAILED|see attention_bench.txt")
 fi
 tee -a "$out/attention_bench.txt" <"$patterns/host_adamw.txt"
+fi
+
+# The output-projection loss: the cross-entropy row kernel against torch ops (64K tokens, the
+# quality model's 16K vocabulary at hidden 512 and Llama 3's 128K at hidden 4096).
+if [ "${BENCH:-1}" = 1 ]; then
+echo "== output-projection loss"
+if "$build/bench/cross_entropy_bench" --json "$out/cross_entropy_bench.json" \
+     >"$patterns/cross_entropy.txt" 2>&1; then
+  status+=("cross_entropy_bench|ok|$(awk '$1 ~ /^[0-9]+$/ {printf "%s%s", sep, $NF; sep=", "}' \
+    "$patterns/cross_entropy.txt") vs torch ops")
+else
+  status+=("cross_entropy_bench|FAILED|see attention_bench.txt")
+fi
+tee -a "$out/attention_bench.txt" <"$patterns/cross_entropy.txt"
 fi
 
 # Training runs of the ~1B model on this GPU: "KIND:TOKENS:STEPS[:FLAGS]" items, FLAGS a

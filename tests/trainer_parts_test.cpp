@@ -4,8 +4,10 @@
 #include <torch/autograd.h>
 
 #include <cmath>
+#include <vector>
 
 #include "data/synthetic.h"
+#include "kernels/cross_entropy.h"
 #include "trainer/micro_batch.h"
 #include "trainer/model/activation_checkpoint.h"
 #include "trainer/model/chunked_loss.h"
@@ -45,6 +47,26 @@ TEST(ChunkedCrossEntropy, MatchesPlainCrossEntropyAndItsGradients) {
   EXPECT_NEAR(loss.item<double>(), reference.item<double>(), 1e-6);
   EXPECT_TRUE(at::allclose(grad_hidden[0], reference_grads[0], 1e-5, 1e-6));
   EXPECT_TRUE(at::allclose(grad_hidden[1].to(at::kDouble), reference_grads[1], 1e-5, 1e-6));
+}
+
+// The rows' reference twin (the CPU path of kernels/cross_entropy.h): an ignored row has no loss
+// and no gradient; a label outside the vocabulary gives a NaN loss (the NaN policy stops the step)
+// rather than an out-of-bounds read.
+TEST(CrossEntropyRows, IgnoredRowsAreZeroAndLabelsPastTheVocabularyAreNaN) {
+  at::manual_seed(5);
+  const auto logits = at::randn({4, 6});
+  const auto labels = at::tensor(std::vector<int64_t>{2, trainer::kIgnoreLabel, 6, -1});
+  const auto rows =
+      kernels::cross_entropy_rows(logits, labels, trainer::kIgnoreLabel, 0.5, at::kFloat);
+  const auto lse = at::logsumexp(logits[0], 0).item<float>();
+  EXPECT_NEAR(rows.losses[0].item<float>(), lse - logits[0][2].item<float>(), 1e-6);
+  EXPECT_EQ(rows.losses[1].item<float>(), 0.0f);
+  EXPECT_TRUE(std::isnan(rows.losses[2].item<float>()));
+  EXPECT_TRUE(std::isnan(rows.losses[3].item<float>()));
+  EXPECT_EQ(rows.grad[1].abs().max().item<float>(), 0.0f);
+  EXPECT_NEAR(rows.grad[0][2].item<float>(), 0.5 * (std::exp(logits[0][2].item<float>() - lse) - 1),
+              1e-6);
+  EXPECT_NEAR(rows.grad[0].sum().item<float>(), 0.0, 1e-6);
 }
 
 TEST(ActivationCheckpoint, GivesTheSameGradientsAsThePlainGraph) {

@@ -2,8 +2,17 @@
 
 #include <torch/autograd.h>
 
+#include "kernels/cross_entropy.h"
+
 namespace sparsering::trainer {
 namespace {
+
+// a @ b with an fp32 result. On GPUs a bf16/fp16 product writes fp32 straight from the tensor
+// cores' accumulators (one pass over the [tokens, vocab] logits instead of a write and a cast).
+at::Tensor fp32_product(const at::Tensor& a, const at::Tensor& b) {
+  if (a.is_cuda() && a.scalar_type() != at::kFloat) return at::mm(a, b, at::kFloat);
+  return at::mm(a, b).to(at::kFloat);
+}
 
 class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy> {
  public:
@@ -22,21 +31,14 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
     for (int64_t start = 0; start < tokens; start += chunk) {
       const int64_t length = std::min(chunk, tokens - start);
       const auto h = hidden.narrow(0, start, length);
-      const auto y = labels.narrow(0, start, length);
-      const auto valid = y != kIgnoreLabel;
-      const auto safe_y = at::where(valid, y, at::zeros_like(y));
-      const auto logits = at::matmul(h, w.t()).to(at::kFloat);
-      const auto lse = at::logsumexp(logits, -1);
-      const auto picked = logits.gather(1, safe_y.unsqueeze(1)).squeeze(1);
-      loss += at::where(valid, lse - picked, at::zeros_like(lse)).sum();
-      // d/dlogits of CE = softmax - onehot(label), zero for ignored tokens.
-      auto grad_logits = at::exp(logits - lse.unsqueeze(1));
-      grad_logits.scatter_add_(1, safe_y.unsqueeze(1),
-                               at::full({length, 1}, -1.0, grad_logits.options()));
-      grad_logits.mul_(valid.unsqueeze(1).to(at::kFloat) / normalizer);
-      const auto grad_logits_m = grad_logits.to(matmul_type);
-      grad_hidden.narrow(0, start, length).copy_(at::matmul(grad_logits_m, w));
-      grad_weight.add_(at::matmul(grad_logits_m.t(), h).to(at::kFloat));
+      // d/dlogits of CE = softmax - onehot(label), zero for ignored tokens, already divided by
+      // the normalizer and in the matmul dtype.
+      const auto rows =
+          kernels::cross_entropy_rows(fp32_product(h, w.t()), labels.narrow(0, start, length),
+                                      kIgnoreLabel, 1.0 / normalizer, matmul_type);
+      loss += rows.losses.sum();
+      grad_hidden.narrow(0, start, length).copy_(at::matmul(rows.grad, w));
+      grad_weight.add_(fp32_product(rows.grad.t(), h));
     }
     ctx->save_for_backward({grad_hidden, grad_weight.to(weight.scalar_type())});
     return loss / normalizer;
@@ -68,12 +70,10 @@ at::Tensor cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight,
   auto loss = at::zeros({}, hidden.options().dtype(at::kFloat));
   for (int64_t start = 0; start < tokens; start += chunk) {
     const int64_t length = std::min(chunk, tokens - start);
-    const auto y = labels.narrow(0, start, length);
-    const auto valid = y != kIgnoreLabel;
-    const auto logits = at::matmul(hidden.narrow(0, start, length), w.t()).to(at::kFloat);
-    const auto picked = logits.gather(1, at::where(valid, y, at::zeros_like(y)).unsqueeze(1));
-    const auto losses = at::logsumexp(logits, -1) - picked.squeeze(1);
-    loss += at::where(valid, losses, at::zeros_like(losses)).sum();
+    const auto h = hidden.narrow(0, start, length);
+    loss += kernels::cross_entropy_rows(fp32_product(h, w.t()), labels.narrow(0, start, length),
+                                        kIgnoreLabel, 1.0, std::nullopt)
+                .losses.sum();
   }
   return loss;
 }
