@@ -25,8 +25,9 @@ class MasterWeightOptimizer : public CheckpointState {
   // Global L2 norm of the masters' gradients (one host synchronisation). Gradients must already
   // be synchronised, so every rank sees the same norm.
   double gradient_norm();
-  // Clips to `max_norm` (0 = off) given the norm from gradient_norm(), steps AdamW at `lr` and
-  // writes the result back to the model's weights.
+  // Clips to `max_norm` (0 = off) given the norm from gradient_norm(), steps AdamW at `lr` (on
+  // GPUs in one multi-tensor kernel, on CPUs torch::optim::AdamW) and writes the result back to
+  // the model's weights.
   void step(double lr, double max_norm, double norm);
   // Copies the masters into the model's weights (after loading a checkpoint).
   void sync_model_from_masters();
@@ -45,6 +46,9 @@ class MasterWeightOptimizer : public CheckpointState {
   void finish_load(int64_t adam_step) override;
 
  private:
+  // The AdamW step of CUDA masters in ATen's multi-tensor kernel (see optimizer.cpp).
+  void fused_cuda_step(double lr);
+
   std::vector<at::Tensor> parameters_;
   std::vector<at::Tensor> masters_;  // the parameters themselves when they are fp32
   bool separate_masters_ = false;
