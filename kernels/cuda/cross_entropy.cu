@@ -86,8 +86,10 @@ __global__ void __launch_bounds__(kThreads)
       const float lse = total.max + logf(total.sum);
       row_lse = lse;
       const int64_t label = p.labels[row];
-      const bool valid = label != p.ignore_label;
-      p.losses[row] = valid ? lse - x[label] : 0.0f;
+      // As the twin: no loss for an ignored row, NaN for a label outside the vocabulary.
+      p.losses[row] = label == p.ignore_label         ? 0.0f
+                      : label >= 0 && label < p.vocab ? lse - x[label]
+                                                      : __int_as_float(0x7fc00000);
     }
   }
   if (p.grad == nullptr) return;
