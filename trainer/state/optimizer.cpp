@@ -18,6 +18,20 @@ torch::optim::AdamWParamState* adamw_state(torch::optim::AdamW& adamw, const at:
   return static_cast<torch::optim::AdamWParamState*>(found->second.get());
 }
 
+// The parameter's AdamW state, created at step 0 with zero moments (as torch::optim::AdamW does on
+// a parameter's first step) when it has none yet.
+torch::optim::AdamWParamState* fresh_or_existing_state(torch::optim::AdamW& adamw,
+                                                       const at::Tensor& master) {
+  if (auto* state = adamw_state(adamw, master)) return state;
+  auto fresh = std::make_unique<torch::optim::AdamWParamState>();
+  fresh->step(0);
+  fresh->exp_avg(at::zeros_like(master, at::MemoryFormat::Contiguous));
+  fresh->exp_avg_sq(at::zeros_like(master, at::MemoryFormat::Contiguous));
+  auto* state = fresh.get();
+  adamw.state()[master.unsafeGetTensorImpl()] = std::move(fresh);
+  return state;
+}
+
 StateSlice whole_parameter(size_t index, const at::Tensor& master,
                            torch::optim::AdamWParamState* state) {
   StateSlice slice{index, 0, master.detach().view(-1), {}, {}};
@@ -109,16 +123,7 @@ void MasterWeightOptimizer::fused_cuda_step(double lr) {
   std::map<int64_t, std::vector<size_t>> by_step;
   for (size_t i = 0; i < masters_.size(); ++i) {
     if (!masters_[i].grad().defined()) continue;
-    auto* state = adamw_state(*adamw_, masters_[i]);
-    if (!state) {
-      auto fresh = std::make_unique<torch::optim::AdamWParamState>();
-      fresh->step(0);
-      fresh->exp_avg(at::zeros_like(masters_[i], at::MemoryFormat::Preserve));
-      fresh->exp_avg_sq(at::zeros_like(masters_[i], at::MemoryFormat::Preserve));
-      state = fresh.get();
-      adamw_->state()[masters_[i].unsafeGetTensorImpl()] = std::move(fresh);
-    }
-    by_step[state->step()].push_back(i);
+    by_step[fresh_or_existing_state(*adamw_, masters_[i])->step()].push_back(i);
   }
   for (const auto& [step, indices] : by_step) {
     std::vector<at::Tensor> weights, grads, exp_avgs, exp_avg_sqs, steps;
@@ -187,15 +192,8 @@ std::vector<StateSlice> MasterWeightOptimizer::slices_to_save(int rank, int worl
 std::vector<StateSlice> MasterWeightOptimizer::slices_to_load(bool with_moments) {
   std::vector<StateSlice> slices;
   for (size_t i = 0; i < masters_.size(); ++i) {
-    auto* state = adamw_state(*adamw_, masters_[i]);
-    if (with_moments && !state) {
-      auto fresh = std::make_unique<torch::optim::AdamWParamState>();
-      fresh->step(0);
-      fresh->exp_avg(at::zeros_like(masters_[i], at::MemoryFormat::Contiguous));
-      fresh->exp_avg_sq(at::zeros_like(masters_[i], at::MemoryFormat::Contiguous));
-      state = fresh.get();
-      adamw_->state()[masters_[i].unsafeGetTensorImpl()] = std::move(fresh);
-    }
+    auto* state = with_moments ? fresh_or_existing_state(*adamw_, masters_[i])
+                               : adamw_state(*adamw_, masters_[i]);
     slices.push_back(whole_parameter(i, masters_[i], state));
   }
   return slices;
