@@ -46,6 +46,8 @@ TEST(MasterWeightOptimizerGpu, MultiTensorStepMatchesTorchAdamW) {
     cpu.step(config.lr, /*max_norm=*/1.0, cpu_norm);  // step 1 clips (norm ~ 10 x sqrt(n))
     gpu.step(config.lr, /*max_norm=*/1.0, gpu_norm);
   }
+  EXPECT_EQ(gpu.adam_step(), 3);  // the steps taken, whatever parameter the state map lists first
+  EXPECT_EQ(cpu.adam_step(), 3);
   for (size_t i = 0; i < shapes.size(); ++i) {
     const auto& m_cpu = cpu.master_weights()[i];
     const auto& m_gpu = gpu.master_weights()[i];

@@ -5,6 +5,7 @@
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_fused_adamw.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -199,11 +200,14 @@ std::vector<StateSlice> MasterWeightOptimizer::slices_to_load(bool with_moments)
   return slices;
 }
 
+// A parameter that had no gradient in some step lags behind; the checkpoint keeps one count, the
+// largest (the steps the optimizer took), not whichever state the hash map lists first.
 int64_t MasterWeightOptimizer::adam_step() const {
+  int64_t step = 0;
   for (const auto& [key, state] : adamw_->state()) {
-    return static_cast<const torch::optim::AdamWParamState&>(*state).step();
+    step = std::max(step, static_cast<const torch::optim::AdamWParamState&>(*state).step());
   }
-  return 0;
+  return step;
 }
 
 void MasterWeightOptimizer::finish_load(int64_t adam_step) {
