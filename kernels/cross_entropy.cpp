@@ -35,7 +35,9 @@ CrossEntropyRows cross_entropy_rows_reference(const at::Tensor& logits, const at
   if (!grad_type) return result;
   auto grad = at::exp(logits - lse.unsqueeze(1));
   grad.scatter_add_(1, safe_labels, in_range.to(at::kFloat).neg().unsqueeze(1));
-  grad.mul_(ignored.logical_not().to(at::kFloat).mul(grad_scale).unsqueeze(1));
+  // Ignored rows are exact zeros, as the kernel writes them, even where their logits are not
+  // finite: a token without a label contributes nothing.
+  grad = at::where(ignored.unsqueeze(1), at::zeros_like(grad), grad.mul_(grad_scale));
   result.grad = grad.to(*grad_type);
   return result;
 }

@@ -18,7 +18,8 @@ struct CrossEntropyRows {
 // logits fp32 [rows, vocab], labels int64 [rows]. Per row: logsumexp(row) - row[label], 0 where
 // label == ignore_label and NaN where a label lies outside [0, vocab) (so the trainer's NaN
 // policy stops the step rather than a device assert or a silent wrong loss). With grad_type:
-// (softmax(row) - onehot(label)) * grad_scale in that dtype, zero rows where ignored.
+// (softmax(row) - onehot(label)) * grad_scale in that dtype, exact zero rows where ignored
+// (whatever their logits hold). Any rows >= 0; CUDA takes fp32, bf16 or fp16 gradients.
 CrossEntropyRows cross_entropy_rows(const at::Tensor& logits, const at::Tensor& labels,
                                     int64_t ignore_label, double grad_scale,
                                     std::optional<at::ScalarType> grad_type);

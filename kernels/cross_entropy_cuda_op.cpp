@@ -44,6 +44,7 @@ CrossEntropyRows cross_entropy_rows_cuda(const at::Tensor& logits, const at::Ten
     result.grad = at::empty(x.sizes(), x.options().dtype(*grad_type));
     p.grad = result.grad.data_ptr();
   }
+  if (p.rows == 0) return result;  // nothing to launch (empty tensors have no data pointer)
   const cudaError_t status =
       launch_cross_entropy_rows(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(status == cudaSuccess,

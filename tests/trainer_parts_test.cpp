@@ -4,6 +4,7 @@
 #include <torch/autograd.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "data/synthetic.h"
@@ -50,11 +51,12 @@ TEST(ChunkedCrossEntropy, MatchesPlainCrossEntropyAndItsGradients) {
 }
 
 // The rows' reference twin (the CPU path of kernels/cross_entropy.h): an ignored row has no loss
-// and no gradient; a label outside the vocabulary gives a NaN loss (the NaN policy stops the step)
-// rather than an out-of-bounds read.
+// and an exact zero gradient (whatever its logits hold); a label outside the vocabulary gives a NaN
+// loss (the NaN policy stops the step) rather than an out-of-bounds read.
 TEST(CrossEntropyRows, IgnoredRowsAreZeroAndLabelsPastTheVocabularyAreNaN) {
   at::manual_seed(5);
-  const auto logits = at::randn({4, 6});
+  auto logits = at::randn({4, 6});
+  logits[1][4] = std::numeric_limits<float>::quiet_NaN();  // in an ignored row: no effect
   const auto labels = at::tensor(std::vector<int64_t>{2, trainer::kIgnoreLabel, 6, -1});
   const auto rows =
       kernels::cross_entropy_rows(logits, labels, trainer::kIgnoreLabel, 0.5, at::kFloat);

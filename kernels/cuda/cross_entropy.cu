@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(kThreads)
       total = combine(total, other);
     }
     if (lane == 0) {
-      // A row of +inf or NaN gives a NaN lse, which the loss and gradient carry on.
+      // A NaN in the row, or two +inf, gives a NaN lse (one +inf gives +inf); the loss and
+      // gradient carry it on.
       const float lse = total.max + logf(total.sum);
       row_lse = lse;
       const int64_t label = p.labels[row];

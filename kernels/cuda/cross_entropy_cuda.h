@@ -16,12 +16,13 @@ enum class GradElement { kFloat32, kBFloat16, kFloat16 };
 
 struct CrossEntropyRowsParams {
   const float* logits = nullptr;    // [rows, vocab], contiguous
-  const int64_t* labels = nullptr;  // [rows]; ignore_label (or any label outside [0, vocab)
-                                    // checked by the caller) means no loss for that row
+  const int64_t* labels = nullptr;  // [rows]; any value (see losses)
   int64_t rows = 0;                 // at most 2^31 - 1 (one CTA per row)
   int64_t vocab = 0;                // at least 1
   int64_t ignore_label = -100;
-  float* losses = nullptr;  // [rows]: logsumexp(row) - row[label], 0 for ignored rows
+  // [rows]: logsumexp(row) - row[label]; 0 where label == ignore_label, NaN where the label lies
+  // outside [0, vocab) (so the trainer's NaN policy sees it).
+  float* losses = nullptr;
   // [rows, vocab] of `grad_element`, or null for the loss only:
   // (softmax(row) - onehot(label)) * grad_scale, all zero for ignored rows.
   void* grad = nullptr;

@@ -98,7 +98,7 @@ TEST_P(CrossEntropyRowsGpu, MatchesTheTwinAndFp64) {
 INSTANTIATE_TEST_SUITE_P(Shapes, CrossEntropyRowsGpu,
                          ::testing::Values(RowsCase{300, 16384, at::kBFloat16, 8e-3},
                                            RowsCase{64, 1001, at::kHalf, 1e-3},
-                                           RowsCase{17, 128256, at::kFloat, 1e-6},
+                                           RowsCase{17, 128256, at::kFloat, 4e-6},
                                            RowsCase{5, 1, at::kBFloat16, 8e-3}));
 
 TEST(ChunkedCrossEntropyGpu, Bf16ProductsMatchFp64OnTheSameInputs) {

@@ -10,7 +10,8 @@ namespace {
 // a @ b with an fp32 result. On GPUs a bf16/fp16 product writes fp32 straight from the tensor
 // cores' accumulators (one pass over the [tokens, vocab] logits instead of a write and a cast).
 at::Tensor fp32_product(const at::Tensor& a, const at::Tensor& b) {
-  if (a.is_cuda() && a.scalar_type() != at::kFloat) return at::mm(a, b, at::kFloat);
+  const bool half = a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf;
+  if (a.is_cuda() && half) return at::mm(a, b, at::kFloat);
   return at::mm(a, b).to(at::kFloat);
 }
 
