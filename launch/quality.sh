@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Quality under sparsity: corpus -> pretrain at 4K -> extend to 32K three ways -> evaluate -> table.
+# Quality under sparsity: corpus -> pretrain at 4K -> extend to 32K three ways (and dense once more
+# on another data order) -> evaluate -> table.
 #
 #   launch/quality.sh [--setting default|large|ci|FILE.env] [--out DIR] [--stage STAGE]...
 #
@@ -10,6 +11,10 @@
 #   dense sparse sparse_nm
 #              the pretrained weights extended to EXTEND_LENGTH with a raised rope_theta: the dense
 #              ring, sparse vertical-slash, sparse + N:M 2:4 on the MLP (configs/quality/extend.pbtxt)
+#   dense_replica
+#              the dense ring again with another train.seed (another draw and order of the
+#              extension's sequences): the spread of two equally good runs, against which the
+#              sparse runs' gaps to dense are read
 #   eval       every checkpoint exported with export-hf and measured by launch/quality_eval.py
 #   report     tables (stdout, DIR/report.md) and plots (DIR/plots) by launch/quality_report.py
 # Settings are configs/quality/<name>.env (default: one GPU, under 9 minutes on one H100).
@@ -21,7 +26,9 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${SPARSERING_BIN:-$root/build/sparsering}
 python=$(command -v "${PYTHON:-$root/.venv/bin/python3}" || true)
-all_stages=(corpus pretrain dense sparse sparse_nm eval report)
+all_stages=(corpus pretrain dense sparse sparse_nm dense_replica eval report)
+# The replica's seed; the config's train.seed (1234 by default) seeds the other runs.
+replica_seed=4321
 
 fail() {
   echo "quality.sh: error: $*" >&2
@@ -37,7 +44,7 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || fail "--stage needs a value"
       [[ " ${all_stages[*]} " == *" $2 "* ]] || fail "--stage $2: one of ${all_stages[*]}"
       stages+=("$2"); shift 2 ;;
-    --help|-h) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --help|-h) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) fail "unknown option '$1'; see --help" ;;
   esac
 done
@@ -97,6 +104,7 @@ run_args() {
   case $run in
     sparse) printf -- '--set\nattention.kind=SPARSE\n' ;;
     sparse_nm) printf -- '--set\n%s\n' attention.kind=SPARSE nm_sparsity.enabled=true ;;
+    dense_replica) printf -- '--set\ntrain.seed=%s\n' "$replica_seed" ;;
   esac
 }
 
@@ -205,7 +213,7 @@ PY
 
 stage_eval() {
   local models=() run
-  for run in pretrain dense sparse sparse_nm; do
+  for run in pretrain dense sparse sparse_nm dense_replica; do
     if finished "$run"; then
       export_hf "$run"
       models+=(--model "$run=$out/hf/$run")
@@ -233,7 +241,7 @@ for stage in "${stages[@]}"; do
   case $stage in
     corpus) stage_corpus ;;
     pretrain) stage_pretrain ;;
-    dense|sparse|sparse_nm) stage_extend "$stage" ;;
+    dense|sparse|sparse_nm|dense_replica) stage_extend "$stage" ;;
     eval) stage_eval ;;
     report) stage_report ;;
   esac

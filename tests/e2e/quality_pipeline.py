@@ -4,6 +4,8 @@ their hash, holds documents out and mixes retrieval sequences into whole pretrai
 extension sequences;
 pretraining lowers the loss; each extension run starts from the pretrained weights (its first
 loss far below a fresh model's) with the raised rope_theta; sparse runs attend to fewer pairs;
+the dense replica trains on another draw of the data (other losses, other perplexity) and the
+report reads the sparse runs' perplexity gaps against its spread;
 the N:M run exports strict 2:4 MLP weights; eval.json covers every model, task, length and
 position bucket; the report has its tables and plots; an interrupted pretraining resumes from
 its checkpoint; finished stages are skipped on a rerun;
@@ -162,19 +164,24 @@ with temporary_directory() as tmp:
     check(len(pretrain) == 16 and pretrain[-1]["loss"] < pretrain[0]["loss"] - 0.2,
           f"pretraining did not learn: {[m['loss'] for m in pretrain]}")
     fresh_loss = math.log(1024)
-    for name in ("dense", "sparse", "sparse_nm"):
+    for name in ("dense", "sparse", "sparse_nm", "dense_replica"):
         rows = metrics(os.path.join(runs, name))
         check(len(rows) == 4, f"{name}: {len(rows)} steps, expected 4")
         check(rows[0]["loss"] < fresh_loss - 0.5,
               f"{name}: first loss {rows[0]['loss']:.3f} is a fresh model's ({fresh_loss:.3f}): "
               "the pretrained weights were not loaded")
         density = sum(m["attention_density"] for m in rows) / len(rows)
-        check((density == 1.0) if name == "dense" else (0 < density < 0.9),
+        check((density == 1.0) if name.startswith("dense") else (0 < density < 0.9),
               f"{name}: attention density {density}")
         with open(os.path.join(out, "hf", name, "config.json")) as f:
             config = json.load(f)
         theta = config.get("rope_theta") or config.get("rope_parameters", {}).get("rope_theta")
         check(theta == 40000, f"{name}: exported rope_theta {theta}, expected 40000")
+
+    dense_losses = [m["loss"] for m in metrics(os.path.join(runs, "dense"))]
+    replica_losses = [m["loss"] for m in metrics(os.path.join(runs, "dense_replica"))]
+    check(dense_losses != replica_losses,
+          f"the dense replica trained on the same data as dense (losses {replica_losses})")
 
     # N:M: the exported MLP projections are strictly 2:4 along the input dimension.
     weights = safetensors.torch.load_file(os.path.join(out, "hf", "sparse_nm", "model.safetensors"))
@@ -189,7 +196,7 @@ with temporary_directory() as tmp:
     with open(os.path.join(out, "eval.json")) as f:
         evaluation = json.load(f)
     models = evaluation["models"]
-    check(sorted(models) == ["dense", "pretrain", "sparse", "sparse_nm"],
+    check(sorted(models) == ["dense", "dense_replica", "pretrain", "sparse", "sparse_nm"],
           f"models: {sorted(models)}")
     for name, result in models.items():
         tasks = result["suite"]["tasks"]
@@ -211,8 +218,9 @@ with temporary_directory() as tmp:
         check([b["start"] for b in buckets] == [0, 256, 512, 768] and
               all(math.isfinite(b["loss"]) and b["loss"] > 0 for b in buckets),
               f"{name}: perplexity buckets {buckets}")
-    check(models["pretrain"]["perplexity"] != models["dense"]["perplexity"],
-          "pretrained and extended models measured identically")
+    for other in ("pretrain", "dense_replica"):
+        check(models[other]["perplexity"] != models["dense"]["perplexity"],
+              f"{other} and dense measured identically")
 
     # Report: tables on stdout and in report.md, plots.
     check("Suite mean accuracy" in process.stdout and "tokens/s" in process.stdout,
@@ -220,7 +228,9 @@ with temporary_directory() as tmp:
     with open(os.path.join(out, "report.md")) as f:
         report = f.read()
     check("| sparse + N:M 2:4 MLP |" in report and "perplexity per position" in report and
-          "Training-format retrieval probe" in report,
+          "Training-format retrieval probe" in report and
+          "| dense ring, other data order |" in report and
+          report.count("buckets beyond the replica's spread") == 2,
           "report.md incomplete")
     weak_dense = any(a < 0.10 for a in models["dense"]["suite"]["mean"])
     check(("do not tell the runs apart" in report) == weak_dense,
