@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Proves that a source move left the CUDA kernels' machine code unchanged.
 
-    launch/sass_compare.py BEFORE_DIR AFTER_DIR
+    launch/sass_compare.py BEFORE_DIR AFTER_DIR [--rename OLD=NEW]...
 
 Each directory holds the dumps launch/sass_dump.sh writes: <unit>.sass (cuobjdump -sass) and
 <unit>.res (cuobjdump -res-usage), one pair per translation unit of kernels/cuda/. Kernels are
@@ -10,6 +10,11 @@ file. A name is demangled (c++filt) and its anonymous-namespace component droppe
 carries a hash of the file, and a kernel may leave an anonymous namespace in a move. Per kernel
 the instruction text and encodings are compared without their addresses, and the resource line
 (registers, stack, shared, local and constant memory) must match too.
+
+--rename OLD=NEW replaces the text OLD by NEW in the demangled names of BEFORE (kernel names and
+the names its code refers to): a kernel that gained a template parameter, e.g.
+--rename 'wgmma_kernel<__half>=wgmma_kernel<__half, 128>', is then compared with its new
+instantiation.
 
 Prints one OK/DIFF/MISSING/NEW row per kernel and exits 1 on any difference, 0 when every kernel
 before exists after with identical code.
@@ -38,8 +43,9 @@ def normalise(text, names):
     return MANGLED.sub(lambda m: names.get(m.group(0), m.group(0)), text)
 
 
-def read_dumps(directory):
-    """Returns {kernel: (unit, code lines, resource line)} over the directory's dumps."""
+def read_dumps(directory, renames=()):
+    """Returns {kernel: (unit, code lines, resource line)} over the directory's dumps, with each
+    (old, new) of `renames` applied to the demangled names."""
     raw = {}  # mangled name -> [unit, code lines, resource line]
     for path in sorted(glob.glob(os.path.join(directory, "*.sass"))):
         unit = os.path.basename(path)[:-len(".sass")]
@@ -64,6 +70,10 @@ def read_dumps(directory):
                     raw[header.group(1)][2] = usage.strip()
     names = demangle(list(raw) + [m for _, code, _ in raw.values() for line in code
                                   for m in MANGLED.findall(line)])
+    for mangled, name in names.items():
+        for old, new in renames:
+            name = name.replace(old, new)
+        names[mangled] = name
     kernels = {}
     for mangled, (unit, code, usage) in raw.items():
         name = names[mangled]
@@ -74,11 +84,18 @@ def read_dumps(directory):
 
 
 def main():
-    if len(sys.argv) != 3:
+    args, renames = sys.argv[1:], []
+    while len(args) > 2 and args[-2] == "--rename":
+        old, sep, new = args[-1].partition("=")
+        if not sep or not old:
+            sys.exit(f"sass_compare: --rename {args[-1]}: give OLD=NEW")
+        renames.insert(0, (old, new))
+        args = args[:-2]
+    if len(args) != 2:
         sys.exit(__doc__)
-    before, after = read_dumps(sys.argv[1]), read_dumps(sys.argv[2])
+    before, after = read_dumps(args[0], renames), read_dumps(args[1])
     if not before:
-        sys.exit(f"sass_compare: no kernels in {sys.argv[1]}")
+        sys.exit(f"sass_compare: no kernels in {args[0]}")
     rows, failed = [], 0
     for name in sorted(set(before) | set(after)):
         if name not in after:

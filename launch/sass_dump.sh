@@ -5,12 +5,15 @@
 # per-kernel resources (registers, shared and local memory; cuobjdump -res-usage) as
 # OUT_DIR/<unit>.res, so that launch/sass_compare.py can prove a source move left the machine code
 # unchanged.
-#   launch/sass_dump.sh OUT_DIR        (build directory: SPARSERING_BUILD_DIR, default build/)
+#   launch/sass_dump.sh OUT_DIR [UNIT]...   (build directory: SPARSERING_BUILD_DIR, default build/)
+# UNIT names limit the dump to those units (e.g. sparse_attention_forward); default: all.
 #   CUOBJDUMP=... overrides the tool.
 # Runs one nvcc at a time under nice: a pure-move check is not worth starving other work.
 set -euo pipefail
-[ $# -eq 1 ] || { echo "usage: $0 OUT_DIR" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 OUT_DIR [UNIT]..." >&2; exit 2; }
 out=$(mkdir -p "$1" && cd "$1" && pwd)
+shift
+units=" $* "
 root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 build=$(cd "${SPARSERING_BUILD_DIR:-$root/build}" 2>/dev/null && pwd) ||
   { echo "sass_dump: error: no build directory ${SPARSERING_BUILD_DIR:-$root/build}" >&2; exit 2; }
@@ -40,6 +43,7 @@ for entry in json.load(open(commands)):
 PY
 )
 while IFS=$'\t' read -r name directory command; do
+  [ "$units" = "  " ] || [[ "$units" == *" $name "* ]] || continue
   echo "sass_dump: $name" >&2
   (cd "$directory" && eval "nice -n 19 $command")
   "$cuobjdump" -sass "$out/$name.cubin" >"$out/$name.sass"
