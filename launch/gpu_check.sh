@@ -128,7 +128,8 @@ fi
 # head, instead of the config's fractions of the context), cpN (context parallelism over N GPUs of
 # this machine: N ranks, one GPU each; TOKENS is the whole sequence), zigzag (zigzag token layout
 # instead of the config's balanced one: every dense ring step then runs on cuDNN), nockpt (no
-# activation checkpointing: for contexts whose activations fit).
+# activation checkpointing: for contexts whose activations fit), block128 (128-token attention
+# blocks instead of the config's 64).
 train_runs=${TRAIN_RUNS-"DENSE:32768:5 SPARSE:32768:5:profile"}  # TRAIN_RUNS="" runs none
 export SPARSERING_BIN="$build/sparsering"
 : >"$out/train.log"
@@ -153,6 +154,7 @@ for spec in $train_runs; do
                    --set attention.slash_fraction=0 --set attention.slash_budget=64) ;;
       nockpt) extra+=(--set model.activation_checkpointing=false) ;;
       zigzag) extra+=(--set parallel.layout=ZIGZAG) ;;
+      block128) extra+=(--set attention.block_size=128) ;;
       cp[0-9]*) extra+=(--set "parallel.context_parallel_size=${flag#cp}") ;;
       profile) ;;
       *) echo "gpu_check: unknown TRAIN_RUNS flag '$flag' in $spec"; exit 2 ;;
