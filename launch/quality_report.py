@@ -81,6 +81,19 @@ def probe_table(lines, names, models, tasks, lengths, key, cell):
     lines.append("")
 
 
+def bucket_table(lines, title, buckets, cells):
+    """Appends `title` and a markdown table with a column per position bucket and a row per
+    model of `cells` ({run: formatted values})."""
+    lines.append(title)
+    lines.append("")
+    lines.append("| model | " + " | ".join(f"{kilo(b['start'])}-{kilo(b['end'])}"
+                                           for b in buckets) + " |")
+    lines.append("|---|" + "---|" * len(buckets))
+    for n, values in cells.items():
+        lines.append(f"| {LABELS.get(n, n)} | " + " | ".join(values) + " |")
+    lines.append("")
+
+
 def build(out):
     evaluation = load_json(os.path.join(out, "eval.json"), "eval")
     manifest = load_json(os.path.join(out, "corpus", "manifest.json"), "corpus")
@@ -156,16 +169,8 @@ def build(out):
 
     # Perplexity per position bucket.
     buckets = models[names[0]]["perplexity"]
-    lines.append("Held-out perplexity per position bucket:")
-    lines.append("")
-    lines.append("| model | " + " | ".join(f"{kilo(b['start'])}-{kilo(b['end'])}"
-                                           for b in buckets) + " |")
-    lines.append("|---|" + "---|" * len(buckets))
-    for n in names:
-        lines.append(f"| {LABELS.get(n, n)} | "
-                     + " | ".join(f"{b['perplexity']:.2f}" for b in models[n]["perplexity"])
-                     + " |")
-    lines.append("")
+    bucket_table(lines, "Held-out perplexity per position bucket:", buckets,
+                 {n: [f"{b['perplexity']:.2f}" for b in models[n]["perplexity"]] for n in names})
 
     # Against the issue's targets, where the runs exist.
     if "dense" in models:
@@ -175,15 +180,8 @@ def build(out):
                         for d, s in zip(dense["perplexity"], models[n]["perplexity"])]
                     for n in compared}
         if compared:
-            lines.append("Held-out perplexity relative to the dense ring (%, per bucket):")
-            lines.append("")
-            lines.append("| model | " + " | ".join(f"{kilo(b['start'])}-{kilo(b['end'])}"
-                                                   for b in buckets) + " |")
-            lines.append("|---|" + "---|" * len(buckets))
-            for n in compared:
-                lines.append(f"| {LABELS[n]} | "
-                             + " | ".join(f"{100 * r:+.1f}" for r in relative[n]) + " |")
-            lines.append("")
+            bucket_table(lines, "Held-out perplexity relative to the dense ring (%, per bucket):",
+                         buckets, {n: [f"{100 * r:+.1f}" for r in relative[n]] for n in compared})
         spread = None
         if "dense_replica" in relative:
             spread = max(abs(r) for r in relative["dense_replica"])
