@@ -19,9 +19,9 @@
 // publishes the landed tile and frees the buffer that the next copy overwrites. Only warps whose
 // rows straddle the causal diagonal of a tile mask it, and warps entirely above it skip the tile.
 //
-// Head dim 128 with 128-token blocks and no document masking runs the Hopper kernel of
+// 128-token blocks without document masking (head dim 64 or 128) run the Hopper kernel of
 // sparse_attention_forward_wgmma.cuh instead (same walk, 128-key tiles, wgmma products): on the
-// H200 it took dense causal 128K from 451 to 337 ms (bench/results/*_s6*).
+// H200 it took dense causal 128K at head dim 128 from 451 to 337 ms (bench/results/*_s6*).
 //
 // Document masking (p.q_key_start) is a separate instantiation, so the unmasked kernel compiles
 // exactly as before: the first visible key of every query row is staged in shared memory and keys
@@ -542,10 +542,10 @@ cudaError_t launch_forward(const SparseAttentionParams& p, cudaStream_t stream) 
 
 template <typename Element, int kHeadDim, bool kDocumentMask>
 cudaError_t launch_forward_for_block(const SparseAttentionParams& p, cudaStream_t stream) {
-  if constexpr (kHeadDim == 128 && !kDocumentMask) {
+  if constexpr (!kDocumentMask) {
     if (p.block_size == kFwdWgmmaRows) {
-      constexpr int kSmem = forward_wgmma_smem_bytes();
-      auto* kernel = sparse_attention_forward_wgmma_kernel<Element>;
+      constexpr int kSmem = forward_wgmma_smem_bytes<kHeadDim>();
+      auto* kernel = sparse_attention_forward_wgmma_kernel<Element, kHeadDim>;
       const cudaError_t err =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       if (err != cudaSuccess) return err;

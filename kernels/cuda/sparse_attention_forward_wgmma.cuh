@@ -1,8 +1,10 @@
-// The forward (see sparse_attention_forward.cu) on Hopper's warpgroup MMA, for head dim 128 and
-// 128-token blocks without document masking: the same walk (KeyTiles: active blocks, then gathered
-// vertical columns) and online softmax, with 128-key tiles and each product one wgmma chain:
-//   S = Q K^T   (m64n128, A = Q and B = K, both K-major from 128-byte-swizzled shared memory)
-//   O += P V    (m64n128, A = P from registers, B = V read N-major)
+// The forward (see sparse_attention_forward.cu) on Hopper's warpgroup MMA, for head dim 64 or 128
+// and 128-token blocks without document masking: the same walk (KeyTiles: active blocks, then
+// gathered vertical columns) and online softmax, with 128-key tiles and each product one wgmma
+// chain:
+//   S = Q K^T   (m64n128, A = Q and B = K, both K-major from 128-byte-swizzled shared memory;
+//                head dim / 16 k-steps)
+//   O += P V    (m64nD for head dim D, A = P from registers, B = V read N-major)
 // One CTA per 128-row query tile (one query block), two warpgroups of 64 rows each. Every tile the
 // walk visits meets both warpgroups' rows: resolve() drops block tiles starting after the query
 // block's last row, and block starts are multiples of 128 like the query block's, so a kept block
@@ -28,30 +30,36 @@ constexpr int kFwdWgmmaRows = 128;
 constexpr int kFwdWgmmaKeys = 128;
 constexpr int kFwdWgmmaThreads = 256;  // two warpgroups
 constexpr int kFwdWgmmaStages = 3;
-// A swizzled tile of 128 rows x 128 head-dim elements: two 64-column panels of 16 KB.
+// A swizzled tile of 128 rows x head-dim elements: head dim / 64 panels of 64 columns, 16 KB each.
 constexpr int kFwdPanelBytes = 128 * 128;
-constexpr int kFwdTileBytes = 2 * kFwdPanelBytes;
+template <int kHeadDim>
+constexpr int kFwdTileBytes = kHeadDim / 64 * kFwdPanelBytes;
+// 16-byte chunks of one row of a tile.
+template <int kHeadDim>
+constexpr int kFwdRowChunks = kHeadDim / 8;
 
+template <int kHeadDim>
 constexpr int forward_wgmma_smem_bytes() {
-  // Q, three stages of K and V (226.5 KB with the alignment slack; sm_90 allows 227 KB), per stage
-  // the key positions of a column chunk and one metadata word, and 1 KB to align the tiles to 1024
-  // bytes.
-  return kFwdTileBytes * (1 + 2 * kFwdWgmmaStages) +
+  // Q, three stages of K and V (226.5 KB at head dim 128 with the alignment slack; sm_90 allows
+  // 227 KB), per stage the key positions of a column chunk and one metadata word, and 1 KB to
+  // align the tiles to 1024 bytes.
+  return kFwdTileBytes<kHeadDim> * (1 + 2 * kFwdWgmmaStages) +
          kFwdWgmmaStages * (kFwdWgmmaKeys + 1) * static_cast<int>(sizeof(int)) + 1024;
 }
 
-static_assert(forward_wgmma_smem_bytes() <= 227 * 1024, "sm_90's shared memory per block");
+static_assert(forward_wgmma_smem_bytes<128>() <= 227 * 1024, "sm_90's shared memory per block");
 
-// Starts copying 128 rows of 128 elements into a swizzled tile (cp.async over 256 threads, not
-// committed): row r comes from src + row_offset(r).
-template <typename Element, typename RowOffset>
+// Starts copying 128 rows of kHeadDim elements into a swizzled tile (cp.async over 256 threads,
+// not committed): row r comes from src + row_offset(r).
+template <int kHeadDim, typename Element, typename RowOffset>
 __device__ __forceinline__ void load_swizzled_tile(const Element* src, RowOffset row_offset,
                                                    unsigned char* dst) {
+  constexpr int kChunks = kFwdRowChunks<kHeadDim>;
 #pragma unroll
-  for (int i = 0; i < 128 * 16 / kFwdWgmmaThreads; ++i) {
+  for (int i = 0; i < 128 * kChunks / kFwdWgmmaThreads; ++i) {
     const int c = static_cast<int>(threadIdx.x) + i * kFwdWgmmaThreads;
-    const int r = c / 16;
-    const int chunk = c % 16;
+    const int r = c / kChunks;
+    const int chunk = c % kChunks;
     cp_async_16(dst + (chunk / 8) * kFwdPanelBytes + wgmma::swizzled_offset(r, chunk % 8),
                 src + row_offset(r) + chunk * 8, true);
   }
@@ -60,7 +68,7 @@ __device__ __forceinline__ void load_swizzled_tile(const Element* src, RowOffset
 // Copies kv tile `tile` into one stage, as load_key_tile does for the padded layout: a column
 // chunk gathers its keys (padding rows zero-filled, position INT_MAX) and records their global
 // positions in kpos_dst; meta_dst receives tile.pos0 (-1 marks a column chunk).
-template <typename Element>
+template <typename Element, int kHeadDim>
 __device__ __forceinline__ void load_key_tile_swizzled(const SparseAttentionParams& p,
                                                        const KeyTiles<kFwdWgmmaKeys>& tiles,
                                                        const KeyTile& tile, int64_t kv_offset,
@@ -68,14 +76,15 @@ __device__ __forceinline__ void load_key_tile_swizzled(const SparseAttentionPara
                                                        int* kpos_dst, int* meta_dst) {
   const Element* k_head = static_cast<const Element*>(p.k) + kv_offset;
   const Element* v_head = static_cast<const Element*>(p.v) + kv_offset;
-  const int64_t token_stride = static_cast<int64_t>(p.num_kv_heads) * 128;
+  constexpr int kChunks = kFwdRowChunks<kHeadDim>;
+  const int64_t token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
   const bool is_block = tile.pos0 >= 0;
   const int column0 = is_block ? 0 : (tile.it - tiles.num_block_tiles) * kFwdWgmmaKeys;
 #pragma unroll
-  for (int i = 0; i < 128 * 16 / kFwdWgmmaThreads; ++i) {
+  for (int i = 0; i < 128 * kChunks / kFwdWgmmaThreads; ++i) {
     const int c = static_cast<int>(threadIdx.x) + i * kFwdWgmmaThreads;
-    const int r = c / 16;
-    const int chunk = c % 16;
+    const int r = c / kChunks;
+    const int chunk = c % kChunks;
     int token = tile.token0 + r;
     bool valid = true;
     if (!is_block) {
@@ -98,16 +107,19 @@ __device__ __forceinline__ void load_key_tile_swizzled(const SparseAttentionPara
 // Grid (q_tokens / 128, num_heads, batch), 256 threads. Accumulator notation of wgmma.m64nN:
 // warp w of a warpgroup holds rows 16 w + g and 16 w + g + 8 (lane = 4 g + t), d[n][0..1] and
 // d[n][2..3] at columns 8 n + 2 t, + 1 of those rows.
-template <typename Element>
+template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     sparse_attention_forward_wgmma_kernel(const __grid_constant__ SparseAttentionParams p) {
+  constexpr int kTileBytes = kFwdTileBytes<kHeadDim>;
+  constexpr int kChunks = kFwdRowChunks<kHeadDim>;
+  constexpr int kOutTiles = kHeadDim / 8;  // n-tiles of the O accumulator
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // wgmma's 128-byte swizzle repeats every 1024 bytes: start every tile on such a boundary.
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   unsigned char* q_s = smem;
-  unsigned char* k_s = q_s + kFwdTileBytes;                    // stages
-  unsigned char* v_s = k_s + kFwdWgmmaStages * kFwdTileBytes;  // stages
-  int* kpos_s = reinterpret_cast<int*>(v_s + kFwdWgmmaStages * kFwdTileBytes);
+  unsigned char* k_s = q_s + kTileBytes;                    // stages
+  unsigned char* v_s = k_s + kFwdWgmmaStages * kTileBytes;  // stages
+  int* kpos_s = reinterpret_cast<int*>(v_s + kFwdWgmmaStages * kTileBytes);
   int* meta_s = kpos_s + kFwdWgmmaStages * kFwdWgmmaKeys;
 
   const int warpgroup = static_cast<int>(threadIdx.x) / 128;
@@ -125,20 +137,22 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
   const KeyTiles<kFwdWgmmaKeys> tiles =
       make_key_tiles<kFwdWgmmaKeys>(p, b, h, qb, q_pos0, kFwdWgmmaRows);
 
-  const int64_t q_token_stride = static_cast<int64_t>(p.num_heads) * 128;
-  const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * 128;
+  const int64_t q_token_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
+  const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
   const Element* q_g = static_cast<const Element*>(p.q) +
-                       (static_cast<int64_t>(b) * p.q_tokens + q_token0) * q_token_stride + h * 128;
-  const int64_t kv_offset = static_cast<int64_t>(b) * p.k_tokens * kv_token_stride + kvh * 128;
+                       (static_cast<int64_t>(b) * p.q_tokens + q_token0) * q_token_stride +
+                       h * kHeadDim;
+  const int64_t kv_offset =
+      static_cast<int64_t>(b) * p.k_tokens * kv_token_stride + kvh * kHeadDim;
 
   // Prologue: Q (group 0) and the first kv tile (group 1, possibly empty).
-  load_swizzled_tile(
+  load_swizzled_tile<kHeadDim>(
       q_g, [&](int r) { return r * q_token_stride; }, q_s);
   cp_async_commit();
   KeyTile pending = tiles.resolve(p, 0);  // next tile to copy
   int issued = 0;
   if (pending.it < tiles.num_tiles) {
-    load_key_tile_swizzled<Element>(p, tiles, pending, kv_offset, k_s, v_s, kpos_s, meta_s);
+    load_key_tile_swizzled<Element, kHeadDim>(p, tiles, pending, kv_offset, k_s, v_s, kpos_s, meta_s);
     ++issued;
     pending = tiles.resolve(p, pending.it + 1);
   }
@@ -148,10 +162,10 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
   // flips the chunks it copied itself.
   if (p.softmax_scale < 0.f) {
 #pragma unroll
-    for (int i = 0; i < 128 * 16 / kFwdWgmmaThreads; ++i) {
+    for (int i = 0; i < 128 * kChunks / kFwdWgmmaThreads; ++i) {
       const int c = static_cast<int>(threadIdx.x) + i * kFwdWgmmaThreads;
-      uint4* chunk = reinterpret_cast<uint4*>(q_s + (c % 16 / 8) * kFwdPanelBytes +
-                                              wgmma::swizzled_offset(c / 16, c % 8));
+      uint4* chunk = reinterpret_cast<uint4*>(q_s + (c % kChunks / 8) * kFwdPanelBytes +
+                                              wgmma::swizzled_offset(c / kChunks, c % 8));
       uint4 x = *chunk;
       x.x ^= 0x80008000u;
       x.y ^= 0x80008000u;
@@ -161,9 +175,9 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     }
   }
 
-  float o[16][4];
+  float o[kOutTiles][4];
 #pragma unroll
-  for (int n = 0; n < 16; ++n) {
+  for (int n = 0; n < kOutTiles; ++n) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
   }
@@ -189,8 +203,12 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     wgmma::fence();  // p_frag and the rescaled o were written by ordinary instructions
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
-      wgmma::mma_m64n128k16_rs<Element, 1>(
-          o, p_frag[kk], wgmma::descriptor(pv_v_addr + kk * 2048, kFwdPanelBytes, 1024), 1);
+      const uint64_t v_desc = wgmma::descriptor(pv_v_addr + kk * 2048, kFwdPanelBytes, 1024);
+      if constexpr (kHeadDim == 128) {
+        wgmma::mma_m64n128k16_rs<Element, 1>(o, p_frag[kk], v_desc, 1);
+      } else {
+        wgmma::mma_m64n64k16_rs<Element, 1>(o, p_frag[kk], v_desc, 1);
+      }
     }
     wgmma::commit_group();
   };
@@ -203,9 +221,9 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     const bool refill = pending.it < tiles.num_tiles;
     if (refill) {
       const int s = stage == kFwdWgmmaStages - 1 ? 0 : stage + 1;  // tile i - 2's
-      load_key_tile_swizzled<Element>(p, tiles, pending, kv_offset, k_s + s * kFwdTileBytes,
-                                      v_s + s * kFwdTileBytes, kpos_s + s * kFwdWgmmaKeys,
-                                      meta_s + s);
+      load_key_tile_swizzled<Element, kHeadDim>(p, tiles, pending, kv_offset,
+                                                k_s + s * kTileBytes, v_s + s * kTileBytes,
+                                                kpos_s + s * kFwdWgmmaKeys, meta_s + s);
       ++issued;
     }
     cp_async_commit();  // possibly empty
@@ -215,11 +233,11 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     // Mask a block tile that reaches past this warpgroup's first row; column chunks always
     // (arbitrary positions, padding).
     const bool mask = is_column || pos0 + kFwdWgmmaKeys - 1 > wg_q0;
-    const uint32_t k_addr = smem_address(k_s + stage * kFwdTileBytes);
+    const uint32_t k_addr = smem_address(k_s + stage * kTileBytes);
     float s[16][4];
     wgmma::fence();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       const uint32_t step = (kk / 4) * kFwdPanelBytes + (kk % 4) * 32;
       wgmma::mma_m64n128k16_ss<Element, 0, 0>(s, wgmma::descriptor(q_addr + step, 16, 1024),
                                               wgmma::descriptor(k_addr + step, 16, 1024), kk);
@@ -287,15 +305,17 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     wgmma::fence_operands(o);
 #pragma unroll
     for (int n = 0; n < 16; ++n) {
-      o[n][0] *= correction[0];
-      o[n][1] *= correction[0];
-      o[n][2] *= correction[1];
-      o[n][3] *= correction[1];
+      if (n < kOutTiles) {
+        o[n][0] *= correction[0];
+        o[n][1] *= correction[0];
+        o[n][2] *= correction[1];
+        o[n][3] *= correction[1];
+      }
       // n-tiles 2j, 2j + 1 are k-step j (keys 16 j .. +15) of P V.
       p_frag[n / 2][2 * (n % 2)] = pack2<Element>(s[n][0], s[n][1]);
       p_frag[n / 2][2 * (n % 2) + 1] = pack2<Element>(s[n][2], s[n][3]);
     }
-    pv_v_addr = smem_address(v_s + stage * kFwdTileBytes);
+    pv_v_addr = smem_address(v_s + stage * kTileBytes);
     // Resolve the tile after the one just issued, off the critical path of the copy.
     if (refill) pending = tiles.resolve(p, pending.it + 1);
     stage = stage == kFwdWgmmaStages - 1 ? 0 : stage + 1;
@@ -319,9 +339,9 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     const float inv_sum = empty ? 0.f : 1.f / sum;
     Element* out_row = static_cast<Element*>(p.out) +
                        (static_cast<int64_t>(b) * p.q_tokens + row_token + 8 * r) * q_token_stride +
-                       h * 128 + 2 * t;
+                       h * kHeadDim + 2 * t;
 #pragma unroll
-    for (int n = 0; n < 16; ++n) {
+    for (int n = 0; n < kOutTiles; ++n) {
       *reinterpret_cast<uint32_t*>(out_row + 8 * n) =
           pack2<Element>(o[n][2 * r] * inv_sum, o[n][2 * r + 1] * inv_sum);
     }

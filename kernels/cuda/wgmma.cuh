@@ -108,6 +108,22 @@ __device__ __forceinline__ void fence_operands(float (&d)[kTiles][4]) {
         "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])                                             \
       : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB))
 
+#define SPARSERING_WGMMA_RS_M64N64K16(TYPE)                                                       \
+  asm volatile(                                                                                   \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                                 \
+      " "                                                                                         \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "    \
+      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "                        \
+      "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"                                              \
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), \
+        "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), \
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), \
+        "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), \
+        "+f"(d[7][2]), "+f"(d[7][3])                                                              \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB))
+
 #define SPARSERING_WGMMA_RS_M64N128K16(TYPE)                                                       \
   asm volatile(                                                                                    \
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                                 \
@@ -170,8 +186,20 @@ __device__ __forceinline__ void mma_m64n128k16_rs(float (&d)[16][4], const uint3
   }
 }
 
+// As mma_m64n128k16_rs with N = 64 (8 accumulator n-tiles).
+template <typename Element, int kTransB>
+__device__ __forceinline__ void mma_m64n64k16_rs(float (&d)[8][4], const uint32_t (&a)[4],
+                                                 uint64_t desc_b, int scale_d) {
+  if constexpr (std::is_same_v<Element, __nv_bfloat16>) {
+    SPARSERING_WGMMA_RS_M64N64K16("bf16");
+  } else {
+    SPARSERING_WGMMA_RS_M64N64K16("f16");
+  }
+}
+
 #undef SPARSERING_WGMMA_SS_M64N64K16
 #undef SPARSERING_WGMMA_SS_M64N128K16
+#undef SPARSERING_WGMMA_RS_M64N64K16
 #undef SPARSERING_WGMMA_RS_M64N128K16
 
 }  // namespace sparsering::kernels::wgmma
