@@ -4,6 +4,7 @@
 #   launch/gpu_check.sh [bench lengths, default 16384,32768,131072]
 # Environment: TRAIN_RUNS (1B training runs, below; "" for none), QUALITY=TOKENS:STEPS (dense vs
 # sparse quality check), BENCH=0 (skip the attention benchmarks), FLEX=0 (skip FlexAttention),
+# HD64=0 (skip the head-dim-64 attention benchmark),
 # HOST_ADAMW=0 (skip the host AdamW benchmark),
 # TESTS=0 (skip the GPU tests: a second call on a warm machine that only measures),
 # MODEL_STATE=1b,3b,8b (sharded state and offload; MODEL_STATE_ONLY=131072,longest runs only those
@@ -24,6 +25,7 @@ generator=$(command -v ninja >/dev/null && echo Ninja || echo "Unix Makefiles")
 status=()
 
 # Files that land in $out: attention_bench.{txt,json} (the host AdamW and loss tables appended),
+# attention_bench_hd64.{txt,json},
 # flex_attention_bench.json, host_adamw_bench.json, cross_entropy_bench.json, gpu_tests.log,
 # train.log, quality.log, ring_gpu_tests.log, and the model-state, family and quality-protocol
 # outputs below (quality_report.md, quality_report.json, quality_eval.json, quality_plots/).
@@ -93,6 +95,19 @@ if [ "${FLEX:-1}" = 1 ]; then
   fi
   tee -a "$out/attention_bench.txt" <"$patterns/flex.txt" | grep -v "^ *$" | tail -8
 fi
+fi
+
+# Head dim 64 (the 1B config's) at 128K: the 128-token-block rows run the wgmma kernels, the
+# *_block64 rows mma.sync, in the same run (HD64=0 skips it).
+if [ "${BENCH:-1}" = 1 ] && [ "${HD64:-1}" = 1 ]; then
+  echo "== attention benchmark, head dim 64 (131072)"
+  if "$build/bench/attention_bench" --lengths 131072 --head-dim 64 \
+       --json "$out/attention_bench_hd64.json" >"$out/attention_bench_hd64.txt" 2>&1; then
+    status+=("attention_bench_hd64|ok|attention_bench_hd64.json")
+  else
+    status+=("attention_bench_hd64|FAILED|see attention_bench_hd64.txt")
+  fi
+  cat "$out/attention_bench_hd64.txt"
 fi
 
 # The offloaded optimizer's host AdamW on this machine's CPU (a 268M-element slice, all threads).

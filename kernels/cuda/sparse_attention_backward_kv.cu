@@ -422,9 +422,10 @@ template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
 cudaError_t launch_kv_blocks(const SparseAttentionBackwardParams& bp, cudaStream_t stream) {
   const SparseAttentionParams& p = bp.forward;
   const dim3 kv_grid(p.k_tokens / kKeys, p.num_kv_heads, p.batch);
-  if constexpr (kHeadDim == kWgmmaHeadDim && kKeys == kWgmmaKeys) {
-    return launch(sparse_attention_backward_kv_wgmma_kernel<Element, kDocumentMask>, kv_grid,
-                  kv_wgmma_smem_bytes<kDocumentMask>(), stream, bp, kWgmmaThreads);
+  if constexpr (kKeys == kWgmmaKeys) {
+    return launch(sparse_attention_backward_kv_wgmma_kernel<Element, kHeadDim, kDocumentMask>,
+                  kv_grid, kv_wgmma_smem_bytes<kHeadDim, kDocumentMask>(), stream, bp,
+                  kWgmmaThreads);
   } else {
     return launch(sparse_attention_backward_kv_kernel<Element, kHeadDim, kKeys, kDocumentMask>,
                   kv_grid, kv_smem_bytes<Element, kHeadDim, kKeys, kDocumentMask>(), stream, bp,

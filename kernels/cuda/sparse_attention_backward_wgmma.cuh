@@ -1,5 +1,5 @@
 // The per-kv-block backward (see sparse_attention_backward.cu) on Hopper's warpgroup MMA, for
-// head dim 128 and 128-key blocks: the same schedule and results as
+// head dim 64 or 128 and 128-key blocks: the same schedule and results as
 // sparse_attention_backward_kv_kernel, but each product is one warpgroup-wide wgmma chain reading
 // its operands straight from 128-byte-swizzled shared memory (wgmma.cuh), instead of mma.sync
 // tiles whose every fragment goes through ldmatrix. sparse_attention_backward_kv.cu launches
@@ -8,9 +8,12 @@
 // Two warpgroups; warpgroup w owns keys 64 w .. +63 of the kv block. Per 64-query tile:
 //   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64n64, A and B K-major from shared memory)
 //   P^T  = exp(scale S^T - lse),  dS^T = P^T (dP^T - delta)     (registers, rows = keys)
-//   dV_w += P^T dO,  dK_w += dS^T Q           (m64n128, A = P^T / dS^T from registers, B N-major)
+//   dV_w += P^T dO,  dK_w += dS^T Q           (m64nD for head dim D, A = P^T / dS^T from
+//                                              registers, B N-major)
 //   dQ[:, 64 w .. +63] = dS K                 (m64n64, A = dS^T staged in shared memory read
 //                                              M-major, B = K read N-major), added with atomics.
+//   At head dim 64 the two warpgroups split the keys instead of dQ's columns: warpgroup w adds
+//   dS[:, keys 64 w .. +63] K[keys 64 w .. +63, :], so both add as many dQ elements as at 128.
 // With the keys as accumulator rows, P^T and dS^T feed the dV / dK products from registers with no
 // shared-memory round trip; only dS^T is staged, once, for dQ.
 #pragma once
@@ -32,10 +35,11 @@ namespace sparsering::kernels {
 
 constexpr int kWgmmaKeys = 128;
 constexpr int kWgmmaThreads = 256;  // two warpgroups
-constexpr int kWgmmaHeadDim = 128;
-// Bytes of the swizzled tiles: rows x 128 head-dim elements (two 64-column panels).
-constexpr int kKvTileBytes = kWgmmaKeys * kWgmmaHeadDim * 2;
-constexpr int kQueryTileBytes = kTile * kWgmmaHeadDim * 2;
+// Bytes of the swizzled tiles: rows x head-dim elements (head dim / 64 panels of 64 columns).
+template <int kHeadDim>
+constexpr int kKvTileBytes = 2 * (kWgmmaKeys * kHeadDim);
+template <int kHeadDim>
+constexpr int kQueryTileBytes = 2 * (kTile * kHeadDim);
 constexpr int kQueryPanelBytes = kTile * 128;
 constexpr int kKvPanelBytes = kWgmmaKeys * 128;
 constexpr int kDsTileBytes = kWgmmaKeys * kTile * 2;  // dS^T [key][query], one panel
@@ -44,48 +48,49 @@ constexpr int kDsTileBytes = kWgmmaKeys * kTile * 2;  // dS^T [key][query], one 
 // products still read their stage (see the kernel).
 constexpr int kWgmmaQueryStages = 3;
 
-template <bool kDocumentMask>
+template <int kHeadDim, bool kDocumentMask>
 constexpr int kv_wgmma_smem_bytes() {
   // K, V, the stages of Q and dO, dS^T, the stages of lse, delta [and key starts], three
   // prefetched query tiles, and 1 KB to align the tiles to 1024 bytes.
   constexpr int kStages = kWgmmaQueryStages;
-  return 2 * kKvTileBytes + 2 * kStages * kQueryTileBytes + kDsTileBytes +
+  return 2 * kKvTileBytes<kHeadDim> + 2 * kStages * kQueryTileBytes<kHeadDim> + kDsTileBytes +
          (kDocumentMask ? 3 : 2) * kStages * kTile * static_cast<int>(sizeof(float)) +
          3 * static_cast<int>(sizeof(QueryTile)) + 1024;
 }
 
-// Starts copying `rows` rows of 128 elements (row stride token_stride elements) into a swizzled
-// tile with cp.async over the CTA's 256 threads (not committed).
-template <typename Element, int kRows>
+// Starts copying kRows rows of kHeadDim elements (row stride token_stride elements) into a
+// swizzled tile with cp.async over the CTA's 256 threads (not committed).
+template <typename Element, int kRows, int kHeadDim>
 __device__ __forceinline__ void load_swizzled_rows(const Element* src, int64_t token_stride,
                                                    unsigned char* dst) {
-  constexpr int kChunks = kRows * 16 / kWgmmaThreads;
-  static_assert(kRows * 16 % kWgmmaThreads == 0, "tile copy must split evenly");
+  constexpr int kRowChunks = kHeadDim / 8;  // 16-byte chunks of a row
+  constexpr int kChunks = kRows * kRowChunks / kWgmmaThreads;
+  static_assert(kRows * kRowChunks % kWgmmaThreads == 0, "tile copy must split evenly");
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
     const int c = static_cast<int>(threadIdx.x) + i * kWgmmaThreads;
-    const int r = c / 16;
-    const int chunk = c % 16;
+    const int r = c / kRowChunks;
+    const int chunk = c % kRowChunks;
     unsigned char* to = dst + (chunk / 8) * kRows * 128 + wgmma::swizzled_offset(r, chunk % 8);
     cp_async_16(to, src + r * token_stride + chunk * 8, true);
   }
 }
 
 // Q, dO, lse, delta [and key starts] of one query tile into stage buffers (not committed).
-template <typename Element, bool kDocumentMask>
+template <typename Element, int kHeadDim, bool kDocumentMask>
 __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
                                                          const SparseAttentionBackwardParams& bp,
                                                          int b, unsigned char* q_dst,
                                                          unsigned char* do_dst, float* lse_dst,
                                                          float* delta_dst, int32_t* key_start_dst) {
   const SparseAttentionParams& p = bp.forward;
-  const int64_t token_stride = static_cast<int64_t>(p.num_heads) * kWgmmaHeadDim;
+  const int64_t token_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
   const int64_t offset =
-      (static_cast<int64_t>(b) * p.q_tokens + tile.token0) * token_stride + tile.head * 128;
-  load_swizzled_rows<Element, kTile>(static_cast<const Element*>(p.q) + offset, token_stride,
-                                     q_dst);
-  load_swizzled_rows<Element, kTile>(static_cast<const Element*>(bp.dout) + offset, token_stride,
-                                     do_dst);
+      (static_cast<int64_t>(b) * p.q_tokens + tile.token0) * token_stride + tile.head * kHeadDim;
+  load_swizzled_rows<Element, kTile, kHeadDim>(static_cast<const Element*>(p.q) + offset,
+                                               token_stride, q_dst);
+  load_swizzled_rows<Element, kTile, kHeadDim>(static_cast<const Element*>(bp.dout) + offset,
+                                               token_stride, do_dst);
   const int64_t stat =
       (static_cast<int64_t>(b) * p.num_heads + tile.head) * p.q_tokens + tile.token0;
   const int tid = static_cast<int>(threadIdx.x);
@@ -99,19 +104,23 @@ __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
   }
 }
 
-// Grid (k_tokens / 128, num_kv_heads, batch), 256 threads, one CTA per SM (182 KB of shared
-// memory). Non-deterministic like sparse_attention_backward_kv_kernel: dQ by fp32 atomics, dK/dV
-// written once at the end (plain read-modify-write; the column pass adds later, in stream order).
-// Per query tile: B1 (tile landed), retire the previous tile's dV/dK, S^T and dP^T, P^T and dS^T,
-// B2 (dS^T complete), then dQ and dV/dK issued together: the dQ atomics, the next tile's copy
-// issue, lookups and B1 run while dV/dK execute, and the third stage lets tile it + 1 stream in
-// meanwhile. A stage is refilled two tiles after its last reader and dS^T one tile after (each
-// warpgroup waits for its dQ before the next B1): two barriers per tile. On the H200 this beat a
-// schedule that waited for dV/dK before the dQ atomics, with a third barrier per tile, by 6-9%
-// (bench/results/*_s6*).
-template <typename Element, bool kDocumentMask>
+// Grid (k_tokens / 128, num_kv_heads, batch), 256 threads, one CTA per SM at head dim 128 (182 KB
+// of shared memory; 97 KB at head dim 64). Non-deterministic like
+// sparse_attention_backward_kv_kernel: dQ by fp32 atomics, dK/dV written once at the end (plain
+// read-modify-write; the column pass adds later, in stream order). Per query tile: B1 (tile
+// landed), retire the previous tile's dV/dK, S^T and dP^T, P^T and dS^T, B2 (dS^T complete), then
+// dQ and dV/dK issued together: the dQ atomics, the next tile's copy issue, lookups and B1 run
+// while dV/dK execute, and the third stage lets tile it + 1 stream in meanwhile. A stage is
+// refilled two tiles after its last reader and dS^T one tile after (each warpgroup waits for its dQ
+// before the next B1): two barriers per tile. On the H200 this beat a schedule that waited for
+// dV/dK before the dQ atomics, with a third barrier per tile, by 6-9% (bench/results/*_s6*).
+template <typename Element, int kHeadDim, bool kDocumentMask>
 __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv_wgmma_kernel(
     const __grid_constant__ SparseAttentionBackwardParams bp) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128");
+  constexpr int kKvBytes = kKvTileBytes<kHeadDim>;
+  constexpr int kQueryBytes = kQueryTileBytes<kHeadDim>;
+  constexpr int kOutTiles = kHeadDim / 8;  // n-tiles of the dK / dV accumulators
   const SparseAttentionParams& p = bp.forward;
   const int k_tile = blockIdx.x;
   const int kvh = blockIdx.y;
@@ -123,24 +132,24 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv
   // wgmma's 128-byte swizzle repeats every 1024 bytes: start every tile on such a boundary.
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   unsigned char* k_s = smem;
-  unsigned char* v_s = k_s + kKvTileBytes;
+  unsigned char* v_s = k_s + kKvBytes;
   constexpr int kStages = kWgmmaQueryStages;
-  unsigned char* q_s = v_s + kKvTileBytes;                // kStages
-  unsigned char* do_s = q_s + kStages * kQueryTileBytes;  // kStages
-  unsigned char* ds_s = do_s + kStages * kQueryTileBytes;
+  unsigned char* q_s = v_s + kKvBytes;                // kStages
+  unsigned char* do_s = q_s + kStages * kQueryBytes;  // kStages
+  unsigned char* ds_s = do_s + kStages * kQueryBytes;
   float* lse_s = reinterpret_cast<float*>(ds_s + kDsTileBytes);  // kStages x kTile
   float* delta_s = lse_s + kStages * kTile;
   int32_t* key_start_s = reinterpret_cast<int32_t*>(delta_s + kStages * kTile);
   QueryTile* tile_ring =
       reinterpret_cast<QueryTile*>(delta_s + (kDocumentMask ? 2 : 1) * kStages * kTile);
 
-  const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kWgmmaHeadDim;
+  const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
   const int64_t kv_offset =
-      kv_tile_offset<kWgmmaHeadDim, kWgmmaKeys>(p, kv_token_stride, k_tile, kvh, b);
-  load_swizzled_rows<Element, kWgmmaKeys>(static_cast<const Element*>(p.k) + kv_offset,
-                                          kv_token_stride, k_s);
-  load_swizzled_rows<Element, kWgmmaKeys>(static_cast<const Element*>(p.v) + kv_offset,
-                                          kv_token_stride, v_s);
+      kv_tile_offset<kHeadDim, kWgmmaKeys>(p, kv_token_stride, k_tile, kvh, b);
+  load_swizzled_rows<Element, kWgmmaKeys, kHeadDim>(static_cast<const Element*>(p.k) + kv_offset,
+                                                    kv_token_stride, k_s);
+  load_swizzled_rows<Element, kWgmmaKeys, kHeadDim>(static_cast<const Element*>(p.v) + kv_offset,
+                                                    kv_token_stride, v_s);
   cp_async_commit();
 
   // Index lookups of tile it + 2 are issued during tile it and handed over in tile_ring, as in
@@ -151,8 +160,8 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv
     if (tiles.num_tiles > 1) tile_ring[1] = tiles.tile(1);
   }
   __syncthreads();
-  load_query_tile_swizzled<Element, kDocumentMask>(tile_ring[0], bp, b, q_s, do_s, lse_s, delta_s,
-                                                   key_start_s);
+  load_query_tile_swizzled<Element, kHeadDim, kDocumentMask>(tile_ring[0], bp, b, q_s, do_s, lse_s,
+                                                             delta_s, key_start_s);
   cp_async_commit();
 
   const int warpgroup = static_cast<int>(threadIdx.x) / 128;
@@ -161,45 +170,54 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv
   const int g = lane / 4;
   const int t = lane % 4;
   const float scale_log2 = p.softmax_scale * kLog2e;
-  const int64_t q_token_stride = static_cast<int64_t>(p.num_heads) * kWgmmaHeadDim;
+  const int64_t q_token_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
   const uint32_t k_addr = smem_address(k_s);
   const uint32_t v_addr = smem_address(v_s);
   const uint32_t ds_addr = smem_address(ds_s);
   // Accumulator rows of this thread: keys key_row and key_row + 8 of the kv block.
   const int key_row = 64 * warpgroup + 16 * warp + g;
 
-  float dk[16][4];  // overwritten by the first tile's wgmma (accumulate = 0)
-  float dv[16][4];
+  float dk[kOutTiles][4];  // overwritten by the first tile's wgmma (accumulate = 0)
+  float dv[kOutTiles][4];
 
   // dV += P^T dO and dK += dS^T Q over a tile's queries: step kk reads queries 16 kk .. +15, the
-  // rows 2048 bytes into both panels of dO / Q (N-major). One commit group. accumulate = 0 makes
+  // rows 2048 bytes into every panel of dO / Q (N-major). One commit group. accumulate = 0 makes
   // the first step overwrite instead (the first tile starts dK/dV that way: zeroing them with
   // ordinary instructions would make ptxas serialize the in-flight wgmma, C7515).
+  // m64nD with A from registers and B N-major, D = the head dim.
+  auto mma_rs = [](float(&d)[kOutTiles][4], const uint32_t(&a)[4], uint64_t desc_b, int scale_d) {
+    if constexpr (kHeadDim == 128) {
+      wgmma::mma_m64n128k16_rs<Element, 1>(d, a, desc_b, scale_d);
+    } else {
+      wgmma::mma_m64n64k16_rs<Element, 1>(d, a, desc_b, scale_d);
+    }
+  };
   auto issue_dkdv = [&](const uint32_t(&p_frag)[4][4], const uint32_t(&ds_frag)[4][4],
                         uint32_t q_addr, uint32_t do_addr, int accumulate) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      wgmma::mma_m64n128k16_rs<Element, 1>(
-          dv, p_frag[kk], wgmma::descriptor(do_addr + kk * 2048, kQueryPanelBytes, 1024),
-          kk > 0 ? 1 : accumulate);
+      mma_rs(dv, p_frag[kk], wgmma::descriptor(do_addr + kk * 2048, kQueryPanelBytes, 1024),
+             kk > 0 ? 1 : accumulate);
     }
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      wgmma::mma_m64n128k16_rs<Element, 1>(
-          dk, ds_frag[kk], wgmma::descriptor(q_addr + kk * 2048, kQueryPanelBytes, 1024),
-          kk > 0 ? 1 : accumulate);
+      mma_rs(dk, ds_frag[kk], wgmma::descriptor(q_addr + kk * 2048, kQueryPanelBytes, 1024),
+             kk > 0 ? 1 : accumulate);
     }
     wgmma::commit_group();
   };
-  // dQ[:, 64 w .. +63] = dS K over the block's keys: step kk reads keys 16 kk .. +15 of dS^T
-  // (M-major) and of panel w of K (N-major). One commit group.
+  // Head dim 128: dQ[:, 64 w .. +63] = dS K over the block's keys: step kk reads keys 16 kk .. +15
+  // of dS^T (M-major) and of panel w of K (N-major). Head dim 64: dQ += dS[:, keys of w] K[keys of
+  // w, :], steps over keys 64 w + 16 kk .. +15 of dS^T and of K's one panel. One commit group.
   auto issue_dq = [&](float(&dq)[8][4]) {
+    constexpr int kSteps = kHeadDim == 128 ? 8 : 4;
+    const uint32_t key0_bytes = kHeadDim == 128 ? 0 : warpgroup * kSteps * 2048;
+    const uint32_t k_panel = kHeadDim == 128 ? warpgroup * kKvPanelBytes : 0;
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
+    for (int kk = 0; kk < kSteps; ++kk) {
       wgmma::mma_m64n64k16_ss<Element, 1, 1>(
-          dq, wgmma::descriptor(ds_addr + kk * 2048, kDsTileBytes, 1024),
-          wgmma::descriptor(k_addr + warpgroup * kKvPanelBytes + kk * 2048, kKvPanelBytes, 1024),
-          kk);
+          dq, wgmma::descriptor(ds_addr + key0_bytes + kk * 2048, kDsTileBytes, 1024),
+          wgmma::descriptor(k_addr + k_panel + key0_bytes + kk * 2048, kKvPanelBytes, 1024), kk);
     }
     wgmma::commit_group();
   };
@@ -208,9 +226,9 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv
   for (int it = 0; it < tiles.num_tiles; ++it) {
     if (it + 1 < tiles.num_tiles) {
       const int next = (stage + 1) % kStages;
-      load_query_tile_swizzled<Element, kDocumentMask>(
-          tile_ring[(it + 1) % 3], bp, b, q_s + next * kQueryTileBytes,
-          do_s + next * kQueryTileBytes, lse_s + next * kTile, delta_s + next * kTile,
+      load_query_tile_swizzled<Element, kHeadDim, kDocumentMask>(
+          tile_ring[(it + 1) % 3], bp, b, q_s + next * kQueryBytes, do_s + next * kQueryBytes,
+          lse_s + next * kTile, delta_s + next * kTile,
           kDocumentMask ? key_start_s + next * kTile : nullptr);
     }
     cp_async_commit();  // possibly empty: keeps the group count uniform for the wait
@@ -225,13 +243,13 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv
     // after B2.
     if (prefetch) tile_ring[(it + 2) % 3] = later;
 
-    const uint32_t q_addr = smem_address(q_s + stage * kQueryTileBytes);
-    const uint32_t do_addr = smem_address(do_s + stage * kQueryTileBytes);
+    const uint32_t q_addr = smem_address(q_s + stage * kQueryBytes);
+    const uint32_t do_addr = smem_address(do_s + stage * kQueryBytes);
     const QueryTile current = tile_ring[it % 3];
     const bool mask = tiles.k_pos_last > current.pos0;  // the tile meets the causal diagonal
 
     // S^T = K_w Q^T and dP^T = V_w dO^T over the head dim: step kk reads 16 columns, 32 bytes
-    // into panel kk / 4 of both operands.
+    // into panel kk / 4 of both operands (head dim / 16 steps).
     float s[8][4];
     float dp[8][4];
     // The previous tile's dV/dK read p_frag and ds_frag from registers until they finish: retire
@@ -241,14 +259,14 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv
     wgmma::fence_operands(dv);
     wgmma::fence();
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       const uint32_t kv_step = (kk / 4) * kKvPanelBytes + 64 * warpgroup * 128 + (kk % 4) * 32;
       const uint32_t q_step = (kk / 4) * kQueryPanelBytes + (kk % 4) * 32;
       wgmma::mma_m64n64k16_ss<Element, 0, 0>(s, wgmma::descriptor(k_addr + kv_step, 16, 1024),
                                              wgmma::descriptor(q_addr + q_step, 16, 1024), kk);
     }
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       const uint32_t kv_step = (kk / 4) * kKvPanelBytes + 64 * warpgroup * 128 + (kk % 4) * 32;
       const uint32_t q_step = (kk / 4) * kQueryPanelBytes + (kk % 4) * 32;
       wgmma::mma_m64n64k16_ss<Element, 0, 0>(dp, wgmma::descriptor(v_addr + kv_step, 16, 1024),
@@ -312,13 +330,14 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv
     wgmma::wait_group<1>();  // dQ
     wgmma::fence_operands(dq);
 
-    // dq rows: queries 16 warp + g (+8), columns 64 w + 8 n + 2 t: 16-byte atomics (pair_rows4).
+    // dq rows: queries 16 warp + g (+8), columns 64 w + 8 n + 2 t (8 n + 2 t at head dim 64, where
+    // both warpgroups add to every column): 16-byte atomics (pair_rows4).
     const bool odd = (t & 1) != 0;
     float* dq_row =
         bp.dq +
         (static_cast<int64_t>(b) * p.q_tokens + current.token0 + 16 * warp + g + (odd ? 8 : 0)) *
             q_token_stride +
-        current.head * kWgmmaHeadDim + 64 * warpgroup + 2 * (t & ~1);
+        current.head * kHeadDim + (kHeadDim == 128 ? 64 * warpgroup : 0) + 2 * (t & ~1);
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
       atomic_add4(dq_row + 8 * n, pair_rows4(dq[n], odd, p.softmax_scale));
@@ -338,7 +357,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv
   for (int h = 0; h < 2; ++h) {
     const int64_t row = kv_offset + (key_row + 8 * h) * kv_token_stride + 2 * t;
 #pragma unroll
-    for (int n = 0; n < 16; ++n) {
+    for (int n = 0; n < kOutTiles; ++n) {
       float2* dk_ptr = reinterpret_cast<float2*>(bp.dk + row + 8 * n);
       float2* dv_ptr = reinterpret_cast<float2*>(bp.dv + row + 8 * n);
       float2 dk_value = *dk_ptr;

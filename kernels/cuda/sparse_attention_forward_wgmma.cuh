@@ -142,8 +142,7 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
   const Element* q_g = static_cast<const Element*>(p.q) +
                        (static_cast<int64_t>(b) * p.q_tokens + q_token0) * q_token_stride +
                        h * kHeadDim;
-  const int64_t kv_offset =
-      static_cast<int64_t>(b) * p.k_tokens * kv_token_stride + kvh * kHeadDim;
+  const int64_t kv_offset = static_cast<int64_t>(b) * p.k_tokens * kv_token_stride + kvh * kHeadDim;
 
   // Prologue: Q (group 0) and the first kv tile (group 1, possibly empty).
   load_swizzled_tile<kHeadDim>(
@@ -152,7 +151,8 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
   KeyTile pending = tiles.resolve(p, 0);  // next tile to copy
   int issued = 0;
   if (pending.it < tiles.num_tiles) {
-    load_key_tile_swizzled<Element, kHeadDim>(p, tiles, pending, kv_offset, k_s, v_s, kpos_s, meta_s);
+    load_key_tile_swizzled<Element, kHeadDim>(p, tiles, pending, kv_offset, k_s, v_s, kpos_s,
+                                              meta_s);
     ++issued;
     pending = tiles.resolve(p, pending.it + 1);
   }
@@ -221,9 +221,9 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     const bool refill = pending.it < tiles.num_tiles;
     if (refill) {
       const int s = stage == kFwdWgmmaStages - 1 ? 0 : stage + 1;  // tile i - 2's
-      load_key_tile_swizzled<Element, kHeadDim>(p, tiles, pending, kv_offset,
-                                                k_s + s * kTileBytes, v_s + s * kTileBytes,
-                                                kpos_s + s * kFwdWgmmaKeys, meta_s + s);
+      load_key_tile_swizzled<Element, kHeadDim>(p, tiles, pending, kv_offset, k_s + s * kTileBytes,
+                                                v_s + s * kTileBytes, kpos_s + s * kFwdWgmmaKeys,
+                                                meta_s + s);
       ++issued;
     }
     cp_async_commit();  // possibly empty

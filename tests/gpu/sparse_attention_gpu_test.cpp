@@ -217,6 +217,10 @@ INSTANTIATE_TEST_SUITE_P(
                       // wgmma forward and backward, GQA 4:1
                       GpuCase{8, 2, 128, 128, config::LayoutKind::kBalanced, false, at::kBFloat16},
                       GpuCase{4, 4, 128, 128, config::LayoutKind::kContiguous, true, at::kBFloat16},
+                      // head dim 64 with 128-token blocks (and the dense case above): the wgmma
+                      // kernels at head dim 64, GQA 4:1, bf16 and fp16
+                      GpuCase{8, 2, 64, 128, config::LayoutKind::kZigzag, true, at::kBFloat16},
+                      GpuCase{4, 4, 64, 128, config::LayoutKind::kBalanced, true, at::kHalf},
                       // 32 heads x 20 query blocks: the deterministic column pass walks its
                       // entries in more than one window of 512 entry ids
                       GpuCase{32, 8, 64, 64, config::LayoutKind::kContiguous, true, at::kBFloat16,
@@ -231,7 +235,8 @@ INSTANTIATE_TEST_SUITE_P(
         GpuCase{8, 2, 128, 64, config::LayoutKind::kBalanced, true, at::kBFloat16, true},
         GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf, true},
         GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16, true},
-        GpuCase{4, 2, 128, 128, config::LayoutKind::kContiguous, true, at::kBFloat16, true}));
+        GpuCase{4, 2, 128, 128, config::LayoutKind::kContiguous, true, at::kBFloat16, true},
+        GpuCase{8, 2, 64, 128, config::LayoutKind::kBalanced, true, at::kHalf, true}));
 
 }  // namespace
 }  // namespace sparsering
