@@ -68,7 +68,8 @@ cudaError_t launch_backward(const SparseAttentionBackwardParams& bp, cudaStream_
         !aligned(bp.dq, 16)) {
       return launch_query_major<Element, kHeadDim, false, kDocumentMask>(bp, stream);
     }
-    // 128-key tiles (8 warps) halve the dQ atomics and the Q/dO reloads per key against 64.
+    // 128-key tiles (the wgmma kernel) halve the dQ atomics and the Q/dO reloads per key
+    // against 64.
     return p.block_size == 128 ? launch_kv_major<Element, kHeadDim, 128, kDocumentMask>(bp, stream)
                                : launch_kv_major<Element, kHeadDim, 64, kDocumentMask>(bp, stream);
   }

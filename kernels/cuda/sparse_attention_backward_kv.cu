@@ -1,6 +1,6 @@
 // The backward's non-deterministic per-kv-block kernel (see sparse_attention_backward.cu for the
 // three schedules): FlashAttention-2's schedule over the active blocks, dK/dV in registers and
-// each query tile's dQ partial added into dq with atomics. Head dim 128 with 128-key blocks runs
+// each query tile's dQ partial added into dq with atomics. 128-key blocks (head dim 64 or 128) run
 // the wgmma kernel of sparse_attention_backward_wgmma.cuh instead.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

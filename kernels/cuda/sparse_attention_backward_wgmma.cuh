@@ -105,7 +105,7 @@ __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
 }
 
 // Grid (k_tokens / 128, num_kv_heads, batch), 256 threads, one CTA per SM at head dim 128 (182 KB
-// of shared memory; 97 KB at head dim 64). Non-deterministic like
+// of shared memory; 101 KB at head dim 64). Non-deterministic like
 // sparse_attention_backward_kv_kernel: dQ by fp32 atomics, dK/dV written once at the end (plain
 // read-modify-write; the column pass adds later, in stream order). Per query tile: B1 (tile
 // landed), retire the previous tile's dV/dK, S^T and dP^T, P^T and dS^T, B2 (dS^T complete), then

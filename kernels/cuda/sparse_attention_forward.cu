@@ -5,7 +5,8 @@
 // time) with an online softmax in fp32. Q K^T and P V run on tensor cores via mma.sync.m16n8k16
 // with operands loaded by ldmatrix.
 //
-// Tile shapes (ForwardConfig). With block_size 128 a CTA of 4 warps owns a 128-row query tile and
+// Tile shapes (ForwardConfig; with block_size 128 only the document-masked kernels, the others run
+// on wgmma, below). With block_size 128 a CTA of 4 warps owns a 128-row query tile and
 // each warp 32 rows (two m16 row blocks), as FlashAttention-2 does for head_dim 128: every K/V
 // fragment read from shared memory then feeds 4 mma instead of 2 (a 16-row warp is bound by
 // shared-memory bandwidth, not the tensor cores), and each K/V tile fetched from L2 serves twice
