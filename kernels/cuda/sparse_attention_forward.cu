@@ -5,8 +5,9 @@
 // time) with an online softmax in fp32. Q K^T and P V run on tensor cores via mma.sync.m16n8k16
 // with operands loaded by ldmatrix.
 //
-// Tile shapes (ForwardConfig; with block_size 128 only the document-masked kernels, the others run
-// on wgmma, below). With block_size 128 a CTA of 4 warps owns a 128-row query tile and
+// These mma.sync kernels run with document masking; without it every shape runs on wgmma (below).
+//
+// Tile shapes (ForwardConfig). With block_size 128 a CTA of 4 warps owns a 128-row query tile and
 // each warp 32 rows (two m16 row blocks), as FlashAttention-2 does for head_dim 128: every K/V
 // fragment read from shared memory then feeds 4 mma instead of 2 (a 16-row warp is bound by
 // shared-memory bandwidth, not the tensor cores), and each K/V tile fetched from L2 serves twice
@@ -20,9 +21,10 @@
 // publishes the landed tile and frees the buffer that the next copy overwrites. Only warps whose
 // rows straddle the causal diagonal of a tile mask it, and warps entirely above it skip the tile.
 //
-// 128-token blocks without document masking (head dim 64 or 128) run the Hopper kernel of
-// sparse_attention_forward_wgmma.cuh instead (same walk, 128-key tiles, wgmma products): on the
-// H200 it took dense causal 128K at head dim 128 from 451 to 337 ms (bench/results/*_s6*).
+// Without document masking every shape (head dim 64 or 128, 64- or 128-token blocks) runs the
+// Hopper kernel of sparse_attention_forward_wgmma.cuh instead (same walk, block-sized key tiles,
+// wgmma products): on the H200 it took dense causal 128K at head dim 128 with 128-token blocks
+// from 451 to 337 ms (bench/results/*_s6*).
 //
 // Document masking (p.q_key_start) is a separate instantiation, so the unmasked kernel compiles
 // exactly as before: the first visible key of every query row is staged in shared memory and keys
@@ -541,20 +543,23 @@ cudaError_t launch_forward(const SparseAttentionParams& p, cudaStream_t stream) 
   return cudaGetLastError();
 }
 
+template <typename Element, class S>
+cudaError_t launch_forward_wgmma(const SparseAttentionParams& p, cudaStream_t stream) {
+  auto* kernel = sparse_attention_forward_wgmma_kernel<Element, S>;
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(p.q_tokens / S::kRows, p.num_heads, p.batch);
+  kernel<<<grid, S::kThreads, S::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
 template <typename Element, int kHeadDim, bool kDocumentMask>
 cudaError_t launch_forward_for_block(const SparseAttentionParams& p, cudaStream_t stream) {
   if constexpr (!kDocumentMask) {
-    if (p.block_size == kFwdWgmmaRows) {
-      constexpr int kSmem = forward_wgmma_smem_bytes<kHeadDim>();
-      auto* kernel = sparse_attention_forward_wgmma_kernel<Element, kHeadDim>;
-      const cudaError_t err =
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-      if (err != cudaSuccess) return err;
-      const dim3 grid(p.q_tokens / kFwdWgmmaRows, p.num_heads, p.batch);
-      kernel<<<grid, kFwdWgmmaThreads, kSmem, stream>>>(p);
-      return cudaGetLastError();
-    }
-    return launch_forward<Element, kHeadDim, Config64, kDocumentMask>(p, stream);
+    return p.block_size == 128
+               ? launch_forward_wgmma<Element, FwdWgmmaShape<kHeadDim, 128>>(p, stream)
+               : launch_forward_wgmma<Element, FwdWgmmaShape<kHeadDim, 64>>(p, stream);
   } else {
     return p.block_size == 128
                ? launch_forward<Element, kHeadDim, Config128, kDocumentMask>(p, stream)

@@ -1,15 +1,15 @@
-// The forward (see sparse_attention_forward.cu) on Hopper's warpgroup MMA, for head dim 64 or 128
-// and 128-token blocks without document masking: the same walk (KeyTiles: active blocks, then
-// gathered vertical columns) and online softmax, with 128-key tiles and each product one wgmma
-// chain:
-//   S = Q K^T   (m64n128, A = Q and B = K, both K-major from 128-byte-swizzled shared memory;
-//                head dim / 16 k-steps)
-//   O += P V    (m64nD for head dim D, A = P from registers, B = V read N-major)
-// One CTA per 128-row query tile (one query block), two warpgroups of 64 rows each. Every tile the
-// walk visits meets both warpgroups' rows: resolve() drops block tiles starting after the query
-// block's last row, and block starts are multiples of 128 like the query block's, so a kept block
-// starts at or before the first row of either warpgroup; column chunks are never skipped. So no
-// wgmma sits in a branch (ptxas serializes wgmma in branches it cannot prove warp-uniform).
+// The forward (see sparse_attention_forward.cu) on Hopper's warpgroup MMA, for head dim D = 64 or
+// 128 and blocks of B = 64 or 128 tokens without document masking: the same walk (KeyTiles: active
+// blocks, then gathered vertical columns) and online softmax, with B-key tiles and each product one
+// wgmma chain:
+//   S = Q K^T   (m64nB, A = Q and B = K, both K-major from 128-byte-swizzled shared memory;
+//                D / 16 k-steps)
+//   O += P V    (m64nD, A = P from registers, B = V read N-major; B / 16 k-steps)
+// One CTA per query block of B rows, one warpgroup per 64 rows. Every tile the walk visits meets
+// every warpgroup's rows: resolve() drops block tiles starting after the query block's last row,
+// and block starts are multiples of B like the query block's, so a kept block starts at or before
+// the first row of every warpgroup; column chunks are never skipped. So no wgmma sits in a branch
+// (ptxas serializes wgmma in branches it cannot prove warp-uniform).
 // sparse_attention_forward.cu launches it.
 #pragma once
 
@@ -26,41 +26,42 @@
 
 namespace sparsering::kernels {
 
-constexpr int kFwdWgmmaRows = 128;
-constexpr int kFwdWgmmaKeys = 128;
-constexpr int kFwdWgmmaThreads = 256;  // two warpgroups
-constexpr int kFwdWgmmaStages = 3;
-// A swizzled tile of 128 rows x head-dim elements: head dim / 64 panels of 64 columns, 16 KB each.
-constexpr int kFwdPanelBytes = 128 * 128;
-template <int kHeadDim>
-constexpr int kFwdTileBytes = kHeadDim / 64 * kFwdPanelBytes;
-// 16-byte chunks of one row of a tile.
-template <int kHeadDim>
-constexpr int kFwdRowChunks = kHeadDim / 8;
+// Tile shape of one instantiation: head dim kHeadDim, kBlock-token blocks.
+template <int kHeadDimT, int kBlockT>
+struct FwdWgmmaShape {
+  static constexpr int kHeadDim = kHeadDimT;
+  static constexpr int kRows = kBlockT;              // query rows per CTA: one query block
+  static constexpr int kKeys = kBlockT;              // keys per kv tile
+  static constexpr int kThreads = kRows / 64 * 128;  // one warpgroup per 64 rows
+  static constexpr int kStages = 3;
+  // A swizzled tile of kRows (= kKeys) rows x kHeadDim elements: kHeadDim / 64 panels of 64
+  // columns, 128 bytes per row.
+  static constexpr int kPanelBytes = kRows * 128;
+  static constexpr int kTileBytes = kHeadDim / 64 * kPanelBytes;
+  static constexpr int kRowChunks = kHeadDim / 8;  // 16-byte chunks of one row
+  static constexpr int kScoreTiles = kKeys / 8;    // n-tiles of S
+  static constexpr int kOutTiles = kHeadDim / 8;   // n-tiles of O
+  static constexpr int kPvSteps = kKeys / 16;      // k-steps of P V
+  // Q, three stages of K and V (226.5 KB at head dim 128 and 128-token blocks with the alignment
+  // slack; sm_90 allows 227 KB), per stage the key positions of a column chunk and one metadata
+  // word, and 1 KB to align the tiles to 1024 bytes.
+  static constexpr int kSmemBytes =
+      kTileBytes * (1 + 2 * kStages) + kStages * (kKeys + 1) * static_cast<int>(sizeof(int)) + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "sm_90's shared memory per block");
+};
 
-template <int kHeadDim>
-constexpr int forward_wgmma_smem_bytes() {
-  // Q, three stages of K and V (226.5 KB at head dim 128 with the alignment slack; sm_90 allows
-  // 227 KB), per stage the key positions of a column chunk and one metadata word, and 1 KB to
-  // align the tiles to 1024 bytes.
-  return kFwdTileBytes<kHeadDim> * (1 + 2 * kFwdWgmmaStages) +
-         kFwdWgmmaStages * (kFwdWgmmaKeys + 1) * static_cast<int>(sizeof(int)) + 1024;
-}
-
-static_assert(forward_wgmma_smem_bytes<128>() <= 227 * 1024, "sm_90's shared memory per block");
-
-// Starts copying 128 rows of kHeadDim elements into a swizzled tile (cp.async over 256 threads,
-// not committed): row r comes from src + row_offset(r).
-template <int kHeadDim, typename Element, typename RowOffset>
+// Starts copying S::kRows rows of S::kHeadDim elements into a swizzled tile (cp.async over the
+// CTA's threads, not committed): row r comes from src + row_offset(r).
+template <class S, typename Element, typename RowOffset>
 __device__ __forceinline__ void load_swizzled_tile(const Element* src, RowOffset row_offset,
                                                    unsigned char* dst) {
-  constexpr int kChunks = kFwdRowChunks<kHeadDim>;
+  constexpr int kChunks = S::kRowChunks;
 #pragma unroll
-  for (int i = 0; i < 128 * kChunks / kFwdWgmmaThreads; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kFwdWgmmaThreads;
+  for (int i = 0; i < S::kRows * kChunks / S::kThreads; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * S::kThreads;
     const int r = c / kChunks;
     const int chunk = c % kChunks;
-    cp_async_16(dst + (chunk / 8) * kFwdPanelBytes + wgmma::swizzled_offset(r, chunk % 8),
+    cp_async_16(dst + (chunk / 8) * S::kPanelBytes + wgmma::swizzled_offset(r, chunk % 8),
                 src + row_offset(r) + chunk * 8, true);
   }
 }
@@ -68,21 +69,21 @@ __device__ __forceinline__ void load_swizzled_tile(const Element* src, RowOffset
 // Copies kv tile `tile` into one stage, as load_key_tile does for the padded layout: a column
 // chunk gathers its keys (padding rows zero-filled, position INT_MAX) and records their global
 // positions in kpos_dst; meta_dst receives tile.pos0 (-1 marks a column chunk).
-template <typename Element, int kHeadDim>
+template <typename Element, class S>
 __device__ __forceinline__ void load_key_tile_swizzled(const SparseAttentionParams& p,
-                                                       const KeyTiles<kFwdWgmmaKeys>& tiles,
+                                                       const KeyTiles<S::kKeys>& tiles,
                                                        const KeyTile& tile, int64_t kv_offset,
                                                        unsigned char* k_dst, unsigned char* v_dst,
                                                        int* kpos_dst, int* meta_dst) {
   const Element* k_head = static_cast<const Element*>(p.k) + kv_offset;
   const Element* v_head = static_cast<const Element*>(p.v) + kv_offset;
-  constexpr int kChunks = kFwdRowChunks<kHeadDim>;
-  const int64_t token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
+  constexpr int kChunks = S::kRowChunks;
+  const int64_t token_stride = static_cast<int64_t>(p.num_kv_heads) * S::kHeadDim;
   const bool is_block = tile.pos0 >= 0;
-  const int column0 = is_block ? 0 : (tile.it - tiles.num_block_tiles) * kFwdWgmmaKeys;
+  const int column0 = is_block ? 0 : (tile.it - tiles.num_block_tiles) * S::kKeys;
 #pragma unroll
-  for (int i = 0; i < 128 * kChunks / kFwdWgmmaThreads; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kFwdWgmmaThreads;
+  for (int i = 0; i < S::kKeys * kChunks / S::kThreads; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * S::kThreads;
     const int r = c / kChunks;
     const int chunk = c % kChunks;
     int token = tile.token0 + r;
@@ -97,30 +98,33 @@ __device__ __forceinline__ void load_key_tile_swizzled(const SparseAttentionPara
       }
     }
     const int64_t offset = token * token_stride + chunk * 8;
-    const int to = (chunk / 8) * kFwdPanelBytes + wgmma::swizzled_offset(r, chunk % 8);
+    const int to = (chunk / 8) * S::kPanelBytes + wgmma::swizzled_offset(r, chunk % 8);
     cp_async_16(k_dst + to, k_head + offset, valid);
     cp_async_16(v_dst + to, v_head + offset, valid);
   }
   if (threadIdx.x == 0) *meta_dst = tile.pos0;
 }
 
-// Grid (q_tokens / 128, num_heads, batch), 256 threads. Accumulator notation of wgmma.m64nN:
-// warp w of a warpgroup holds rows 16 w + g and 16 w + g + 8 (lane = 4 g + t), d[n][0..1] and
-// d[n][2..3] at columns 8 n + 2 t, + 1 of those rows.
-template <typename Element, int kHeadDim>
-__global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
+// Grid (q_tokens / S::kRows, num_heads, batch), S::kThreads threads. Accumulator notation of
+// wgmma.m64nN: warp w of a warpgroup holds rows 16 w + g and 16 w + g + 8 (lane = 4 g + t),
+// d[n][0..1] and d[n][2..3] at columns 8 n + 2 t, + 1 of those rows.
+template <typename Element, class S>
+__global__ void __launch_bounds__(S::kThreads, 1)
     sparse_attention_forward_wgmma_kernel(const __grid_constant__ SparseAttentionParams p) {
-  constexpr int kTileBytes = kFwdTileBytes<kHeadDim>;
-  constexpr int kChunks = kFwdRowChunks<kHeadDim>;
-  constexpr int kOutTiles = kHeadDim / 8;  // n-tiles of the O accumulator
+  constexpr int kHeadDim = S::kHeadDim;
+  constexpr int kTileBytes = S::kTileBytes;
+  constexpr int kChunks = S::kRowChunks;
+  constexpr int kOutTiles = S::kOutTiles;
+  constexpr int kScoreTiles = S::kScoreTiles;
+  constexpr int kStages = S::kStages;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // wgmma's 128-byte swizzle repeats every 1024 bytes: start every tile on such a boundary.
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   unsigned char* q_s = smem;
-  unsigned char* k_s = q_s + kTileBytes;                    // stages
-  unsigned char* v_s = k_s + kFwdWgmmaStages * kTileBytes;  // stages
-  int* kpos_s = reinterpret_cast<int*>(v_s + kFwdWgmmaStages * kTileBytes);
-  int* meta_s = kpos_s + kFwdWgmmaStages * kFwdWgmmaKeys;
+  unsigned char* k_s = q_s + kTileBytes;            // stages
+  unsigned char* v_s = k_s + kStages * kTileBytes;  // stages
+  int* kpos_s = reinterpret_cast<int*>(v_s + kStages * kTileBytes);
+  int* meta_s = kpos_s + kStages * S::kKeys;
 
   const int warpgroup = static_cast<int>(threadIdx.x) / 128;
   const int warp = (static_cast<int>(threadIdx.x) % 128) / 32;  // within the warpgroup
@@ -131,11 +135,10 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
   const int qb = static_cast<int>(gridDim.x - 1 - blockIdx.x);  // one query block per CTA
   const int h = blockIdx.y;
   const int b = blockIdx.z;
-  const int q_token0 = qb * kFwdWgmmaRows;
+  const int q_token0 = qb * S::kRows;
   const int q_pos0 = p.q_block_ids[qb] * p.block_size;
   const int kvh = h / (p.num_heads / p.num_kv_heads);  // GQA
-  const KeyTiles<kFwdWgmmaKeys> tiles =
-      make_key_tiles<kFwdWgmmaKeys>(p, b, h, qb, q_pos0, kFwdWgmmaRows);
+  const KeyTiles<S::kKeys> tiles = make_key_tiles<S::kKeys>(p, b, h, qb, q_pos0, S::kRows);
 
   const int64_t q_token_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
   const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
@@ -145,14 +148,13 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
   const int64_t kv_offset = static_cast<int64_t>(b) * p.k_tokens * kv_token_stride + kvh * kHeadDim;
 
   // Prologue: Q (group 0) and the first kv tile (group 1, possibly empty).
-  load_swizzled_tile<kHeadDim>(
+  load_swizzled_tile<S>(
       q_g, [&](int r) { return r * q_token_stride; }, q_s);
   cp_async_commit();
   KeyTile pending = tiles.resolve(p, 0);  // next tile to copy
   int issued = 0;
   if (pending.it < tiles.num_tiles) {
-    load_key_tile_swizzled<Element, kHeadDim>(p, tiles, pending, kv_offset, k_s, v_s, kpos_s,
-                                              meta_s);
+    load_key_tile_swizzled<Element, S>(p, tiles, pending, kv_offset, k_s, v_s, kpos_s, meta_s);
     ++issued;
     pending = tiles.resolve(p, pending.it + 1);
   }
@@ -162,9 +164,9 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
   // flips the chunks it copied itself.
   if (p.softmax_scale < 0.f) {
 #pragma unroll
-    for (int i = 0; i < 128 * kChunks / kFwdWgmmaThreads; ++i) {
-      const int c = static_cast<int>(threadIdx.x) + i * kFwdWgmmaThreads;
-      uint4* chunk = reinterpret_cast<uint4*>(q_s + (c % kChunks / 8) * kFwdPanelBytes +
+    for (int i = 0; i < S::kRows * kChunks / S::kThreads; ++i) {
+      const int c = static_cast<int>(threadIdx.x) + i * S::kThreads;
+      uint4* chunk = reinterpret_cast<uint4*>(q_s + (c % kChunks / 8) * S::kPanelBytes +
                                               wgmma::swizzled_offset(c / kChunks, c % 8));
       uint4 x = *chunk;
       x.x ^= 0x80008000u;
@@ -197,13 +199,13 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
   // i - 1 (its P V still in flight during tile i), tile i, and tile i + 1 streaming in. Every
   // warpgroup finishes the P V of tile i - 1 within tile i, before the barrier of tile i + 1,
   // after which tile i - 1's stage is refilled.
-  uint32_t p_frag[8][4];   // P of the previous tile, the A fragments of its P V
-  uint32_t pv_v_addr = 0;  // V of that tile
+  uint32_t p_frag[S::kPvSteps][4];  // P of the previous tile, the A fragments of its P V
+  uint32_t pv_v_addr = 0;           // V of that tile
   auto issue_pv = [&]() {
     wgmma::fence();  // p_frag and the rescaled o were written by ordinary instructions
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      const uint64_t v_desc = wgmma::descriptor(pv_v_addr + kk * 2048, kFwdPanelBytes, 1024);
+    for (int kk = 0; kk < S::kPvSteps; ++kk) {
+      const uint64_t v_desc = wgmma::descriptor(pv_v_addr + kk * 2048, S::kPanelBytes, 1024);
       if constexpr (kHeadDim == 128) {
         wgmma::mma_m64n128k16_rs<Element, 1>(o, p_frag[kk], v_desc, 1);
       } else {
@@ -220,10 +222,9 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
 
     const bool refill = pending.it < tiles.num_tiles;
     if (refill) {
-      const int s = stage == kFwdWgmmaStages - 1 ? 0 : stage + 1;  // tile i - 2's
-      load_key_tile_swizzled<Element, kHeadDim>(p, tiles, pending, kv_offset, k_s + s * kTileBytes,
-                                                v_s + s * kTileBytes, kpos_s + s * kFwdWgmmaKeys,
-                                                meta_s + s);
+      const int s = stage == kStages - 1 ? 0 : stage + 1;  // tile i - 2's
+      load_key_tile_swizzled<Element, S>(p, tiles, pending, kv_offset, k_s + s * kTileBytes,
+                                         v_s + s * kTileBytes, kpos_s + s * S::kKeys, meta_s + s);
       ++issued;
     }
     cp_async_commit();  // possibly empty
@@ -232,15 +233,20 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     const bool is_column = pos0 < 0;
     // Mask a block tile that reaches past this warpgroup's first row; column chunks always
     // (arbitrary positions, padding).
-    const bool mask = is_column || pos0 + kFwdWgmmaKeys - 1 > wg_q0;
+    const bool mask = is_column || pos0 + S::kKeys - 1 > wg_q0;
     const uint32_t k_addr = smem_address(k_s + stage * kTileBytes);
-    float s[16][4];
+    float s[kScoreTiles][4];
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const uint32_t step = (kk / 4) * kFwdPanelBytes + (kk % 4) * 32;
-      wgmma::mma_m64n128k16_ss<Element, 0, 0>(s, wgmma::descriptor(q_addr + step, 16, 1024),
-                                              wgmma::descriptor(k_addr + step, 16, 1024), kk);
+      const uint32_t step = (kk / 4) * S::kPanelBytes + (kk % 4) * 32;
+      const uint64_t q_desc = wgmma::descriptor(q_addr + step, 16, 1024);
+      const uint64_t k_desc = wgmma::descriptor(k_addr + step, 16, 1024);
+      if constexpr (S::kKeys == 128) {
+        wgmma::mma_m64n128k16_ss<Element, 0, 0>(s, q_desc, k_desc, kk);
+      } else {
+        wgmma::mma_m64n64k16_ss<Element, 0, 0>(s, q_desc, k_desc, kk);
+      }
     }
     wgmma::commit_group();
     if (i > 0) {
@@ -253,9 +259,9 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
 
     // Causal mask kpos > qpos on the raw scores (the scale is applied in the exponent).
     if (mask) {
-      const int* kpos = kpos_s + stage * kFwdWgmmaKeys;
+      const int* kpos = kpos_s + stage * S::kKeys;
 #pragma unroll
-      for (int n = 0; n < 16; ++n) {
+      for (int n = 0; n < kScoreTiles; ++n) {
         int key[2];
         if (is_column) {
           const int2 k2 = *reinterpret_cast<const int2*>(kpos + n * 8 + 2 * t);
@@ -276,7 +282,7 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     // previous P V no longer reads p_frag.
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int n = 0; n < 16; ++n) {
+    for (int n = 0; n < kScoreTiles; ++n) {
       tile_max[0] = fmaxf(tile_max[0], fmaxf(s[n][0], s[n][1]));
       tile_max[1] = fmaxf(tile_max[1], fmaxf(s[n][2], s[n][3]));
     }
@@ -294,7 +300,7 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
       row_sum[r] *= correction[r];
     }
 #pragma unroll
-    for (int n = 0; n < 16; ++n) {
+    for (int n = 0; n < kScoreTiles; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         s[n][e] = exp2f(fmaf(s[n][e], scale_log2, neg_base[e >> 1]));
@@ -303,22 +309,26 @@ __global__ void __launch_bounds__(kFwdWgmmaThreads, 1)
     }
     wgmma::wait_group<0>();  // the previous P V
     wgmma::fence_operands(o);
+    // One loop over the O and the S n-tiles (16 each at head dim 128 with 128-token blocks).
+    constexpr int kTiles = kOutTiles > kScoreTiles ? kOutTiles : kScoreTiles;
 #pragma unroll
-    for (int n = 0; n < 16; ++n) {
+    for (int n = 0; n < kTiles; ++n) {
       if (n < kOutTiles) {
         o[n][0] *= correction[0];
         o[n][1] *= correction[0];
         o[n][2] *= correction[1];
         o[n][3] *= correction[1];
       }
-      // n-tiles 2j, 2j + 1 are k-step j (keys 16 j .. +15) of P V.
-      p_frag[n / 2][2 * (n % 2)] = pack2<Element>(s[n][0], s[n][1]);
-      p_frag[n / 2][2 * (n % 2) + 1] = pack2<Element>(s[n][2], s[n][3]);
+      if (n < kScoreTiles) {
+        // n-tiles 2j, 2j + 1 are k-step j (keys 16 j .. +15) of P V.
+        p_frag[n / 2][2 * (n % 2)] = pack2<Element>(s[n][0], s[n][1]);
+        p_frag[n / 2][2 * (n % 2) + 1] = pack2<Element>(s[n][2], s[n][3]);
+      }
     }
     pv_v_addr = smem_address(v_s + stage * kTileBytes);
     // Resolve the tile after the one just issued, off the critical path of the copy.
     if (refill) pending = tiles.resolve(p, pending.it + 1);
-    stage = stage == kFwdWgmmaStages - 1 ? 0 : stage + 1;
+    stage = stage == kStages - 1 ? 0 : stage + 1;
   }
   if (issued > 0) {
     issue_pv();
