@@ -97,8 +97,9 @@ if [ "${FLEX:-1}" = 1 ]; then
 fi
 fi
 
-# Head dim 64 (the 1B config's) at 128K: the 128-token-block rows run the wgmma kernels, the
-# *_block64 rows mma.sync, in the same run (HD64=0 skips it).
+# Head dim 64 (the 1B config's) at 128K against cuDNN and FlashAttention-2 in the same run: the
+# 128-token-block rows run wgmma forward and backward, the *_block64 rows the wgmma forward and
+# the mma.sync backward (HD64=0 skips it).
 if [ "${BENCH:-1}" = 1 ] && [ "${HD64:-1}" = 1 ]; then
   echo "== attention benchmark, head dim 64 (131072)"
   if "$build/bench/attention_bench" --lengths 131072 --head-dim 64 \
