@@ -5,7 +5,8 @@
 // time) with an online softmax in fp32. Q K^T and P V run on tensor cores via mma.sync.m16n8k16
 // with operands loaded by ldmatrix.
 //
-// These mma.sync kernels run with document masking; without it every shape runs on wgmma (below).
+// These mma.sync kernels run with document masking, and at head dim 128 with 64-token blocks;
+// every other shape runs on wgmma (below).
 //
 // Tile shapes (ForwardConfig). With block_size 128 a CTA of 4 warps owns a 128-row query tile and
 // each warp 32 rows (two m16 row blocks), as FlashAttention-2 does for head_dim 128: every K/V
@@ -21,10 +22,10 @@
 // publishes the landed tile and frees the buffer that the next copy overwrites. Only warps whose
 // rows straddle the causal diagonal of a tile mask it, and warps entirely above it skip the tile.
 //
-// Without document masking every shape (head dim 64 or 128, 64- or 128-token blocks) runs the
-// Hopper kernel of sparse_attention_forward_wgmma.cuh instead (same walk, block-sized key tiles,
-// wgmma products): on the H200 it took dense causal 128K at head dim 128 with 128-token blocks
-// from 451 to 337 ms (bench/results/*_s6*).
+// Without document masking, 128-token blocks and head dim 64 with 64-token blocks run the Hopper
+// kernel of sparse_attention_forward_wgmma.cuh instead (same walk, block-sized key tiles, wgmma
+// products): on the H200 it took dense causal 128K at head dim 128 with 128-token blocks from 451
+// to 337 ms (bench/results/*_s6*).
 //
 // Document masking (p.q_key_start) is a separate instantiation, so the unmasked kernel compiles
 // exactly as before: the first visible key of every query row is staged in shared memory and keys
@@ -557,9 +558,16 @@ cudaError_t launch_forward_wgmma(const SparseAttentionParams& p, cudaStream_t st
 template <typename Element, int kHeadDim, bool kDocumentMask>
 cudaError_t launch_forward_for_block(const SparseAttentionParams& p, cudaStream_t stream) {
   if constexpr (!kDocumentMask) {
-    return p.block_size == 128
-               ? launch_forward_wgmma<Element, FwdWgmmaShape<kHeadDim, 128>>(p, stream)
-               : launch_forward_wgmma<Element, FwdWgmmaShape<kHeadDim, 64>>(p, stream);
+    if (p.block_size == 128) {
+      return launch_forward_wgmma<Element, FwdWgmmaShape<kHeadDim, 128>>(p, stream);
+    }
+    // 64-token blocks: at head dim 128 the wgmma kernel's three K/V stages (116 KB) leave room
+    // for one 4-warp CTA per SM, where the mma.sync kernel (two stages, 88 KB) runs two.
+    if constexpr (kHeadDim == 64) {
+      return launch_forward_wgmma<Element, FwdWgmmaShape<kHeadDim, 64>>(p, stream);
+    } else {
+      return launch_forward<Element, kHeadDim, Config64, kDocumentMask>(p, stream);
+    }
   } else {
     return p.block_size == 128
                ? launch_forward<Element, kHeadDim, Config128, kDocumentMask>(p, stream)

@@ -48,6 +48,8 @@ struct FwdWgmmaShape {
   static constexpr int kSmemBytes =
       kTileBytes * (1 + 2 * kStages) + kStages * (kKeys + 1) * static_cast<int>(sizeof(int)) + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "sm_90's shared memory per block");
+  static_assert(kRows % 64 == 0 && kRows * kRowChunks % kThreads == 0,
+                "whole warpgroups; tile copies split evenly over the threads");
 };
 
 // Starts copying S::kRows rows of S::kHeadDim elements into a swizzled tile (cp.async over the
