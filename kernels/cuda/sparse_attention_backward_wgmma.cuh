@@ -184,25 +184,19 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv
   // rows 2048 bytes into every panel of dO / Q (N-major). One commit group. accumulate = 0 makes
   // the first step overwrite instead (the first tile starts dK/dV that way: zeroing them with
   // ordinary instructions would make ptxas serialize the in-flight wgmma, C7515).
-  // m64nD with A from registers and B N-major, D = the head dim.
-  auto mma_rs = [](float(&d)[kOutTiles][4], const uint32_t(&a)[4], uint64_t desc_b, int scale_d) {
-    if constexpr (kHeadDim == 128) {
-      wgmma::mma_m64n128k16_rs<Element, 1>(d, a, desc_b, scale_d);
-    } else {
-      wgmma::mma_m64n64k16_rs<Element, 1>(d, a, desc_b, scale_d);
-    }
-  };
   auto issue_dkdv = [&](const uint32_t(&p_frag)[4][4], const uint32_t(&ds_frag)[4][4],
                         uint32_t q_addr, uint32_t do_addr, int accumulate) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      mma_rs(dv, p_frag[kk], wgmma::descriptor(do_addr + kk * 2048, kQueryPanelBytes, 1024),
-             kk > 0 ? 1 : accumulate);
+      wgmma::mma_rs<Element, 1>(dv, p_frag[kk],
+                                wgmma::descriptor(do_addr + kk * 2048, kQueryPanelBytes, 1024),
+                                kk > 0 ? 1 : accumulate);
     }
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      mma_rs(dk, ds_frag[kk], wgmma::descriptor(q_addr + kk * 2048, kQueryPanelBytes, 1024),
-             kk > 0 ? 1 : accumulate);
+      wgmma::mma_rs<Element, 1>(dk, ds_frag[kk],
+                                wgmma::descriptor(q_addr + kk * 2048, kQueryPanelBytes, 1024),
+                                kk > 0 ? 1 : accumulate);
     }
     wgmma::commit_group();
   };

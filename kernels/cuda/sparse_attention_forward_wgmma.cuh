@@ -208,11 +208,7 @@ __global__ void __launch_bounds__(S::kThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < S::kPvSteps; ++kk) {
       const uint64_t v_desc = wgmma::descriptor(pv_v_addr + kk * 2048, S::kPanelBytes, 1024);
-      if constexpr (kHeadDim == 128) {
-        wgmma::mma_m64n128k16_rs<Element, 1>(o, p_frag[kk], v_desc, 1);
-      } else {
-        wgmma::mma_m64n64k16_rs<Element, 1>(o, p_frag[kk], v_desc, 1);
-      }
+      wgmma::mma_rs<Element, 1>(o, p_frag[kk], v_desc, 1);
     }
     wgmma::commit_group();
   };
@@ -244,11 +240,7 @@ __global__ void __launch_bounds__(S::kThreads, 1)
       const uint32_t step = (kk / 4) * S::kPanelBytes + (kk % 4) * 32;
       const uint64_t q_desc = wgmma::descriptor(q_addr + step, 16, 1024);
       const uint64_t k_desc = wgmma::descriptor(k_addr + step, 16, 1024);
-      if constexpr (S::kKeys == 128) {
-        wgmma::mma_m64n128k16_ss<Element, 0, 0>(s, q_desc, k_desc, kk);
-      } else {
-        wgmma::mma_m64n64k16_ss<Element, 0, 0>(s, q_desc, k_desc, kk);
-      }
+      wgmma::mma_ss<Element, 0, 0>(s, q_desc, k_desc, kk);
     }
     wgmma::commit_group();
     if (i > 0) {

@@ -197,6 +197,30 @@ __device__ __forceinline__ void mma_m64n64k16_rs(float (&d)[8][4], const uint32_
   }
 }
 
+// m64nNk16 with N = 8 x the accumulator's n-tiles (64 or 128), for kernels whose N is a template
+// parameter (the head dim or the key tile): the shape follows from d.
+template <typename Element, int kTransA, int kTransB, int kTiles>
+__device__ __forceinline__ void mma_ss(float (&d)[kTiles][4], uint64_t desc_a, uint64_t desc_b,
+                                       int scale_d) {
+  static_assert(kTiles == 8 || kTiles == 16, "N = 64 or 128");
+  if constexpr (kTiles == 16) {
+    mma_m64n128k16_ss<Element, kTransA, kTransB>(d, desc_a, desc_b, scale_d);
+  } else {
+    mma_m64n64k16_ss<Element, kTransA, kTransB>(d, desc_a, desc_b, scale_d);
+  }
+}
+
+template <typename Element, int kTransB, int kTiles>
+__device__ __forceinline__ void mma_rs(float (&d)[kTiles][4], const uint32_t (&a)[4],
+                                       uint64_t desc_b, int scale_d) {
+  static_assert(kTiles == 8 || kTiles == 16, "N = 64 or 128");
+  if constexpr (kTiles == 16) {
+    mma_m64n128k16_rs<Element, kTransB>(d, a, desc_b, scale_d);
+  } else {
+    mma_m64n64k16_rs<Element, kTransB>(d, a, desc_b, scale_d);
+  }
+}
+
 #undef SPARSERING_WGMMA_SS_M64N64K16
 #undef SPARSERING_WGMMA_SS_M64N128K16
 #undef SPARSERING_WGMMA_RS_M64N64K16
