@@ -2,9 +2,10 @@
 // global position q_pos sees a key at key_pos when key_pos <= q_pos (causal) and, with document
 // masking, when key_pos >= key_start, the first key of the query's document. Which keys a row may
 // see at all (its active blocks and columns) is the index's business; this is the per-pair test
-// inside a tile. The backward kernels test each pair with it; the forward kernels apply its two
-// halves as separate passes over a score tile (causal, then the document start row by row, so
-// that one key start is live at a time).
+// inside a tile. The backward kernels and the wgmma forward (two rows per thread, both key starts
+// in registers) test each pair with it; the mma.sync forward applies its two halves as separate
+// passes over a score tile (causal, then the document start row by row, so that one key start is
+// live at a time).
 #pragma once
 
 #include <cstdint>

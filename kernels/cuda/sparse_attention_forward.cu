@@ -5,27 +5,23 @@
 // time) with an online softmax in fp32. Q K^T and P V run on tensor cores via mma.sync.m16n8k16
 // with operands loaded by ldmatrix.
 //
-// These mma.sync kernels run with document masking, and at head dim 128 with 64-token blocks;
-// every other shape runs on wgmma (below).
+// This mma.sync kernel runs head dim 128 with 64-token blocks, with and without document
+// masking; every other shape runs on wgmma (sparse_attention_forward_wgmma.cuh, below). At that
+// shape the wgmma kernel's three 16 KB K/V stages would leave room for one 4-warp CTA per SM where
+// this kernel (two stages) runs two.
 //
-// Tile shapes (ForwardConfig). With block_size 128 a CTA of 4 warps owns a 128-row query tile and
-// each warp 32 rows (two m16 row blocks), as FlashAttention-2 does for head_dim 128: every K/V
-// fragment read from shared memory then feeds 4 mma instead of 2 (a 16-row warp is bound by
-// shared-memory bandwidth, not the tensor cores), and each K/V tile fetched from L2 serves twice
-// as many queries. Q stays in shared memory where its fragments would not fit in registers next
-// to the 32x128 fp32 accumulator. On one H100 (bf16, 32 heads, head_dim 128, dense causal 128K)
-// this ran at 312 TF/s against 269 for 8 warps x 16 rows with Q in registers, 291 for the same
-// with 128-key tiles and 215 with a third K/V stage (one CTA per SM). With block_size 64 a CTA
-// of 4 warps x 16 rows owns a 64-row tile and keeps Q in registers.
+// Tile shape (ForwardConfig): a CTA of 4 warps x 16 rows owns a 64-row query tile and keeps Q in
+// registers. The kernel is written for kMBlocks m16 row blocks per warp: with 32 rows per warp
+// every K/V fragment read from shared memory feeds 4 mma instead of 2, which is how it ran
+// 128-token blocks at head dim 128 before the wgmma kernel (on one H100, dense causal 128K: 312
+// TF/s against 269 for 8 warps x 16 rows with Q in registers).
 //
 // K/V tiles stream through kStages shared-memory buffers with cp.async; one barrier per tile both
 // publishes the landed tile and frees the buffer that the next copy overwrites. Only warps whose
 // rows straddle the causal diagonal of a tile mask it, and warps entirely above it skip the tile.
 //
-// Without document masking, 128-token blocks and head dim 64 with 64-token blocks run the Hopper
-// kernel of sparse_attention_forward_wgmma.cuh instead (same walk, block-sized key tiles, wgmma
-// products): on the H200 it took dense causal 128K at head dim 128 with 128-token blocks from 451
-// to 337 ms (bench/results/*_s6*).
+// The wgmma kernel took dense causal 128K at head dim 128 with 128-token blocks from 451 to 337 ms
+// on the H200 (bench/results/*_s6*).
 //
 // Document masking (p.q_key_start) is a separate instantiation, so the unmasked kernel compiles
 // exactly as before: the first visible key of every query row is staged in shared memory and keys
@@ -68,8 +64,7 @@ struct ForwardConfig {
   static_assert(kKeys % 16 == 0, "P V consumes keys 16 at a time");
 };
 
-// block_size 128: 128 query rows, 4 warps x 32 rows. block_size 64: 64 rows, 4 warps x 16 rows.
-using Config128 = ForwardConfig<4, 2, 64, 2>;
+// block_size 64: 64 rows, 4 warps x 16 rows.
 using Config64 = ForwardConfig<4, 1, 64, 2>;
 
 // Shared-memory layout: the Q tile, kStages K and V tiles, and per stage the key positions of a
@@ -544,9 +539,9 @@ cudaError_t launch_forward(const SparseAttentionParams& p, cudaStream_t stream) 
   return cudaGetLastError();
 }
 
-template <typename Element, class S>
+template <typename Element, class S, bool kDocumentMask>
 cudaError_t launch_forward_wgmma(const SparseAttentionParams& p, cudaStream_t stream) {
-  auto* kernel = sparse_attention_forward_wgmma_kernel<Element, S>;
+  auto* kernel = sparse_attention_forward_wgmma_kernel<Element, S, kDocumentMask>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
   if (err != cudaSuccess) return err;
@@ -557,21 +552,15 @@ cudaError_t launch_forward_wgmma(const SparseAttentionParams& p, cudaStream_t st
 
 template <typename Element, int kHeadDim, bool kDocumentMask>
 cudaError_t launch_forward_for_block(const SparseAttentionParams& p, cudaStream_t stream) {
-  if constexpr (!kDocumentMask) {
-    if (p.block_size == 128) {
-      return launch_forward_wgmma<Element, FwdWgmmaShape<kHeadDim, 128>>(p, stream);
-    }
-    // 64-token blocks: at head dim 128 the wgmma kernel's three K/V stages (116 KB) leave room
-    // for one 4-warp CTA per SM, where the mma.sync kernel (two stages, 88 KB) runs two.
-    if constexpr (kHeadDim == 64) {
-      return launch_forward_wgmma<Element, FwdWgmmaShape<kHeadDim, 64>>(p, stream);
-    } else {
-      return launch_forward<Element, kHeadDim, Config64, kDocumentMask>(p, stream);
-    }
+  if (p.block_size == 128) {
+    return launch_forward_wgmma<Element, FwdWgmmaShape<kHeadDim, 128>, kDocumentMask>(p, stream);
+  }
+  // 64-token blocks: at head dim 128 the wgmma kernel's three K/V stages (116 KB) leave room for
+  // one 4-warp CTA per SM, where the mma.sync kernel (two stages, 88 KB) runs two.
+  if constexpr (kHeadDim == 64) {
+    return launch_forward_wgmma<Element, FwdWgmmaShape<kHeadDim, 64>, kDocumentMask>(p, stream);
   } else {
-    return p.block_size == 128
-               ? launch_forward<Element, kHeadDim, Config128, kDocumentMask>(p, stream)
-               : launch_forward<Element, kHeadDim, Config64, kDocumentMask>(p, stream);
+    return launch_forward<Element, kHeadDim, Config64, kDocumentMask>(p, stream);
   }
 }
 

@@ -1,7 +1,7 @@
 // The forward (see sparse_attention_forward.cu) on Hopper's warpgroup MMA, for head dim D = 64 or
-// 128 and blocks of B = 64 or 128 tokens without document masking: the same walk (KeyTiles: active
-// blocks, then gathered vertical columns) and online softmax, with B-key tiles and each product one
-// wgmma chain:
+// 128 and blocks of B = 64 or 128 tokens, with or without document masking: the same walk
+// (KeyTiles: active blocks, then gathered vertical columns) and online softmax, with B-key tiles
+// and each product one wgmma chain:
 //   S = Q K^T   (m64nB, A = Q and B = K, both K-major from 128-byte-swizzled shared memory;
 //                D / 16 k-steps)
 //   O += P V    (m64nD, A = P from registers, B = V read N-major; B / 16 k-steps)
@@ -10,6 +10,11 @@
 // and block starts are multiples of B like the query block's, so a kept block starts at or before
 // the first row of every warpgroup; column chunks are never skipped. So no wgmma sits in a branch
 // (ptxas serializes wgmma in branches it cannot prove warp-uniform).
+// Document masking (kDocumentMask, p.q_key_start set) adds the second half of the one masking rule
+// (device_mask.cuh) to the same elementwise pass: keys before a row's document start are hidden.
+// Each thread keeps its two rows' key starts in registers. Tiles are not skipped for documents: the
+// index already drops a query block's kv blocks that lie before all its rows' documents, and a
+// tile hidden from some rows only is masked like a causal diagonal tile.
 // sparse_attention_forward.cu launches it.
 #pragma once
 
@@ -19,6 +24,7 @@
 
 #include "device_constants.cuh"
 #include "device_convert.cuh"
+#include "device_mask.cuh"
 #include "device_ptx.cuh"
 #include "sparse_attention_cuda.h"
 #include "sparse_attention_forward_tiles.cuh"
@@ -110,7 +116,7 @@ __device__ __forceinline__ void load_key_tile_swizzled(const SparseAttentionPara
 // Grid (q_tokens / S::kRows, num_heads, batch), S::kThreads threads. Accumulator notation of
 // wgmma.m64nN: warp w of a warpgroup holds rows 16 w + g and 16 w + g + 8 (lane = 4 g + t),
 // d[n][0..1] and d[n][2..3] at columns 8 n + 2 t, + 1 of those rows.
-template <typename Element, class S>
+template <typename Element, class S, bool kDocumentMask>
 __global__ void __launch_bounds__(S::kThreads, 1)
     sparse_attention_forward_wgmma_kernel(const __grid_constant__ SparseAttentionParams p) {
   constexpr int kHeadDim = S::kHeadDim;
@@ -193,6 +199,17 @@ __global__ void __launch_bounds__(S::kThreads, 1)
   const float scale_log2 = fmaxf(fabsf(p.softmax_scale) * kLog2e, FLT_MIN);
   const int wg_q0 = q_pos0 + 64 * warpgroup;  // global position of the warpgroup's first row
   const int row_q = wg_q0 + 16 * warp + g;    // and of this thread's first row
+  // Document masking: the first visible key of each of the thread's two rows, and the largest
+  // over the warp (a block tile starting at or after it hides no key from the warp's rows).
+  int key_start[2] = {0, 0};
+  int warp_key_start_max = 0;
+  if constexpr (kDocumentMask) {
+    const int32_t* starts = p.q_key_start + static_cast<int64_t>(b) * p.q_tokens + q_token0 +
+                            64 * warpgroup + 16 * warp + g;
+    key_start[0] = starts[0];
+    key_start[1] = starts[8];
+    warp_key_start_max = __reduce_max_sync(kFullMask, max(key_start[0], key_start[1]));
+  }
   const uint32_t q_addr = smem_address(q_s) + 64 * warpgroup * 128;
 
   // Software pipeline (FlashAttention-3's intra-warpgroup overlap): O += P V of a warpgroup's
@@ -229,9 +246,11 @@ __global__ void __launch_bounds__(S::kThreads, 1)
 
     const int pos0 = meta_s[stage];
     const bool is_column = pos0 < 0;
-    // Mask a block tile that reaches past this warpgroup's first row; column chunks always
-    // (arbitrary positions, padding).
-    const bool mask = is_column || pos0 + S::kKeys - 1 > wg_q0;
+    // Mask a block tile that reaches past this warpgroup's first row (or, with documents, starts
+    // before some key start of the warp's rows); column chunks always (arbitrary positions,
+    // padding).
+    const bool mask =
+        is_column || pos0 + S::kKeys - 1 > wg_q0 || (kDocumentMask && pos0 < warp_key_start_max);
     const uint32_t k_addr = smem_address(k_s + stage * kTileBytes);
     float s[kScoreTiles][4];
     wgmma::fence();
@@ -251,7 +270,8 @@ __global__ void __launch_bounds__(S::kThreads, 1)
     }
     wgmma::fence_operands(s);
 
-    // Causal mask kpos > qpos on the raw scores (the scale is applied in the exponent).
+    // The masking rule (causal kpos > qpos, and kpos < the row's key start with documents) on the
+    // raw scores (the scale is applied in the exponent).
     if (mask) {
       const int* kpos = kpos_s + stage * S::kKeys;
 #pragma unroll
@@ -267,7 +287,9 @@ __global__ void __launch_bounds__(S::kThreads, 1)
         }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          if (key[e & 1] > row_q + (e >> 1) * 8) s[n][e] = -INFINITY;
+          if (key_hidden<kDocumentMask>(key[e & 1], row_q + (e >> 1) * 8, key_start[e >> 1])) {
+            s[n][e] = -INFINITY;
+          }
         }
       }
     }

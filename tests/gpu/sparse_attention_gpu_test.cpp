@@ -227,7 +227,8 @@ INSTANTIATE_TEST_SUITE_P(
                               false, 20}));
 
 // Document masking through every kernel path: both block sizes and head dims, dense and sparse
-// (vertical columns), fp16 and bf16.
+// (vertical columns), fp16 and bf16. The forward runs wgmma for every shape here except head dim
+// 128 with 64-token blocks (mma.sync).
 INSTANTIATE_TEST_SUITE_P(
     Documents, SparseAttentionGpu,
     ::testing::Values(
@@ -236,7 +237,9 @@ INSTANTIATE_TEST_SUITE_P(
         GpuCase{4, 1, 128, 128, config::LayoutKind::kZigzag, true, at::kHalf, true},
         GpuCase{4, 2, 64, 128, config::LayoutKind::kBalanced, false, at::kBFloat16, true},
         GpuCase{4, 2, 128, 128, config::LayoutKind::kContiguous, true, at::kBFloat16, true},
-        GpuCase{8, 2, 64, 128, config::LayoutKind::kBalanced, true, at::kHalf, true}));
+        GpuCase{8, 2, 64, 128, config::LayoutKind::kBalanced, true, at::kHalf, true},
+        // the 1.1B config's shape: head dim 64, 64-token blocks, sparse, GQA 4:1
+        GpuCase{8, 2, 64, 64, config::LayoutKind::kZigzag, true, at::kHalf, true}));
 
 }  // namespace
 }  // namespace sparsering
