@@ -217,40 +217,55 @@ int main(int argc, char** argv) {
     rows.push_back(run_ours("ours_sparse_block64", q, k, v, dout,
                             kernels::select_pattern(mass, 1024, 0, 1024, 4096, 64), false));
     // Estimation (64 sampled queries against all keys) + selection + index build, whole and
-    // stage by stage (each stage timed on the previous stage's output).
-    const auto positions = at::arange(length, q.options().dtype(at::kLong));
+    // stage by stage (each stage timed on the previous stage's output). The ring's path is the
+    // fused one (row statistics and mass straight from Q and K); the logits path (sampled logits
+    // stored in fp32, then row statistics and mass read from them) is its baseline in this run.
+    const auto positions_cpu = at::arange(length, at::kLong);
+    const auto positions = positions_cpu.to(q.device());
     const auto sample_positions = positions.slice(0, length - 64);
     const auto q_sample = q.slice(1, length - 64);
     const double scale = 1.0 / std::sqrt(double(dim));
     const auto ids = at::arange(length / block, q.options().dtype(at::kInt));
+    const auto sampled =
+        kernels::make_sampled_queries(q_sample, length - 64, k, positions_cpu, scale);
     // One GPU holds every key, so its row statistics are already the sequence's (the ring
     // all-reduces them across shards first).
-    auto mass_of = [&](const at::Tensor& logits) {
+    auto fused_mass = [&] {
+      const auto stats = kernels::sampled_row_stats(sampled);
+      return kernels::sampled_attention_mass(sampled, stats.max, stats.sum, length);
+    };
+    auto logits_mass = [&] {
+      const auto logits = kernels::sample_logits(q_sample, sample_positions, k, positions, scale);
       const auto stats = kernels::softmax_row_stats(logits);
       return kernels::attention_mass_from_logits(logits, stats.max, stats.sum, sample_positions,
                                                  positions, length);
     };
-    auto estimate_once = [&](kernels::Transpose transpose) {
-      const auto logits = kernels::sample_logits(q_sample, sample_positions, k, positions, scale);
-      const auto p = kernels::select_pattern(mass_of(logits), 1024, 4096 / 64, 1024, 4096, block);
-      return kernels::build_sparse_index(p, {ids, ids, {}}, 1, heads, transpose);
+    auto estimate_once = [&](const kernels::AttentionMass& mass) {
+      const auto p = kernels::select_pattern(mass, 1024, 4096 / 64, 1024, 4096, block);
+      return kernels::build_sparse_index(p, {ids, ids, {}}, 1, heads, kernels::Transpose::kBlocks);
     };
     // As the ring builds it on GPUs: with the transposed blocks of the fast backward.
-    const double estimate = time_ms([&] { estimate_once(kernels::Transpose::kBlocks); });
+    const double estimate = time_ms([&] { estimate_once(fused_mass()); });
+    const double estimate_logits = time_ms([&] { estimate_once(logits_mass()); });
     const auto logits = kernels::sample_logits(q_sample, sample_positions, k, positions, scale);
     const auto stats = kernels::softmax_row_stats(logits);
-    const auto m = kernels::attention_mass_from_logits(logits, stats.max, stats.sum,
-                                                       sample_positions, positions, length);
+    const auto m = fused_mass();
     const auto p = kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block);
+    const auto fused_stats = kernels::sampled_row_stats(sampled);
     std::printf(
-        "estimation stages at %lld tokens (ms): logits %.2f, row stats %.2f, mass %.2f, "
-        "select %.2f, index %.2f, index+transposed blocks %.2f, index+all transposed %.2f\n",
-        static_cast<long long>(length),
+        "estimation stages at %lld tokens (ms): fused row stats %.2f, fused mass %.2f | logits "
+        "path: logits %.2f, row stats %.2f, mass %.2f, whole estimate + index %.2f | select "
+        "%.2f, index %.2f, index+transposed blocks %.2f, index+all transposed %.2f\n",
+        static_cast<long long>(length), time_ms([&] { kernels::sampled_row_stats(sampled); }),
+        time_ms([&] {
+          kernels::sampled_attention_mass(sampled, fused_stats.max, fused_stats.sum, length);
+        }),
         time_ms([&] { kernels::sample_logits(q_sample, sample_positions, k, positions, scale); }),
         time_ms([&] { kernels::softmax_row_stats(logits); }), time_ms([&] {
           kernels::attention_mass_from_logits(logits, stats.max, stats.sum, sample_positions,
                                               positions, length);
         }),
+        estimate_logits,
         time_ms([&] { kernels::select_pattern(m, 1024, 4096 / 64, 1024, 4096, block); }),
         time_ms([&] {
           kernels::build_sparse_index(p, {ids, ids, {}}, 1, heads, kernels::Transpose::kNone);

@@ -4,10 +4,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/cuda/attention_mass_cuda.h"
 #include "kernels/cuda/pattern_select_cuda.h"
+#include "kernels/cuda/sampled_attention_mass_cuda.h"
 #include "kernels/cuda/sparse_attention_cuda.h"
 #include "kernels/cuda/sparse_index_cuda.h"
 
@@ -203,6 +205,71 @@ AttentionMass attention_mass_from_logits_cuda(const at::Tensor& logits, const at
   p.key_slot_of_position = key_slot_of_position.data_ptr<int32_t>();
   check_launch(kernels::launch_attention_mass_from_logits(p, current_stream()),
                "launch_attention_mass_from_logits");
+  return mass;
+}
+
+namespace {
+
+SampledEstimationParams sampled_params(const SampledQueries& sampled) {
+  SampledEstimationParams p;
+  p.q_sample = sampled.q_sample.data_ptr();
+  p.k = sampled.k.data_ptr();
+  p.element_type = element_type(sampled.k);
+  p.batch = static_cast<int>(sampled.q_sample.size(0));
+  p.heads = static_cast<int>(sampled.q_sample.size(2));
+  p.kv_heads = static_cast<int>(sampled.k.size(2));
+  p.head_dim = static_cast<int>(sampled.k.size(3));
+  p.queries = static_cast<int>(sampled.q_sample.size(1));
+  p.k_tokens = sampled.k.size(1);
+  p.first_query_position = sampled.first_position;
+  p.k_positions = sampled.k_positions.data_ptr<int64_t>();
+  p.softmax_scale = static_cast<float>(sampled.softmax_scale);
+  return p;
+}
+
+}  // namespace
+
+SoftmaxRowStats sampled_row_stats_cuda(const SampledQueries& sampled) {
+  const c10::cuda::CUDAGuard guard(sampled.k.device());
+  const auto options = sampled.k.options().dtype(at::kFloat);
+  const std::vector<int64_t> rows{sampled.q_sample.size(0), sampled.q_sample.size(2),
+                                  sampled.q_sample.size(1)};
+  SoftmaxRowStats stats{at::empty(rows, options), at::empty(rows, options)};
+  SampledEstimationParams p = sampled_params(sampled);
+  // Only the row statistics: any length that holds the keys and the queries passes the checks.
+  p.sequence_length = std::max(p.k_tokens, (p.first_query_position + p.queries + 63) / 64 * 64);
+  auto partials = at::empty({2 * sampled_row_stats_workspace_floats(p)}, options);
+  p.row_max = stats.max.data_ptr<float>();
+  p.row_sum = stats.sum.data_ptr<float>();
+  p.row_partials = partials.data_ptr<float>();
+  check_launch(kernels::launch_sampled_row_stats(p, current_stream()), "launch_sampled_row_stats");
+  return stats;
+}
+
+AttentionMass sampled_attention_mass_cuda(const SampledQueries& sampled, const at::Tensor& row_max,
+                                          const at::Tensor& row_sum, int64_t sequence_length) {
+  const c10::cuda::CUDAGuard guard(sampled.k.device());
+  const auto options = sampled.k.options().dtype(at::kFloat);
+  TORCH_CHECK(sequence_length % 64 == 0,
+              "sampled_attention_mass on a GPU needs a sequence "
+              "length that is a multiple of 64, got ",
+              sequence_length);
+  const int64_t heads = sampled.q_sample.size(2);
+  // The kernels write every element of both outputs.
+  AttentionMass mass{at::empty({heads, sequence_length}, options),
+                     at::empty({heads, sequence_length}, options)};
+  SampledEstimationParams p = sampled_params(sampled);
+  p.sequence_length = sequence_length;
+  auto slash_partials = at::empty({sampled_slash_workspace_floats(p)}, options);
+  auto tile_map = at::empty({sequence_length / 64}, options.dtype(at::kInt));
+  p.sequence_row_max = row_max.data_ptr<float>();
+  p.sequence_row_sum = row_sum.data_ptr<float>();
+  p.vertical = mass.vertical.data_ptr<float>();
+  p.slash = mass.slash.data_ptr<float>();
+  p.slash_partials = slash_partials.data_ptr<float>();
+  p.tile_of_position_tile = tile_map.data_ptr<int32_t>();
+  check_launch(kernels::launch_sampled_attention_mass(p, current_stream()),
+               "launch_sampled_attention_mass");
   return mass;
 }
 

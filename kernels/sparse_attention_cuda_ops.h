@@ -36,6 +36,12 @@ AttentionMass attention_mass_from_logits_cuda(const at::Tensor& logits, const at
                                               const at::Tensor& k_positions,
                                               int64_t sequence_length);
 
+// sampled_row_stats / sampled_attention_mass (kernels/vertical_slash.h) on
+// kernels/cuda/sampled_attention_mass.cu; make_sampled_queries has checked the inputs.
+SoftmaxRowStats sampled_row_stats_cuda(const SampledQueries& sampled);
+AttentionMass sampled_attention_mass_cuda(const SampledQueries& sampled, const at::Tensor& row_max,
+                                          const at::Tensor& row_sum, int64_t sequence_length);
+
 // select_pattern (kernels/vertical_slash.h) in one launch (kernels/cuda/pattern_select.cu);
 // num_columns, num_diagonals, sink_tokens and local_tokens already clamped to [0, length], and
 // `width` the columns' row width.

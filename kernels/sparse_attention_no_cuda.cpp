@@ -32,6 +32,11 @@ AttentionMass attention_mass_from_logits_cuda(const at::Tensor&, const at::Tenso
                                               const at::Tensor&, int64_t) {
   no_cuda();
 }
+SoftmaxRowStats sampled_row_stats_cuda(const SampledQueries&) { no_cuda(); }
+AttentionMass sampled_attention_mass_cuda(const SampledQueries&, const at::Tensor&,
+                                          const at::Tensor&, int64_t) {
+  no_cuda();
+}
 VerticalSlashPattern select_pattern_cuda(const AttentionMass&, int64_t, int64_t, int64_t, int64_t,
                                          int, int64_t) {
   no_cuda();

@@ -157,6 +157,87 @@ AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Ten
                                         sequence_length);
 }
 
+SampledQueries make_sampled_queries(const at::Tensor& q_sample, int64_t first_position,
+                                    const at::Tensor& k, const at::Tensor& k_positions,
+                                    double softmax_scale) {
+  TORCH_CHECK(q_sample.dim() == 4 && k.dim() == 4 && q_sample.size(0) == k.size(0) &&
+                  q_sample.size(3) == k.size(3) && k.size(2) > 0 &&
+                  q_sample.size(2) % k.size(2) == 0 && q_sample.size(1) > 0,
+              "sampled estimation: q_sample must be [batch, n > 0, heads, dim] and k [batch, "
+              "k_tokens, kv_heads, dim] with kv_heads dividing heads, got ",
+              q_sample.sizes(), " and ", k.sizes());
+  TORCH_CHECK(q_sample.device() == k.device() && q_sample.scalar_type() == k.scalar_type(),
+              "sampled estimation: q_sample and k must share one device and dtype");
+  TORCH_CHECK(k_positions.dim() == 1 && k_positions.size(0) == k.size(1) &&
+                  k_positions.scalar_type() == at::kLong && k_positions.device().is_cpu(),
+              "sampled estimation: k_positions must be int64 [", k.size(1), "] on the CPU, got ",
+              k_positions.scalar_type(), " ", k_positions.sizes(), " on ", k_positions.device());
+  TORCH_CHECK(first_position >= 0, "sampled estimation: first_position is ", first_position);
+  if (k.is_cuda()) {
+    const int64_t n = q_sample.size(1), dim = k.size(3), k_tokens = k.size(1);
+    TORCH_CHECK(k.scalar_type() == at::kBFloat16 || k.scalar_type() == at::kHalf,
+                "sampled estimation on a GPU takes bf16 or fp16, got ", k.scalar_type(),
+                "; set train.dtype = BFLOAT16");
+    TORCH_CHECK(dim == 64 || dim == 128, "sampled estimation on a GPU takes head dim 64 or 128, ",
+                "got ", dim);
+    TORCH_CHECK(n <= 128, "sampled estimation on a GPU takes at most 128 sampled queries, got ", n,
+                "; lower attention.estimation_queries");
+    const auto runs = k_positions.contiguous().view({-1, 64});
+    TORCH_CHECK(k_tokens % 64 == 0 && runs.remainder(64).select(1, 0).eq(0).all().item<bool>() &&
+                    runs.sub(runs.select(1, 0).unsqueeze(1))
+                        .eq(at::arange(64, k_positions.options()))
+                        .all()
+                        .item<bool>(),
+                "sampled estimation on a GPU needs the keys in runs of 64 consecutive positions "
+                "starting at multiples of 64 (a token layout with 64- or 128-token blocks)");
+  }
+  return {q_sample.contiguous(), first_position, k.contiguous(),
+          k_positions.to(k.device()).contiguous(), softmax_scale};
+}
+
+namespace {
+
+at::Tensor sampled_positions(const SampledQueries& sampled) {
+  return at::arange(sampled.first_position, sampled.first_position + sampled.q_sample.size(1),
+                    sampled.k_positions.options());
+}
+
+at::Tensor sampled_logits(const SampledQueries& sampled) {
+  return sample_logits(sampled.q_sample, sampled_positions(sampled), sampled.k, sampled.k_positions,
+                       sampled.softmax_scale);
+}
+
+}  // namespace
+
+SoftmaxRowStats sampled_row_stats(const SampledQueries& sampled) {
+  if (sampled.k.is_cuda()) return cuda_ops::sampled_row_stats_cuda(sampled);
+  return softmax_row_stats(sampled_logits(sampled));
+}
+
+AttentionMass sampled_attention_mass(const SampledQueries& sampled, const at::Tensor& row_max,
+                                     const at::Tensor& row_sum, int64_t sequence_length) {
+  const std::vector<int64_t> rows{sampled.q_sample.size(0), sampled.q_sample.size(2),
+                                  sampled.q_sample.size(1)};
+  for (const at::Tensor* stat : {&row_max, &row_sum}) {
+    TORCH_CHECK(stat->sizes() == rows && stat->scalar_type() == at::kFloat &&
+                    stat->device() == sampled.k.device(),
+                "sampled_attention_mass: row_max and row_sum must be fp32 ", at::IntArrayRef(rows),
+                " on ", sampled.k.device(), ", got ", stat->scalar_type(), " ", stat->sizes(),
+                " on ", stat->device());
+  }
+  TORCH_CHECK(sequence_length >= sampled.k.size(1) &&
+                  sampled.first_position + sampled.q_sample.size(1) <= sequence_length,
+              "sampled_attention_mass: sequence_length (", sequence_length,
+              ") must hold the shard's ", sampled.k.size(1), " keys and the sampled queries");
+  if (sampled.k.is_cuda()) {
+    return cuda_ops::sampled_attention_mass_cuda(sampled, row_max.contiguous(),
+                                                 row_sum.contiguous(), sequence_length);
+  }
+  return attention_mass_from_logits(sampled_logits(sampled), row_max.contiguous(),
+                                    row_sum.contiguous(), sampled_positions(sampled),
+                                    sampled.k_positions, sequence_length);
+}
+
 namespace {
 
 // Order-preserving map of a float to uint32 (as kernels/cuda/pattern_select.cu): for non-NaN a,

@@ -66,6 +66,35 @@ AttentionMass attention_mass_from_logits(const at::Tensor& logits, const at::Ten
                                          const at::Tensor& row_sum, const at::Tensor& q_positions,
                                          const at::Tensor& k_positions, int64_t sequence_length);
 
+// The sampled queries and the keys of one estimation, for the two fused steps below, which give
+// what softmax_row_stats and attention_mass_from_logits give on sample_logits' output without the
+// logits in memory (fp32 [batch, heads, n, k_tokens]: 1 GiB for 64 queries against 128K keys at
+// 32 heads). On GPUs (kernels/cuda/sampled_attention_mass.cu) they recompute the logits tile by
+// tile on tensor cores; on CPUs they are that composition (the kernels' twin).
+struct SampledQueries {
+  at::Tensor q_sample;         // [batch, n, heads, dim]: the queries at positions first_position +
+  int64_t first_position = 0;  // 0 .. n - 1
+  at::Tensor k;                // [batch, k_tokens, kv_heads, dim]
+  at::Tensor k_positions;      // int64 [k_tokens] on k's device: this shard's global positions
+  double softmax_scale = 0;
+};
+
+// Checks the shapes and moves `k_positions` (int64 [k_tokens] on the CPU, unique) to k's device.
+// On a GPU the kernels also need: bf16 or fp16, head dim 64 or 128, n <= 128, and the keys in
+// runs of 64 consecutive positions starting at multiples of 64 (every TokenLayout shard with 64-
+// or 128-token blocks); other inputs get an error naming the requirement.
+SampledQueries make_sampled_queries(const at::Tensor& q_sample, int64_t first_position,
+                                    const at::Tensor& k, const at::Tensor& k_positions,
+                                    double softmax_scale);
+
+// softmax_row_stats of the sampled logits of this shard: fp32 [batch, heads, n] each.
+SoftmaxRowStats sampled_row_stats(const SampledQueries& sampled);
+
+// attention_mass_from_logits of the sampled logits of this shard, with row_max / row_sum the
+// statistics of the whole sequence's rows. On a GPU every sum runs in a fixed order (no atomics).
+AttentionMass sampled_attention_mass(const SampledQueries& sampled, const at::Tensor& row_max,
+                                     const at::Tensor& row_sum, int64_t sequence_length);
+
 // Top `num_columns` columns and `num_diagonals` diagonals per head (by mass; equal masses go to
 // the lower position), plus the always-kept sink columns [0, sink_tokens) and local diagonals
 // [0, local_tokens); counts are clamped to [0, length]. The columns' rows are

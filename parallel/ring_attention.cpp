@@ -323,20 +323,18 @@ kernels::VerticalSlashPattern RingAttention::estimate_pattern(const at::Tensor& 
                     ? q.slice(1, end - samples, end).contiguous()
                     : at::empty({q.size(0), samples, q.size(2), q.size(3)}, q.options());
   cp.broadcast(sample, owner);
-  const auto long_options = q.options().dtype(at::kLong);
-  const auto q_positions = at::arange(length - samples, length, long_options);
-  const auto k_positions = layout_.positions_of(cp.rank()).to(q.device());
-  const auto logits = kernels::sample_logits(sample, q_positions, k, k_positions, scale);
-  // Softmax over the whole sequence without materialising it (the logits of 64 queries against a
-  // 128K-token shard take 1 GB at 32 heads): every shard's row statistics, combined as in online
-  // softmax: the global max, and each local sum taken relative to it before summing.
-  const auto local = kernels::softmax_row_stats(logits);
+  const auto sampled = kernels::make_sampled_queries(sample, length - samples, k,
+                                                     layout_.positions_of(cp.rank()), scale);
+  // Softmax over the whole sequence without materialising it (on GPUs not even the logits, which
+  // take 1 GB for 64 queries against a 128K-token shard at 32 heads): every shard's row
+  // statistics, combined as in online softmax: the global max, and each local sum taken relative
+  // to it before summing.
+  const auto local = kernels::sampled_row_stats(sampled);
   auto row_max = local.max.clone();
   cp.all_reduce(row_max, ReduceOp::kMax);
   auto row_sum = kernels::rescale_row_sum(local, row_max).contiguous();
   cp.all_reduce(row_sum, ReduceOp::kSum);
-  const auto mass = kernels::attention_mass_from_logits(logits, row_max, row_sum, q_positions,
-                                                        k_positions, length);
+  const auto mass = kernels::sampled_attention_mass(sampled, row_max, row_sum, length);
   auto combined = at::stack({mass.vertical, mass.slash}).contiguous();
   cp.all_reduce(combined, ReduceOp::kSum);
   // Identical inputs on every rank make the selection identical; reduction order may not.

@@ -384,5 +384,50 @@ TEST(SparseIndexSize, EntriesBeyondInt32AreRefused) {
   }
 }
 
+// The fused estimation API (sampled_row_stats, sampled_attention_mass) as the ring drives it, on
+// two shards of a balanced-style layout: per-shard statistics combined as in online softmax, then
+// the shards' masses added, equal the whole sequence's softmax fed to attention_mass.
+TEST(SampledEstimation, ShardsCombinedLikeTheRingEqualTheWholeSequence) {
+  at::manual_seed(23);
+  const int64_t batch = 2, heads = 4, kv_heads = 2, samples = 8, length = 128, block = 16;
+  const auto q = at::randn({batch, samples, heads, 8});
+  const auto k = at::randn({batch, length, kv_heads, 8});
+  const auto blocks = at::randperm(length / block, at::kLong);
+  std::vector<at::Tensor> shard_positions;
+  for (int s = 0; s < 2; ++s) {
+    shard_positions.push_back(blocks.slice(0, s * 4, s * 4 + 4)
+                                  .mul(block)
+                                  .unsqueeze(1)
+                                  .add(at::arange(block, at::kLong))
+                                  .reshape(-1));
+  }
+  std::vector<kernels::SampledQueries> shards;
+  std::vector<kernels::SoftmaxRowStats> stats;
+  for (const auto& positions : shard_positions) {
+    shards.push_back(kernels::make_sampled_queries(q, length - samples,
+                                                   k.index_select(1, positions), positions, 0.3));
+    stats.push_back(kernels::sampled_row_stats(shards.back()));
+  }
+  const auto row_max = at::maximum(stats[0].max, stats[1].max);
+  const auto row_sum =
+      kernels::rescale_row_sum(stats[0], row_max) + kernels::rescale_row_sum(stats[1], row_max);
+  kernels::AttentionMass combined{at::zeros({heads, length}), at::zeros({heads, length})};
+  for (const auto& shard : shards) {
+    const auto mass = kernels::sampled_attention_mass(shard, row_max, row_sum, length);
+    combined.vertical += mass.vertical;
+    combined.slash += mass.slash;
+  }
+  const auto positions = at::arange(length, at::kLong);
+  const auto q_positions = positions.slice(0, length - samples);
+  const auto reference = kernels::attention_mass(
+      at::softmax(kernels::sample_logits(q, q_positions, k, positions, 0.3), -1), q_positions,
+      positions, length);
+  EXPECT_LT(testing::max_abs_diff(combined.vertical, reference.vertical), 1e-5);
+  EXPECT_LT(testing::max_abs_diff(combined.slash, reference.slash), 1e-5);
+  EXPECT_GT(reference.slash.sum().item<double>(), 1.0);
+  // Positions must be on the CPU (the GPU kernels' layout checks run there).
+  EXPECT_THROW(kernels::make_sampled_queries(q, 0, k, positions.view({1, -1}), 0.3), c10::Error);
+}
+
 }  // namespace
 }  // namespace sparsering
