@@ -173,6 +173,14 @@ SampledQueries make_sampled_queries(const at::Tensor& q_sample, int64_t first_po
               "sampled estimation: k_positions must be int64 [", k.size(1), "] on the CPU, got ",
               k_positions.scalar_type(), " ", k_positions.sizes(), " on ", k_positions.device());
   TORCH_CHECK(first_position >= 0, "sampled estimation: first_position is ", first_position);
+  TORCH_CHECK(k.size(1) > 0, "sampled estimation: the shard has no keys (k_tokens = 0)");
+  // Unique positions >= 0 (the GPU kernels write at them); their end is checked against the
+  // sequence length by sampled_attention_mass.
+  const auto sorted = std::get<0>(k_positions.sort());
+  TORCH_CHECK(
+      sorted[0].item<int64_t>() >= 0 &&
+          (sorted.size(0) < 2 || sorted.slice(0, 1).gt(sorted.slice(0, 0, -1)).all().item<bool>()),
+      "sampled estimation: k_positions must be unique positions >= 0");
   if (k.is_cuda()) {
     const int64_t n = q_sample.size(1), dim = k.size(3), k_tokens = k.size(1);
     TORCH_CHECK(k.scalar_type() == at::kBFloat16 || k.scalar_type() == at::kHalf,
@@ -182,17 +190,24 @@ SampledQueries make_sampled_queries(const at::Tensor& q_sample, int64_t first_po
                 "got ", dim);
     TORCH_CHECK(n <= 128, "sampled estimation on a GPU takes at most 128 sampled queries, got ", n,
                 "; lower attention.estimation_queries");
+    const char* runs_message =
+        "sampled estimation on a GPU needs the keys in runs of 64 consecutive positions starting "
+        "at multiples of 64 (a token layout with 64- or 128-token blocks)";
+    TORCH_CHECK(k_tokens % 64 == 0, runs_message);
     const auto runs = k_positions.contiguous().view({-1, 64});
-    TORCH_CHECK(k_tokens % 64 == 0 && runs.remainder(64).select(1, 0).eq(0).all().item<bool>() &&
+    TORCH_CHECK(runs.remainder(64).select(1, 0).eq(0).all().item<bool>() &&
                     runs.sub(runs.select(1, 0).unsqueeze(1))
                         .eq(at::arange(64, k_positions.options()))
                         .all()
                         .item<bool>(),
-                "sampled estimation on a GPU needs the keys in runs of 64 consecutive positions "
-                "starting at multiples of 64 (a token layout with 64- or 128-token blocks)");
+                runs_message);
   }
-  return {q_sample.contiguous(), first_position, k.contiguous(),
-          k_positions.to(k.device()).contiguous(), softmax_scale};
+  return {q_sample.contiguous(),
+          first_position,
+          k.contiguous(),
+          k_positions.to(k.device()).contiguous(),
+          sorted[-1].item<int64_t>() + 1,
+          softmax_scale};
 }
 
 namespace {
@@ -225,10 +240,11 @@ AttentionMass sampled_attention_mass(const SampledQueries& sampled, const at::Te
                 " on ", sampled.k.device(), ", got ", stat->scalar_type(), " ", stat->sizes(),
                 " on ", stat->device());
   }
-  TORCH_CHECK(sequence_length >= sampled.k.size(1) &&
+  TORCH_CHECK(sampled.k_position_end <= sequence_length &&
                   sampled.first_position + sampled.q_sample.size(1) <= sequence_length,
               "sampled_attention_mass: sequence_length (", sequence_length,
-              ") must hold the shard's ", sampled.k.size(1), " keys and the sampled queries");
+              ") must hold the shard's key positions (up to ", sampled.k_position_end - 1,
+              ") and the sampled queries");
   if (sampled.k.is_cuda()) {
     return cuda_ops::sampled_attention_mass_cuda(sampled, row_max.contiguous(),
                                                  row_sum.contiguous(), sequence_length);

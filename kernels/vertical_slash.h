@@ -76,10 +76,12 @@ struct SampledQueries {
   int64_t first_position = 0;  // 0 .. n - 1
   at::Tensor k;                // [batch, k_tokens, kv_heads, dim]
   at::Tensor k_positions;      // int64 [k_tokens] on k's device: this shard's global positions
+  int64_t k_position_end = 0;  // 1 + the largest of them
   double softmax_scale = 0;
 };
 
-// Checks the shapes and moves `k_positions` (int64 [k_tokens] on the CPU, unique) to k's device.
+// Checks the shapes and moves `k_positions` (int64 [k_tokens > 0] on the CPU, unique, >= 0) to
+// k's device.
 // On a GPU the kernels also need: bf16 or fp16, head dim 64 or 128, n <= 128, and the keys in
 // runs of 64 consecutive positions starting at multiples of 64 (every TokenLayout shard with 64-
 // or 128-token blocks); other inputs get an error naming the requirement.

@@ -425,8 +425,11 @@ TEST(SampledEstimation, ShardsCombinedLikeTheRingEqualTheWholeSequence) {
   EXPECT_LT(testing::max_abs_diff(combined.vertical, reference.vertical), 1e-5);
   EXPECT_LT(testing::max_abs_diff(combined.slash, reference.slash), 1e-5);
   EXPECT_GT(reference.slash.sum().item<double>(), 1.0);
-  // Positions must be on the CPU (the GPU kernels' layout checks run there).
+  // Positions: int64 [k_tokens], unique, >= 0, within the sequence.
   EXPECT_THROW(kernels::make_sampled_queries(q, 0, k, positions.view({1, -1}), 0.3), c10::Error);
+  EXPECT_THROW(kernels::make_sampled_queries(q, 0, k, positions.clamp_max(100), 0.3), c10::Error);
+  EXPECT_THROW(kernels::make_sampled_queries(q, 0, k, positions.sub(1), 0.3), c10::Error);
+  EXPECT_THROW(kernels::sampled_attention_mass(shards[0], row_max, row_sum, 100), c10::Error);
 }
 
 }  // namespace

@@ -386,8 +386,12 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   for (int i = threadIdx.x; i < tiles * kKeys; i += kThreads) {
+    // Positions are trusted to lie in [0, sequence_length); ones outside are skipped rather than
+    // written out of bounds.
     const int64_t position = p.k_positions[tile0 * kKeys + i];
-    p.vertical[h * p.sequence_length + position] = vertical_s[i];
+    if (position >= 0 && position < p.sequence_length) {
+      p.vertical[h * p.sequence_length + position] = vertical_s[i];
+    }
   }
   for (int i = threadIdx.x; i < tiles * kSlots; i += kThreads) {
     p.slash_partials[(h * num_tiles(p) + tile0) * kSlots + i] = slash_s[i];
@@ -399,7 +403,10 @@ __global__ void __launch_bounds__(kThreads)
     map_key_tiles_kernel(const __grid_constant__ SampledEstimationParams p) {
   const int64_t tile = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (tile >= num_tiles(p)) return;
-  p.tile_of_position_tile[p.k_positions[tile * kKeys] / kKeys] = static_cast<int32_t>(tile);
+  const int64_t position = p.k_positions[tile * kKeys];
+  if (position >= 0 && position < p.sequence_length) {
+    p.tile_of_position_tile[position / kKeys] = static_cast<int32_t>(tile);
+  }
 }
 
 // Grid (ceil(sequence_length / kThreads), heads): slash[h, d], the partial sums of the (at most

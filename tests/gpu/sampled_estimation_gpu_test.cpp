@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "kernels/vertical_slash.h"
 #include "tests/attention_reference.h"
@@ -49,9 +50,10 @@ TEST_P(SampledEstimationGpu, MatchesCpuTwin) {
   const SampledCase c = GetParam();
   const int64_t length = 8192;
   at::manual_seed(41);
-  // Half of the blocks, shuffled: a balanced-layout shard.
+  // 9/16 of the blocks, shuffled, as a layout's shard holds them: 4608 keys, 72 tiles of 64, so
+  // the last CTA's chunk has 8 of its 16 tiles.
   const auto positions = at::randperm(length / c.block, at::kLong)
-                             .slice(0, 0, length / c.block / 2)
+                             .slice(0, 0, length / c.block * 9 / 16)
                              .mul(c.block)
                              .unsqueeze(1)
                              .add(at::arange(c.block, at::kLong))
@@ -120,27 +122,55 @@ TEST(SampledEstimationGpuEdges, ShardAfterTheQueriesHasNoMass) {
   EXPECT_TRUE(mass.vertical.eq(0).all().item<bool>() && mass.slash.eq(0).all().item<bool>());
 }
 
+// Runs `call` and expects a c10::Error whose message contains `needle`.
+template <typename Call>
+void expect_error(Call call, const std::string& needle) {
+  try {
+    call();
+    ADD_FAILURE() << "no error; expected one containing \"" << needle << "\"";
+  } catch (const c10::Error& error) {
+    EXPECT_NE(std::string(error.what()).find(needle), std::string::npos) << error.what();
+  }
+}
+
 // What the kernels cannot take is refused with an error naming the requirement.
 TEST(SampledEstimationGpuEdges, RefusesWhatTheKernelsCannotTake) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
-  const auto q = at::randn({1, 64, 2, 64}).to(at::kBFloat16).cuda();
-  const auto k = at::randn({1, 128, 2, 64}).to(at::kBFloat16).cuda();
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const auto q = at::randn({1, 64, 2, 64}, bf16);
+  const auto k = at::randn({1, 128, 2, 64}, bf16);
   const auto positions = at::arange(128, at::kLong);
   // Keys in runs of 32: a layout with 32-token blocks.
   const auto runs_of_32 =
       at::cat({positions.slice(0, 32, 64), positions.slice(0, 0, 32), positions.slice(0, 64)});
-  EXPECT_THROW(kernels::make_sampled_queries(q, 64, k, runs_of_32, 0.1), c10::Error);
-  EXPECT_THROW(kernels::make_sampled_queries(q, 64, k, positions.cuda(), 0.1), c10::Error);
-  EXPECT_THROW(
-      kernels::make_sampled_queries(q.to(at::kFloat), 64, k.to(at::kFloat), positions, 0.1),
-      c10::Error);
-  EXPECT_THROW(kernels::make_sampled_queries(at::randn({1, 129, 2, 64}).to(at::kBFloat16).cuda(), 0,
-                                             at::randn({1, 192, 2, 64}).to(at::kBFloat16).cuda(),
-                                             at::arange(192, at::kLong), 0.1),
-               c10::Error);
+  expect_error([&] { kernels::make_sampled_queries(q, 64, k, runs_of_32, 0.1); }, "runs of 64");
+  expect_error(
+      [&] {
+        kernels::make_sampled_queries(q, 64, k.slice(1, 0, 96), positions.slice(0, 0, 96), 0.1);
+      },
+      "runs of 64");
+  expect_error([&] { kernels::make_sampled_queries(q, 64, k, positions.cuda(), 0.1); },
+               "on the CPU");
+  expect_error([&] { kernels::make_sampled_queries(q, 64, k, positions.sub(64), 0.1); },
+               "unique positions >= 0");
+  expect_error(
+      [&] {
+        kernels::make_sampled_queries(q.to(at::kFloat), 64, k.to(at::kFloat), positions, 0.1);
+      },
+      "bf16 or fp16");
+  expect_error(
+      [&] {
+        kernels::make_sampled_queries(at::randn({1, 129, 2, 64}, bf16), 0,
+                                      at::randn({1, 192, 2, 64}, bf16), at::arange(192, at::kLong),
+                                      0.1);
+      },
+      "at most 128 sampled queries");
   const auto sampled = kernels::make_sampled_queries(q, 0, k, positions, 0.1);
   const auto stats = kernels::sampled_row_stats(sampled);
-  EXPECT_THROW(kernels::sampled_attention_mass(sampled, stats.max, stats.sum, 130), c10::Error);
+  expect_error([&] { kernels::sampled_attention_mass(sampled, stats.max, stats.sum, 130); },
+               "multiple of 64");
+  expect_error([&] { kernels::sampled_attention_mass(sampled, stats.max, stats.sum, 64); },
+               "must hold the shard's key positions");
 }
 
 }  // namespace
