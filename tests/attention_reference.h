@@ -1,11 +1,13 @@
 // Test references independent of the code under test: dense attention in fp64 with an explicit
 // boolean mask, differentiated by autograd, the global vertical-slash mask written out token
-// by token from a pattern's definition, and document masks from document boundaries.
+// by token from a pattern's definition, and document masks from document boundaries; and the NaN
+// poisoning of CUDA outputs.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -108,6 +110,15 @@ inline kernels::AttentionMass reference_attention_mass(const at::Tensor& logits,
   const auto no_key = at::isfinite(logits).any(-1, /*keepdim=*/true).logical_not();
   const auto probabilities = at::softmax(logits.to(at::kDouble), -1).masked_fill(no_key, 0);
   return kernels::attention_mass(probabilities, q_positions, at::arange(length, at::kLong), length);
+}
+
+// Leaves two NaN-filled fp32 CUDA blocks of `sizes` in the caching allocator, which hands them to
+// an op's next allocations of that size (its outputs): an element the kernels do not write stays
+// NaN. Both are alive at once, so that they are two blocks, not one reused.
+inline void poison_cuda_float_outputs(at::IntArrayRef sizes) {
+  const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const auto first = at::full(sizes, NAN, options);
+  const auto second = at::full(sizes, NAN, options);
 }
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {

@@ -16,6 +16,7 @@
 
 #include "attention_mass_cuda.h"
 #include "device_constants.cuh"
+#include "device_online_softmax.cuh"
 
 namespace sparsering::kernels {
 namespace {
@@ -29,19 +30,6 @@ constexpr int kLoadsInFlight = 4;
 // ================================================================================================
 // softmax row statistics
 // ================================================================================================
-
-struct MaxSum {
-  float max;
-  float sum;  // of exp(l - max)
-};
-
-// Combines two partial (max, sum) pairs. A side with max = -inf has sum = 0 and drops out; when
-// both do, the result stays (-inf, 0) instead of the NaN of exp(-inf - (-inf)).
-__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
-  const float max = fmaxf(a.max, b.max);
-  if (max == -INFINITY) return {-INFINITY, 0.f};
-  return {max, a.sum * __expf(a.max - max) + b.sum * __expf(b.max - max)};
-}
 
 // Folds four logits in with a single rescale of the running sum.
 __device__ __forceinline__ MaxSum fold(MaxSum acc, float4 v) {

@@ -30,14 +30,6 @@ class SampledEstimationGpu : public ::testing::TestWithParam<SampledCase> {
   }
 };
 
-// Leaves two NaN-filled blocks of the outputs' size in the caching allocator, which hands them to
-// the op's next allocations of that size: an element the kernels do not write stays NaN.
-void poison_outputs(at::IntArrayRef sizes) {
-  const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
-  const auto first = at::full(sizes, NAN, options);
-  const auto second = at::full(sizes, NAN, options);
-}
-
 // max |got - expected| <= tolerance x max |expected|, and no NaN.
 void expect_close(const at::Tensor& got, const at::Tensor& expected, double tolerance,
                   const char* what) {
@@ -68,7 +60,7 @@ TEST_P(SampledEstimationGpu, MatchesCpuTwin) {
   const auto cpu = kernels::make_sampled_queries(q, first, k, positions, scale);
   const auto gpu = kernels::make_sampled_queries(q.cuda(), first, k.cuda(), positions, scale);
   const auto cpu_stats = kernels::sampled_row_stats(cpu);
-  poison_outputs(cpu_stats.max.sizes());
+  testing::poison_cuda_float_outputs(cpu_stats.max.sizes());
   const auto gpu_stats = kernels::sampled_row_stats(gpu);
   // Logits differ by the order of the fp32 dot products only.
   expect_close(gpu_stats.max.cpu(), cpu_stats.max, 1e-5, "row max");
@@ -78,7 +70,7 @@ TEST_P(SampledEstimationGpu, MatchesCpuTwin) {
   const auto whole = kernels::sampled_row_stats(
       kernels::make_sampled_queries(q, first, k_sequence, at::arange(length, at::kLong), scale));
   const auto cpu_mass = kernels::sampled_attention_mass(cpu, whole.max, whole.sum, length);
-  poison_outputs({c.heads, length});
+  testing::poison_cuda_float_outputs({c.heads, length});
   const auto gpu_mass =
       kernels::sampled_attention_mass(gpu, whole.max.cuda(), whole.sum.cuda(), length);
   expect_close(gpu_mass.vertical.cpu(), cpu_mass.vertical, 1e-4, "vertical");

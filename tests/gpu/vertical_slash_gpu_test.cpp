@@ -68,15 +68,6 @@ class AttentionMassGpu : public ::testing::TestWithParam<MassCase> {
   }
 };
 
-// Leaves two NaN-filled blocks of the size of the op's two outputs in the caching allocator, which
-// hands them to the op's next allocations of that size: an element the kernels do not write stays
-// NaN. Both are alive at once, so that they are two blocks, not one reused.
-void poison_outputs(at::IntArrayRef sizes) {
-  const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
-  const auto first = at::full(sizes, NAN, options);
-  const auto second = at::full(sizes, NAN, options);
-}
-
 // Within fp32 rounding: max |got - expected| <= 1e-5 x max |expected| (and no NaN).
 void expect_close(const at::Tensor& got, const at::Tensor& expected, const char* what) {
   const double tolerance = 1e-5 * std::max(1.0, expected.abs().max().item<double>());
@@ -103,7 +94,7 @@ TEST_P(AttentionMassGpu, MatchesCpuTwin) {
   const auto logits_gpu = logits.cuda();
 
   const auto cpu_stats = kernels::softmax_row_stats(logits);
-  poison_outputs(cpu_stats.max.sizes());
+  testing::poison_cuda_float_outputs(cpu_stats.max.sizes());
   const auto gpu_stats = kernels::softmax_row_stats(logits_gpu);
   EXPECT_TRUE(at::equal(gpu_stats.max.cpu(), cpu_stats.max)) << "row max";
   expect_close(gpu_stats.sum, cpu_stats.sum, "row sum");
@@ -113,7 +104,7 @@ TEST_P(AttentionMassGpu, MatchesCpuTwin) {
   const auto global = kernels::softmax_row_stats(sequence_logits);
   const auto cpu_mass = kernels::attention_mass_from_logits(logits, global.max, global.sum,
                                                             q_positions, k_positions, length);
-  poison_outputs({heads, length});
+  testing::poison_cuda_float_outputs({heads, length});
   const auto gpu_mass =
       kernels::attention_mass_from_logits(logits_gpu, global.max.cuda(), global.sum.cuda(),
                                           q_positions.cuda(), k_positions.cuda(), length);
