@@ -25,9 +25,7 @@
 //    chunk of 64 gathered column keys walks their transposed column rows the same way, each query
 //    block as one tile masked to the chunk keys it attends, and adds into those keys' rows.
 // Matrix products use mma.sync.m16n8k16 with ldmatrix operands; streamed tiles are
-// double-buffered with cp.async (single-buffered where that doubles the CTAs per SM). The
-// per-kv-block kernel runs on Hopper wgmma instead for 128-key blocks and, at head dim 64, for
-// 64-key blocks (sparse_attention_backward_wgmma.cuh).
+// double-buffered with cp.async (single-buffered where that doubles the CTAs per SM).
 // Document masking (p.q_key_start) is a template flag of every kernel, so the unmasked
 // instantiations compile as before: keys before a query's first visible key get P = 0 in the same
 // test as the causal rule. The per-query-tile kernel keeps its rows' key starts in registers; the

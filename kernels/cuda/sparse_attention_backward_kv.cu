@@ -1,8 +1,7 @@
 // The backward's non-deterministic per-kv-block kernel (see sparse_attention_backward.cu for the
 // three schedules): FlashAttention-2's schedule over the active blocks, dK/dV in registers and
-// each query tile's dQ partial added into dq with atomics. 128-key blocks (head dim 64 or 128) and
-// 64-key blocks at head dim 64 run the wgmma kernel of sparse_attention_backward_wgmma.cuh
-// instead (kv_wgmma_shape).
+// each query tile's dQ partial added into dq with atomics. 128-key blocks (head dim 64 or 128) run
+// the wgmma kernel of sparse_attention_backward_wgmma.cuh instead.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -423,10 +422,10 @@ template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
 cudaError_t launch_kv_blocks(const SparseAttentionBackwardParams& bp, cudaStream_t stream) {
   const SparseAttentionParams& p = bp.forward;
   const dim3 kv_grid(p.k_tokens / kKeys, p.num_kv_heads, p.batch);
-  if constexpr (kv_wgmma_shape<kHeadDim, kKeys>()) {
-    return launch(
-        sparse_attention_backward_kv_wgmma_kernel<Element, kHeadDim, kKeys, kDocumentMask>, kv_grid,
-        kv_wgmma_smem_bytes<kHeadDim, kKeys, kDocumentMask>(), stream, bp, kKvWgmmaThreads<kKeys>);
+  if constexpr (kKeys == kWgmmaKeys) {
+    return launch(sparse_attention_backward_kv_wgmma_kernel<Element, kHeadDim, kDocumentMask>,
+                  kv_grid, kv_wgmma_smem_bytes<kHeadDim, kDocumentMask>(), stream, bp,
+                  kWgmmaThreads);
   } else {
     return launch(sparse_attention_backward_kv_kernel<Element, kHeadDim, kKeys, kDocumentMask>,
                   kv_grid, kv_smem_bytes<Element, kHeadDim, kKeys, kDocumentMask>(), stream, bp,

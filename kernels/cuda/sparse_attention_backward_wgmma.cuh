@@ -1,13 +1,11 @@
 // The per-kv-block backward (see sparse_attention_backward.cu) on Hopper's warpgroup MMA, for
-// head dim 64 or 128 with 128-key kv tiles, and head dim 64 with 64-key ones: the same schedule
-// and results as
+// head dim 64 or 128 and 128-key blocks: the same schedule and results as
 // sparse_attention_backward_kv_kernel, but each product is one warpgroup-wide wgmma chain reading
 // its operands straight from 128-byte-swizzled shared memory (wgmma.cuh), instead of mma.sync
 // tiles whose every fragment goes through ldmatrix. sparse_attention_backward_kv.cu launches
 // it.
 //
-// One warpgroup per 64 keys of the kv tile (two for 128 keys, one for 64); warpgroup w owns keys
-// 64 w .. +63. Per 64-query tile:
+// Two warpgroups; warpgroup w owns keys 64 w .. +63 of the kv block. Per 64-query tile:
 //   S^T  = K_w Q^T,  dP^T = V_w dO^T          (m64n64, A and B K-major from shared memory)
 //   P^T  = exp(scale S^T - lse),  dS^T = P^T (dP^T - delta)     (registers, rows = keys)
 //   dV_w += P^T dO,  dK_w += dS^T Q           (m64nD for head dim D, A = P^T / dS^T from
@@ -16,7 +14,6 @@
 //                                              M-major, B = K read N-major), added with atomics.
 //   At head dim 64 the two warpgroups split the keys instead of dQ's columns: warpgroup w adds
 //   dS[:, keys 64 w .. +63] K[keys 64 w .. +63, :], so both add as many dQ elements as at 128.
-//   A single warpgroup (64 keys) computes the whole dQ = dS K (m64nD).
 // With the keys as accumulator rows, P^T and dS^T feed the dV / dK products from registers with no
 // shared-memory round trip; only dS^T is staged, once, for dQ.
 #pragma once
@@ -36,52 +33,42 @@
 
 namespace sparsering::kernels {
 
-// Whether the wgmma kernel runs kv tiles of kKeys keys at head dim kHeadDim. 64-key tiles only at
-// head dim 64: at 128 their dK/dV accumulators and three query stages leave room for one 4-warp CTA
-// per SM, where the mma.sync kernel runs two.
-template <int kHeadDim, int kKeys>
-constexpr bool kv_wgmma_shape() {
-  return kKeys == 128 || (kKeys == 64 && kHeadDim == 64);
-}
-template <int kKeys>
-constexpr int kKvWgmmaThreads = 2 * kKeys;  // one warpgroup per 64 keys
+constexpr int kWgmmaKeys = 128;
+constexpr int kWgmmaThreads = 256;  // two warpgroups
 // Bytes of the swizzled tiles: rows x head-dim elements (head dim / 64 panels of 64 columns).
-template <int kHeadDim, int kKeys>
-constexpr int kKvTileBytes = 2 * (kKeys * kHeadDim);
+template <int kHeadDim>
+constexpr int kKvTileBytes = 2 * (kWgmmaKeys * kHeadDim);
 template <int kHeadDim>
 constexpr int kQueryTileBytes = 2 * (kTile * kHeadDim);
 constexpr int kQueryPanelBytes = kTile * 128;
-template <int kKeys>
-constexpr int kKvPanelBytes = kKeys * 128;
-template <int kKeys>
-constexpr int kDsTileBytes = kKeys* kTile * 2;  // dS^T [key][query], one panel
+constexpr int kKvPanelBytes = kWgmmaKeys * 128;
+constexpr int kDsTileBytes = kWgmmaKeys * kTile * 2;  // dS^T [key][query], one panel
 
 // Query-tile stages: tile it + 1 streams in while tile it computes and tile it - 1's dV/dK
 // products still read their stage (see the kernel).
 constexpr int kWgmmaQueryStages = 3;
 
-template <int kHeadDim, int kKeys, bool kDocumentMask>
+template <int kHeadDim, bool kDocumentMask>
 constexpr int kv_wgmma_smem_bytes() {
   // K, V, the stages of Q and dO, dS^T, the stages of lse, delta [and key starts], three
   // prefetched query tiles, and 1 KB to align the tiles to 1024 bytes.
   constexpr int kStages = kWgmmaQueryStages;
-  return 2 * kKvTileBytes<kHeadDim, kKeys> + 2 * kStages * kQueryTileBytes<kHeadDim> +
-         kDsTileBytes<kKeys> +
+  return 2 * kKvTileBytes<kHeadDim> + 2 * kStages * kQueryTileBytes<kHeadDim> + kDsTileBytes +
          (kDocumentMask ? 3 : 2) * kStages * kTile * static_cast<int>(sizeof(float)) +
          3 * static_cast<int>(sizeof(QueryTile)) + 1024;
 }
 
 // Starts copying kRows rows of kHeadDim elements (row stride token_stride elements) into a
-// swizzled tile with cp.async over the CTA's kThreads threads (not committed).
-template <typename Element, int kRows, int kHeadDim, int kThreads>
+// swizzled tile with cp.async over the CTA's 256 threads (not committed).
+template <typename Element, int kRows, int kHeadDim>
 __device__ __forceinline__ void load_swizzled_rows(const Element* src, int64_t token_stride,
                                                    unsigned char* dst) {
   constexpr int kRowChunks = kHeadDim / 8;  // 16-byte chunks of a row
-  constexpr int kChunks = kRows * kRowChunks / kThreads;
-  static_assert(kRows * kRowChunks % kThreads == 0, "tile copy must split evenly");
+  constexpr int kChunks = kRows * kRowChunks / kWgmmaThreads;
+  static_assert(kRows * kRowChunks % kWgmmaThreads == 0, "tile copy must split evenly");
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kThreads;
+    const int c = static_cast<int>(threadIdx.x) + i * kWgmmaThreads;
     const int r = c / kRowChunks;
     const int chunk = c % kRowChunks;
     unsigned char* to = dst + (chunk / 8) * kRows * 128 + wgmma::swizzled_offset(r, chunk % 8);
@@ -90,7 +77,7 @@ __device__ __forceinline__ void load_swizzled_rows(const Element* src, int64_t t
 }
 
 // Q, dO, lse, delta [and key starts] of one query tile into stage buffers (not committed).
-template <typename Element, int kHeadDim, int kThreads, bool kDocumentMask>
+template <typename Element, int kHeadDim, bool kDocumentMask>
 __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
                                                          const SparseAttentionBackwardParams& bp,
                                                          int b, unsigned char* q_dst,
@@ -100,10 +87,10 @@ __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
   const int64_t token_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
   const int64_t offset =
       (static_cast<int64_t>(b) * p.q_tokens + tile.token0) * token_stride + tile.head * kHeadDim;
-  load_swizzled_rows<Element, kTile, kHeadDim, kThreads>(static_cast<const Element*>(p.q) + offset,
-                                                         token_stride, q_dst);
-  load_swizzled_rows<Element, kTile, kHeadDim, kThreads>(
-      static_cast<const Element*>(bp.dout) + offset, token_stride, do_dst);
+  load_swizzled_rows<Element, kTile, kHeadDim>(static_cast<const Element*>(p.q) + offset,
+                                               token_stride, q_dst);
+  load_swizzled_rows<Element, kTile, kHeadDim>(static_cast<const Element*>(bp.dout) + offset,
+                                               token_stride, do_dst);
   const int64_t stat =
       (static_cast<int64_t>(b) * p.num_heads + tile.head) * p.q_tokens + tile.token0;
   const int tid = static_cast<int>(threadIdx.x);
@@ -117,37 +104,28 @@ __device__ __forceinline__ void load_query_tile_swizzled(const QueryTile& tile,
   }
 }
 
-// Grid (k_tokens / kKeys, num_kv_heads, batch), 2 kKeys threads. At 128 keys one CTA per SM (182 KB
-// of shared memory at head dim 128; at head dim 64 101 KB but 174 registers a thread, which leave
-// room for one 8-warp CTA). At 64 keys (head dim 64) the bound of three CTAs per SM caps the
-// registers at 168 (no spills without document masks) and the shared memory is 75 KB: three
-// independent 4-warp CTAs, whose barriers and waits do not stall one another.
-// Non-deterministic like sparse_attention_backward_kv_kernel: dQ by fp32 atomics, dK/dV written
-// once at the end (plain read-modify-write; the column pass adds later, in stream order). Per query
-// tile: B1 (tile landed), retire the previous tile's dV/dK, S^T and dP^T, P^T and dS^T, B2 (dS^T
-// complete), then dQ and dV/dK issued together: the dQ atomics, the next tile's copy issue, lookups
-// and B1 run while dV/dK execute, and the third stage lets tile it + 1 stream in meanwhile. A stage
-// is refilled two tiles after its last reader and dS^T one tile after (each warpgroup waits for its
-// dQ before the next B1): two barriers per tile. On the H200 this beat a schedule that waited for
+// Grid (k_tokens / 128, num_kv_heads, batch), 256 threads, one CTA per SM at head dim 128 (182 KB
+// of shared memory; 101 KB at head dim 64). Non-deterministic like
+// sparse_attention_backward_kv_kernel: dQ by fp32 atomics, dK/dV written once at the end (plain
+// read-modify-write; the column pass adds later, in stream order). Per query tile: B1 (tile
+// landed), retire the previous tile's dV/dK, S^T and dP^T, P^T and dS^T, B2 (dS^T complete), then
+// dQ and dV/dK issued together: the dQ atomics, the next tile's copy issue, lookups and B1 run
+// while dV/dK execute, and the third stage lets tile it + 1 stream in meanwhile. A stage is
+// refilled two tiles after its last reader and dS^T one tile after (each warpgroup waits for its dQ
+// before the next B1): two barriers per tile. On the H200 this beat a schedule that waited for
 // dV/dK before the dQ atomics, with a third barrier per tile, by 6-9% (bench/results/*_s6*).
-template <typename Element, int kHeadDim, int kKeys, bool kDocumentMask>
-__global__ void __launch_bounds__(kKvWgmmaThreads<kKeys>, kKeys == 64 ? 3 : 1)
-    sparse_attention_backward_kv_wgmma_kernel(
-        const __grid_constant__ SparseAttentionBackwardParams bp) {
-  static_assert(kv_wgmma_shape<kHeadDim, kKeys>() && (kHeadDim == 64 || kHeadDim == 128),
-                "head dim 64 or 128 with 128-key tiles, or head dim 64 with 64-key tiles");
-  constexpr int kThreads = kKvWgmmaThreads<kKeys>;
-  constexpr int kWarpgroups = kKeys / 64;
-  constexpr int kKvBytes = kKvTileBytes<kHeadDim, kKeys>;
-  constexpr int kKvPanel = kKvPanelBytes<kKeys>;
-  constexpr int kDsBytes = kDsTileBytes<kKeys>;
+template <typename Element, int kHeadDim, bool kDocumentMask>
+__global__ void __launch_bounds__(kWgmmaThreads, 1) sparse_attention_backward_kv_wgmma_kernel(
+    const __grid_constant__ SparseAttentionBackwardParams bp) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128");
+  constexpr int kKvBytes = kKvTileBytes<kHeadDim>;
   constexpr int kQueryBytes = kQueryTileBytes<kHeadDim>;
   constexpr int kOutTiles = kHeadDim / 8;  // n-tiles of the dK / dV accumulators
   const SparseAttentionParams& p = bp.forward;
   const int k_tile = blockIdx.x;
   const int kvh = blockIdx.y;
   const int b = blockIdx.z;
-  const QueryTiles tiles = transposed_block_tiles<kKeys>(bp, k_tile, kvh, b);
+  const QueryTiles tiles = transposed_block_tiles<kWgmmaKeys>(bp, k_tile, kvh, b);
   if (tiles.num_tiles == 0) return;  // CTA-uniform
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -159,18 +137,19 @@ __global__ void __launch_bounds__(kKvWgmmaThreads<kKeys>, kKeys == 64 ? 3 : 1)
   unsigned char* q_s = v_s + kKvBytes;                // kStages
   unsigned char* do_s = q_s + kStages * kQueryBytes;  // kStages
   unsigned char* ds_s = do_s + kStages * kQueryBytes;
-  float* lse_s = reinterpret_cast<float*>(ds_s + kDsBytes);  // kStages x kTile
+  float* lse_s = reinterpret_cast<float*>(ds_s + kDsTileBytes);  // kStages x kTile
   float* delta_s = lse_s + kStages * kTile;
   int32_t* key_start_s = reinterpret_cast<int32_t*>(delta_s + kStages * kTile);
   QueryTile* tile_ring =
       reinterpret_cast<QueryTile*>(delta_s + (kDocumentMask ? 2 : 1) * kStages * kTile);
 
   const int64_t kv_token_stride = static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
-  const int64_t kv_offset = kv_tile_offset<kHeadDim, kKeys>(p, kv_token_stride, k_tile, kvh, b);
-  load_swizzled_rows<Element, kKeys, kHeadDim, kThreads>(
-      static_cast<const Element*>(p.k) + kv_offset, kv_token_stride, k_s);
-  load_swizzled_rows<Element, kKeys, kHeadDim, kThreads>(
-      static_cast<const Element*>(p.v) + kv_offset, kv_token_stride, v_s);
+  const int64_t kv_offset =
+      kv_tile_offset<kHeadDim, kWgmmaKeys>(p, kv_token_stride, k_tile, kvh, b);
+  load_swizzled_rows<Element, kWgmmaKeys, kHeadDim>(static_cast<const Element*>(p.k) + kv_offset,
+                                                    kv_token_stride, k_s);
+  load_swizzled_rows<Element, kWgmmaKeys, kHeadDim>(static_cast<const Element*>(p.v) + kv_offset,
+                                                    kv_token_stride, v_s);
   cp_async_commit();
 
   // Index lookups of tile it + 2 are issued during tile it and handed over in tile_ring, as in
@@ -181,8 +160,8 @@ __global__ void __launch_bounds__(kKvWgmmaThreads<kKeys>, kKeys == 64 ? 3 : 1)
     if (tiles.num_tiles > 1) tile_ring[1] = tiles.tile(1);
   }
   __syncthreads();
-  load_query_tile_swizzled<Element, kHeadDim, kThreads, kDocumentMask>(
-      tile_ring[0], bp, b, q_s, do_s, lse_s, delta_s, key_start_s);
+  load_query_tile_swizzled<Element, kHeadDim, kDocumentMask>(tile_ring[0], bp, b, q_s, do_s, lse_s,
+                                                             delta_s, key_start_s);
   cp_async_commit();
 
   const int warpgroup = static_cast<int>(threadIdx.x) / 128;
@@ -221,22 +200,18 @@ __global__ void __launch_bounds__(kKvWgmmaThreads<kKeys>, kKeys == 64 ? 3 : 1)
     }
     wgmma::commit_group();
   };
-  // Two warpgroups, head dim 128: dQ[:, 64 w .. +63] = dS K over the tile's keys: step kk reads
-  // keys 16 kk .. +15 of dS^T (M-major) and of panel w of K (N-major). Two warpgroups, head dim
-  // 64: dQ += dS[:, keys of w] K[keys of w, :], steps over keys 64 w + 16 kk .. +15 of dS^T and of
-  // K's one panel. One warpgroup: dQ = dS K, all columns (m64nD), steps over the 64 keys. One
-  // commit group.
-  constexpr bool kSplitColumns = kWarpgroups == 2 && kHeadDim == 128;
-  constexpr int kDqTiles = kSplitColumns ? 8 : kHeadDim / 8;  // n-tiles of this warpgroup's dQ
-  auto issue_dq = [&](float(&dq)[kDqTiles][4]) {
-    constexpr int kSteps = kSplitColumns ? 8 : 4;
-    const uint32_t key0_bytes = kSplitColumns ? 0 : warpgroup * kSteps * 2048;
-    const uint32_t k_panel = kSplitColumns ? warpgroup * kKvPanel : 0;
+  // Head dim 128: dQ[:, 64 w .. +63] = dS K over the block's keys: step kk reads keys 16 kk .. +15
+  // of dS^T (M-major) and of panel w of K (N-major). Head dim 64: dQ += dS[:, keys of w] K[keys of
+  // w, :], steps over keys 64 w + 16 kk .. +15 of dS^T and of K's one panel. One commit group.
+  auto issue_dq = [&](float(&dq)[8][4]) {
+    constexpr int kSteps = kHeadDim == 128 ? 8 : 4;
+    const uint32_t key0_bytes = kHeadDim == 128 ? 0 : warpgroup * kSteps * 2048;
+    const uint32_t k_panel = kHeadDim == 128 ? warpgroup * kKvPanelBytes : 0;
 #pragma unroll
     for (int kk = 0; kk < kSteps; ++kk) {
-      wgmma::mma_ss<Element, 1, 1>(
-          dq, wgmma::descriptor(ds_addr + key0_bytes + kk * 2048, kDsBytes, 1024),
-          wgmma::descriptor(k_addr + k_panel + key0_bytes + kk * 2048, kKvPanel, 1024), kk);
+      wgmma::mma_m64n64k16_ss<Element, 1, 1>(
+          dq, wgmma::descriptor(ds_addr + key0_bytes + kk * 2048, kDsTileBytes, 1024),
+          wgmma::descriptor(k_addr + k_panel + key0_bytes + kk * 2048, kKvPanelBytes, 1024), kk);
     }
     wgmma::commit_group();
   };
@@ -245,7 +220,7 @@ __global__ void __launch_bounds__(kKvWgmmaThreads<kKeys>, kKeys == 64 ? 3 : 1)
   for (int it = 0; it < tiles.num_tiles; ++it) {
     if (it + 1 < tiles.num_tiles) {
       const int next = (stage + 1) % kStages;
-      load_query_tile_swizzled<Element, kHeadDim, kThreads, kDocumentMask>(
+      load_query_tile_swizzled<Element, kHeadDim, kDocumentMask>(
           tile_ring[(it + 1) % 3], bp, b, q_s + next * kQueryBytes, do_s + next * kQueryBytes,
           lse_s + next * kTile, delta_s + next * kTile,
           kDocumentMask ? key_start_s + next * kTile : nullptr);
@@ -279,14 +254,14 @@ __global__ void __launch_bounds__(kKvWgmmaThreads<kKeys>, kKeys == 64 ? 3 : 1)
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const uint32_t kv_step = (kk / 4) * kKvPanel + 64 * warpgroup * 128 + (kk % 4) * 32;
+      const uint32_t kv_step = (kk / 4) * kKvPanelBytes + 64 * warpgroup * 128 + (kk % 4) * 32;
       const uint32_t q_step = (kk / 4) * kQueryPanelBytes + (kk % 4) * 32;
       wgmma::mma_m64n64k16_ss<Element, 0, 0>(s, wgmma::descriptor(k_addr + kv_step, 16, 1024),
                                              wgmma::descriptor(q_addr + q_step, 16, 1024), kk);
     }
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const uint32_t kv_step = (kk / 4) * kKvPanel + 64 * warpgroup * 128 + (kk % 4) * 32;
+      const uint32_t kv_step = (kk / 4) * kKvPanelBytes + 64 * warpgroup * 128 + (kk % 4) * 32;
       const uint32_t q_step = (kk / 4) * kQueryPanelBytes + (kk % 4) * 32;
       wgmma::mma_m64n64k16_ss<Element, 0, 0>(dp, wgmma::descriptor(v_addr + kv_step, 16, 1024),
                                              wgmma::descriptor(do_addr + q_step, 16, 1024), kk);
@@ -341,24 +316,24 @@ __global__ void __launch_bounds__(kKvWgmmaThreads<kKeys>, kKeys == 64 ? 3 : 1)
     }
     wgmma::fence_proxy_async();  // dS^T is read by the dQ wgmma of both warpgroups
 
-    float dq[kDqTiles][4];
-    __syncthreads();  // B2: dS^T of every warpgroup is in shared memory
+    float dq[8][4];
+    __syncthreads();  // B2: dS^T of both warpgroups is in shared memory
     wgmma::fence();
     issue_dq(dq);
     issue_dkdv(p_frag, ds_frag, q_addr, do_addr, it > 0);
     wgmma::wait_group<1>();  // dQ
     wgmma::fence_operands(dq);
 
-    // dq rows: queries 16 warp + g (+8), columns 64 w + 8 n + 2 t with split columns (else 8 n +
-    // 2 t: at head dim 64 both warpgroups add to every column): 16-byte atomics (pair_rows4).
+    // dq rows: queries 16 warp + g (+8), columns 64 w + 8 n + 2 t (8 n + 2 t at head dim 64, where
+    // both warpgroups add to every column): 16-byte atomics (pair_rows4).
     const bool odd = (t & 1) != 0;
     float* dq_row =
         bp.dq +
         (static_cast<int64_t>(b) * p.q_tokens + current.token0 + 16 * warp + g + (odd ? 8 : 0)) *
             q_token_stride +
-        current.head * kHeadDim + (kSplitColumns ? 64 * warpgroup : 0) + 2 * (t & ~1);
+        current.head * kHeadDim + (kHeadDim == 128 ? 64 * warpgroup : 0) + 2 * (t & ~1);
 #pragma unroll
-    for (int n = 0; n < kDqTiles; ++n) {
+    for (int n = 0; n < 8; ++n) {
       atomic_add4(dq_row + 8 * n, pair_rows4(dq[n], odd, p.softmax_scale));
     }
 
