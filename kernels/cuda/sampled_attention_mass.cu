@@ -156,35 +156,6 @@ __device__ __forceinline__ void scores_to_logits(const SampledEstimationParams& 
   }
 }
 
-// One step of the two-stage key-tile pipeline of both kernels: waits for tile i (the first step
-// also loads the warp's Q fragments), starts copying tile i + 1 into the other stage and leaves
-// tile i's logits in s. The barrier also orders whatever the CTA wrote to shared memory before it
-// (the mass kernel's row coefficients and its consumed P).
-template <typename Element, int kHeadDim>
-__device__ __forceinline__ void key_tile_logits(const SampledEstimationParams& p, int b, int kvh,
-                                                int group, int64_t tile0, int i, int tiles,
-                                                const Element* q_s, Element* k_s,
-                                                uint32_t (&q_frag)[kHeadDim / 16][4],
-                                                float (&s)[kKeyTiles][4]) {
-  using O = Operands<kHeadDim>;
-  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  cp_async_wait<0>();
-  __syncthreads();  // tile i landed; every warp is done with tile i - 1
-  if (i == 0) {
-#pragma unroll
-    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      ldmatrix_x4(q_frag[kk], query_lane<kHeadDim>(q_s, warp, lane) + kk * 32);
-    }
-  }
-  if (i + 1 < tiles) {
-    load_key_tile<Element, kHeadDim>(p, b, kvh, tile0 + i + 1, k_s + ((i + 1) % 2) * O::kTileElems);
-  }
-  cp_async_commit();
-  tile_scores<Element, kHeadDim>(q_frag, key_lane<kHeadDim>(k_s + (i % 2) * O::kTileElems, lane),
-                                 s);
-  scores_to_logits(p, group, warp, lane / 4, lane % 4, p.k_positions[(tile0 + i) * kKeys], s);
-}
-
 // ================================================================================================
 // 1. row statistics
 // ================================================================================================
@@ -216,8 +187,23 @@ __global__ void __launch_bounds__(kThreads)
     uint32_t q_frag[kHeadDim / 16][4];
     MaxSum row[2] = {{-INFINITY, 0.f}, {-INFINITY, 0.f}};  // rows g and g + 8 of the warp
     for (int i = 0; i < tiles; ++i) {
+      cp_async_wait<0>();
+      __syncthreads();  // tile i landed; every warp is done with tile i - 1's stage
+      if (i == 0) {
+#pragma unroll
+        for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+          ldmatrix_x4(q_frag[kk], query_lane<kHeadDim>(q_s, warp, lane) + kk * 32);
+        }
+      }
+      if (i + 1 < tiles) {
+        load_key_tile<Element, kHeadDim>(p, b, kvh, tile0 + i + 1,
+                                         k_s + ((i + 1) % 2) * O::kTileElems);
+      }
+      cp_async_commit();
       float s[kKeyTiles][4];
-      key_tile_logits<Element, kHeadDim>(p, b, kvh, group, tile0, i, tiles, q_s, k_s, q_frag, s);
+      tile_scores<Element, kHeadDim>(q_frag,
+                                     key_lane<kHeadDim>(k_s + (i % 2) * O::kTileElems, lane), s);
+      scores_to_logits(p, group, warp, g, t, p.k_positions[(tile0 + i) * kKeys], s);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         float tile_max = -INFINITY;
@@ -324,17 +310,28 @@ __global__ void __launch_bounds__(kThreads)
       uint32_t q_frag[kHeadDim / 16][4];
       float shift[2], scale[2];
       for (int i = 0; i < tiles; ++i) {
-        float s[kKeyTiles][4];
-        // The barrier inside also publishes the row coefficients and frees the previous tile's P
-        // and column sums.
-        key_tile_logits<Element, kHeadDim>(p, b, kvh, group, tile0, i, tiles, q_s, k_s, q_frag, s);
+        cp_async_wait<0>();
+        __syncthreads();  // tile i landed; the previous tile's P and column sums are consumed
         if (i == 0) {
+#pragma unroll
+          for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+            ldmatrix_x4(q_frag[kk], query_lane<kHeadDim>(q_s, warp, lane) + kk * 32);
+          }
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             shift[r] = shift_s[warp * 16 + g + 8 * r];
             scale[r] = scale_s[warp * 16 + g + 8 * r];
           }
         }
+        if (i + 1 < tiles) {
+          load_key_tile<Element, kHeadDim>(p, b, kvh, tile0 + i + 1,
+                                           k_s + ((i + 1) % 2) * O::kTileElems);
+        }
+        cp_async_commit();
+        float s[kKeyTiles][4];
+        tile_scores<Element, kHeadDim>(q_frag,
+                                       key_lane<kHeadDim>(k_s + (i % 2) * O::kTileElems, lane), s);
+        scores_to_logits(p, group, warp, g, t, p.k_positions[(tile0 + i) * kKeys], s);
 #pragma unroll
         for (int n = 0; n < kKeyTiles; ++n) {
 #pragma unroll
