@@ -75,7 +75,10 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
       kernels::dense_pattern(c.heads, length, c.block, at::kCPU);
   if (c.sparse) {
     kernels::AttentionMass mass{at::rand({c.heads, length}), at::rand({c.heads, length})};
-    pattern = kernels::select_pattern(mass, length / 16, length / 8, 16, c.block, c.block);
+    // Two diagonals: most causal blocks stay inactive, so most of the selected columns fall
+    // outside the active blocks and reach the kernels' column paths (counted below). With many
+    // diagonals every block is active and the index keeps no column.
+    pattern = kernels::select_pattern(mass, length / 16, 2, 16, c.block, c.block);
   }
   const auto cuda = at::Device(at::kCUDA);
   const auto q_local = layout.shard(q, rank).contiguous();
@@ -98,6 +101,7 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
   auto out_acc_cpu = at::zeros(q_local.sizes());
   auto lse_acc_cpu = at::full({batch, c.heads, q_local.size(1)}, -INFINITY);
   std::vector<std::tuple<kernels::ShardBlocks, kernels::SparseIndex, at::Tensor, at::Tensor>> pairs;
+  int64_t columns = 0;  // gathered column keys of both pairs' indexes
   for (int source = 0; source < world; ++source) {
     kernels::ShardBlocks blocks_cpu{layout.blocks_of(rank), layout.blocks_of(source), key_starts};
     // With documents, source 0 keeps the unpruned index: its kv blocks before a query block's
@@ -106,6 +110,7 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
     if (source == 0) index_blocks.q_key_starts = at::Tensor();
     const auto index_cpu = kernels::build_sparse_index(pattern, index_blocks, batch, c.kv_heads,
                                                        kernels::Transpose::kBlocksAndColumns);
+    columns += index_cpu.column_indices.numel();
     kernels::ShardBlocks blocks_gpu{blocks_cpu.q_block_ids.to(cuda),
                                     blocks_cpu.k_block_ids.to(cuda),
                                     key_starts.defined() ? key_starts.to(cuda) : at::Tensor()};
@@ -132,6 +137,9 @@ TEST_P(SparseAttentionGpu, MatchesCpuTwinAndDenseReference) {
     EXPECT_FALSE(at::isnan(part_gpu.lse).any().item<bool>());
     kernels::lse_merge(out_acc_gpu, lse_acc_gpu, part_gpu.out, part_gpu.lse);
     pairs.emplace_back(blocks_gpu, index_gpu, k_shard, v_shard);
+  }
+  if (c.sparse) {
+    ASSERT_GT(columns, 0) << "a sparse case must reach the column paths";
   }
   // Dense fp64 truth for this rank's queries against the whole sequence, with the pattern's
   // global mask (and each sequence's documents); its k/v gradients are exactly this rank's
